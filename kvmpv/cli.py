@@ -1,0 +1,144 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The ``kvmpv`` command line: argparse, dispatch, and the exit-code contract.
+
+Each subcommand lives in ``kvmpv/commands/<name>.py`` with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them
+up, so it stays small and nobody has to edit it to change a command.
+
+Errors: a ``KvmpvError`` becomes one line on stderr ("kvmpv: error: ...") and
+its exit code; anything else is a bug and keeps its traceback.  SIGINT and
+SIGTERM raise in the main thread, so every ``with``/``finally`` on the way out
+runs (VM fds, cleanup threads, cleaner processes, cgroups) before exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Optional
+
+from . import __version__
+from .errors import (
+    EXIT_ENV,
+    EXIT_FAIL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SKIP,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    Interrupted,
+    KvmpvError,
+)
+
+#: name -> (module, one-line help).  Order is the order of ``kvmpv --help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "exercise": ("kvmpv.commands.exercise", "run everything for this host and write results"),
+    "probe": ("kvmpv.commands.probe", "report what this host supports and what can run for real"),
+    "check": (
+        "kvmpv.commands.check",
+        "conformance checks of the PV async-cleanup interface (KTAP)",
+    ),
+    "reboot": ("kvmpv.commands.reboot", "protected-VM reboot, async vs sync teardown"),
+    "shutdown": (
+        "kvmpv.commands.shutdown",
+        "process-exit teardown: sync, cleaner, elsewhere, reaper",
+    ),
+    "launch": ("kvmpv.commands.launch", "run a program with the async-teardown cleaner armed"),
+    "bench": ("kvmpv.commands.bench", "the teardown table: time by size, page size and strategy"),
+    "report": ("kvmpv.commands.report", "render a results file as tables and plots"),
+    "compare": ("kvmpv.commands.compare", "compare two results files and flag regressions"),
+}
+
+EPILOG = f"""\
+exit codes:
+  {EXIT_OK}    success
+  {EXIT_FAIL}    a check failed, a verdict was wrong, or a regression was found
+  {EXIT_USAGE}    bad command line or input file
+  {EXIT_ENV}    the host cannot do it (no /dev/kvm, no permission, not Linux, too little memory)
+  {EXIT_SKIP}    everything was skipped (kselftest convention)
+  {EXIT_INTERRUPTED}  interrupted by SIGINT, after cleanup
+  {EXIT_TERMINATED}  terminated by SIGTERM, after cleanup
+
+Results from the simulated s390x kernel are labelled "sim" everywhere.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() owns every exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageExit(f"{self.prog}: error: {message}")
+
+
+class _UsageExit(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="kvmpv",
+        description="Exercise and measure the asynchronous teardown of KVM guests.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kvmpv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _raise_terminated(signo: int, frame: Optional[FrameType]) -> None:
+    raise Interrupted(signo)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run kvmpv with ``argv`` (without the program name); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageExit as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args._run(args)
+        return code
+    except KeyboardInterrupt:
+        print("kvmpv: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KvmpvError as err:
+        print(f"kvmpv: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except MemoryError:
+        print("kvmpv: error: out of memory", file=sys.stderr)
+        return EXIT_ENV
+
+
+def entry_point() -> None:
+    """Console-script entry: the only place that calls ``sys.exit``."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:
+        sys.exit(EXIT_FAIL)
+
+
+__all__ = ["COMMANDS", "build_parser", "entry_point", "main"]

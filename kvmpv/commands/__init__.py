@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""CLI layer: one module per subcommand (``add_arguments``, ``run``)."""

@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Guest RAM: anonymous memory, 1 MiB aligned, 4 KiB or THP backed.
+
+Memory is touched and freed only by native calls (``MADV_POPULATE_WRITE``,
+``memset``, ``MADV_DONTNEED``) or by guest code, never by Python loops over
+pages: guests may be terabytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap as _mmap
+from types import TracebackType
+from typing import Optional
+
+from .errors import SyscallError, UsageError
+from .syscalls import MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, libc
+from .uapi import S390_MEMSLOT_ALIGN
+
+PAGE_SIZE = _mmap.PAGESIZE
+MADV_DONTNEED = 4
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def madvise(addr: int, length: int, advice: int, what: str = "madvise") -> None:
+    if libc().madvise(addr, length, advice) != 0:
+        raise SyscallError(what, ctypes.get_errno(), f"{length} bytes at 0x{addr:x}")
+
+
+class GuestMemory:
+    """``size`` bytes of anonymous memory at a 1 MiB aligned address.
+
+    s390 requires memslots (address and size) to be 1 MiB aligned; kvmpv uses
+    the same alignment on every architecture so that layouts are identical.
+    ``thp=True`` asks for transparent huge pages (``MADV_HUGEPAGE``);
+    ``thp=False`` forbids them (``MADV_NOHUGEPAGE``) so that 4 KiB pages are
+    measured whatever the system THP mode is.
+    """
+
+    def __init__(self, size: int, *, thp: bool = False, align: int = S390_MEMSLOT_ALIGN) -> None:
+        if size <= 0 or size % align:
+            raise UsageError(f"guest memory size {size} is not a positive multiple of {align}")
+        self.size = size
+        self.thp = thp
+        # Over-allocate by one alignment unit and trim both ends, so the
+        # mapping that stays is aligned without relying on MAP_FIXED games.
+        raw_len = size + align
+        raw = libc().mmap(
+            None,
+            raw_len,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+            -1,
+            0,
+        )
+        if raw is None or raw == ctypes.c_void_p(-1).value:
+            raise SyscallError("mmap", ctypes.get_errno(), f"{size} bytes of guest memory")
+        start = (raw + align - 1) & ~(align - 1)
+        if start > raw:
+            libc().munmap(raw, start - raw)
+        tail = raw + raw_len - (start + size)
+        if tail:
+            libc().munmap(start + size, tail)
+        self.addr: int = start
+        self._closed = False
+        madvise(self.addr, size, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE)
+
+    def populate(self) -> None:
+        """Fault in every page for writing (``MADV_POPULATE_WRITE``, or memset)."""
+        try:
+            madvise(self.addr, self.size, MADV_POPULATE_WRITE, "madvise(MADV_POPULATE_WRITE)")
+        except SyscallError as err:
+            if err.errno != errno.EINVAL:  # EINVAL: kernel older than 5.14
+                raise
+            ctypes.memset(self.addr, 0, self.size)
+
+    def fill(self, byte: int, offset: int = 0, length: Optional[int] = None) -> None:
+        """memset a range (GIL released by ctypes for the duration)."""
+        length = self.size - offset if length is None else length
+        self._check_range(offset, length)
+        ctypes.memset(self.addr + offset, byte, length)
+
+    def release(self, offset: int = 0, length: Optional[int] = None) -> None:
+        """Give pages back to the kernel (``MADV_DONTNEED``); they read as zero after."""
+        length = self.size - offset if length is None else length
+        self._check_range(offset, length)
+        madvise(self.addr + offset, length, MADV_DONTNEED, "madvise(MADV_DONTNEED)")
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """A writable memoryview of a range (for checks on small ranges)."""
+        self._check_range(offset, length)
+        return memoryview((ctypes.c_char * length).from_address(self.addr + offset)).cast("B")
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if self._closed:
+            raise ValueError("guest memory already unmapped")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"range {offset}+{length} outside guest memory of {self.size} bytes")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if libc().munmap(self.addr, self.size) != 0:
+                raise SyscallError("munmap", ctypes.get_errno(), "guest memory")
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()

@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The one syscall boundary of kvmpv: open, ioctl, mmap, munmap, close.
+
+All device access goes through a ``Syscalls`` object.  ``LinuxSyscalls`` is
+the real kernel (ctypes with ``use_errno``); ``kvmpv.sim.SimulatedHost`` is a
+simulated s390x kernel with the same methods.  Everything above this layer --
+struct packing, errno handling, rc/rrc decoding -- is the same code for both.
+
+Contract, identical for every implementation:
+
+* ``ioctl(fd, request, arg)``: ``arg`` is an ``int`` (passed as unsigned long)
+  or a writable buffer (ctypes structure, ``bytearray``) passed by address and
+  updated in place.  Returns the ioctl's non-negative return value.  Failure
+  raises ``OSError(errno, strerror)``; ``EINTR`` is *not* retried here: the
+  callers that must retry do so explicitly (PV commands like QEMU, ``KVM_RUN``
+  like the selftests' ``_vcpu_run``).  ctypes, unlike ``fcntl.ioctl`` on
+  Python 3.14+ (gh-132768), never retries behind our back.
+* ``mmap(fd, length, prot, flags, offset)`` returns the address as ``int``.
+
+Guest RAM is not device access: it is anonymous memory (``kvmpv.memory``),
+shared by both backends, so that the simulator's work on it is real.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+from typing import Protocol, Union
+
+IoctlArg = Union[int, ctypes.Structure, ctypes.Union, ctypes.Array, bytearray]  # type: ignore[type-arg]
+
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MAP_NORESERVE = 0x4000
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class Syscalls(Protocol):
+    """What a kernel (real or simulated) offers kvmpv."""
+
+    #: "kvm" for the real kernel, "sim" for the simulator (reported in every output).
+    backend: str
+
+    def open(self, path: str, flags: int) -> int: ...
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int: ...
+
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0) -> int: ...
+
+    def munmap(self, addr: int, length: int) -> None: ...
+
+    def close(self, fd: int) -> None: ...
+
+
+_libc_lock = threading.Lock()
+_libc: ctypes.CDLL | None = None
+
+
+def libc() -> ctypes.CDLL:
+    """The C library with ``use_errno=True`` and typed prototypes (loaded once)."""
+    global _libc
+    with _libc_lock:
+        if _libc is None:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            lib.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+            lib.ioctl.restype = ctypes.c_int
+            lib.mmap.argtypes = [
+                ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                ctypes.c_int, ctypes.c_long,
+            ]  # fmt: skip
+            lib.mmap.restype = ctypes.c_void_p
+            lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            lib.munmap.restype = ctypes.c_int
+            lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            lib.madvise.restype = ctypes.c_int
+            lib.syscall.restype = ctypes.c_long
+            _libc = lib
+        return _libc
+
+
+def buffer_address(arg: IoctlArg) -> int:
+    """Address of a writable buffer or the integer itself (unsigned long)."""
+    if isinstance(arg, int):
+        return arg & ((1 << (8 * ctypes.sizeof(ctypes.c_ulong))) - 1)
+    if isinstance(arg, bytearray):
+        return ctypes.addressof((ctypes.c_char * len(arg)).from_buffer(arg))
+    return ctypes.addressof(arg)
+
+
+def raise_errno(err: int) -> None:
+    raise OSError(err, os.strerror(err))
+
+
+class LinuxSyscalls:
+    """The real kernel."""
+
+    backend = "kvm"
+
+    def open(self, path: str, flags: int) -> int:
+        return os.open(path, flags | os.O_CLOEXEC)
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        ret: int = libc().ioctl(fd, request, buffer_address(arg))
+        if ret < 0:
+            raise_errno(ctypes.get_errno())
+        return ret
+
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0) -> int:
+        addr = libc().mmap(None, length, prot, flags, fd, offset)
+        if addr is None or addr == MAP_FAILED:
+            raise_errno(ctypes.get_errno())
+        assert addr is not None
+        return int(addr)
+
+    def munmap(self, addr: int, length: int) -> None:
+        if libc().munmap(addr, length) != 0:
+            raise_errno(ctypes.get_errno())
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+
+#: The process-wide real kernel.
+LINUX = LinuxSyscalls()
