@@ -27,11 +27,19 @@ from types import TracebackType
 from typing import Optional
 
 from . import uapi
-from .errors import HostError, KvmError, SyscallError, require_linux
+from .errors import HostError, KvmError, SyscallError, errno_name, require_linux
 from .memory import GuestMemory
 from .syscalls import LINUX, MAP_SHARED, PROT_READ, PROT_WRITE, IoctlArg, Syscalls
 
 KVM_DEV = "/dev/kvm"
+#: Environment variable naming another KVM device node (tests, chroots, a
+#: ``chmod 000`` copy made with mknod to check the permission-denied path).
+KVM_DEV_ENV = "KVMPV_KVM_DEV"
+
+
+def kvm_dev_path(path: Optional[str] = None) -> str:
+    """The device node kvmpv opens: ``path``, else ``$KVMPV_KVM_DEV``, else /dev/kvm."""
+    return path or os.environ.get(KVM_DEV_ENV) or KVM_DEV
 
 
 def ioctl_name(request: int) -> str:
@@ -45,6 +53,10 @@ class _Handle:
         self.sys = sys
         self.fd = fd
         self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd {self.fd}"
+        return f"<{type(self).__name__} {state} backend={self.sys.backend}>"
 
     @property
     def backend(self) -> str:
@@ -80,15 +92,30 @@ class _Handle:
 class Kvm(_Handle):
     """/dev/kvm (``kvm_open`` in the selftests)."""
 
-    def __init__(self, sys: Syscalls = LINUX, path: str = KVM_DEV) -> None:
+    def __init__(self, sys: Syscalls = LINUX, path: Optional[str] = None) -> None:
         require_linux()
+        path = kvm_dev_path(path)
         try:
             fd = sys.open(path, os.O_RDWR)
         except OSError as err:
             raise _open_error(path, err) from None
         super().__init__(sys, fd)
         self.path = path
-        version = self.get_api_version()
+        self.vms: list[Vm] = []
+        self._lock = threading.Lock()
+        # Whatever goes wrong from here on, the fd must not leak: a path that
+        # is not a KVM device (KVMPV_KVM_DEV=/dev/null) answers ENOTTY.
+        try:
+            version = self.ioctl(uapi.KVM_GET_API_VERSION, check=False)
+        except BaseException:
+            self.close()
+            raise
+        if version < 0:
+            self.close()
+            raise HostError(
+                f"{path} is not a KVM device: KVM_GET_API_VERSION failed: "
+                f"errno {-version} ({errno_name(-version)}) {os.strerror(-version)}"
+            )
         if version != uapi.KVM_API_VERSION:
             self.close()
             raise HostError(
@@ -111,10 +138,29 @@ class Kvm(_Handle):
     def vm_create(self, machine_type: int = 0) -> Vm:
         """``KVM_CREATE_VM`` (``____vm_create``): a VM without memory or vCPUs."""
         fd = self.ioctl(uapi.KVM_CREATE_VM, machine_type)
-        return Vm(self, fd, machine_type)
+        vm = Vm(self, fd, machine_type)
+        with self._lock:
+            self.vms.append(vm)
+        return vm
 
     def close(self) -> None:
+        """Close every VM made here (their vCPUs first), then /dev/kvm.  Idempotent.
+
+        The kernel would keep a VM alive past the /dev/kvm close (the VM fd
+        holds its own reference); closing in this order makes the fd count
+        after a ``with`` block deterministic and matches ``kvm_vm_free()``.
+        """
+        with self._lock:
+            vms, self.vms = self.vms, []
+        first: Optional[BaseException] = None
+        for vm in vms:
+            try:
+                vm.close()
+            except BaseException as exc:  # keep closing; report the first failure
+                first = first or exc
         self._close_fd()
+        if first is not None:
+            raise first
 
     def __enter__(self) -> Kvm:
         return self
@@ -276,6 +322,9 @@ class Vm(_Handle):
             except BaseException as exc:  # keep closing; report the first failure
                 first = first or exc
         self._close_fd()
+        with self.kvm._lock:
+            if self in self.kvm.vms:
+                self.kvm.vms.remove(self)
         if first is not None:
             raise first
 
@@ -299,7 +348,14 @@ class Vcpu(_Handle):
         self.vm = vm
         self.id = vcpu_id
         self._run_size = vm.kvm.vcpu_mmap_size()
-        self._run_addr = self.sys.mmap(fd, self._run_size, PROT_READ | PROT_WRITE, MAP_SHARED, 0)
+        try:
+            self._run_addr = self.sys.mmap(
+                fd, self._run_size, PROT_READ | PROT_WRITE, MAP_SHARED, 0
+            )
+        except OSError as err:
+            raise SyscallError(
+                "mmap(kvm_run)", err.errno or errno.EIO, f"vCPU {vcpu_id}, {self._run_size} bytes"
+            ) from None
         self.run_struct = uapi.kvm_run.from_address(self._run_addr)
 
     @property
@@ -338,11 +394,23 @@ class Vcpu(_Handle):
         self.ioctl(uapi.KVM_SET_SREGS, sregs)
 
     def close(self) -> None:
+        """munmap ``kvm_run``, close the fd.  Idempotent."""
         if not self._closed:
             try:
                 self.sys.munmap(self._run_addr, self._run_size)
             finally:
                 self._close_fd()
+
+    def __enter__(self) -> Vcpu:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
 
 
 @contextmanager

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap as _mmap
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Optional
 
-from .errors import SyscallError, UsageError
+from .errors import HostError, SyscallError, UsageError
 from .syscalls import MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, libc
 from .uapi import S390_MEMSLOT_ALIGN
 
@@ -23,6 +24,54 @@ MADV_DONTNEED = 4
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
 MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """What the kernel reports for a range of our address space (smaps, in bytes).
+
+    ``exact`` is False when a VMA overlapping the range reaches beyond it (the
+    kernel merged it with a neighbour), so the numbers include foreign memory.
+    """
+
+    rss: int
+    anon_huge: int
+    vmas: int
+    exact: bool
+
+
+def smaps_usage(addr: int, size: int, path: str = "/proc/self/smaps") -> MemoryUsage:
+    """Sum ``Rss`` and ``AnonHugePages`` of the VMAs overlapping [addr, addr+size).
+
+    One read of smaps: the kernel counts the pages, we only add up a few
+    lines per VMA (no per-page work in Python).
+    """
+    end = addr + size
+    rss = huge = vmas = 0
+    exact = True
+    inside = False
+    with open(path) as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo_s, hi_s = head.split("-", 1)
+                lo, hi = int(lo_s, 16), int(hi_s, 16)
+                inside = lo < end and hi > addr
+                if inside:
+                    vmas += 1
+                    if lo < addr or hi > end:
+                        exact = False
+            elif inside and head == "Rss:":
+                rss += int(line.split()[1]) * 1024
+            elif inside and head == "AnonHugePages:":
+                huge += int(line.split()[1]) * 1024
+    return MemoryUsage(rss=rss, anon_huge=huge, vmas=vmas, exact=exact)
+
+
+def process_rss() -> int:
+    """Resident set size of this process in bytes (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
 
 
 def madvise(addr: int, length: int, advice: int, what: str = "madvise") -> None:
@@ -66,16 +115,55 @@ class GuestMemory:
             libc().munmap(start + size, tail)
         self.addr: int = start
         self._closed = False
-        madvise(self.addr, size, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE)
-
-    def populate(self) -> None:
-        """Fault in every page for writing (``MADV_POPULATE_WRITE``, or memset)."""
         try:
-            madvise(self.addr, self.size, MADV_POPULATE_WRITE, "madvise(MADV_POPULATE_WRITE)")
+            self._advise_backing(thp)
+        except BaseException:
+            self.close()
+            raise
+
+    def _advise_backing(self, thp: bool) -> None:
+        # MADV_NOHUGEPAGE as well as MADV_HUGEPAGE: with THP "always" the
+        # kernel would otherwise back "4 KiB" memory with huge pages and every
+        # 4 KiB measurement would silently be a THP one.
+        try:
+            madvise(self.addr, self.size, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE)
         except SyscallError as err:
-            if err.errno != errno.EINVAL:  # EINVAL: kernel older than 5.14
+            # EINVAL: kernel built without CONFIG_TRANSPARENT_HUGEPAGE.  Fine
+            # for 4 KiB memory (that is all there is); a lie for THP memory.
+            if err.errno != errno.EINVAL:
                 raise
-            ctypes.memset(self.addr, 0, self.size)
+            if thp:
+                raise HostError(
+                    "transparent huge pages requested but the kernel has no THP "
+                    "(madvise(MADV_HUGEPAGE) failed with EINVAL)"
+                ) from None
+
+    def populate(self, offset: int = 0, length: Optional[int] = None) -> None:
+        """Fault in every page of a range for writing (``MADV_POPULATE_WRITE``).
+
+        One system call for the whole range; the kernel allocates and zeroes
+        the pages without user-space touching them (Linux 5.14).  Older
+        kernels answer EINVAL and get a memset, which touches every page from
+        C with the GIL released.
+        """
+        length = self.size - offset if length is None else length
+        self._check_range(offset, length)
+        while True:
+            try:
+                madvise(
+                    self.addr + offset, length, MADV_POPULATE_WRITE, "madvise(MADV_POPULATE_WRITE)"
+                )
+                return
+            except SyscallError as err:
+                if err.errno == errno.EINTR:
+                    # A signal arrived; populating again is idempotent (pages
+                    # already present are skipped) and a Python handler that
+                    # raises (SIGINT, SIGTERM) does so before we get here again.
+                    continue
+                if err.errno != errno.EINVAL:
+                    raise
+                ctypes.memset(self.addr + offset, 0, length)
+                return
 
     def fill(self, byte: int, offset: int = 0, length: Optional[int] = None) -> None:
         """memset a range (GIL released by ctypes for the duration)."""
@@ -88,6 +176,11 @@ class GuestMemory:
         length = self.size - offset if length is None else length
         self._check_range(offset, length)
         madvise(self.addr + offset, length, MADV_DONTNEED, "madvise(MADV_DONTNEED)")
+
+    def usage(self) -> MemoryUsage:
+        """Resident and huge-page bytes of this mapping, from ``/proc/self/smaps``."""
+        self._check_range(0, 0)
+        return smaps_usage(self.addr, self.size)
 
     def view(self, offset: int, length: int) -> memoryview:
         """A writable memoryview of a range (for checks on small ranges)."""

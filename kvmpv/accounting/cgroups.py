@@ -1,0 +1,746 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Scoped private cgroups (v1 and cgroup2) through plain cgroupfs file access.
+
+Touches: reads ``/proc/self/mountinfo`` and ``/proc/self/cgroup``; creates,
+writes and removes directories named ``*kvmpv*`` *below this process's own
+cgroup* in the cgroup hierarchies it uses (so that limits of a surrounding
+sandbox, e.g. a memory cgroup ``/process_api/<id>``, still apply); moves
+processes/threads by writing ``cgroup.procs``/``tasks``.  Installs a SIGTERM
+handler only while a scope is open in the main thread and only if SIGTERM
+had its default action.  No cgroup library: ~the same 50 lines every tool
+writes, kept here so that the error paths are ours.
+
+Hierarchies:
+
+* ``v1``: the ``cpuacct`` hierarchy for CPU (mounted alone as on these
+  machines, or co-mounted ``cpu,cpuacct`` -- same code, the directory is
+  found from the controller list in mountinfo) plus the ``memory`` hierarchy
+  if mounted.  Single threads can be placed (``tasks``).
+* ``v2``: the unified hierarchy; ``cpu.stat`` exists in every cgroup2
+  cgroup even without the cpu controller, ``memory.current``/``memory.peak``
+  only where the parent enables the memory controller (not here: hugetlb
+  only).  Only whole processes can be placed in a domain cgroup.
+
+``auto`` prefers v1 on hybrid hosts (it has memory counters and per-thread
+placement) and v2 on pure cgroup2 hosts; if creating the first cgroup in the
+preferred hierarchy is refused, it falls back to the other one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any, Callable, Optional, Union
+
+from ..errors import Interrupted, SyscallError
+from .common import AccountingUnavailable, CgroupLeftover, oserror_text
+
+HIERARCHY_CHOICES = ("auto", "v1", "v2")
+#: every cgroup kvmpv creates has this in its name (leftover checks grep for it)
+NAME_MARK = "kvmpv"
+_ROLE_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+#: ``<prefix>-<role>-p<creator pid>-<6 hex>``; the pid tells a leftover checker
+#: whether the creator is still alive.
+_NAME_RE = re.compile(r"-p(\d+)-[0-9a-f]{6}$")
+USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: how long cleanup keeps retrying rmdir on EBUSY (tasks still exiting)
+RMDIR_TIMEOUT_S = 5.0
+
+
+# --------------------------------------------------------------------------
+# Readings
+
+
+@dataclass(frozen=True)
+class CpuUsage:
+    """CPU time charged to a cgroup, in ns.  ``total_ns`` is scheduler
+    runtime (precise); the user/system split is tick-sampled (see verdict)."""
+
+    total_ns: int
+    user_ns: int
+    system_ns: int
+
+    def __sub__(self, other: CpuUsage) -> CpuUsage:
+        return CpuUsage(
+            self.total_ns - other.total_ns,
+            self.user_ns - other.user_ns,
+            self.system_ns - other.system_ns,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {"total_ns": self.total_ns, "user_ns": self.user_ns, "system_ns": self.system_ns}
+
+
+@dataclass(frozen=True)
+class MemUsage:
+    """Memory charged to a cgroup now, and its peak (None if not exposed)."""
+
+    current_bytes: int
+    peak_bytes: Optional[int]
+
+    def to_dict(self) -> dict[str, Optional[int]]:
+        return {"current_bytes": self.current_bytes, "peak_bytes": self.peak_bytes}
+
+
+# --------------------------------------------------------------------------
+# Layout discovery (pure functions on text, so they are testable on fake trees)
+
+
+@dataclass(frozen=True)
+class CgroupMount:
+    """One cgroupfs mount from mountinfo."""
+
+    version: str  # "v1" | "v2"
+    mountpoint: str
+    root: str  # the mount's root inside the hierarchy (bind mounts, cgroupns)
+    controllers: tuple[str, ...]  # v1: from the super options; v2: empty here
+
+
+def _unescape(field_: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
+
+
+def parse_mountinfo(text: str) -> list[CgroupMount]:
+    """The cgroup/cgroup2 mounts in a ``/proc/<pid>/mountinfo`` text."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        lf = left.split()
+        rf = right.split()
+        if len(lf) < 5 or len(rf) < 3:
+            continue
+        fstype, super_opts = rf[0], rf[2]
+        if fstype == "cgroup2":
+            mounts.append(CgroupMount("v2", _unescape(lf[4]), _unescape(lf[3]), ()))
+        elif fstype == "cgroup":
+            ctrls = tuple(
+                o
+                for o in super_opts.split(",")
+                if o not in ("rw", "ro") and "=" not in o and not o.startswith("no")
+                and o not in ("xattr", "clone_children", "cpuset_v2_mode", "favordynmods")
+            )  # fmt: skip
+            names = tuple(o for o in super_opts.split(",") if o.startswith("name="))
+            mounts.append(CgroupMount("v1", _unescape(lf[4]), _unescape(lf[3]), ctrls + names))
+    return mounts
+
+
+def parse_proc_cgroup(text: str) -> list[tuple[int, tuple[str, ...], str]]:
+    """``/proc/<pid>/cgroup`` as (hierarchy id, controllers, path) triples."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        ctrls = tuple(c for c in parts[1].split(",") if c)
+        out.append((int(parts[0]), ctrls, parts[2]))
+    return out
+
+
+def _join_hierarchy(mount: CgroupMount, path: str) -> Optional[str]:
+    """Directory of cgroup ``path`` under ``mount``, or None if the mount does
+    not show it (a bind mount of an unrelated subtree)."""
+    root = mount.root.rstrip("/")
+    if root and path != root and not path.startswith(root + "/"):
+        return None
+    rel = path[len(root) :].lstrip("/")
+    return os.path.join(mount.mountpoint, rel) if rel else mount.mountpoint
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process's own cgroups are, for one hierarchy choice.
+
+    ``dirs`` maps a kind to our own cgroup directory: v1 ``{"cpuacct": ...,
+    "memory": ...}`` (memory only if mounted), v2 ``{"unified": ...}``.
+    """
+
+    hierarchy: str  # "v1" | "v2"
+    dirs: dict[str, str]
+    cpu_controllers: tuple[str, ...]  # v1: the cpuacct mount's controllers
+    pure_v2: bool = False
+
+    @property
+    def cpu_dir(self) -> str:
+        return self.dirs["cpuacct" if self.hierarchy == "v1" else "unified"]
+
+    @property
+    def memory_dir(self) -> Optional[str]:
+        if self.hierarchy == "v1":
+            return self.dirs.get("memory")
+        return self.dirs["unified"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hierarchy": self.hierarchy,
+            "dirs": dict(self.dirs),
+            "cpu_controllers": list(self.cpu_controllers),
+        }
+
+
+def layouts_from_text(mountinfo: str, proc_cgroup: str) -> dict[str, Union[Layout, str]]:
+    """Both hierarchy choices: a ``Layout`` or the reason it is missing."""
+    mounts = parse_mountinfo(mountinfo)
+    entries = parse_proc_cgroup(proc_cgroup)
+    pure_v2 = bool(entries) and all(hid == 0 for hid, _, _ in entries)
+    result: dict[str, Union[Layout, str]] = {}
+
+    def v1_dir(controller: str) -> Optional[tuple[str, tuple[str, ...]]]:
+        paths = [p for hid, c, p in entries if hid != 0 and controller in c]
+        if not paths:
+            return None
+        for m in mounts:
+            if m.version == "v1" and controller in m.controllers:
+                d = _join_hierarchy(m, paths[0])
+                if d is not None:
+                    return d, m.controllers
+        return None
+
+    cpu = v1_dir("cpuacct")
+    if cpu is None:
+        result["v1"] = "no cgroup v1 cpuacct hierarchy mounted for this process"
+    else:
+        dirs = {"cpuacct": cpu[0]}
+        mem = v1_dir("memory")
+        if mem is not None:
+            dirs["memory"] = mem[0]
+        result["v1"] = Layout("v1", dirs, cpu[1])
+
+    v2_paths = [p for hid, _, p in entries if hid == 0]
+    v2_dir = None
+    if v2_paths:
+        for m in mounts:
+            if m.version == "v2":
+                v2_dir = _join_hierarchy(m, v2_paths[0])
+                if v2_dir is not None:
+                    break
+    if v2_dir is None:
+        result["v2"] = "no cgroup2 (unified) hierarchy mounted for this process"
+    else:
+        result["v2"] = Layout("v2", {"unified": v2_dir}, (), pure_v2)
+    return result
+
+
+def discover_layouts(proc: str = "/proc/self") -> dict[str, Union[Layout, str]]:
+    """``layouts_from_text`` on the live ``/proc/self`` files."""
+    try:
+        with open(os.path.join(proc, "mountinfo")) as f:
+            mountinfo = f.read()
+        with open(os.path.join(proc, "cgroup")) as f:
+            cgroup = f.read()
+    except OSError as err:
+        reason = f"cannot read {proc}/mountinfo or cgroup: {oserror_text(err)}"
+        return {"v1": reason, "v2": reason}
+    return layouts_from_text(mountinfo, cgroup)
+
+
+def candidate_order(hierarchy: str, found: dict[str, Union[Layout, str]]) -> list[Layout]:
+    """Layouts to try for ``hierarchy`` ("auto"|"v1"|"v2"), best first.
+
+    Raises AccountingUnavailable if none is mounted, ValueError on a bad name.
+    """
+    if hierarchy not in HIERARCHY_CHOICES:
+        raise ValueError(f"hierarchy must be one of {HIERARCHY_CHOICES}, got {hierarchy!r}")
+    if hierarchy in ("v1", "v2"):
+        lay = found.get(hierarchy)
+        if not isinstance(lay, Layout):
+            raise AccountingUnavailable(f"cgroup {hierarchy}: {lay}")
+        return [lay]
+    v2 = found.get("v2")
+    order = ["v2", "v1"] if isinstance(v2, Layout) and v2.pure_v2 else ["v1", "v2"]
+    out = [lay for lay in (found.get(h) for h in order) if isinstance(lay, Layout)]
+    if not out:
+        raise AccountingUnavailable(f"no usable cgroup hierarchy: v1: {found.get('v1')}; v2: {v2}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# File helpers
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, value: str) -> None:
+    # One write(2) per value: cgroupfs parses each write as one request.
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _is_permission(err: OSError) -> bool:
+    return err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _ids(path: str) -> list[int]:
+    try:
+        return [int(x) for x in _read(path).split()]
+    except FileNotFoundError:
+        return []
+
+
+def parse_cpu_stat(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def creator_pid(name: str) -> Optional[int]:
+    """The pid encoded in a kvmpv cgroup name, or None."""
+    m = _NAME_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+# --------------------------------------------------------------------------
+# Cgroup and scope
+
+
+class Cgroup:
+    """One private cgroup (a directory per hierarchy kind) created by a scope."""
+
+    def __init__(self, name: str, role: str, layout: Layout, dirs: dict[str, str]) -> None:
+        self.name = name
+        self.role = role
+        self.hierarchy = layout.hierarchy
+        self._layout = layout
+        self.paths = dict(dirs)
+        self.removed = False
+
+    def __repr__(self) -> str:
+        return f"Cgroup({self.name!r}, {self.hierarchy}, {self.path!r})"
+
+    @property
+    def path(self) -> str:
+        """The directory that holds the CPU counters."""
+        return self.paths["cpuacct" if self.hierarchy == "v1" else "unified"]
+
+    def _place(self, filename: str, ident: int, kinds: list[str]) -> None:
+        for kind in kinds:
+            target = os.path.join(self.paths[kind], filename)
+            try:
+                _write(target, str(ident))
+            except OSError as err:
+                if _is_permission(err):
+                    raise AccountingUnavailable(
+                        f"cgroup {self.hierarchy}: cannot move {ident} into {target}: "
+                        f"{oserror_text(err)}"
+                    ) from err
+                raise SyscallError(f"write {filename}", err.errno or 0, target) from err
+
+    def add_process(self, pid: int) -> None:
+        """Move the whole thread group ``pid`` here (every hierarchy kind).
+
+        Memory charged before the move stays with the old cgroup (v1 without
+        move_charge_at_immigrate, and always on v2): move before the work.
+        """
+        self._place("cgroup.procs", pid, list(self.paths))
+
+    def add_thread(self, tid: int) -> None:
+        """Move one thread here (cgroup v1 only, CPU hierarchy only).
+
+        Memory is charged per mm, not per thread, so the memory hierarchy is
+        left alone.  cgroup2 domain cgroups refuse single threads
+        (``cgroup.threads`` -> EOPNOTSUPP, ``cgroup.procs`` moves the whole
+        process), hence AccountingUnavailable there.
+        """
+        if self.hierarchy != "v1":
+            raise AccountingUnavailable(
+                "cgroup v2 cannot place a single thread in a domain cgroup "
+                "(threaded cgroups exclude the memory controller); use hierarchy v1"
+            )
+        self._place("tasks", tid, ["cpuacct"])
+
+    def pids(self) -> list[int]:
+        """Thread group ids currently in the CPU cgroup."""
+        return _ids(os.path.join(self.path, "cgroup.procs"))
+
+    def tids(self) -> list[int]:
+        """Thread ids currently in the CPU cgroup."""
+        name = "tasks" if self.hierarchy == "v1" else "cgroup.threads"
+        return _ids(os.path.join(self.path, name))
+
+    def cpu(self) -> CpuUsage:
+        """CPU time charged so far (counters survive the tasks' exit)."""
+        try:
+            if self.hierarchy == "v2":
+                st = parse_cpu_stat(_read(os.path.join(self.path, "cpu.stat")))
+                return CpuUsage(
+                    st["usage_usec"] * 1000, st["user_usec"] * 1000, st["system_usec"] * 1000
+                )
+            total = int(_read(os.path.join(self.path, "cpuacct.usage")))
+            try:
+                user = int(_read(os.path.join(self.path, "cpuacct.usage_user")))
+                system = int(_read(os.path.join(self.path, "cpuacct.usage_sys")))
+            except FileNotFoundError:
+                # Kernels before 4.7: cpuacct.stat in USER_HZ ticks.
+                st = parse_cpu_stat(_read(os.path.join(self.path, "cpuacct.stat")))
+                user = st["user"] * 1_000_000_000 // USER_HZ
+                system = st["system"] * 1_000_000_000 // USER_HZ
+            return CpuUsage(total, user, system)
+        except (OSError, KeyError, ValueError) as err:
+            raise AccountingUnavailable(
+                f"cgroup {self.hierarchy}: cannot read CPU counters in {self.path}: {err}"
+            ) from err
+
+    def memory(self) -> Optional[MemUsage]:
+        """Memory charged now and its peak; None where the host has no counter."""
+        if self.hierarchy == "v1":
+            d = self.paths.get("memory")
+            if d is None:
+                return None
+            cur_f, peak_f = "memory.usage_in_bytes", "memory.max_usage_in_bytes"
+        else:
+            d = self.paths["unified"]
+            cur_f, peak_f = "memory.current", "memory.peak"
+        try:
+            current = int(_read(os.path.join(d, cur_f)))
+        except FileNotFoundError:
+            return None
+        try:
+            peak: Optional[int] = int(_read(os.path.join(d, peak_f)))
+        except FileNotFoundError:
+            peak = None
+        return MemUsage(current, peak)
+
+    # -- removal -------------------------------------------------------------
+
+    def _evacuate(self, kind: str) -> None:
+        d = self.paths[kind]
+        parent = os.path.dirname(d)
+        if self.hierarchy == "v1":
+            # Per thread: a process may have single threads in here (add_thread).
+            src, dst = "tasks", "tasks"
+        else:
+            src, dst = "cgroup.procs", "cgroup.procs"
+        for ident in _ids(os.path.join(d, src)):
+            try:
+                _write(os.path.join(parent, dst), str(ident))
+            except OSError as err:
+                if err.errno != errno.ESRCH:  # ESRCH: it exited meanwhile, fine
+                    raise
+
+    def remove(self, timeout_s: float = RMDIR_TIMEOUT_S) -> list[str]:
+        """Move remaining tasks to the parent and rmdir; returns what is left.
+
+        Retries on EBUSY: a task that is in the middle of exiting still counts
+        until ``cgroup_exit`` has run for it.
+        """
+        left = []
+        deadline = time.monotonic() + timeout_s
+        for kind, d in self.paths.items():
+            delay = 0.001
+            last: Optional[BaseException] = None
+            while True:
+                try:
+                    self._evacuate(kind)
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as err:
+                    last = err
+                    if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                        left.append(f"{d} ({oserror_text(err)})")
+                        break
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            del last
+        self.removed = not left
+        return left
+
+
+_live_scopes: weakref.WeakSet[CgroupScope] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _atexit_cleanup() -> None:
+    # Backstop for scopes that were never closed (no ``with``): still no leftovers.
+    with _live_lock:
+        scopes = list(_live_scopes)
+    for scope in scopes:
+        try:
+            scope.close()
+        except CgroupLeftover as err:
+            print(f"kvmpv: {err}", file=sys.stderr)
+
+
+atexit.register(_atexit_cleanup)
+
+
+def _raise_terminated(signo: int, frame: Optional[FrameType]) -> None:
+    raise Interrupted(signo)
+
+
+SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
+
+
+class CgroupScope:
+    """A set of private cgroups removed together (context manager).
+
+    Use ``cgroup_scope()``.  ``hierarchy`` is "v1" or "v2": the one in use
+    (for "auto", the preferred one until the first ``create`` settles it).
+    """
+
+    def __init__(
+        self,
+        hierarchy: str = "auto",
+        prefix: str = NAME_MARK,
+        *,
+        proc: str = "/proc/self",
+        handle_sigterm: bool = True,
+    ) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", prefix):
+            raise ValueError(f"bad cgroup prefix {prefix!r}")
+        self.requested = hierarchy
+        self.prefix = prefix if NAME_MARK in prefix else f"{NAME_MARK}-{prefix}"
+        self._candidates = candidate_order(hierarchy, discover_layouts(proc))
+        self._fallback_reasons: list[str] = []
+        self.layout = self._candidates[0]
+        self.cgroups: list[Cgroup] = []
+        self._handle_sigterm = handle_sigterm
+        self._saved_sigterm: SignalHandler = None
+        self._installed = False
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def hierarchy(self) -> str:
+        return self.layout.hierarchy
+
+    def __repr__(self) -> str:
+        return f"CgroupScope({self.hierarchy}, {len(self.cgroups)} cgroups)"
+
+    def _mkdirs(self, layout: Layout, name: str) -> dict[str, str]:
+        made: dict[str, str] = {}
+        try:
+            for kind, parent in layout.dirs.items():
+                d = os.path.join(parent, name)
+                os.mkdir(d)
+                made[kind] = d
+        except OSError as err:
+            for d in reversed(list(made.values())):
+                try:
+                    os.rmdir(d)
+                except OSError as err2:
+                    print(f"kvmpv: could not remove {d}: {oserror_text(err2)}", file=sys.stderr)
+            target = os.path.join(parent, name)
+            if _is_permission(err) or err.errno == errno.ENOENT:
+                raise AccountingUnavailable(
+                    f"cgroup {layout.hierarchy}: mkdir {target}: {oserror_text(err)}"
+                ) from err
+            raise SyscallError("mkdir", err.errno or 0, target) from err
+        return made
+
+    def create(self, role: str) -> Cgroup:
+        """A new private cgroup for ``role`` (e.g. "vm", "cleaner", "reaper")."""
+        if not _ROLE_RE.match(role):
+            raise ValueError(f"bad cgroup role {role!r} (letters, digits, _)")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cgroup scope already closed")
+            name = f"{self.prefix}-{role}-p{os.getpid()}-{secrets.token_hex(3)}"
+            while True:
+                try:
+                    dirs = self._mkdirs(self.layout, name)
+                    break
+                except AccountingUnavailable as err:
+                    # "auto" may fall back, but only before the first cgroup exists:
+                    # a scope never mixes hierarchies.
+                    self._fallback_reasons.append(err.reason)
+                    rest = self._candidates[self._candidates.index(self.layout) + 1 :]
+                    if self.cgroups or self.requested != "auto" or not rest:
+                        raise AccountingUnavailable("; ".join(self._fallback_reasons)) from err
+                    self.layout = rest[0]
+            cg = Cgroup(name, role, self.layout, dirs)
+            self.cgroups.append(cg)
+            with _live_lock:
+                _live_scopes.add(self)
+            return cg
+
+    # -- context manager ------------------------------------------------------
+
+    def __enter__(self) -> CgroupScope:
+        if self._handle_sigterm and threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGTERM)
+            if prev in (signal.SIG_DFL, None):
+                # Without this, SIGTERM would kill us before __exit__ could rmdir.
+                self._saved_sigterm = prev
+                signal.signal(signal.SIGTERM, _raise_terminated)
+                self._installed = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        try:
+            self.close()
+        except CgroupLeftover as err:
+            if exc is None:
+                raise
+            # Do not mask the original error, but never be silent either.
+            print(f"kvmpv: {err}", file=sys.stderr)
+        finally:
+            if self._installed:
+                signal.signal(signal.SIGTERM, self._saved_sigterm or signal.SIG_DFL)
+                self._installed = False
+
+    def close(self) -> None:
+        """Remove every cgroup of the scope (idempotent).
+
+        SIGINT/SIGTERM arriving during the removal are held back until it is
+        done (main thread only), so a second Ctrl-C cannot leave a cgroup.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        pending: list[int] = []
+        saved: dict[int, SignalHandler] = {}
+        if threading.current_thread() is threading.main_thread():
+
+            def hold(signo: int, frame: Optional[FrameType]) -> None:
+                pending.append(signo)
+
+            for signo in (signal.SIGINT, signal.SIGTERM):
+                prev = signal.getsignal(signo)
+                if prev not in (signal.SIG_IGN, None):
+                    saved[signo] = prev
+                    signal.signal(signo, hold)
+        left: list[str] = []
+        try:
+            for cg in reversed(self.cgroups):
+                left.extend(cg.remove())
+        finally:
+            for signo, prev in saved.items():
+                signal.signal(signo, prev)
+            with _live_lock:
+                _live_scopes.discard(self)
+        if left:
+            raise CgroupLeftover(left, "tasks would not leave or rmdir was refused")
+        if pending:
+            # Deliver what was held back, now that nothing is left behind.
+            signal.raise_signal(pending[0])
+
+    def leftovers(self) -> list[str]:
+        """Directories of this scope that still exist."""
+        return [d for cg in self.cgroups for d in cg.paths.values() if os.path.isdir(d)]
+
+
+def cgroup_scope(hierarchy: str = "auto", prefix: str = NAME_MARK) -> CgroupScope:
+    """Open a scope of private cgroups below our own ones (context manager).
+
+    Raises AccountingUnavailable when the requested hierarchy is not mounted
+    (and, from ``create``, when it is not writable for us).
+    """
+    return CgroupScope(hierarchy, prefix)
+
+
+def iter_kvmpv_cgroups(root: str = "/sys/fs/cgroup") -> Iterator[str]:
+    """Every directory under ``root`` whose name contains "kvmpv"."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = [e for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        for e in entries:
+            if NAME_MARK in e.name:
+                yield e.path
+            stack.append(e.path)
+
+
+@dataclass
+class LeftoverReport:
+    """Result of ``find_leftovers``."""
+
+    leftovers: list[str] = field(default_factory=list)
+    ignored_live: list[str] = field(default_factory=list)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_leftovers(
+    root: str = "/sys/fs/cgroup",
+    *,
+    since: Optional[float] = None,
+    ignore_live_other_creators: bool = False,
+) -> LeftoverReport:
+    """kvmpv cgroups under ``root`` (created at/after ``since``, a time.time()).
+
+    With ``ignore_live_other_creators``, a cgroup whose creator (pid in the
+    name) is alive and is not this process is reported as ``ignored_live``,
+    not as a leftover: on a shared machine another kvmpv run may be busy.
+    """
+    rep = LeftoverReport()
+    for path in iter_kvmpv_cgroups(root):
+        if since is not None:
+            try:
+                if os.stat(path).st_ctime < since:
+                    continue
+            except FileNotFoundError:
+                continue
+        pid = creator_pid(os.path.basename(path))
+        if (
+            ignore_live_other_creators
+            and pid is not None
+            and pid != os.getpid()
+            and _pid_alive(pid)
+        ):
+            rep.ignored_live.append(path)
+        else:
+            rep.leftovers.append(path)
+    return rep
+
+
+__all__ = [
+    "HIERARCHY_CHOICES",
+    "Cgroup",
+    "CgroupMount",
+    "CgroupScope",
+    "CpuUsage",
+    "Layout",
+    "LeftoverReport",
+    "MemUsage",
+    "candidate_order",
+    "cgroup_scope",
+    "creator_pid",
+    "discover_layouts",
+    "find_leftovers",
+    "iter_kvmpv_cgroups",
+    "layouts_from_text",
+    "parse_mountinfo",
+    "parse_proc_cgroup",
+]

@@ -1,0 +1,180 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Verdicts: was a piece of work charged to a cgroup?  Pure arithmetic.
+
+Touches only ``/proc/config.gz`` / ``/boot/config-*`` (read once) to learn
+CONFIG_HZ for the default tolerance.
+
+The question the reboot and shutdown scenarios ask is "the teardown work W
+(measured independently: the thread's own CPU clock, a process's wait4
+rusage, a synchronous baseline) -- did cgroup X pay for it?".  The answer is
+a ``Verdict``:
+
+* CHARGED when ``charged >= 0.8 * work - tolerance``;
+* NOT_CHARGED when ``charged <= 0.2 * work + tolerance``;
+* INCONCLUSIVE otherwise, or when the work is so small that the two bands
+  overlap once widened by the tolerance (then nothing can be told apart).
+
+Why a tolerance, and why ticks: with ``CONFIG_TICK_CPU_ACCOUNTING`` (this
+machine: HZ=250, no VIRT_CPU_ACCOUNTING_GEN) the kernel samples user vs
+system time at each timer tick and only later scales the precise scheduler
+runtime by that ratio (``cputime_adjust()`` in kernel/sched/cputime.c).
+``cpuacct.usage_user``/``usage_sys``, cgroup2 ``user_usec``/``system_usec``,
+``wait4`` ru_utime/ru_stime and taskstats ac_utime/ac_stime are all split
+that way, so each side of a comparison of *system* (or *user*) time can be
+off by about one tick per task.  The default tolerance is therefore two
+ticks (one per side); callers comparing many tasks pass their own.  Totals
+(``cpuacct.usage``, ``usage_usec``, CLOCK_THREAD_CPUTIME_ID) are precise
+and simply get the same slack.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+#: charged if at least this share of the work shows up in the cgroup
+CHARGED_FRACTION = 0.8
+#: not charged if at most this share shows up
+NOT_CHARGED_FRACTION = 0.2
+#: when CONFIG_HZ cannot be read, assume the coarsest common tick (HZ=100)
+FALLBACK_HZ = 100
+#: ticks of slack per comparison: one for each of the two tick-split sides
+DEFAULT_TOLERANCE_TICKS = 2
+
+
+class Outcome(str, enum.Enum):
+    """Result of a charge check; the value is what reports print."""
+
+    CHARGED = "charged"
+    NOT_CHARGED = "not charged"
+    INCONCLUSIVE = "inconclusive"
+    SKIP = "skip"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer with the numbers behind it.
+
+    ``fraction`` is ``charged_ns / work_ns`` (0.0 when there was no work);
+    ``tolerance_ns`` is the slack that was applied.
+    """
+
+    outcome: Outcome
+    work_ns: int
+    charged_ns: int
+    fraction: float
+    reason: str
+    tolerance_ns: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value,
+            "work_ns": self.work_ns,
+            "charged_ns": self.charged_ns,
+            "fraction": round(self.fraction, 4),
+            "tolerance_ns": self.tolerance_ns,
+            "reason": self.reason,
+        }
+
+
+_hz_cache: Optional[tuple[int, str]] = None
+
+
+def _parse_hz(text: str) -> Optional[int]:
+    m = re.search(r"^CONFIG_HZ=(\d+)$", text, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def kernel_hz() -> tuple[int, str]:
+    """(CONFIG_HZ, where it came from).  Userspace only sees USER_HZ (100) via
+    sysconf, so the kernel config is the only honest source; without it the
+    coarsest usual value (100) is assumed and the source says so."""
+    global _hz_cache
+    if _hz_cache is not None:
+        return _hz_cache
+    found: Optional[tuple[int, str]] = None
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            hz = _parse_hz(f.read())
+        if hz:
+            found = (hz, "/proc/config.gz")
+    except OSError:
+        pass
+    if found is None:
+        path = f"/boot/config-{os.uname().release}"
+        try:
+            with open(path) as f:
+                hz = _parse_hz(f.read())
+            if hz:
+                found = (hz, path)
+        except OSError:
+            pass
+    if found is None:
+        found = (FALLBACK_HZ, f"CONFIG_HZ not readable, assumed {FALLBACK_HZ}")
+    _hz_cache = found
+    return found
+
+
+def tick_ns() -> int:
+    """Length of one scheduler tick in ns (4 ms at HZ=250)."""
+    return 1_000_000_000 // kernel_hz()[0]
+
+
+def default_tolerance_ns(ticks: int = DEFAULT_TOLERANCE_TICKS) -> int:
+    """The default slack: ``ticks`` scheduler ticks (two: one per side)."""
+    return ticks * tick_ns()
+
+
+def judge_charged(work_ns: int, charged_ns: int, *, tolerance_ns: Optional[int] = None) -> Verdict:
+    """Was ``work_ns`` of CPU work charged, given ``charged_ns`` seen in the cgroup?
+
+    ``charged_ns`` is the cgroup's counter *delta* over the work (subtract a
+    reading taken before).  ``tolerance_ns`` defaults to two scheduler ticks
+    (see the module docstring).
+    """
+    tol = default_tolerance_ns() if tolerance_ns is None else int(tolerance_ns)
+    if tol < 0:
+        raise ValueError(f"tolerance_ns must be >= 0, got {tol}")
+    work = int(work_ns)
+    charged = int(charged_ns)
+    fraction = charged / work if work > 0 else 0.0
+    pct = f"{fraction * 100:.1f}%"
+    numbers = f"{charged / 1e6:.1f} ms of {work / 1e6:.1f} ms ({pct}, tolerance {tol / 1e6:.1f} ms)"
+    if work <= 0:
+        return Verdict(Outcome.INCONCLUSIVE, work, charged, fraction, "no work measured", tol)
+    lower = CHARGED_FRACTION * work - tol
+    upper = NOT_CHARGED_FRACTION * work + tol
+    if lower <= upper:
+        # Both bands overlap: a few ticks of work cannot be attributed.
+        reason = f"work too small to tell apart from tick noise: {numbers}"
+        return Verdict(Outcome.INCONCLUSIVE, work, charged, fraction, reason, tol)
+    if charged >= lower:
+        return Verdict(Outcome.CHARGED, work, charged, fraction, f"charged {numbers}", tol)
+    if charged <= upper:
+        return Verdict(Outcome.NOT_CHARGED, work, charged, fraction, f"charged {numbers}", tol)
+    return Verdict(Outcome.INCONCLUSIVE, work, charged, fraction, f"partly charged {numbers}", tol)
+
+
+def skip_verdict(reason: str, work_ns: int = 0) -> Verdict:
+    """A SKIP verdict (accounting unavailable); never a pass."""
+    return Verdict(Outcome.SKIP, int(work_ns), 0, 0.0, reason, 0)
+
+
+__all__ = [
+    "CHARGED_FRACTION",
+    "NOT_CHARGED_FRACTION",
+    "Outcome",
+    "Verdict",
+    "default_tolerance_ns",
+    "judge_charged",
+    "kernel_hz",
+    "skip_verdict",
+    "tick_ns",
+]

@@ -1,0 +1,196 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The child processes of ``kvmpv shutdown``: the worker that dies and the reaper.
+
+Run only by ``kvmpv.scenarios.shutdown`` as a fresh interpreter
+(``python -m kvmpv.scenarios._worker worker|reaper ...``), never imported by
+other code.  Touches: anonymous memory (``GuestMemory``), optionally
+``/dev/kvm`` (``--vm``), the async-teardown cleaner (``kvmpv.teardown``),
+``pidfd_send_signal`` and ``process_mrelease`` (reaper), its own stdin and
+stdout.
+
+Why a fresh interpreter and not ``os.fork()`` of kvmpv: a fork would share
+kvmpv's heap copy-on-write and inherit its threads' state, so its exit would
+tear down a copy of whatever kvmpv happens to hold (pytest, pyroute2 buffers)
+and the measurement would depend on the caller.  A fresh interpreter has the
+same small footprint every time (~10 MB), which is all the noise added to the
+N bytes being measured.
+
+Protocol (one JSON object per line on stdout, one word per line on stdin), so
+that kvmpv can move the process into its cgroup between "ready" and "go", and
+take its counter baselines between "populated" and "exit":
+
+* worker: ``ready`` -> (go) -> arm the cleaner if asked, populate ->
+  ``populated`` -> (exit) -> ``exit`` with the CLOCK_MONOTONIC time taken
+  just before ``_exit`` -> ``_exit(0)``.
+* reaper: opens a pidfd on the worker, ``ready`` -> (go) -> SIGKILL through
+  the pidfd, ``process_mrelease`` -> ``reaped`` -> (exit or EOF) -> exit.
+
+EOF on stdin (kvmpv died or gave up) always means "exit now": a worker never
+outlives its controller, and PR_SET_PDEATHSIG covers the time spent
+populating, when stdin is not being read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import json
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from typing import Any, NoReturn
+
+PR_SET_PDEATHSIG = 1
+SYS_PROCESS_MRELEASE = 448  # same number on every architecture (asm-generic table)
+
+
+def emit(event: str, **fields: Any) -> None:
+    line = json.dumps({"ev": event, **fields}) + "\n"
+    os.write(1, line.encode())
+
+
+def wait_command() -> str:
+    """Next word on stdin; "" on EOF."""
+    line = sys.stdin.buffer.readline()
+    return line.decode().strip()
+
+
+def rusage_cpu_ns() -> int:
+    """CPU time of this process so far (all threads), from getrusage.
+
+    Since Linux 2.6.x utime+stime of RUSAGE_SELF add up to the precise
+    scheduler runtime (only the user/system split is tick-sampled), so the
+    sum can be subtracted from the wait4 rusage the parent gets at exit.
+    """
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return int(round((ru.ru_utime + ru.ru_stime) * 1e9))
+
+
+def die_with_parent(ppid: int) -> None:
+    from ..syscalls import libc
+
+    libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # PDEATHSIG fires only for a parent that dies after the prctl; one that
+    # died before it shows up as a changed getppid().
+    if os.getppid() != ppid:
+        os._exit(1)
+
+
+def anon_huge_bytes() -> int:
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> NoReturn:
+    from ..memory import GuestMemory
+
+    emit("ready", pid=os.getpid())
+    if wait_command() != "go":
+        os._exit(1)
+    cleaner_pid = 0
+    parallel = None
+    if args.arm != "none":
+        from .. import teardown
+
+        status = teardown.arm(parallel=args.parallel if args.arm == "parallel" else None)
+        cleaner_pid = int(status.pid or 0)
+        parallel = status.parallel
+    t0 = time.monotonic()
+    memory = GuestMemory(args.size, thp=args.thp)
+    keep: list[Any] = [memory]
+    if args.vm:
+        from ..kvm import Kvm
+        from ..x86guest import vm_touch_memory
+
+        kvm = Kvm()
+        vm = kvm.vm_create()
+        keep += [kvm, vm]
+        vm_touch_memory(vm, memory)
+    else:
+        memory.populate()
+    emit(
+        "populated",
+        cleaner_pid=cleaner_pid,
+        parallel=parallel,
+        populate_s=time.monotonic() - t0,
+        anon_huge_bytes=anon_huge_bytes(),
+    )
+    wait_command()  # "exit", or EOF: exit either way
+    cpu_ns = rusage_cpu_ns()
+    t_exit = time.monotonic_ns()
+    emit("exit", t_ns=t_exit, ru_cpu_ns=cpu_ns)
+    # _exit: no interpreter finalization, no atexit (which would disarm the
+    # cleaner or free objects one by one).  The memory (and the VM fds) are
+    # released by the kernel here, or by the cleaner.
+    os._exit(0)
+
+
+def run_reaper(args: argparse.Namespace) -> NoReturn:
+    from ..syscalls import libc
+
+    pidfd = os.pidfd_open(args.pid)
+    emit("ready", pid=os.getpid())
+    if wait_command() != "go":
+        os._exit(1)
+    ru0 = rusage_cpu_ns()
+    t_kill = time.monotonic_ns()
+    # What lmkd's reaper threads do: kill through the pidfd (no pid reuse
+    # race), then reap the address space in our own context while the
+    # victim is still on its way out of do_exit.
+    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    ret = int(libc().syscall(SYS_PROCESS_MRELEASE, pidfd, 0))
+    err = ctypes.get_errno() if ret < 0 else 0
+    t_done = time.monotonic_ns()
+    cpu_ns = rusage_cpu_ns() - ru0
+    emit(
+        "reaped",
+        t_kill_ns=t_kill,
+        t_done_ns=t_done,
+        ret=ret,
+        errno=err,
+        errno_name=errno.errorcode.get(err, str(err)) if err else "",
+        ru_cpu_ns=cpu_ns,
+    )
+    wait_command()
+    os._exit(0)
+
+
+def main(argv: list[str]) -> NoReturn:
+    parser = argparse.ArgumentParser(prog="kvmpv.scenarios._worker")
+    parser.add_argument("role", choices=("worker", "reaper"))
+    parser.add_argument("--ppid", type=int, required=True)
+    parser.add_argument("--size", type=int, default=0)
+    parser.add_argument("--thp", action="store_true")
+    parser.add_argument("--vm", action="store_true")
+    parser.add_argument("--arm", choices=("none", "cleaner", "parallel"), default="none")
+    parser.add_argument("--parallel", type=int, default=None)
+    parser.add_argument("--pid", type=int, default=0)
+    args = parser.parse_args(argv)
+    die_with_parent(args.ppid)
+    try:
+        if args.role == "worker":
+            run_worker(args)
+        run_reaper(args)
+    except BaseException as err:  # report, then die: kvmpv turns it into one line
+        emit(
+            "error",
+            type=type(err).__name__,
+            message=str(err) or type(err).__name__,
+            exit_code=getattr(err, "exit_code", 1),
+            trace=traceback.format_exc(limit=4),
+        )
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
