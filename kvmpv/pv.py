@@ -1,8 +1,12 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""s390 protected-virtualization commands (``KVM_S390_PV_COMMAND``) on a ``Vm``.
+"""s390 protected-virtualization commands (``KVM_S390_PV_COMMAND``) on a ``Vm``,
+and the protected-VM reboot as QEMU 10 does it.
 
 Reference: Documentation/virt/kvm/api.rst 4.125, arch/s390/kvm/pv.c and QEMU's
-target/s390x/kvm/pv.c; ``../shared/spec/kvm-pv-async.md`` sections 3 and 5.
+target/s390x/kvm/pv.c + hw/s390x/s390-virtio-ccw.c; ``../shared/spec/kvm-pv-async.md``
+sections 3 and 5.  Touches only the VM handle it is given (through its
+``Syscalls`` backend, real or simulated) and the calling/cleanup threads'
+names; no cgroups, no printing.
 
 ``pv_cmd()`` is the one place that issues a PV command:
 
@@ -11,16 +15,57 @@ target/s390x/kvm/pv.c; ``../shared/spec/kvm-pv-async.md`` sections 3 and 5.
 * ``EINTR`` is retried, as QEMU's ``__s390_pv_cmd`` does: ENABLE is documented
   to fail with EINTR when an unmasked signal is pending.
 * Failures raise ``PvCmdError`` with errno and rc/rrc unless ``check=False``.
+
+The named wrappers (``pv_enable()`` ... ``pv_async_cleanup_perform()``) are
+thin: they build the sub-command's argument structure and keep it alive for
+the duration of the ioctl.
+
+Reboot (``s390_machine_unprotect()``): the old protected configuration is
+either set aside with ``KVM_PV_ASYNC_CLEANUP_PREPARE`` and torn down by
+``KVM_PV_ASYNC_CLEANUP_PERFORM`` on a thread named ``async_cleanup``, or
+destroyed synchronously with ``KVM_PV_DISABLE``.  Unlike QEMU, a failing
+PERFORM does not ``exit(1)``: the ``PvCmdError`` is recorded on the
+``AsyncCleanup`` and surfaced by whoever joins it, and every cleanup thread is
+tracked so that nothing is left running (``live_cleanups()``,
+``join_all_cleanups()``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
-from dataclasses import dataclass
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
-from .errors import PvCmdError
+from .errors import KvmError, PvCmdError, SyscallError
 from .kvm import Vm
-from .uapi import IOCTL_NAMES, KVM_S390_PV_COMMAND, kvm_pv_cmd, pv_cmd_id
+from .syscalls import libc
+from .uapi import (
+    IOCTL_NAMES,
+    KVM_PV_ASYNC_SYNTHETIC_RC,
+    KVM_PV_ASYNC_SYNTHETIC_RRC,
+    KVM_S390_PV_COMMAND,
+    PV_ASYNC_MIN_LIMIT,
+    UV_FACILITY_DESTROY_SEC_CONF_FAST_MASK,
+    KvmCap,
+    kvm_pv_cmd,
+    kvm_s390_pv_dmp,
+    kvm_s390_pv_info,
+    kvm_s390_pv_info_dump,
+    kvm_s390_pv_info_header,
+    kvm_s390_pv_info_vm,
+    kvm_s390_pv_sec_parm,
+    kvm_s390_pv_unp,
+    pv_cmd_dmp_id,
+    pv_cmd_id,
+    pv_cmd_info_id,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +85,15 @@ class PvResult:
     def errno(self) -> int:
         return -self.ret if self.ret < 0 else 0
 
+    def to_dict(self) -> dict[str, object]:
+        return {"cmd": self.cmd.name, "ret": self.ret, "rc": self.rc, "rrc": self.rrc}
+
+
+def _error(result: PvResult) -> PvCmdError:
+    return PvCmdError(
+        IOCTL_NAMES[KVM_S390_PV_COMMAND], result.cmd.name, result.errno, result.rc, result.rrc
+    )
+
 
 def pv_cmd(
     vm: Vm, cmd: pv_cmd_id, data: int = 0, *, flags: int = 0, check: bool = True
@@ -54,11 +108,526 @@ def pv_cmd(
             break
     result = PvResult(pv_cmd_id(cmd), ret, int(arg.rc), int(arg.rrc))
     if check and not result.ok:
-        raise PvCmdError(
-            IOCTL_NAMES[KVM_S390_PV_COMMAND],
-            pv_cmd_id(cmd).name,
-            result.errno,
-            result.rc,
-            result.rrc,
-        )
+        raise _error(result)
     return result
+
+
+# --------------------------------------------------------------------------
+# Named sub-commands
+# --------------------------------------------------------------------------
+
+
+def pv_enable(vm: Vm, *, check: bool = True) -> PvResult:
+    """``KVM_PV_ENABLE``: create the secure configuration, convert existing vCPUs."""
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_ENABLE, check=check)
+
+
+def pv_disable(vm: Vm, *, check: bool = True) -> PvResult:
+    """``KVM_PV_DISABLE``: destroy the current configuration *and* any set-aside one.
+
+    Needs a current protected configuration (else EINVAL, and a set-aside one
+    is then not cleaned: spec 3.5).
+    """
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_DISABLE, check=check)
+
+
+def pv_set_sec_parms(vm: Vm, origin: int, length: int, *, check: bool = True) -> PvResult:
+    """``KVM_PV_SET_SEC_PARMS``: the SE header at user address ``origin``."""
+    parm = kvm_s390_pv_sec_parm(origin=origin, length=length)
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm), check=check)
+
+
+def pv_unpack(vm: Vm, addr: int, size: int, tweak: int, *, check: bool = True) -> PvResult:
+    """``KVM_PV_UNPACK``: unpack (decrypt and import) ``size`` bytes at guest ``addr``."""
+    unp = kvm_s390_pv_unp(addr=addr, size=size, tweak=tweak)
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_UNPACK, ctypes.addressof(unp), check=check)
+
+
+def pv_verify(vm: Vm, *, check: bool = True) -> PvResult:
+    """``KVM_PV_VERIFY``: verify the unpacked image."""
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_VERIFY, check=check)
+
+
+def pv_prep_reset(vm: Vm, *, check: bool = True) -> PvResult:
+    """``KVM_PV_PREP_RESET``: prepare the configuration for a reset."""
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_PREP_RESET, check=check)
+
+
+def pv_unshare_all(vm: Vm, *, check: bool = True) -> PvResult:
+    """``KVM_PV_UNSHARE_ALL``: unshare every page the guest shared with the host."""
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_UNSHARE_ALL, check=check)
+
+
+@dataclass(frozen=True)
+class PvInfoVm:
+    """Parsed ``struct kvm_s390_pv_info_vm``."""
+
+    inst_calls_list: tuple[int, int, int, int]
+    max_cpus: int
+    max_guests: int
+    max_guest_addr: int
+    feature_indication: int
+
+    @property
+    def destroy_fast(self) -> bool:
+        """The UV offers Destroy Secure Configuration Fast (bit 23, MSB-0, of word 0)."""
+        return bool(self.inst_calls_list[0] & UV_FACILITY_DESTROY_SEC_CONF_FAST_MASK)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "inst_calls_list": [f"0x{w:016x}" for w in self.inst_calls_list],
+            "max_cpus": self.max_cpus,
+            "max_guests": self.max_guests,
+            "max_guest_addr": self.max_guest_addr,
+            "feature_indication": self.feature_indication,
+            "destroy_fast": self.destroy_fast,
+        }
+
+
+@dataclass(frozen=True)
+class PvInfoDump:
+    """Parsed ``struct kvm_s390_pv_info_dump``."""
+
+    dump_cpu_buffer_len: int
+    dump_config_mem_buffer_per_1m: int
+    dump_config_finalize_len: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "dump_cpu_buffer_len": self.dump_cpu_buffer_len,
+            "dump_config_mem_buffer_per_1m": self.dump_config_mem_buffer_per_1m,
+            "dump_config_finalize_len": self.dump_config_finalize_len,
+        }
+
+
+@dataclass(frozen=True)
+class PvInfo:
+    """Parsed ``struct kvm_s390_pv_info``: header plus the payload ``id`` asked for."""
+
+    id: pv_cmd_info_id
+    len_max: int
+    len_written: int
+    vm: Optional[PvInfoVm]
+    dump: Optional[PvInfoDump]
+    result: PvResult
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id.name,
+            "len_max": self.len_max,
+            "len_written": self.len_written,
+            "vm": self.vm.to_dict() if self.vm else None,
+            "dump": self.dump.to_dict() if self.dump else None,
+        }
+
+
+def pv_info(vm: Vm, info_id: pv_cmd_info_id = pv_cmd_info_id.KVM_PV_INFO_VM) -> PvInfo:
+    """``KVM_PV_INFO`` (needs no protected configuration): query the Ultravisor.
+
+    ``len_max`` is exactly header + the payload for ``info_id``; the kernel
+    refuses anything shorter with EINVAL and reports what it wrote in
+    ``len_written``.  Only the bytes written are parsed; a short answer
+    leaves the payload ``None``.
+    """
+    payload = (
+        kvm_s390_pv_info_vm if info_id == pv_cmd_info_id.KVM_PV_INFO_VM else kvm_s390_pv_info_dump
+    )
+    info = kvm_s390_pv_info()
+    info.header.id = int(info_id)
+    info.header.len_max = ctypes.sizeof(kvm_s390_pv_info_header) + ctypes.sizeof(payload)
+    result = pv_cmd(vm, pv_cmd_id.KVM_PV_INFO, ctypes.addressof(info))
+    complete = info.header.len_written >= info.header.len_max
+    parsed_vm: Optional[PvInfoVm] = None
+    parsed_dump: Optional[PvInfoDump] = None
+    if complete and info_id == pv_cmd_info_id.KVM_PV_INFO_VM:
+        v = info.vm
+        calls = tuple(int(w) for w in v.inst_calls_list)
+        parsed_vm = PvInfoVm(
+            (calls[0], calls[1], calls[2], calls[3]),
+            int(v.max_cpus),
+            int(v.max_guests),
+            int(v.max_guest_addr),
+            int(v.feature_indication),
+        )
+    elif complete:
+        d = info.dump
+        parsed_dump = PvInfoDump(
+            int(d.dump_cpu_buffer_len),
+            int(d.dump_config_mem_buffer_per_1m),
+            int(d.dump_config_finalize_len),
+        )
+    return PvInfo(
+        pv_cmd_info_id(info_id),
+        int(info.header.len_max),
+        int(info.header.len_written),
+        parsed_vm,
+        parsed_dump,
+        result,
+    )
+
+
+def pv_dump(
+    vm: Vm,
+    subcmd: pv_cmd_dmp_id,
+    buff_addr: int = 0,
+    buff_len: int = 0,
+    gaddr: int = 0,
+    *,
+    check: bool = True,
+) -> PvResult:
+    """``KVM_PV_DUMP`` sub-command ``subcmd`` into the user buffer ``buff_addr``."""
+    dmp = kvm_s390_pv_dmp(subcmd=int(subcmd), buff_addr=buff_addr, buff_len=buff_len, gaddr=gaddr)
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_DUMP, ctypes.addressof(dmp), check=check)
+
+
+def pv_async_cleanup_prepare(vm: Vm, *, check: bool = True) -> PvResult:
+    """``KVM_PV_ASYNC_CLEANUP_PREPARE``: set the current configuration aside.
+
+    Destroys the vCPUs (blocks while one is in KVM_RUN: vcpu->mutex) and the
+    guest pages below 2 GiB synchronously; success is rc 1 / rrc 42.
+    """
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PREPARE, check=check)
+
+
+def pv_async_cleanup_perform(vm: Vm, *, check: bool = True) -> PvResult:
+    """``KVM_PV_ASYNC_CLEANUP_PERFORM``: tear the set-aside configuration down here.
+
+    Runs without kvm->lock (only long enough to detach the record), so a new
+    ENABLE or PREPARE may run meanwhile.  Call it from its own thread.
+    """
+    return pv_cmd(vm, pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PERFORM, check=check)
+
+
+# --------------------------------------------------------------------------
+# Threads: kernel names and signal masks
+# --------------------------------------------------------------------------
+
+PR_SET_NAME = 15
+#: QEMU's name for the PERFORM thread (qemu_thread_create(..., "async_cleanup")).
+ASYNC_CLEANUP_THREAD_NAME = "async_cleanup"
+#: Signals only the main thread should take: CPython raises KeyboardInterrupt /
+#: Interrupted there, and the cleanup paths run there.
+MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def set_thread_name(name: str) -> None:
+    """Set the calling thread's kernel name (``comm``, max 15 bytes) with prctl.
+
+    Python < 3.14 never sets native thread names, and ``threading.Thread.name``
+    is invisible to ``ps``/``/proc``; prctl(PR_SET_NAME) acts on the calling
+    thread only, so this must run inside the thread being named.
+    """
+    raw = name.encode()[:15]
+    lib = libc()
+    if lib.prctl(PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0) != 0:
+        raise SyscallError("prctl(PR_SET_NAME)", ctypes.get_errno(), name)
+
+
+def thread_comm(tid: int) -> str:
+    """The kernel name of thread ``tid`` of this process (``/proc/self/task/<tid>/comm``)."""
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        return f.read().rstrip("\n")
+
+
+@contextmanager
+def main_thread_signals_blocked() -> Iterator[None]:
+    """Block SIGINT/SIGTERM in the calling thread for the duration.
+
+    Threads inherit the creating thread's signal mask, so starting a helper
+    thread inside this block makes it immune to the process-directed SIGINT:
+    the kernel then delivers it to the main thread, where CPython raises it
+    and the cleanup code runs (QEMU blocks signals in its helper threads for
+    the same reason).  In the main thread the signal stays pending and is
+    handled when the mask is restored, i.e. after the block.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# --------------------------------------------------------------------------
+# The PERFORM thread
+# --------------------------------------------------------------------------
+
+_live_lock = threading.Lock()
+_live: weakref.WeakSet[AsyncCleanup] = weakref.WeakSet()
+
+
+@dataclass
+class CleanupOutcome:
+    """What the ``async_cleanup`` thread did, measured inside the thread.
+
+    Times are ``time.monotonic_ns()``; ``cpu_ns`` is CLOCK_THREAD_CPUTIME_ID
+    (``time.thread_time_ns()``) of the thread from its first instruction to
+    the end of PERFORM, so the placement hook is included (it is work the
+    thread did, and the accounting verdict compares against the whole thread).
+    """
+
+    tid: int = 0
+    comm: str = ""
+    thread_start_ns: int = 0
+    perform_start_ns: int = 0
+    perform_end_ns: int = 0
+    perform_cpu_ns: int = 0
+    cpu_ns: int = 0
+    result: Optional[PvResult] = None
+    error: Optional[BaseException] = None
+    on_start_error: Optional[BaseException] = None
+
+    @property
+    def perform_ns(self) -> int:
+        return max(0, self.perform_end_ns - self.perform_start_ns)
+
+    @property
+    def interrupted(self) -> bool:
+        """PERFORM stopped by a fatal signal reports rc 1 / rrc 42 (spec 3.4)."""
+        r = self.result
+        return bool(
+            r is not None
+            and r.ok
+            and r.rc == KVM_PV_ASYNC_SYNTHETIC_RC
+            and r.rrc == KVM_PV_ASYNC_SYNTHETIC_RRC
+        )
+
+
+class AsyncCleanup:
+    """``KVM_PV_ASYNC_CLEANUP_PERFORM`` on a tracked thread named ``async_cleanup``.
+
+    QEMU detaches this thread and exits the process if PERFORM fails.  Here the
+    thread is a daemon (so a crash elsewhere cannot hang interpreter exit) but
+    registered in ``live_cleanups()`` and joinable; the outcome, including a
+    ``PvCmdError``, is kept for whoever joins.  ``on_start(tid)`` runs inside
+    the thread before PERFORM (e.g. to move the thread into a cgroup); if it
+    fails, PERFORM still runs, because the set-aside configuration must be torn
+    down whatever happens to the bookkeeping.
+    """
+
+    def __init__(
+        self,
+        vm: Vm,
+        *,
+        on_start: Optional[Callable[[int], None]] = None,
+        name: str = ASYNC_CLEANUP_THREAD_NAME,
+    ) -> None:
+        self.vm = vm
+        self.name = name
+        self.outcome = CleanupOutcome()
+        self._on_start = on_start
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (with SIGINT/SIGTERM blocked in it) and wait for its tid."""
+        with _live_lock:
+            _live.add(self)
+        try:
+            with main_thread_signals_blocked():
+                self._thread.start()
+        except BaseException:
+            with _live_lock:
+                _live.discard(self)
+            raise
+        self._started.wait()
+
+    def _main(self) -> None:
+        self._run(rename=True)
+
+    def _run(self, *, rename: bool) -> None:
+        out = self.outcome
+        out.thread_start_ns = time.monotonic_ns()
+        cpu0 = time.thread_time_ns()
+        out.tid = threading.get_native_id()
+        try:
+            if rename:
+                set_thread_name(self.name)
+            out.comm = thread_comm(out.tid)
+        except (OSError, SyscallError) as exc:
+            out.on_start_error = exc
+        self._started.set()
+        if self._on_start is not None:
+            try:
+                self._on_start(out.tid)
+            except BaseException as exc:  # recorded; PERFORM must run regardless
+                out.on_start_error = out.on_start_error or exc
+        pcpu0 = time.thread_time_ns()
+        out.perform_start_ns = time.monotonic_ns()
+        try:
+            out.result = pv_async_cleanup_perform(self.vm, check=False)
+            if not out.result.ok:
+                out.error = _error(out.result)
+        except BaseException as exc:  # e.g. KvmError(EBADF): surfaced, never lost
+            out.error = exc
+        finally:
+            out.perform_end_ns = time.monotonic_ns()
+            end_cpu = time.thread_time_ns()
+            out.perform_cpu_ns = end_cpu - pcpu0
+            out.cpu_ns = end_cpu - cpu0
+
+    @property
+    def tid(self) -> int:
+        return self.outcome.tid
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the thread; True once it has finished.
+
+        Interruptible by KeyboardInterrupt like any ``Thread.join``; use
+        ``join_uninterrupted()`` on cleanup paths.
+        """
+        self._thread.join(timeout)
+        done = not self._thread.is_alive()
+        if done:
+            with _live_lock:
+                _live.discard(self)
+        return done
+
+    def join_uninterrupted(self) -> None:
+        """Join even across SIGINT: PERFORM cannot be cancelled from userspace.
+
+        A KeyboardInterrupt (or SIGTERM's ``Interrupted``) while waiting is
+        held back and re-raised once the thread is gone, so the process never
+        exits, or closes the VM fd, under a running PERFORM.
+        """
+        pending: Optional[BaseException] = None
+        while True:
+            try:
+                if self.join(0.5):
+                    break
+            except BaseException as exc:  # re-raised below, after the join
+                pending = pending or exc
+        if pending is not None:
+            raise pending
+
+    def raise_error(self) -> None:
+        """Raise the PERFORM error, if any (after ``join``)."""
+        if self.outcome.error is not None:
+            raise self.outcome.error
+
+
+def live_cleanups() -> list[AsyncCleanup]:
+    """Every started ``async_cleanup`` thread that has not been joined yet."""
+    with _live_lock:
+        return list(_live)
+
+
+def join_all_cleanups() -> None:
+    """Join every tracked cleanup thread (SIGINT-safe); for exit paths."""
+    for cleanup in live_cleanups():
+        cleanup.join_uninterrupted()
+
+
+# --------------------------------------------------------------------------
+# The reboot algorithm (QEMU 10: s390_pv_vm_try_disable_async + s390_machine_unprotect)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Unprotect:
+    """How the old protected configuration went away on one reboot.
+
+    ``path`` is "async" (PREPARE succeeded, ``cleanup`` runs PERFORM) or
+    "sync" (DISABLE did everything); ``reason`` says why sync was used.
+    ``sync_ns``/``sync_cpu_ns`` cover the synchronous part in the calling
+    thread: PREPARE, or DISABLE (plus a failed PREPARE before it).
+    """
+
+    path: str
+    reason: str = ""
+    prepare: Optional[PvResult] = None
+    disable: Optional[PvResult] = None
+    sync_ns: int = 0
+    sync_cpu_ns: int = 0
+    cleanup: Optional[AsyncCleanup] = None
+    notes: list[str] = field(default_factory=list)
+
+
+def async_teardown_blocker(vm: Vm) -> str:
+    """Why QEMU 10 would not try the async path on ``vm`` ("" if it would).
+
+    Mirrors ``s390_pv_vm_try_disable_async()``: cap 224
+    (KVM_CAP_S390_PROTECTED_ASYNC_DISABLE) must be present, and the VM memory
+    limit must be above 2 GiB -- QEMU 10 checks ``s390_get_memory_limit()``
+    ("mimics what the kernel will check in kvm_s390_pv_set_aside"): a limit
+    <= 2 GiB means a segment-table ASCE, which PREPARE refuses with EINVAL
+    since commit 292a7d6fca33 ("KVM: s390: pv: fix asynchronous teardown for
+    small VMs").
+    """
+    if not vm.kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE):
+        return "KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224) absent"
+    try:
+        limit = vm.s390_get_mem_limit()
+    except KvmError as exc:
+        return f"VM memory limit unreadable ({exc})"
+    if limit <= PV_ASYNC_MIN_LIMIT:
+        return f"VM memory limit {limit} <= 2 GiB (segment ASCE)"
+    return ""
+
+
+def s390_pv_vm_try_disable_async(
+    vm: Vm, *, on_cleanup_start: Optional[Callable[[int], None]] = None
+) -> Unprotect:
+    """Try the async path; ``path == "sync"`` means the caller must DISABLE.
+
+    On success PERFORM is already running on the ``async_cleanup`` thread.
+    """
+    t0 = time.monotonic_ns()
+    c0 = time.thread_time_ns()
+    blocker = async_teardown_blocker(vm)
+    if blocker:
+        return Unprotect("sync", reason=blocker)
+    prepare = pv_async_cleanup_prepare(vm, check=False)
+    out = Unprotect("async", prepare=prepare)
+    out.sync_ns = time.monotonic_ns() - t0
+    out.sync_cpu_ns = time.thread_time_ns() - c0
+    if not prepare.ok:
+        # QEMU prints the failed command and falls back to KVM_PV_DISABLE,
+        # which also tears down a configuration PREPARE registered before
+        # failing (spec 3.3: vCPUs already destroyed, remedy is DISABLE).
+        out.path = "sync"
+        out.reason = f"PREPARE failed: {_error(prepare)}"
+        return out
+    cleanup = AsyncCleanup(vm, on_start=on_cleanup_start)
+    try:
+        cleanup.start()
+    except RuntimeError as exc:  # "can't start new thread": do PERFORM here instead
+        out.notes.append(f"cleanup thread not started ({exc}); PERFORM ran synchronously")
+        cleanup._run(rename=False)  # never rename the caller's thread
+        out.sync_ns = time.monotonic_ns() - t0
+        out.sync_cpu_ns = time.thread_time_ns() - c0
+        cleanup.raise_error()
+        return out
+    out.cleanup = cleanup
+    return out
+
+
+def s390_machine_unprotect(
+    vm: Vm,
+    *,
+    allow_async: bool = True,
+    on_cleanup_start: Optional[Callable[[int], None]] = None,
+) -> Unprotect:
+    """Remove the protected configuration for a reboot, as QEMU's ``s390_machine_unprotect``.
+
+    Async when allowed and possible, else ``KVM_PV_DISABLE`` (raises
+    ``PvCmdError`` if that fails: QEMU exits there, kvmpv reports).  All vCPU
+    threads must be out of KVM_RUN (PREPARE and DISABLE take every vcpu->mutex).
+    """
+    if allow_async:
+        out = s390_pv_vm_try_disable_async(vm, on_cleanup_start=on_cleanup_start)
+        if out.path == "async":
+            return out
+    else:
+        out = Unprotect("sync", reason="synchronous teardown requested")
+    t0 = time.monotonic_ns()
+    c0 = time.thread_time_ns()
+    try:
+        out.disable = pv_disable(vm)
+    finally:
+        out.sync_ns += time.monotonic_ns() - t0
+        out.sync_cpu_ns += time.thread_time_ns() - c0
+    return out

@@ -190,12 +190,17 @@ def test_compare_identical_has_no_regression() -> None:
 
 def test_compare_flags_slowdown_status_and_ignores_noise() -> None:
     old, new = make_doc(), make_doc()
-    rec = new["shutdown"]["records"][2]  # cleaner 1G 4k
-    assert (rec["strategy"], rec["thp"]) == ("cleaner", False)
+    def find(strategy: str, size: int, thp: bool) -> dict[str, Any]:
+        recs = new["shutdown"]["records"]
+        return next(
+            r for r in recs if (r["strategy"], r["size_bytes"], r["thp"]) == (strategy, size, thp)
+        )
+
+    rec = find("cleaner", G, False)
     rec["exit_latency_s"] = _stats(0.4)  # 0.001 -> 0.4 s: the cleaner stopped working
     new["check"]["results"][0]["status"] = "fail"
     new["reboot"][1]["cycles"][0]["verdict"] = "not charged"
-    tiny = new["shutdown"]["records"][3]  # cleaner 1G thp: 0.00004 -> 0.002 s, under min_abs
+    tiny = find("cleaner", G, True)  # 0.00004 -> 0.002 s: a big ratio, but under min_abs
     tiny["exit_latency_s"] = _stats(0.002)
     flagged = {r.key for r in compare(old, new).regressions}
     assert flagged == {
