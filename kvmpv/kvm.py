@@ -42,8 +42,14 @@ def kvm_dev_path(path: Optional[str] = None) -> str:
     return path or os.environ.get(KVM_DEV_ENV) or KVM_DEV
 
 
+#: Names of ioctls defined outside ``uapi`` (x86 CPUID in ``x86guest``).
+EXTRA_IOCTL_NAMES: dict[int, str] = {}
+
+
 def ioctl_name(request: int) -> str:
-    return uapi.IOCTL_NAMES.get(request, f"ioctl 0x{request:08x}")
+    """Kernel name of a request, for error messages ("KVM_CREATE_VM failed ...")."""
+    name = uapi.IOCTL_NAMES.get(request) or EXTRA_IOCTL_NAMES.get(request)
+    return name or f"ioctl 0x{request:08x}"
 
 
 class _Handle:
@@ -82,6 +88,24 @@ class _Handle:
 
     def _error(self, request: int, err: int) -> KvmError:
         return KvmError(ioctl_name(request), err)
+
+    # -- device attributes (/dev/kvm on x86: KVM_X86_GRP_SYSTEM; VM fd on s390) --
+
+    def _attr(self, request: int, group: int, attr: int, addr: int, check: bool) -> int:
+        arg = uapi.kvm_device_attr(group=group, attr=attr, addr=addr)
+        return self.ioctl(request, arg, check=check)
+
+    def set_device_attr(self, group: int, attr: int, addr: int = 0, *, check: bool = True) -> int:
+        """``KVM_SET_DEVICE_ATTR``; ``addr`` points at the value."""
+        return self._attr(uapi.KVM_SET_DEVICE_ATTR, group, attr, addr, check)
+
+    def get_device_attr(self, group: int, attr: int, addr: int = 0, *, check: bool = True) -> int:
+        """``KVM_GET_DEVICE_ATTR``; the value is written at ``addr``."""
+        return self._attr(uapi.KVM_GET_DEVICE_ATTR, group, attr, addr, check)
+
+    def has_device_attr(self, group: int, attr: int, *, check: bool = True) -> int:
+        """``KVM_HAS_DEVICE_ATTR``: 0 if supported; ENXIO for an unknown attribute."""
+        return self._attr(uapi.KVM_HAS_DEVICE_ATTR, group, attr, 0, check)
 
     def _close_fd(self) -> None:
         if not self._closed:
@@ -250,21 +274,6 @@ class Vm(_Handle):
         region = self.memslots.get(slot)
         gpa = region.guest_phys_addr if region is not None else 0
         return self.set_user_memory_region(slot, gpa, 0, 0, check=check)
-
-    # -- device attributes ---------------------------------------------------
-
-    def _attr(self, request: int, group: int, attr: int, addr: int, check: bool) -> int:
-        arg = uapi.kvm_device_attr(group=group, attr=attr, addr=addr)
-        return self.ioctl(request, arg, check=check)
-
-    def set_device_attr(self, group: int, attr: int, addr: int = 0, *, check: bool = True) -> int:
-        return self._attr(uapi.KVM_SET_DEVICE_ATTR, group, attr, addr, check)
-
-    def get_device_attr(self, group: int, attr: int, addr: int = 0, *, check: bool = True) -> int:
-        return self._attr(uapi.KVM_GET_DEVICE_ATTR, group, attr, addr, check)
-
-    def has_device_attr(self, group: int, attr: int, *, check: bool = True) -> int:
-        return self._attr(uapi.KVM_HAS_DEVICE_ATTR, group, attr, 0, check)
 
     def s390_set_mem_limit(self, limit: int, *, check: bool = True) -> int:
         """Set ``KVM_S390_VM_MEM_LIMIT_SIZE`` (only before the first vCPU, else EBUSY).

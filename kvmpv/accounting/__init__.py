@@ -1,1 +1,93 @@
 # SPDX-License-Identifier: GPL-2.0-only
+"""kvmpv.accounting: who paid for a teardown (cgroups, taskstats, proc connector).
+
+Touches cgroupfs (private ``*kvmpv*`` cgroups below our own), generic netlink
+(taskstats), the proc connector, pidfds and our children's wait status; see
+each module's docstring.  The public contract (brief, "Accounting"):
+
+* ``cgroup_scope(hierarchy="auto", prefix="kvmpv")`` -> ``CgroupScope``;
+  ``scope.create(role) -> Cgroup`` with ``add_process``, ``add_thread`` (v1),
+  ``cpu() -> CpuUsage``, ``memory() -> Optional[MemUsage]``, ``name``;
+  ``scope.hierarchy`` is "v1" or "v2".
+* ``judge_charged(work_ns, charged_ns, *, tolerance_ns=None) -> Verdict``
+  with ``Outcome`` CHARGED / NOT_CHARGED / INCONCLUSIVE / SKIP.
+* ``AccountingUnavailable(reason)``: SKIP, never a pass.
+* ``thread_cpu_ns()``, ``ExitWatcher`` / ``pidfd_open`` / ``wait_pidfd`` /
+  ``reap`` for exit times and rusage, taskstats via ``TaskStatsClient`` and
+  ``ExitRecordListener``.
+* ``capabilities() -> AccountingCaps`` for ``kvmpv probe``.
+"""
+
+from __future__ import annotations
+
+from .caps import AccountingCaps, HierarchyCaps, capabilities
+from .cgroups import (
+    HIERARCHY_CHOICES,
+    Cgroup,
+    CgroupScope,
+    CpuUsage,
+    MemUsage,
+    cgroup_scope,
+    find_leftovers,
+    iter_kvmpv_cgroups,
+)
+from .common import AccountingUnavailable, CgroupLeftover
+from .observe import (
+    ChildRusage,
+    ExitRecord,
+    ExitWatcher,
+    ProcConnector,
+    ThreadTimes,
+    pidfd_open,
+    reap,
+    thread_cpu_ns,
+    thread_times,
+    wait_pidfd,
+)
+from .taskstats import ExitRecordListener, TaskStatsClient, TaskStatsRecord, decode_taskstats
+from .verdict import (
+    Outcome,
+    Verdict,
+    default_tolerance_ns,
+    judge_charged,
+    kernel_hz,
+    skip_verdict,
+    tick_ns,
+)
+
+__all__ = [
+    "HIERARCHY_CHOICES",
+    "AccountingCaps",
+    "AccountingUnavailable",
+    "Cgroup",
+    "CgroupLeftover",
+    "CgroupScope",
+    "ChildRusage",
+    "CpuUsage",
+    "ExitRecord",
+    "ExitRecordListener",
+    "ExitWatcher",
+    "HierarchyCaps",
+    "MemUsage",
+    "Outcome",
+    "ProcConnector",
+    "TaskStatsClient",
+    "TaskStatsRecord",
+    "ThreadTimes",
+    "Verdict",
+    "capabilities",
+    "cgroup_scope",
+    "decode_taskstats",
+    "default_tolerance_ns",
+    "find_leftovers",
+    "iter_kvmpv_cgroups",
+    "judge_charged",
+    "kernel_hz",
+    "pidfd_open",
+    "reap",
+    "skip_verdict",
+    "thread_cpu_ns",
+    "thread_times",
+    "tick_ns",
+    "wait_pidfd",
+]

@@ -370,6 +370,20 @@ class Cgroup:
             )
         self._place("tasks", tid, ["cpuacct"])
 
+    def spawn_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` wrapped so that the new process enters this cgroup before
+        it execs (all its CPU and memory is charged here from the start).
+
+        A shell writes its own pid (``$$``) into every ``cgroup.procs`` and
+        then ``exec``s argv: no ``preexec_fn`` (unsafe with threads), and a
+        failed write stops the command (``&&``) instead of running it in the
+        wrong cgroup.
+        """
+        writes = " && ".join(
+            f"echo $$ > '{os.path.join(d, 'cgroup.procs')}'" for d in self.paths.values()
+        )
+        return ["/bin/sh", "-c", f'{writes} && exec "$@"', "kvmpv-cgexec", *argv]
+
     def pids(self) -> list[int]:
         """Thread group ids currently in the CPU cgroup."""
         return _ids(os.path.join(self.path, "cgroup.procs"))
@@ -439,17 +453,16 @@ class Cgroup:
                 if err.errno != errno.ESRCH:  # ESRCH: it exited meanwhile, fine
                     raise
 
-    def remove(self, timeout_s: float = RMDIR_TIMEOUT_S) -> list[str]:
+    def remove(self, timeout_s: Optional[float] = None) -> list[str]:
         """Move remaining tasks to the parent and rmdir; returns what is left.
 
         Retries on EBUSY: a task that is in the middle of exiting still counts
         until ``cgroup_exit`` has run for it.
         """
         left = []
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + (RMDIR_TIMEOUT_S if timeout_s is None else timeout_s)
         for kind, d in self.paths.items():
             delay = 0.001
-            last: Optional[BaseException] = None
             while True:
                 try:
                     self._evacuate(kind)
@@ -458,13 +471,11 @@ class Cgroup:
                 except FileNotFoundError:
                     break
                 except OSError as err:
-                    last = err
                     if err.errno != errno.EBUSY or time.monotonic() > deadline:
                         left.append(f"{d} ({oserror_text(err)})")
                         break
                     time.sleep(delay)
                     delay = min(delay * 2, 0.05)
-            del last
         self.removed = not left
         return left
 
@@ -634,8 +645,8 @@ class CgroupScope:
             for cg in reversed(self.cgroups):
                 left.extend(cg.remove())
         finally:
-            for signo, prev in saved.items():
-                signal.signal(signo, prev)
+            for held, prev in saved.items():
+                signal.signal(held, prev)
             with _live_lock:
                 _live_scopes.discard(self)
         if left:

@@ -1,16 +1,59 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""kvmpv exercise: NOT YET BUILT (placeholder while the issue is open)."""
+"""Run everything kvmpv knows for this host and archive the results.
+
+Steps: probe; check (conformance of the PV async-cleanup interface: real
+kernel where the host allows it, simulated s390x kernel otherwise, each result
+labelled); reboot (async vs sync; simulated unless this is an s390x Secure
+Execution host with async destroy); shutdown (sync, cleaner, elsewhere,
+reaper, parallel, at sizes up to a quarter of MemAvailable per worker).
+
+Writes into --out: results.json (schema v1; read it with `kvmpv report`,
+compare two with `kvmpv compare`), check.ktap, check.junit.xml, teardown.png
+and reboot.png (with the [plot] extra).  Exit 1 if a check failed or an
+accounting verdict was not the expected one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
-from ..errors import HostError
+from ..report.progress import Progress
+from ..scenarios.exercise import ExerciseRequest, run_exercise
+from ..units import parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--out", default="results", metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="largest worker (default: a quarter of MemAvailable); refused if the host "
+        "cannot hold it",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="shutdown repeats per size")
+    parser.add_argument("--cycles", type=int, default=3, help="reboot cycles per mode")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HostError("kvmpv exercise is not built yet")
+    req = ExerciseRequest(
+        out_dir=args.out,
+        max_size=parse_size(args.max_size) if args.max_size else None,
+        repeat=args.repeat,
+        cycles=args.cycles,
+        plots=not args.no_plots,
+        command="kvmpv " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    res = run_exercise(req, Progress())
+    print(res.summary())
+    print()
+    for note in res.notes:
+        print(note)
+    for path in res.files:
+        print(f"wrote {path}")
+    for problem in res.problems:
+        print(f"FAIL {problem}")
+    print("PASS" if not res.problems else f"FAIL ({len(res.problems)} problem(s))")
+    return res.exit_code

@@ -1,16 +1,161 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""kvmpv shutdown: NOT YET BUILT (placeholder while the issue is open)."""
+"""Process-exit teardown: exit latency, time to free the memory, and which cgroup pays.
+
+A worker populates each size and exits under each strategy: sync (plain
+exit), cleaner (clone(CLONE_VM) cleaner), elsewhere (the cleaner moved to
+another cgroup: stands for kernel-thread/mmput_async designs, must be "not
+charged"), reaper (SIGKILL + process_mrelease from another cgroup, as lmkd),
+parallel (the cleaner releasing with N tasks).  Reports exit latency seen by
+a pidfd waiter, release time, teardown CPU and the cgroup verdict.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from typing import Any
 
-from ..errors import HostError
+from ..errors import UsageError
+from ..scenarios.shutdown import (
+    DEFAULT_STRATEGIES,
+    STRATEGIES,
+    ShutdownRecord,
+    ShutdownRequest,
+    ShutdownResult,
+    parse_strategies,
+    run_shutdown,
+)
+from ..units import format_size, parse_sizes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--sizes", default="1G,2G,4G,8G", help="comma-separated sizes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--strategy",
+        default=",".join(DEFAULT_STRATEGIES),
+        help=f"comma-separated, from {','.join(STRATEGIES)} (default: %(default)s)",
+    )
+    parser.add_argument("--thp", action="store_true", help="back the memory with THP")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per (strategy, size)")
+    parser.add_argument(
+        "--vm", action="store_true", help="the worker is a KVM VM whose guest touched the memory"
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks of the parallel strategy (default: CPUs of the cpuset, capped)",
+    )
+    parser.add_argument(
+        "--hierarchy",
+        choices=("auto", "v1", "v2"),
+        default="auto",
+        help="cgroup hierarchy for the accounting (default: %(default)s)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _fmt(v: Any, unit: str = "s") -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1000:.1f} ms" if v < 10 else f"{v:.2f} s"
+    return str(v)
+
+
+def _median(stats: Any) -> Any:
+    return stats.get("median") if isinstance(stats, dict) else None
+
+
+def format_text(result: ShutdownResult) -> str:
+    """The human-readable report (one table, then one line per verdict)."""
+    doc = result.to_dict()
+    head = (
+        f"kvmpv shutdown: {'KVM VM' if result.request.vm else 'native'} worker, "
+        f"{'THP' if result.request.thp else '4 KiB pages'}, repeat {result.request.repeat}, "
+        f"cgroup {result.hierarchy or 'unavailable'}; host {doc['host']['kernel']}, "
+        f"{doc['host']['cpus']} CPUs, load {doc['host']['loadavg_start']:.2f}->"
+        f"{doc['host']['loadavg_end']:.2f}, CPUs busy {doc['host']['cpu_busy_fraction']:.0%}"
+    )
+    cols = ["strategy", "size", "exit latency", "release", "teardown cpu", "charged", "verdict"]
+    rows = []
+    for rec in doc["records"]:
+        rows.append(
+            [
+                rec["strategy"],
+                format_size(rec["size_bytes"]),
+                _fmt(_median(rec["exit_latency_s"])),
+                _fmt(_median(rec["release_s"])),
+                _fmt(rec["teardown_cpu_s"]),
+                _fmt(rec["charged_to_worker_cgroup_s"]),
+                rec["verdict"],
+            ]
+        )
+    widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
+    lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.append("")
+    for rec, raw in zip(doc["records"], result.records):
+        lines.append(_detail(rec, raw))
+    return "\n".join(lines)
+
+
+def _detail(rec: dict[str, Any], raw: ShutdownRecord) -> str:
+    name = f"{rec['strategy']} {format_size(rec['size_bytes'])}"
+    if rec.get("skip_reason"):
+        return f"  {name}: SKIP: {rec['skip_reason']}"
+    detail = rec.get("verdict_detail") or {}
+    text = f"  {name}: {rec['verdict']}"
+    if raw.failed and raw.expected is not None:
+        text += f" (FAIL: expected {raw.expected.value})"
+    text += f" -- {detail.get('reason', '')}; work = {rec.get('work_source', '')}"
+    split = rec.get("split")
+    if split:
+        text += (
+            f"; split worker {split['worker_fraction']:.0%} / reaper {split['reaper_fraction']:.0%}"
+        )
+    if "mrelease_reaped" in rec:
+        text += f"; process_mrelease reaped in {rec['mrelease_reaped']} repeats"
+    if rec.get("mrelease_errors"):
+        text += f" (others: {','.join(rec['mrelease_errors'])}: the victim had left exit_mm)"
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HostError("kvmpv shutdown is not built yet")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, not {args.repeat}")
+    req = ShutdownRequest(
+        sizes=parse_sizes(args.sizes),
+        strategies=parse_strategies(args.strategy),
+        thp=args.thp,
+        repeat=args.repeat,
+        vm=args.vm,
+        parallel=args.parallel,
+        hierarchy=args.hierarchy,
+    )
+    req.validate()
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--json {args.json}: no such directory {folder}")
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"kvmpv shutdown: {msg}", file=sys.stderr, flush=True)
+
+    result = run_shutdown(req, progress)
+    if args.json:
+        try:
+            with open(args.json, "w") as f:
+                json.dump(result.to_dict(), f, indent=2)
+                f.write("\n")
+        except OSError as err:
+            raise UsageError(f"--json {args.json}: {err.strerror}") from None
+    print(format_text(result))
+    return result.exit_code

@@ -33,6 +33,7 @@ populating, when stdin is not being read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import json
@@ -45,7 +46,11 @@ import traceback
 from typing import Any, NoReturn
 
 PR_SET_PDEATHSIG = 1
-SYS_PROCESS_MRELEASE = 448  # same number on every architecture (asm-generic table)
+# Same numbers on every architecture (the unified syscall table since 5.1).
+SYS_PIDFD_SEND_SIGNAL = 424
+SYS_PROCESS_MRELEASE = 448
+#: lmkd's reaper priority (ANDROID_PRIORITY_HIGHEST)
+REAPER_NICE = -20
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -67,7 +72,7 @@ def rusage_cpu_ns() -> int:
     sum can be subtracted from the wait4 rusage the parent gets at exit.
     """
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return int(round((ru.ru_utime + ru.ru_stime) * 1e9))
+    return round((ru.ru_utime + ru.ru_stime) * 1e9)
 
 
 def die_with_parent(ppid: int) -> None:
@@ -124,6 +129,7 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
         parallel=parallel,
         populate_s=time.monotonic() - t0,
         anon_huge_bytes=anon_huge_bytes(),
+        ru_cpu_ns=rusage_cpu_ns(),
     )
     wait_command()  # "exit", or EOF: exit either way
     cpu_ns = rusage_cpu_ns()
@@ -139,16 +145,42 @@ def run_reaper(args: argparse.Namespace) -> NoReturn:
     from ..syscalls import libc
 
     pidfd = os.pidfd_open(args.pid)
-    emit("ready", pid=os.getpid())
+    # Resolve the ctypes function and fault in its code paths now: the first
+    # call of a CDLL attribute runs dlsym and builds the call object, which
+    # costs about a millisecond -- enough for the victim, once SIGKILLed, to
+    # pass exit_mm, after which process_mrelease finds no mm (ESRCH) and the
+    # reaper does nothing.  process_mrelease(-1, 0) is also lmkd's probe for
+    # support (EBADF: present, ENOSYS: absent).
+    syscall = libc().syscall
+    if syscall(SYS_PROCESS_MRELEASE, -1, 0) < 0 and ctypes.get_errno() == errno.ENOSYS:
+        emit(
+            "error",
+            type="HostError",
+            message="process_mrelease: ENOSYS (Linux < 5.15)",
+            exit_code=3,
+        )
+        os._exit(1)
+    syscall(SYS_PIDFD_SEND_SIGNAL, -1, 0, None, 0)
+    # lmkd runs its reaper threads at the highest priority: the victim, woken
+    # by SIGKILL on our CPU, must not preempt us between the kill and the
+    # process_mrelease call (it would then detach its mm first, ESRCH).
+    # Without CAP_SYS_NICE this fails; the reaper then runs at its priority
+    # and says so.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, REAPER_NICE)
+    emit("ready", pid=os.getpid(), nice=os.getpriority(os.PRIO_PROCESS, 0))
     if wait_command() != "go":
         os._exit(1)
     ru0 = rusage_cpu_ns()
     t_kill = time.monotonic_ns()
     # What lmkd's reaper threads do: kill through the pidfd (no pid reuse
-    # race), then reap the address space in our own context while the
-    # victim is still on its way out of do_exit.
-    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    ret = int(libc().syscall(SYS_PROCESS_MRELEASE, pidfd, 0))
+    # race), then reap the address space in our own context while the victim
+    # is on its way out of do_exit.  Both raw syscalls back to back: the
+    # victim, woken on the other CPU, detaches its mm in exit_mm() within
+    # tens of microseconds, and process_mrelease only reaps while it has not.
+    kill_ret = int(syscall(SYS_PIDFD_SEND_SIGNAL, pidfd, signal.SIGKILL, None, 0))
+    kill_err = ctypes.get_errno() if kill_ret < 0 else 0
+    ret = int(syscall(SYS_PROCESS_MRELEASE, pidfd, 0))
     err = ctypes.get_errno() if ret < 0 else 0
     t_done = time.monotonic_ns()
     cpu_ns = rusage_cpu_ns() - ru0
@@ -156,6 +188,7 @@ def run_reaper(args: argparse.Namespace) -> NoReturn:
         "reaped",
         t_kill_ns=t_kill,
         t_done_ns=t_done,
+        kill_errno=kill_err,
         ret=ret,
         errno=err,
         errno_name=errno.errorcode.get(err, str(err)) if err else "",

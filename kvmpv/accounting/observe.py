@@ -1,0 +1,436 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""When did a process finish exiting, and what CPU did a thread/child use?
+
+Touches: pidfds (``pidfd_open``), ``wait4`` on our own children, the calling
+thread's CPU clock and ``RUSAGE_THREAD``, and a proc connector socket
+(``NETLINK_CONNECTOR``, via pyroute2 ``ProcEventSocket``) read by one
+background thread that ``ExitWatcher.close()`` stops and joins.
+
+Which clock tells what (do_exit() order, kernel/exit.c):
+
+    taskstats_exit()      <- taskstats exit record (before the teardown!)
+    exit_mm()             <- address space freed here (the teardown)
+    exit_files()          <- last VM/vCPU fd released here
+    exit_notify()         <- pidfd becomes readable (do_notify_pidfd)
+    proc_exit_connector() <- cn_proc EXIT event, timestamp_ns
+    ... cgroup_exit() in release path; wait4 rusage covers all of it
+
+So a pidfd wake-up and the connector's ``timestamp_ns`` both mark the end of
+the teardown; ``timestamp_ns`` is ``ktime_get_ns()``, the clock of
+``time.monotonic_ns()`` (CLOCK_MONOTONIC), so both are comparable with our
+own readings.  The connector needs no privilege since Linux 6.6 (commit
+bfdfdc2f3b70 "connector/cn_proc: Allow non-root users access"); before,
+CAP_NET_ADMIN.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import resource
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Optional
+
+from .common import AccountingUnavailable, oserror_text
+
+# --------------------------------------------------------------------------
+# Thread CPU time
+
+
+def thread_cpu_ns() -> int:
+    """CPU time of the calling thread in ns (CLOCK_THREAD_CPUTIME_ID: precise
+    scheduler runtime, user + system)."""
+    return time.clock_gettime_ns(time.CLOCK_THREAD_CPUTIME_ID)
+
+
+@dataclass(frozen=True)
+class ThreadTimes:
+    """The calling thread's CPU time: ``cpu_ns`` is precise (thread CPU
+    clock), ``user_ns``/``system_ns`` come from RUSAGE_THREAD (tick split)."""
+
+    cpu_ns: int
+    user_ns: int
+    system_ns: int
+
+    def __sub__(self, other: ThreadTimes) -> ThreadTimes:
+        return ThreadTimes(
+            self.cpu_ns - other.cpu_ns,
+            self.user_ns - other.user_ns,
+            self.system_ns - other.system_ns,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {"cpu_ns": self.cpu_ns, "user_ns": self.user_ns, "system_ns": self.system_ns}
+
+
+def _tv_ns(seconds: float) -> int:
+    # ru_utime/ru_stime are floats built from a timeval: round to the µs.
+    return round(seconds * 1_000_000) * 1000
+
+
+def thread_times() -> ThreadTimes:
+    """CPU times of the calling thread (must be called *inside* the thread)."""
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    return ThreadTimes(thread_cpu_ns(), _tv_ns(ru.ru_utime), _tv_ns(ru.ru_stime))
+
+
+# --------------------------------------------------------------------------
+# Children: wait4
+
+
+@dataclass(frozen=True)
+class ChildRusage:
+    """What ``wait4`` reported for a reaped child (includes its teardown)."""
+
+    pid: int
+    status: int  # raw wait status
+    exit_code: int  # os.waitstatus_to_exitcode: -N for death by signal N
+    user_ns: int
+    system_ns: int
+    maxrss_kib: int
+    reaped_ns: int  # time.monotonic_ns() right after wait4 returned
+
+    @property
+    def cpu_ns(self) -> int:
+        return self.user_ns + self.system_ns
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "pid": self.pid,
+            "exit_code": self.exit_code,
+            "user_ns": self.user_ns,
+            "system_ns": self.system_ns,
+            "maxrss_kib": self.maxrss_kib,
+            "reaped_ns": self.reaped_ns,
+        }
+
+
+def reap(pid: int, *, nohang: bool = False) -> Optional[ChildRusage]:
+    """``wait4(pid)`` with the child's rusage; None if ``nohang`` and still running."""
+    while True:
+        try:
+            rpid, status, ru = os.wait4(pid, os.WNOHANG if nohang else 0)
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries already
+            continue
+    if rpid == 0:
+        return None
+    now = time.monotonic_ns()
+    return ChildRusage(
+        pid=rpid,
+        status=status,
+        exit_code=os.waitstatus_to_exitcode(status),
+        user_ns=_tv_ns(ru.ru_utime),
+        system_ns=_tv_ns(ru.ru_stime),
+        maxrss_kib=ru.ru_maxrss,
+        reaped_ns=now,
+    )
+
+
+# --------------------------------------------------------------------------
+# pidfd
+
+
+def pidfd_open(pid: int) -> int:
+    """A pidfd for ``pid`` (Linux 5.3+); AccountingUnavailable without it."""
+    try:
+        return os.pidfd_open(pid)
+    except AttributeError as err:  # pragma: no cover - Python < 3.9
+        raise AccountingUnavailable("os.pidfd_open missing (Python < 3.9)") from err
+    except OSError as err:
+        if err.errno == errno.ENOSYS:
+            raise AccountingUnavailable("pidfd_open: ENOSYS (kernel < 5.3)") from err
+        raise
+
+
+def wait_pidfd(pidfd: int, timeout_s: Optional[float] = None) -> Optional[int]:
+    """Wait until the process exits; ``time.monotonic_ns()`` at wake-up, or
+    None on timeout.  A pidfd turns readable in ``exit_notify()``, after the
+    address space is gone (for a process with a CLONE_VM sharer, after the
+    process itself is gone -- the sharer keeps the mm)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        if poller.poll(left_ms):
+            return time.monotonic_ns()
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+
+
+# --------------------------------------------------------------------------
+# Proc connector
+
+
+@dataclass(frozen=True)
+class ProcExit:
+    """A cn_proc EXIT event (one per exiting thread)."""
+
+    pid: int  # the thread
+    tgid: int
+    exit_code: int
+    exit_signal: int
+    timestamp_ns: int  # CLOCK_MONOTONIC, as time.monotonic_ns()
+
+
+class ProcConnector:
+    """Listens to cn_proc EXIT events in a background thread.
+
+    Only events of ``watch``ed thread groups are kept, plus the last
+    ``recent`` exits of any task so that a process that exits before it is
+    watched is not missed.
+    """
+
+    def __init__(self, recent: int = 4096) -> None:
+        try:
+            from pyroute2.netlink.connector.cn_proc import (  # type: ignore[import-untyped]
+                ProcEventMarshal,
+                ProcEventSocket,
+            )
+        except ImportError as err:
+            raise AccountingUnavailable(f"proc connector: pyroute2 not importable: {err}") from err
+        self._marshal = ProcEventMarshal()
+        self._ps: Any = ProcEventSocket()
+        try:
+            self._ps.bind()
+            self._ps.control(listen=True)
+        except Exception as err:
+            self._ps.close()
+            code = getattr(err, "code", None) or getattr(err, "errno", None)
+            if code in (errno.EPERM, errno.EACCES):
+                raise AccountingUnavailable(
+                    "proc connector: EPERM (non-root listeners need Linux 6.6+)"
+                ) from err
+            raise AccountingUnavailable(f"proc connector: {err}") from err
+        # Our own socket object on a dup of pyroute2's fd: poll() with a stop
+        # pipe works on it, while pyroute2's sync get() cannot be interrupted.
+        self._sock = socket.socket(fileno=os.dup(self._ps.fileno()))
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._watched: set[int] = set()
+        self._exits: dict[int, ProcExit] = {}
+        self._recent: collections.deque[ProcExit] = collections.deque(maxlen=recent)
+        self.error: Optional[str] = None
+        self._thread = threading.Thread(target=self._run, name="kvmpv-cn_proc", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if self._stop_r in ready:
+                return
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:
+                    # Overrun: events were lost; say so rather than guess.
+                    with self._lock:
+                        self.error = "proc connector overrun (ENOBUFS), events lost"
+                    continue
+                with self._lock:
+                    self.error = f"proc connector: {oserror_text(err)}"
+                return
+            for ev in self._marshal.parse(data):
+                if ev.get("event") != "PROC_EVENT_EXIT":
+                    continue
+                rec = ProcExit(
+                    int(ev["process_pid"]),
+                    int(ev["process_tgid"]),
+                    int(ev["exit_code"]),
+                    int(ev["exit_signal"]),
+                    int(ev["timestamp_ns"]),
+                )
+                with self._cond:
+                    self._recent.append(rec)
+                    if rec.tgid in self._watched:
+                        # The last thread of the group to exit wins.
+                        self._exits[rec.tgid] = rec
+                        self._cond.notify_all()
+
+    def watch(self, tgid: int) -> None:
+        with self._lock:
+            self._watched.add(tgid)
+            for rec in self._recent:
+                if rec.tgid == tgid:
+                    self._exits[tgid] = rec
+
+    def exit_of(self, tgid: int, timeout_s: float = 1.0) -> Optional[ProcExit]:
+        """The EXIT event of thread group ``tgid`` (watch it first)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while tgid not in self._exits:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return None
+                self._cond.wait(left)
+            return self._exits[tgid]
+
+    def close(self) -> None:
+        if self._stop_w < 0:
+            return
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        os.close(self._stop_w)
+        os.close(self._stop_r)
+        self._stop_w = self._stop_r = -1
+        self._sock.close()
+        try:
+            self._ps.control(listen=False)
+        except Exception:  # closing the socket drops the listener anyway
+            pass
+        self._ps.close()
+
+    def __enter__(self) -> ProcConnector:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+def proc_connector_status() -> tuple[bool, str]:
+    """(usable, reason): really subscribe and unsubscribe once."""
+    try:
+        with ProcConnector():
+            pass
+        return True, "cn_proc EXIT events with timestamp_ns (CLOCK_MONOTONIC)"
+    except AccountingUnavailable as err:
+        return False, err.reason
+
+
+# --------------------------------------------------------------------------
+# ExitWatcher
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """When a watched process finished exiting, seen by each source we had.
+
+    ``pidfd_ns``: our monotonic clock when its pidfd turned readable;
+    ``connector_ns``: the kernel's EXIT event timestamp (None without the
+    connector, with the reason in ``connector_reason``); ``rusage``: wait4
+    data if we reaped it (our child only).
+    """
+
+    pid: int
+    pidfd_ns: int
+    connector_ns: Optional[int]
+    connector_reason: str
+    rusage: Optional[ChildRusage]
+
+    @property
+    def exit_ns(self) -> int:
+        """Best exit time: the kernel's timestamp if we have it."""
+        return self.connector_ns if self.connector_ns is not None else self.pidfd_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "pidfd_ns": self.pidfd_ns,
+            "connector_ns": self.connector_ns,
+            "connector_reason": self.connector_reason,
+            "rusage": self.rusage.to_dict() if self.rusage else None,
+        }
+
+
+class ExitWatcher:
+    """Exit times of processes from pidfds and, where usable, the proc connector.
+
+    ``watch(pid)`` right after starting the process (a pidfd must be opened
+    while the pid is still ours: for a child that is until it is reaped, so
+    no pid-reuse race), then ``wait(pid)``.  Context manager; ``close()``
+    stops the connector thread and closes every pidfd.
+    """
+
+    def __init__(self, use_connector: bool = True) -> None:
+        self._pidfds: dict[int, int] = {}
+        self.connector: Optional[ProcConnector] = None
+        self.connector_reason = "not requested"
+        if use_connector:
+            try:
+                self.connector = ProcConnector()
+                self.connector_reason = "ok"
+            except AccountingUnavailable as err:
+                self.connector_reason = err.reason
+
+    def watch(self, pid: int) -> None:
+        if pid in self._pidfds:
+            return
+        self._pidfds[pid] = pidfd_open(pid)
+        if self.connector is not None:
+            self.connector.watch(pid)
+
+    def wait(
+        self, pid: int, timeout_s: Optional[float] = None, *, reap_child: bool = False
+    ) -> ExitRecord:
+        """Wait for ``pid`` to exit; TimeoutError after ``timeout_s``.
+
+        ``reap_child`` also collects the wait4 rusage (our child only).
+        """
+        if pid not in self._pidfds:
+            self.watch(pid)
+        when = wait_pidfd(self._pidfds[pid], timeout_s)
+        if when is None:
+            raise TimeoutError(f"process {pid} did not exit within {timeout_s} s")
+        ru = reap(pid) if reap_child else None
+        conn_ns: Optional[int] = None
+        reason = self.connector_reason
+        if self.connector is not None:
+            # The EXIT event follows exit_notify() closely; allow it a moment.
+            ev = self.connector.exit_of(pid, timeout_s=1.0)
+            if ev is not None:
+                conn_ns = ev.timestamp_ns
+            else:
+                reason = self.connector.error or "no EXIT event seen for this pid"
+        os.close(self._pidfds.pop(pid))
+        return ExitRecord(pid, when, conn_ns, reason, ru)
+
+    def close(self) -> None:
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()
+        if self.connector is not None:
+            self.connector.close()
+            self.connector = None
+
+    def __enter__(self) -> ExitWatcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+__all__ = [
+    "ChildRusage",
+    "ExitRecord",
+    "ExitWatcher",
+    "ProcConnector",
+    "ProcExit",
+    "ThreadTimes",
+    "pidfd_open",
+    "proc_connector_status",
+    "reap",
+    "thread_cpu_ns",
+    "thread_times",
+    "wait_pidfd",
+]

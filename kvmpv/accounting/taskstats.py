@@ -1,0 +1,510 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Taskstats (generic netlink "TASKSTATS") for threads and exiting tasks.
+
+Touches: generic netlink sockets only (pyroute2 ``TaskStats`` for the family
+lookup and GET requests, a plain ``AF_NETLINK`` socket for exit records so
+that reads can time out).  Root (CAP_NET_ADMIN) is needed: TASKSTATS_CMD_GET
+and the cpumask registration are ``GENL_ADMIN_PERM`` in kernel/taskstats.c;
+as non-root both fail with EPERM and we raise ``AccountingUnavailable``.
+
+Why our own decoder: struct taskstats is sent in host byte order and its
+layout depends on the version.  pyroute2 0.9.7 knows v15 as a special case
+and decodes every other version with the pre-v15 layout, i.e. only up to
+``cpu_scaled_run_real_total`` (v14 fields minus the tail); this kernel says
+v16.  The v16 layout is ``include/uapi/linux/taskstats.h`` after "taskstats:
+fix struct taskstats breaks backward compatibility since version 15" (Wang
+Yaxin, May 2025): the v15 ``*_delay_max``/``*_delay_min`` pairs that v15 had
+put in the middle moved to the end, after ``irq_delay_total``.  v17 appends
+eight ``struct timespec64 *_delay_max_ts`` ("delay max timestamp record",
+2026).  We decode every field that fits in the payload the kernel sent, by
+version, and keep the raw bytes of anything newer.
+
+The trap this module exists to show: ``do_exit()`` calls
+``taskstats_exit()`` *before* ``exit_mm()`` and ``exit_files()``, so an exit
+record's times exclude the address-space teardown and the release of the
+last VM fd, which ``wait4`` rusage and the cgroup counters (``cgroup_exit()``
+runs later) include.  Never measure a teardown with an exit record.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Optional
+
+from .common import AccountingUnavailable
+
+TASKSTATS_CMD_GET = 1
+TASKSTATS_CMD_NEW = 2
+TASKSTATS_TYPE_PID = 1
+TASKSTATS_TYPE_TGID = 2
+TASKSTATS_TYPE_STATS = 3
+TASKSTATS_TYPE_AGGR_PID = 4
+TASKSTATS_TYPE_AGGR_TGID = 5
+TASKSTATS_CMD_ATTR_PID = 1
+TASKSTATS_CMD_ATTR_TGID = 2
+TASKSTATS_CMD_ATTR_REGISTER_CPUMASK = 3
+TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK = 4
+
+NETLINK_GENERIC = 16
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 1
+NLM_F_ACK = 4
+NLA_F_NESTED = 1 << 15
+NLA_TYPE_MASK = 0x3FFF
+
+# --------------------------------------------------------------------------
+# struct taskstats layouts (native byte order; explicit padding reproduces
+# the __attribute__((aligned(8))) of the uapi header).
+
+_F = list[tuple[str, str]]
+
+_HEAD: _F = [
+    ("version", "H"), ("", "2x"), ("ac_exitcode", "I"), ("ac_flag", "B"), ("ac_nice", "B"),
+    ("", "6x"),
+]  # fmt: skip
+
+
+def _delays(names: list[str], with_max_min: bool) -> _F:
+    out: _F = []
+    for n in names:
+        out += [(f"{n}_count", "Q"), (f"{n}_delay_total", "Q")]
+        if with_max_min:
+            out += [(f"{n}_delay_max", "Q"), (f"{n}_delay_min", "Q")]
+    return out
+
+
+def _middle() -> _F:
+    return [
+        ("cpu_run_real_total", "Q"), ("cpu_run_virtual_total", "Q"),
+        ("ac_comm", "32s"), ("ac_sched", "B"), ("", "3x"), ("", "4x"),
+        ("ac_uid", "I"), ("ac_gid", "I"), ("ac_pid", "I"), ("ac_ppid", "I"), ("ac_btime", "I"),
+        ("", "4x"),
+    ] + [(n, "Q") for n in (
+        "ac_etime", "ac_utime", "ac_stime", "ac_minflt", "ac_majflt", "coremem", "virtmem",
+        "hiwater_rss", "hiwater_vm", "read_char", "write_char", "read_syscalls",
+        "write_syscalls", "read_bytes", "write_bytes", "cancelled_write_bytes", "nvcsw",
+        "nivcsw", "ac_utimescaled", "ac_stimescaled", "cpu_scaled_run_real_total",
+    )]  # fmt: skip
+
+
+def _tail(mm: bool) -> _F:
+    return [
+        *_delays(["freepages", "thrashing"], mm),
+        ("ac_btime64", "Q"),
+        *_delays(["compact"], mm),
+        # v12: __u32 ac_tgid then a naturally aligned __u64: 4 bytes of padding
+        ("ac_tgid", "I"), ("", "4x"), ("ac_tgetime", "Q"),
+        ("ac_exe_dev", "Q"), ("ac_exe_inode", "Q"),
+        *_delays(["wpcopy", "irq"], mm),
+    ]  # fmt: skip
+
+
+_ALL = ["cpu", "blkio", "swapin", "freepages", "thrashing", "compact", "wpcopy", "irq"]
+
+#: v1..v14 and v16+: the classic layout; v16 appends the max/min pairs.
+LAYOUT_CLASSIC: _F = _HEAD + _delays(["cpu", "blkio", "swapin"], False) + _middle() + _tail(False)
+LAYOUT_V16: _F = LAYOUT_CLASSIC + [(f"{n}_delay_{w}", "Q") for n in _ALL for w in ("max", "min")]
+#: v15 (broken ABI): max/min right after each count/total pair.
+LAYOUT_V15: _F = _HEAD + _delays(["cpu", "blkio", "swapin"], True) + _middle() + _tail(True)
+#: v17 appends struct timespec64 {s64 tv_sec; long tv_nsec;} per delay kind.
+_LONG = struct.calcsize("@l")
+LAYOUT_V17: _F = LAYOUT_V16 + [
+    (f"{n}_delay_max_ts", "q" + ("q" if _LONG == 8 else "i4x")) for n in _ALL
+]
+
+
+def _compile(layout: _F) -> list[tuple[str, str, int, int]]:
+    """(name, format, offset, size) of every named field."""
+    out = []
+    fmt = "="
+    for name, f in layout:
+        off = struct.calcsize(fmt)
+        fmt += f
+        if name:
+            out.append((name, "=" + f, off, struct.calcsize("=" + f)))
+    return out
+
+
+_COMPILED = {
+    "classic": _compile(LAYOUT_CLASSIC),
+    "v15": _compile(LAYOUT_V15),
+    "v16": _compile(LAYOUT_V16),
+    "v17": _compile(LAYOUT_V17),
+}
+SIZE_V16 = struct.calcsize("=" + "".join(f for _, f in LAYOUT_V16))
+SIZE_V17 = struct.calcsize("=" + "".join(f for _, f in LAYOUT_V17))
+
+
+def decode_taskstats(payload: bytes) -> dict[str, Any]:
+    """Every field of a ``struct taskstats`` payload that it contains.
+
+    The version picks the layout; fields beyond the payload's length (an
+    older kernel) are absent; bytes beyond what we know (a newer kernel) are
+    returned as ``_unknown_tail`` so that nothing is silently invented.
+    """
+    if len(payload) < 2:
+        raise ValueError("taskstats payload too short")
+    (version,) = struct.unpack_from("=H", payload, 0)
+    if version == 15:
+        fields = _COMPILED["v15"]
+    elif version >= 17:
+        fields = _COMPILED["v17"]
+    elif version == 16:
+        fields = _COMPILED["v16"]
+    else:
+        fields = _COMPILED["classic"]
+    out: dict[str, Any] = {}
+    end = 0
+    for name, fmt, off, size in fields:
+        if off + size > len(payload):
+            break
+        vals = struct.unpack_from(fmt, payload, off)
+        if name == "ac_comm":
+            out[name] = vals[0].split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif name.endswith("_ts"):
+            out[name] = vals[0] * 1_000_000_000 + vals[1]  # ns since the epoch
+        else:
+            out[name] = vals[0]
+        end = off + size
+    if len(payload) > end and version > 17:
+        out["_unknown_tail"] = bytes(payload[end:])
+    return out
+
+
+@dataclass(frozen=True)
+class TaskStatsRecord:
+    """One taskstats record (a thread's, or a thread group's sum).
+
+    Times in ns: ``utime_ns``/``stime_ns`` come from ac_utime/ac_stime (µs,
+    tick-split); ``run_real_ns`` is scheduler runtime (cpu_run_real_total).
+    ``etime_ns`` is elapsed time since the task started (ac_etime, µs).
+    """
+
+    kind: str  # "pid" (one thread) | "tgid" (a thread group)
+    id: int
+    version: int
+    comm: str
+    utime_ns: int
+    stime_ns: int
+    run_real_ns: int
+    etime_ns: int
+    exitcode: int
+    fields: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def cpu_ns(self) -> int:
+        return self.utime_ns + self.stime_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "version": self.version,
+            "comm": self.comm,
+            "utime_ns": self.utime_ns,
+            "stime_ns": self.stime_ns,
+            "run_real_ns": self.run_real_ns,
+            "etime_ns": self.etime_ns,
+            "exitcode": self.exitcode,
+        }
+
+
+def _record(kind: str, ident: int, f: dict[str, Any]) -> TaskStatsRecord:
+    return TaskStatsRecord(
+        kind=kind,
+        id=ident,
+        version=int(f.get("version", 0)),
+        comm=str(f.get("ac_comm", "")),
+        utime_ns=int(f.get("ac_utime", 0)) * 1000,
+        stime_ns=int(f.get("ac_stime", 0)) * 1000,
+        run_real_ns=int(f.get("cpu_run_real_total", 0)),
+        etime_ns=int(f.get("ac_etime", 0)) * 1000,
+        exitcode=int(f.get("ac_exitcode", 0)),
+        fields=f,
+    )
+
+
+# --------------------------------------------------------------------------
+# Raw netlink parsing (attributes are TLVs aligned to 4 bytes)
+
+
+def _attrs(buf: bytes, off: int, end: int) -> list[tuple[int, int, int]]:
+    """(type, payload offset, payload length) of the attributes in buf[off:end]."""
+    out = []
+    while off + 4 <= end:
+        nla_len, nla_type = struct.unpack_from("=HH", buf, off)
+        if nla_len < 4 or off + nla_len > end:
+            break
+        out.append((nla_type & NLA_TYPE_MASK, off + 4, nla_len - 4))
+        off += (nla_len + 3) & ~3
+    return out
+
+
+def parse_taskstats_message(buf: bytes, off: int = 0) -> list[TaskStatsRecord]:
+    """Records in one generic netlink message starting at ``off``
+    (nlmsghdr 16 + genlmsghdr 4 + AGGR_PID/AGGR_TGID nests)."""
+    (length,) = struct.unpack_from("=I", buf, off)
+    out = []
+    for typ, poff, plen in _attrs(buf, off + 20, off + length):
+        if typ not in (TASKSTATS_TYPE_AGGR_PID, TASKSTATS_TYPE_AGGR_TGID):
+            continue
+        ident = 0
+        stats: Optional[dict[str, Any]] = None
+        for t2, o2, l2 in _attrs(buf, poff, poff + plen):
+            if t2 in (TASKSTATS_TYPE_PID, TASKSTATS_TYPE_TGID):
+                (ident,) = struct.unpack_from("=I", buf, o2)
+            elif t2 == TASKSTATS_TYPE_STATS:
+                stats = decode_taskstats(bytes(buf[o2 : o2 + l2]))
+        if stats is not None:
+            kind = "pid" if typ == TASKSTATS_TYPE_AGGR_PID else "tgid"
+            out.append(_record(kind, ident, stats))
+    return out
+
+
+def _unavailable_from(err: BaseException, what: str) -> AccountingUnavailable:
+    code = getattr(err, "code", None) or getattr(err, "errno", None)
+    if code in (errno.EPERM, errno.EACCES):
+        return AccountingUnavailable(
+            f"taskstats {what}: EPERM (TASKSTATS_CMD_GET is admin-only; needs CAP_NET_ADMIN)"
+        )
+    return AccountingUnavailable(f"taskstats {what}: {err}")
+
+
+class TaskStatsClient:
+    """Queries for live threads/thread groups through pyroute2 ``TaskStats``.
+
+    Raises AccountingUnavailable when pyroute2 is missing, the TASKSTATS
+    family does not exist (CONFIG_TASKSTATS=n), or the query is refused.
+    """
+
+    def __init__(self) -> None:
+        try:
+            from pyroute2 import TaskStats  # type: ignore[import-untyped]
+        except ImportError as err:
+            raise AccountingUnavailable(f"taskstats: pyroute2 not importable: {err}") from err
+        self._ts: Any = TaskStats()
+        try:
+            self._ts.bind()
+        except Exception as err:
+            self._ts.close()
+            raise AccountingUnavailable(f"taskstats: no TASKSTATS genl family: {err}") from err
+
+    @property
+    def family_id(self) -> int:
+        return int(self._ts.prid)
+
+    def close(self) -> None:
+        if self._ts is not None:
+            self._ts.close()
+            self._ts = None
+
+    def __enter__(self) -> TaskStatsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def _query(self, attr: str, ident: int) -> list[TaskStatsRecord]:
+        from pyroute2.netlink import NLM_F_REQUEST as _REQ  # type: ignore[import-untyped]
+        from pyroute2.netlink.taskstats import tcmd  # type: ignore[import-untyped]
+
+        msg = tcmd()
+        msg["cmd"] = TASKSTATS_CMD_GET
+        msg["version"] = 1
+        msg["attrs"].append([attr, ident])
+        try:
+            replies = self._ts.nlm_request(msg, self._ts.prid, msg_flags=_REQ)
+        except Exception as err:
+            raise _unavailable_from(err, f"GET {ident}") from err
+        out: list[TaskStatsRecord] = []
+        for r in replies:
+            # pyroute2 decodes v16 with the pre-v15 layout: take the raw bytes.
+            raw = bytes(r.data[r.offset : r.offset + r["header"]["length"]])
+            out.extend(parse_taskstats_message(raw))
+        return out
+
+    def thread(self, tid: int) -> TaskStatsRecord:
+        """Stats of one thread (TASKSTATS_CMD_ATTR_PID: that thread only)."""
+        recs = [r for r in self._query("TASKSTATS_CMD_ATTR_PID", tid) if r.kind == "pid"]
+        if not recs:
+            raise AccountingUnavailable(f"taskstats: no record for thread {tid}")
+        return recs[0]
+
+    def thread_group(self, tgid: int) -> TaskStatsRecord:
+        """Sum over the live threads of a process (TASKSTATS_CMD_ATTR_TGID;
+        pyroute2 has no method for it)."""
+        recs = [r for r in self._query("TASKSTATS_CMD_ATTR_TGID", tgid) if r.kind == "tgid"]
+        if not recs:
+            raise AccountingUnavailable(f"taskstats: no record for thread group {tgid}")
+        return recs[0]
+
+
+def online_cpus() -> str:
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return f.read().strip()
+    except OSError:
+        return f"0-{(os.cpu_count() or 1) - 1}"
+
+
+class ExitRecordListener:
+    """Taskstats exit records of every task exiting on the online CPUs.
+
+    Our own AF_NETLINK socket (pyroute2's blocking ``get`` cannot time out
+    and its ``fileno`` is unreliable for poll); the registration asks for an
+    ACK so that EPERM is not silent as it is with pyroute2's
+    ``register_mask``.  Start it before the tasks you want to see exit.
+    """
+
+    def __init__(self, family_id: Optional[int] = None, cpumask: Optional[str] = None) -> None:
+        if family_id is None:
+            with TaskStatsClient() as c:
+                family_id = c.family_id
+        self.family_id = family_id
+        self.cpumask = cpumask or online_cpus()
+        self._seq = int(time.monotonic_ns() & 0x7FFFFFFF)
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        self._pending: list[TaskStatsRecord] = []
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.sock.bind((0, 0))
+            self._command(TASKSTATS_CMD_ATTR_REGISTER_CPUMASK)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _command(self, attr: int) -> None:
+        mask = self.cpumask.encode() + b"\0"
+        nla = struct.pack("=HH", 4 + len(mask), attr) + mask
+        nla += b"\0" * (-len(nla) % 4)
+        self._seq += 1
+        genl = struct.pack("=BBH", TASKSTATS_CMD_GET, 1, 0)
+        hdr = struct.pack(
+            "=IHHII", 16 + len(genl) + len(nla), self.family_id, NLM_F_REQUEST | NLM_F_ACK,
+            self._seq, 0,
+        )  # fmt: skip
+        self.sock.send(hdr + genl + nla)
+        deadline = time.monotonic() + 2.0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AccountingUnavailable("taskstats: no ACK for the cpumask registration")
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                continue
+            buf = self.sock.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(buf):
+                length, typ, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, off)
+                if length < 16:
+                    break
+                if typ == NLMSG_ERROR and seq == self._seq:
+                    (err,) = struct.unpack_from("=i", buf, off + 16)
+                    if err == 0:
+                        return
+                    raise _unavailable_from(OSError(-err, os.strerror(-err)), "register cpumask")
+                if typ == self.family_id:
+                    self._pending.extend(parse_taskstats_message(buf, off))
+                off += (length + 3) & ~3
+
+    def records(self, timeout_s: float) -> list[TaskStatsRecord]:
+        """Records read within ``timeout_s``; returns as soon as some arrived
+        (after draining what is already queued)."""
+        out, self._pending = self._pending, []
+        deadline = time.monotonic() + (0.0 if out else timeout_s)
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                return out
+            try:
+                buf = self.sock.recv(1 << 20)
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:  # overrun: records were dropped
+                    continue
+                raise
+            off = 0
+            while off + 16 <= len(buf):
+                length, typ = struct.unpack_from("=IH", buf, off)
+                if length < 16:
+                    break
+                if typ == self.family_id:
+                    out.extend(parse_taskstats_message(buf, off))
+                off += (length + 3) & ~3
+            if out:
+                deadline = time.monotonic()  # drain without waiting, then return
+
+    def wait_for(self, pid: int, timeout_s: float = 10.0, kind: str = "pid") -> TaskStatsRecord:
+        """The exit record of thread ``pid`` (kind "pid") or of thread group
+        ``pid`` (kind "tgid", sent only for multi-threaded groups)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no taskstats exit record for {kind} {pid}")
+            for rec in self.records(min(left, 0.2)):
+                if rec.kind == kind and rec.id == pid:
+                    return rec
+
+    def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        try:
+            self._command(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK)
+        except (OSError, AccountingUnavailable):
+            pass  # the kernel drops a listener whose socket closes anyway
+        finally:
+            self.sock.close()
+
+    def __enter__(self) -> ExitRecordListener:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+def taskstats_status() -> tuple[bool, str, Optional[int]]:
+    """(usable, reason, version): one real GET on our own thread."""
+    try:
+        with TaskStatsClient() as c:
+            rec = c.thread(_gettid())
+        return True, f"TASKSTATS_CMD_GET works (struct taskstats v{rec.version})", rec.version
+    except AccountingUnavailable as err:
+        return False, err.reason, None
+
+
+def _gettid() -> int:
+    import threading
+
+    return threading.get_native_id()
+
+
+__all__ = [
+    "SIZE_V16",
+    "SIZE_V17",
+    "ExitRecordListener",
+    "TaskStatsClient",
+    "TaskStatsRecord",
+    "decode_taskstats",
+    "online_cpus",
+    "parse_taskstats_message",
+    "taskstats_status",
+]

@@ -1,0 +1,830 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The clone(CLONE_VM) teardown cleaner (the idea of QEMU's
+ * system/async-teardown.c, reimplemented with exact exit/exec notification
+ * and an optional parallel release).
+ *
+ * The armed process creates a child that shares its address space but is a
+ * separate process (clone flags: CLONE_VM only, exit signal 0).  When the
+ * armed process exits, its threads only drop their references to the mm; the
+ * exit is visible to waiters at once.  The cleaner then exits too and, holding
+ * the last reference, pays for exit_mmap() in its own context -- an ordinary
+ * task in the same cgroups, so CPU and memory stay accounted there.
+ *
+ * Rules for the child (cleaner_main and everything it calls):
+ *  - It shares the arming thread's TLS (no CLONE_SETTLS) and the whole heap of
+ *    a running interpreter.  So: raw system calls only (rawsys.h, which never
+ *    writes errno), no malloc, no stdio, no opendir, no locks, no Python.
+ *  - Everything it reads after the armed process is gone lives in the
+ *    "arena", a private mapping made by the parent at arm time that the
+ *    parallel release skips: globals of this library may sit in an anonymous
+ *    .bss mapping that the release zeroes.
+ *  - Built with -fno-stack-protector (the canary is read from the TLS block,
+ *    which a parallel release may zero between prologue and epilogue),
+ *    -fno-builtin and -fno-tree-loop-distribute-patterns (no hidden calls to
+ *    libc memcpy/memset), and -z now (no lazy PLT resolution, which would run
+ *    the dynamic linker -- locks, TLS -- inside the child).
+ *  - The one libc function called in the child is clone() itself, to start the
+ *    parallel helpers once the parent is gone; its child path is assembly
+ *    that touches no TLS, and on failure it writes errno of a thread that no
+ *    longer exists.
+ *
+ * How the cleaner learns that the parent is gone (no 1-second polling):
+ *  - A pidfd of the armed process (pidfd_open on its tgid, Linux 5.3) becomes
+ *    readable only when the *whole thread group* has exited: pidfd_poll()
+ *    reports a zombie thread-group leader only when !delay_group_leader(),
+ *    i.e. once its last thread is gone.  So the arming thread exiting early,
+ *    or even the leader thread exiting first, does not trigger the teardown
+ *    (QEMU needs its getppid() re-check for the same reason, because
+ *    PR_SET_PDEATHSIG fires on the death of the creating *thread*).  The
+ *    notification is sent from exit_notify()/release_task(), after every
+ *    thread's exit_mm(), so the cleaner's later exit is the last mmput().
+ *    Reparenting to a subreaper or to init does not matter: we never look at
+ *    our parent except in the no-pidfd fallback below.
+ *  - exec does not make the pidfd readable (same pid), yet the old mm is then
+ *    used by nobody but us: waiting on would pin it until the new program
+ *    exits.  The parent holds the only write end of a close-on-exec pipe; the
+ *    read end is ours.  exec closes it after exec_mmap() switched mm, and an
+ *    exit closes it in exit_files() after exit_mm(): either way we see POLLHUP
+ *    when the parent no longer uses the old mm.  fork children would keep a
+ *    copy of the write end open, so a pthread_atfork child handler closes it
+ *    in them (vfork/posix_spawn children drop it at their exec: O_CLOEXEC).
+ *  - POLLHUP alone is ambiguous: the program may have closed "all its fds"
+ *    (daemonizing code) while it keeps running.  kcmp(KCMP_VM) tells: if our
+ *    parent still has our mm, the pipe was just lost and we keep waiting on
+ *    the pidfd, checking kcmp every 50 ms for an exec.  Otherwise we give the
+ *    pidfd 20 ms to confirm a complete exit; without confirmation we treat it
+ *    as exec and simply exit, which is always safe: the cleaner exiting early
+ *    only costs the asynchrony, it never frees memory anybody still uses.
+ *  - Without pidfd_open (ENOSYS, or a seccomp filter), getppid() changing
+ *    (reparenting after the last thread exited) is the "gone" test, checked
+ *    every 2 ms.
+ *
+ * The parallel mode (issue 8) only runs after a *confirmed* complete exit
+ * (pidfd readable, or getppid changed): MADV_DONTNEED zeroes memory, so it
+ * must never run while any thread of the armed process can still use it.
+ */
+#define _GNU_SOURCE
+#include "cleaner.h"
+#include "rawsys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef __WCLONE
+#define __WCLONE 0x80000000
+#endif
+
+#define CLEANER_STACK (64 * 1024)
+#define HELPER_STACK (16 * 1024)
+#define MAPS_BUF (64 * 1024)
+#define MAX_RANGES 16384
+/* Below this much private anonymous memory, helpers cost more than they save. */
+#define PARALLEL_MIN_BYTES (64UL << 20)
+/* Cut points between slices are aligned so no transparent huge page is split. */
+#define SLICE_ALIGN (2UL << 20)
+/* Bound of the close-by-number fallback (a 2^30 RLIMIT_NOFILE would take minutes). */
+#define CLOSE_LOOP_MAX (1L << 20)
+
+#define MS (1000L * 1000L)
+
+enum { PARENT_GONE = 1, PARENT_EXECED = 2 };
+
+struct range {
+	unsigned long start, end;
+};
+
+struct cut {
+	long idx;
+	unsigned long addr;
+};
+
+struct job {
+	const struct range *ranges;
+	long nranges;
+	struct cut lo, hi;
+};
+
+/* Scratch of the parallel mode; lives in the arena. */
+struct par {
+	struct job jobs[KVMPV_MAX_PARALLEL];
+	struct cut cuts[KVMPV_MAX_PARALLEL + 1];
+	struct range ranges[MAX_RANGES];
+	char maps[MAPS_BUF];
+};
+
+/* Written by the parent before clone(), read-only for the cleaner. */
+struct arena {
+	long parent;		/* tgid of the armed process */
+	int pidfd;		/* pidfd of the armed process, -1 if unavailable */
+	int notify_fd;		/* read end of the close-on-exec pipe */
+	int parallel;		/* tasks releasing memory (1: plain exit) */
+	unsigned long base;	/* the whole arena mapping: never released by us */
+	unsigned long size;
+	char *helper_stacks;	/* parallel-1 stacks of HELPER_STACK bytes */
+	struct par *par;	/* NULL unless parallel > 1 */
+	char name[16];		/* "cleanup/<pid>", PR_SET_NAME's 16 bytes */
+};
+
+/* ---------------------------------------------------------------------------
+ * The child.  Nothing below until "parent side" may call libc (see top).
+ */
+
+static long raw_sleep_ns(long ns)
+{
+	struct timespec ts = { ns / 1000000000L, ns % 1000000000L };
+
+	return RAW4(SYS_clock_nanosleep, CLOCK_MONOTONIC, 0, &ts, 0);
+}
+
+static void close_gaps(const int *keep, int nkeep, long *ret)
+{
+	unsigned int lo = 0;
+	int i;
+
+	*ret = 0;
+	for (i = 0; i < nkeep; i++) {
+		if ((unsigned int)keep[i] > lo) {
+			*ret = RAW3(SYS_close_range, lo, keep[i] - 1, 0);
+			if (*ret < 0)
+				return;
+		}
+		lo = (unsigned int)keep[i] + 1;
+	}
+	*ret = RAW3(SYS_close_range, lo, ~0U, 0);
+}
+
+static int is_kept(const int *keep, int nkeep, long fd)
+{
+	int i;
+
+	for (i = 0; i < nkeep; i++)
+		if (keep[i] == fd)
+			return 1;
+	return 0;
+}
+
+struct linux_dirent64 {
+	uint64_t d_ino;
+	int64_t d_off;
+	unsigned short d_reclen;
+	unsigned char d_type;
+	char d_name[];
+};
+
+/* Fallback 1: walk /proc/self/fd with getdents64 into a stack buffer. */
+static int close_by_proc(const int *keep, int nkeep)
+{
+	char buf[4096] __attribute__((aligned(8)));
+	long dfd = RAW4(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+	long n, closed;
+
+	if (dfd < 0)
+		return -1;
+	do {
+		closed = 0;
+		/* Closing while iterating may shift entries: rescan until clean. */
+		RAW3(SYS_lseek, dfd, 0, SEEK_SET);
+		while ((n = RAW3(SYS_getdents64, dfd, buf, sizeof(buf))) > 0) {
+			long off = 0;
+
+			while (off < n) {
+				struct linux_dirent64 *d = (struct linux_dirent64 *)(buf + off);
+				const char *s = d->d_name;
+				long fd = 0;
+
+				off += d->d_reclen;
+				if (*s < '0' || *s > '9')
+					continue;
+				while (*s >= '0' && *s <= '9')
+					fd = fd * 10 + (*s++ - '0');
+				if (fd == dfd || is_kept(keep, nkeep, fd))
+					continue;
+				RAW1(SYS_close, fd);
+				closed++;
+			}
+		}
+	} while (closed);
+	RAW1(SYS_close, dfd);
+	return 0;
+}
+
+/* Fallback 2 (no /proc): close by number up to the soft RLIMIT_NOFILE, bounded. */
+static void close_by_limit(const int *keep, int nkeep)
+{
+	struct {
+		unsigned long long cur, max;
+	} rl = { 1024, 1024 };
+	long fd, limit;
+
+	if (RAW4(SYS_prlimit64, 0, RLIMIT_NOFILE, 0, &rl) < 0)
+		rl.cur = 1024;
+	limit = rl.cur > (unsigned long long)CLOSE_LOOP_MAX ? CLOSE_LOOP_MAX : (long)rl.cur;
+	for (fd = 0; fd < limit; fd++)
+		if (!is_kept(keep, nkeep, fd))
+			RAW1(SYS_close, fd);
+}
+
+/*
+ * Close every inherited fd but ours: otherwise the cleaner keeps the parent's
+ * stdout pipe (a waiter reading it never sees EOF), log files and sockets
+ * (libvirt's logger refused to start the next VM, QEMU review) open.
+ */
+static void close_inherited(const struct arena *a)
+{
+	int keep[2], nkeep = 0;
+	long ret;
+
+	if (a->pidfd >= 0)
+		keep[nkeep++] = a->pidfd;
+	keep[nkeep++] = a->notify_fd;
+	if (nkeep == 2 && keep[0] > keep[1]) {
+		int t = keep[0];
+
+		keep[0] = keep[1];
+		keep[1] = t;
+	}
+	close_gaps(keep, nkeep, &ret);	/* close_range: Linux 5.9 */
+	if (ret == 0)
+		return;
+	if (close_by_proc(keep, nkeep) == 0)
+		return;
+	close_by_limit(keep, nkeep);
+}
+
+/* Does the armed process still run on our mm?  Errors count as "no". */
+static int parent_shares_mm(const struct arena *a)
+{
+	long self = RAW0(SYS_getpid);
+
+	return RAW5(SYS_kcmp, self, a->parent, KCMP_VM, 0, 0) == 0;
+}
+
+/* Has the whole thread group of the armed process exited?  Wait up to ns. */
+static int parent_gone(const struct arena *a, long ns)
+{
+	if (a->pidfd >= 0) {
+		struct pollfd p = { a->pidfd, POLLIN, 0 };
+		struct timespec ts = { ns / 1000000000L, ns % 1000000000L };
+		long n;
+
+		do
+			n = RAW5(SYS_ppoll, &p, 1, &ts, 0, 8);
+		while (n == -EINTR);
+		return n > 0;
+	}
+	for (;;) {
+		if (RAW0(SYS_getppid) != a->parent)
+			return 1;
+		if (ns <= 0)
+			return 0;
+		raw_sleep_ns(200 * 1000);
+		ns -= 200 * 1000;
+	}
+}
+
+/* The notification pipe hung up: complete exit, or exec? */
+static int settle(const struct arena *a)
+{
+	return parent_gone(a, 20 * MS) ? PARENT_GONE : PARENT_EXECED;
+}
+
+static int wait_for_parent(const struct arena *a)
+{
+	struct pollfd p[2] = {
+		{ a->pidfd, POLLIN, 0 },	/* fd -1 is ignored by poll */
+		{ a->notify_fd, POLLIN, 0 },
+	};
+	int watch_pipe = 1;
+
+	for (;;) {
+		struct timespec tick = { 0, (a->pidfd >= 0 ? 50 : 2) * MS };
+		int timed = !watch_pipe || a->pidfd < 0;
+		long n = RAW5(SYS_ppoll, p, 2, timed ? &tick : 0, 0, 8);
+
+		if (n < 0 && n != -EINTR && n != -EAGAIN && n != -ENOMEM)
+			return PARENT_EXECED;	/* cannot wait: never pin memory */
+		if (a->pidfd >= 0 ? (n > 0 && p[0].revents) : parent_gone(a, 0))
+			return PARENT_GONE;
+		if (watch_pipe && n > 0 && p[1].revents) {
+			/*
+			 * Plain mode: exit at once on exec and on exit alike (our
+			 * exit is safe either way).  Parallel mode must know.
+			 */
+			if (!parent_shares_mm(a))
+				return a->par ? settle(a) : PARENT_EXECED;
+			/* The program closed our fd but still runs on this mm. */
+			watch_pipe = 0;
+			p[1].fd = -1;
+			continue;
+		}
+		if (!watch_pipe && !parent_shares_mm(a))
+			return a->par ? settle(a) : PARENT_EXECED;
+	}
+}
+
+/* ---- parallel release ---- */
+
+static int parse_hex(const char **pp, unsigned long *v)
+{
+	const char *p = *pp;
+	unsigned long x = 0;
+	int digits = 0;
+
+	for (;; p++, digits++) {
+		char c = *p;
+
+		if (c >= '0' && c <= '9')
+			x = x * 16 + (unsigned long)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			x = x * 16 + (unsigned long)(c - 'a' + 10);
+		else
+			break;
+	}
+	*pp = p;
+	*v = x;
+	return digits > 0;
+}
+
+static int starts_with(const char *s, const char *end, const char *prefix)
+{
+	while (*prefix) {
+		if (s >= end || *s != *prefix)
+			return 0;
+		s++;
+		prefix++;
+	}
+	return 1;
+}
+
+static void add_range(struct par *p, long *n, unsigned long s, unsigned long e)
+{
+	if (s < e && *n < MAX_RANGES) {
+		p->ranges[*n].start = s;
+		p->ranges[*n].end = e;
+		(*n)++;
+	}
+}
+
+/*
+ * One line of /proc/self/maps: "start-end perms offset dev inode   [name]".
+ * Taken: private ('p'), readable or writable, no backing inode, and either
+ * unnamed, [heap] or a named anonymous region ([anon:...]).  Left to the final
+ * exit: shared mappings (including shared anonymous and device mappings such
+ * as a vCPU's kvm_run: 's'), file-backed and hugetlb mappings (inode != 0),
+ * [stack], [vdso], [vvar], [vsyscall], PROT_NONE guard areas, and our arena.
+ */
+static void parse_line(const struct arena *a, struct par *p, long *n, const char *s,
+		       const char *end)
+{
+	unsigned long start, stop, dummy, inode;
+	const char *perms;
+
+	if (!parse_hex(&s, &start) || *s++ != '-' || !parse_hex(&s, &stop) || *s++ != ' ')
+		return;
+	perms = s;
+	if (end - s < 5)
+		return;
+	s += 5;
+	if (!parse_hex(&s, &dummy) || *s++ != ' ')			/* offset */
+		return;
+	if (!parse_hex(&s, &dummy) || *s++ != ':' || !parse_hex(&s, &dummy))	/* dev */
+		return;
+	if (*s++ != ' ')
+		return;
+	inode = 0;
+	while (s < end && *s >= '0' && *s <= '9')
+		inode = inode * 10 + (unsigned long)(*s++ - '0');
+	while (s < end && *s == ' ')
+		s++;
+	if (perms[3] != 'p' || (perms[0] != 'r' && perms[1] != 'w') || inode != 0)
+		return;
+	if (s < end && !starts_with(s, end, "[heap]") && !starts_with(s, end, "[anon:"))
+		return;
+	/* Never release the arena (our stacks and this very buffer). */
+	if (start < a->base + a->size && stop > a->base) {
+		add_range(p, n, start, a->base);
+		add_range(p, n, a->base + a->size, stop);
+		return;
+	}
+	add_range(p, n, start, stop);
+}
+
+static long read_ranges(const struct arena *a, struct par *p)
+{
+	long fd = RAW4(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
+	long have = 0, n = 0, got;
+
+	if (fd < 0)
+		return 0;
+	for (;;) {
+		long i, line = 0;
+
+		do
+			got = RAW3(SYS_read, fd, p->maps + have, MAPS_BUF - have);
+		while (got == -EINTR);
+		if (got <= 0)
+			break;
+		have += got;
+		for (i = 0; i < have; i++) {
+			if (p->maps[i] == '\n') {
+				parse_line(a, p, &n, p->maps + line, p->maps + i);
+				line = i + 1;
+			}
+		}
+		if (line == 0 && have == MAPS_BUF)
+			line = have;	/* a line longer than the buffer: drop it */
+		/* Keep the partial last line (hand-written: no memmove call). */
+		for (i = line; i < have; i++)
+			p->maps[i - line] = p->maps[i];
+		have -= line;
+	}
+	RAW1(SYS_close, fd);
+	return n;
+}
+
+static void run_job(const struct job *j)
+{
+	long r;
+
+	for (r = j->lo.idx; r < j->nranges && r <= j->hi.idx; r++) {
+		unsigned long s = r == j->lo.idx ? j->lo.addr : j->ranges[r].start;
+		unsigned long e = r == j->hi.idx ? j->hi.addr : j->ranges[r].end;
+
+		/* Errors (mlocked or VM_PFNMAP areas: EINVAL) leave it to exit. */
+		if (s < e)
+			RAW3(SYS_madvise, s, e - s, MADV_DONTNEED);
+	}
+}
+
+static int helper_main(void *arg)
+{
+	run_job(arg);
+	return 0;	/* the clone() trampoline calls SYS_exit with this */
+}
+
+static int cut_before(struct cut x, struct cut y)
+{
+	return x.idx < y.idx || (x.idx == y.idx && x.addr < y.addr);
+}
+
+/*
+ * Split the private anonymous memory into `parallel` slices of equal bytes
+ * and MADV_DONTNEED them from as many tasks sharing this mm (the idea of the
+ * 2021 linux-mm thread: clone(CLONE_VM) plus DONTNEED from several threads).
+ * The tasks are children of the cleaner, in its cgroups: the CPU time stays
+ * charged there.  Page tables and everything skipped go at the final exit.
+ */
+static void parallel_release(const struct arena *a)
+{
+	struct par *p = a->par;
+	long n = read_ranges(a, p), r, k, started = 0;
+	unsigned long total = 0, cum, slice;
+	int tasks = a->parallel, failed[KVMPV_MAX_PARALLEL];
+
+	for (r = 0; r < n; r++)
+		total += p->ranges[r].end - p->ranges[r].start;
+	if (n == 0 || total < PARALLEL_MIN_BYTES)
+		return;
+	slice = total / (unsigned long)tasks;
+	p->cuts[0].idx = 0;
+	p->cuts[0].addr = p->ranges[0].start;
+	p->cuts[tasks].idx = n;
+	p->cuts[tasks].addr = 0;
+	r = 0;
+	cum = 0;
+	for (k = 1; k < tasks; k++) {
+		unsigned long target = slice * (unsigned long)k, addr;
+		struct cut c;
+
+		while (r < n && cum + (p->ranges[r].end - p->ranges[r].start) <= target) {
+			cum += p->ranges[r].end - p->ranges[r].start;
+			r++;
+		}
+		if (r >= n) {
+			c.idx = n;
+			c.addr = 0;
+		} else {
+			addr = p->ranges[r].start + (target - cum);
+			addr = (addr + SLICE_ALIGN - 1) & ~(SLICE_ALIGN - 1);
+			c.idx = r;
+			c.addr = addr < p->ranges[r].end ? addr : p->ranges[r].end;
+		}
+		if (cut_before(c, p->cuts[k - 1]))
+			c = p->cuts[k - 1];
+		p->cuts[k] = c;
+	}
+	for (k = 0; k < tasks; k++) {
+		p->jobs[k].ranges = p->ranges;
+		p->jobs[k].nranges = n;
+		p->jobs[k].lo = p->cuts[k];
+		p->jobs[k].hi = p->cuts[k + 1];
+		failed[k] = 0;
+	}
+	for (k = 1; k < tasks; k++) {
+		char *top = a->helper_stacks + (unsigned long)k * HELPER_STACK;
+
+		/* libc clone(): see the top comment; exit signal 0, reaped below. */
+		if (clone(helper_main, top, CLONE_VM, &p->jobs[k]) > 0)
+			started++;
+		else
+			failed[k] = 1;
+	}
+	run_job(&p->jobs[0]);
+	for (k = 1; k < tasks; k++)
+		if (failed[k])
+			run_job(&p->jobs[k]);
+	while (started > 0) {
+		long w = RAW4(SYS_wait4, -1, 0, __WCLONE, 0);
+
+		if (w > 0)
+			started--;
+		else if (w != -EINTR)
+			break;
+	}
+}
+
+static int cleaner_main(void *arg)
+{
+	const struct arena *a = arg;
+
+	RAW2(SYS_prctl, PR_SET_NAME, a->name);
+	close_inherited(a);
+	/* Do not keep the parent's working directory (a mount point) busy. */
+	RAW1(SYS_chdir, "/");
+	if (wait_for_parent(a) == PARENT_GONE && a->par)
+		parallel_release(a);
+	/* Our exit drops the last mm reference: exit_mmap() runs here. */
+	RAW1(SYS_exit, 0);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Parent side: ordinary libc code, called from Python (ctypes) or the preload.
+ */
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t cleaner_pid;
+static int notify_wfd = -1;
+static dev_t pipe_dev;
+static ino_t pipe_ino;
+static void *arena_mem;
+static size_t arena_size;
+static int cur_parallel;
+static int atfork_done;
+static int children_enable;
+static int children_parallel = 1;
+
+static void forget_locked(void)
+{
+	if (notify_wfd >= 0)
+		close(notify_wfd);
+	if (arena_mem)
+		munmap(arena_mem, arena_size);
+	cleaner_pid = 0;
+	notify_wfd = -1;
+	arena_mem = NULL;
+	arena_size = 0;
+	cur_parallel = 0;
+}
+
+/* 1 if the cleaner is alive; a dead one (killed, or exited after the pipe
+ * told it about an exec) is reaped and forgotten. */
+static int alive_locked(void)
+{
+	pid_t r;
+	int st;
+
+	if (cleaner_pid <= 0)
+		return 0;
+	do
+		r = waitpid(cleaner_pid, &st, WNOHANG | __WCLONE);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return 1;
+	forget_locked();	/* exited, or reaped by someone using __WALL */
+	return 0;
+}
+
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&lock);
+}
+
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&lock);
+}
+
+static void atfork_child(void)
+{
+	if (cleaner_pid > 0) {
+		struct stat st;
+
+		/*
+		 * The child is not armed (its mm is a copy).  Drop its copy of
+		 * the write end, or the parent's exec would not be noticed while
+		 * this child lives.  fstat() guards against an fd number that the
+		 * program closed and reused.  The arena is MADV_DONTFORK: the
+		 * child has no copy of it.
+		 */
+		if (notify_wfd >= 0 && fstat(notify_wfd, &st) == 0 && st.st_dev == pipe_dev &&
+		    st.st_ino == pipe_ino)
+			close(notify_wfd);
+		cleaner_pid = 0;
+		notify_wfd = -1;
+		arena_mem = NULL;
+		arena_size = 0;
+		cur_parallel = 0;
+	}
+	pthread_mutex_init(&lock, NULL);
+	if (children_enable) {
+		int ret = kvmpv_cleaner_arm(children_parallel);
+
+		if (ret < 0) {
+			char msg[128];
+			int len = snprintf(msg, sizeof(msg),
+					   "kvmpv: cleaner not armed in child %d: %s\n", (int)getpid(),
+					   strerror((-ret) & 0xffff));
+
+			if (len > 0)
+				(void)!write(2, msg, (size_t)len);
+		}
+	}
+}
+
+int kvmpv_cleaner_abi(void)
+{
+	return KVMPV_CLEANER_ABI;
+}
+
+void kvmpv_cleaner_arm_children(int enable, int parallel)
+{
+	children_enable = enable;
+	children_parallel = parallel;
+}
+
+static int fail(int step, int err)
+{
+	return -((step << 16) | (err & 0xffff));
+}
+
+int kvmpv_cleaner_arm(int parallel)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	size_t hdr, size, off_par = 0, off_helpers = 0;
+	unsigned long full = ~0UL, old = 0;
+	struct arena *a;
+	struct stat st;
+	char *mem;
+	int fds[2], pidfd, err;
+	pid_t me, pid;
+
+	if (parallel < 1)
+		parallel = 1;
+	if (parallel > KVMPV_MAX_PARALLEL)
+		parallel = KVMPV_MAX_PARALLEL;
+	pthread_mutex_lock(&lock);
+	if (alive_locked()) {
+		pthread_mutex_unlock(&lock);
+		return 0;
+	}
+	if (!atfork_done) {
+		if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) == 0)
+			atfork_done = 1;
+	}
+	me = getpid();
+	pidfd = (int)syscall(SYS_pidfd_open, me, 0);
+	if (pidfd < 0) {
+		err = errno;
+		/* Old kernel or a seccomp filter: fall back to getppid() polling. */
+		if (err != ENOSYS && err != EPERM && err != EINVAL) {
+			pthread_mutex_unlock(&lock);
+			return fail(KVMPV_STEP_PIDFD, err);
+		}
+	}
+	if (pipe2(fds, O_CLOEXEC) < 0 || fstat(fds[1], &st) < 0) {
+		err = errno;
+		if (pidfd >= 0)
+			close(pidfd);
+		pthread_mutex_unlock(&lock);
+		return fail(KVMPV_STEP_PIPE, err);
+	}
+
+	/* Layout: guard page | cleaner stack | header | helper stacks | par. */
+	hdr = ((sizeof(struct arena) + (size_t)page - 1) / (size_t)page) * (size_t)page;
+	size = (size_t)page + CLEANER_STACK + hdr;
+	if (parallel > 1) {
+		off_helpers = size;
+		size += (size_t)(parallel - 1) * HELPER_STACK;
+		off_par = size;
+		size += ((sizeof(struct par) + (size_t)page - 1) / (size_t)page) * (size_t)page;
+	}
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		   -1, 0);
+	if (mem == MAP_FAILED) {
+		err = errno;
+		close(fds[0]);
+		close(fds[1]);
+		if (pidfd >= 0)
+			close(pidfd);
+		pthread_mutex_unlock(&lock);
+		return fail(KVMPV_STEP_MMAP, err);
+	}
+	mprotect(mem, (size_t)page, PROT_NONE);	/* stack overflow guard */
+	/* fork children get no copy (nothing to undo in them), and the distinct
+	 * VM flag keeps the kernel from merging it with a neighbour VMA. */
+	madvise(mem, size, MADV_DONTFORK);
+
+	a = (struct arena *)(mem + page + CLEANER_STACK);
+	a->parent = me;
+	a->pidfd = pidfd;
+	a->notify_fd = fds[0];
+	a->parallel = parallel;
+	a->base = (unsigned long)mem;
+	a->size = size;
+	/* helper k (1..parallel-1) runs on [helper_stacks + (k-1)*HELPER_STACK, + HELPER_STACK) */
+	a->helper_stacks = parallel > 1 ? mem + off_helpers : NULL;
+	a->par = parallel > 1 ? (struct par *)(mem + off_par) : NULL;
+	snprintf(a->name, sizeof(a->name), "cleanup/%d", (int)me);
+
+	/*
+	 * Block every signal, glibc-internal ones included (hence the raw call:
+	 * pthread_sigmask silently keeps SIGCANCEL/SIGSETXID unblocked), so the
+	 * child starts with all blocked and never runs one of the parent's
+	 * handlers -- CPython's would write the wakeup fd and trip flags in the
+	 * interpreter it shares.  The child never unblocks anything; only SIGKILL
+	 * and SIGSTOP reach it.
+	 */
+	RAW4(SYS_rt_sigprocmask, SIG_BLOCK, &full, &old, 8);
+	pid = clone(cleaner_main, mem + page + CLEANER_STACK, CLONE_VM, a);
+	err = errno;
+	RAW4(SYS_rt_sigprocmask, SIG_SETMASK, &old, 0, 8);
+
+	/* The child has its own copies (no CLONE_FILES); we keep the write end. */
+	close(fds[0]);
+	if (pidfd >= 0)
+		close(pidfd);
+	if (pid < 0) {
+		close(fds[1]);
+		munmap(mem, size);
+		pthread_mutex_unlock(&lock);
+		return fail(KVMPV_STEP_CLONE2, err);
+	}
+	cleaner_pid = pid;
+	notify_wfd = fds[1];
+	pipe_dev = st.st_dev;
+	pipe_ino = st.st_ino;
+	arena_mem = mem;
+	arena_size = size;
+	cur_parallel = parallel;
+	pthread_mutex_unlock(&lock);
+	return 0;
+}
+
+int kvmpv_cleaner_disarm(void)
+{
+	pid_t r;
+	int st;
+
+	pthread_mutex_lock(&lock);
+	if (!alive_locked()) {
+		pthread_mutex_unlock(&lock);
+		return 0;
+	}
+	/* Unreaped child of ours: its pid cannot have been reused. */
+	kill(cleaner_pid, SIGKILL);
+	do
+		r = waitpid(cleaner_pid, &st, __WCLONE);
+	while (r < 0 && errno == EINTR);
+	forget_locked();
+	pthread_mutex_unlock(&lock);
+	return 1;
+}
+
+int kvmpv_cleaner_status(int *parallel)
+{
+	int pid;
+
+	pthread_mutex_lock(&lock);
+	pid = alive_locked() ? (int)cleaner_pid : 0;
+	if (parallel)
+		*parallel = pid ? cur_parallel : 0;
+	pthread_mutex_unlock(&lock);
+	return pid;
+}

@@ -1,0 +1,1552 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""``kvmpv check``: conformance checks of the s390 PV async-cleanup interface.
+
+One check per row of the rc/rrc table (spec section 3.9) plus the ordering and
+concurrency cases of sections 3.3-3.6 and the QEMU reboot race of section 5.
+Each check is a plain function ``fn(ctx)`` in a registry (kselftest's
+``testlist[]``, ksft.py's ``ksft_run``): it drives the kernel interface through
+``kvmpv.kvm``/``kvmpv.pv`` exactly as a VMM would, on one of two backends:
+
+* ``kvm``: the real ``/dev/kvm`` of this host.  A check runs here only if the
+  host has what it needs (an s390x Secure Execution host with cap 224 for the
+  PV behaviour, a host *without* PV for the "no PV" answers); otherwise it is
+  reported as ``# SKIP`` with the reason, never as a pass.
+* ``sim``: the simulated s390x kernel ``kvmpv.sim.SimulatedHost``, a fresh
+  one per check, configured as the check needs (``async_destroy=0``,
+  Destroy-Fast, no PV).  Fault injection (the EIO rows), fatal signals and a
+  running protected guest exist only here.
+
+``CheckRequest.backend`` decides which:
+
+* ``auto`` (default): each check on the real kernel where this host can run
+  it, on the simulator otherwise; the header says why.
+* ``kvm``: real kernel only; what cannot run here is SKIP.
+* ``sim``: simulator only.
+* ``both``: every check on both (two results per check).
+
+Every result line names its backend (``ok 3 sim: prepare_success``).
+
+Mechanics (from ksft.py): soft checks (``ctx.check_eq``) record a failure with
+the source line and let the check continue; any exception ends only the
+current check; ``ctx.defer(fn)`` registers cleanup that runs LIFO after the
+check, on pass or fail, and a failing cleanup fails the check; SIGTERM/SIGINT
+run the pending cleanup, print ``Bail out!`` and re-raise.
+
+Touches: ``/dev/kvm`` (VMs with small memslots, never a running real guest),
+``/sys/module/kvm/parameters/async_destroy``, ``/sys/firmware/uv/`` (read),
+anonymous memory (at most ``CheckRequest.perform_memory`` + 32 MiB per check),
+threads it joins before the check ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import fnmatch
+import inspect
+import os
+import platform
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, TextIO
+
+from .. import uapi
+from ..errors import Interrupted, KvmpvError, UsageError
+from ..kvm import Kvm, Vcpu, Vm
+from ..memory import GuestMemory
+from ..pv import PvResult, pv_cmd
+from ..report import junit, ktap
+from ..report.cases import CaseResult, RunResult, Status
+from ..syscalls import LINUX, Syscalls
+from ..uapi import KvmCap, pv_cmd_id
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+BACKENDS = ("auto", "kvm", "sim", "both")
+
+#: Guest layout of the checks: a small slot below 2 GiB (destroyed synchronously
+#: by PREPARE, spec 3.3 step 7) and one at 2 GiB (left for PERFORM).
+LOW_GPA = 0
+LOW_SIZE = 8 * MiB
+HIGH_GPA = 2 * GiB
+HIGH_SIZE = 16 * MiB
+
+#: rc/rrc sentinel preloaded to prove the kernel left them untouched.
+RC_SENTINEL = 0xDEAD
+RRC_SENTINEL = 0xBEEF
+
+PREPARE = pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PREPARE
+PERFORM = pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PERFORM
+ENABLE = pv_cmd_id.KVM_PV_ENABLE
+DISABLE = pv_cmd_id.KVM_PV_DISABLE
+INFO = pv_cmd_id.KVM_PV_INFO
+
+SYNTH_RC = uapi.KVM_PV_ASYNC_SYNTHETIC_RC
+SYNTH_RRC = uapi.KVM_PV_ASYNC_SYNTHETIC_RRC
+
+
+# ---------------------------------------------------------------------------
+# Host facts and requirements
+# ---------------------------------------------------------------------------
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip() or "0", 0)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_first_hex_word(path: str) -> Optional[int]:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.readline().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the real kernel of this host offers, for deciding where each check runs.
+
+    A minimal probe (``KVM_CHECK_EXTENSION`` on /dev/kvm, sysfs), so that
+    ``kvmpv check`` does not depend on the full ``kvmpv probe``; when
+    ``kvmpv.scenarios.probe`` is available its ``pv_reason`` is preferred.
+    """
+
+    arch: str
+    kernel: str
+    kvm_error: str = ""  # why /dev/kvm cannot be used ("" if it can)
+    cap_protected: int = 0  # KVM_CAP_S390_PROTECTED (180)
+    cap_async: int = 0  # KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224)
+    cap_dump: int = 0  # KVM_CAP_S390_PROTECTED_DUMP (217)
+    async_destroy_param: Optional[int] = None  # /sys/module/kvm/parameters/async_destroy
+    destroy_fast: Optional[bool] = None  # UV facility bit 23 (None: unknown)
+    pv_reason_text: str = ""
+
+    @property
+    def kvm_usable(self) -> bool:
+        return not self.kvm_error
+
+    @property
+    def is_s390(self) -> bool:
+        return self.arch == "s390x"
+
+    @property
+    def pv_host(self) -> bool:
+        return self.kvm_usable and self.cap_protected > 0
+
+    @property
+    def pv_async(self) -> bool:
+        return self.pv_host and self.cap_async > 0
+
+    def pv_reason(self) -> str:
+        """Why the PV async checks cannot run on the real kernel ("" if they can)."""
+        if self.pv_async:
+            return ""
+        if self.pv_reason_text:
+            return self.pv_reason_text
+        if not self.kvm_usable:
+            return f"no usable /dev/kvm: {self.kvm_error}"
+        if not self.pv_host:
+            return (
+                f"not a PV host: KVM_CAP_S390_PROTECTED (180) = {self.cap_protected} "
+                f"({self.arch}, Linux {self.kernel})"
+            )
+        return (
+            f"KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224) = {self.cap_async}"
+            f" (kvm.async_destroy = {self.async_destroy_param})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "kernel": self.kernel,
+            "kvm_error": self.kvm_error or None,
+            "cap_180": self.cap_protected,
+            "cap_217": self.cap_dump,
+            "cap_224": self.cap_async,
+            "async_destroy": self.async_destroy_param,
+            "destroy_fast": self.destroy_fast,
+            "pv_reason": self.pv_reason() or None,
+        }
+
+
+def probe_facts(sys: Syscalls = LINUX) -> HostFacts:
+    """Probe the real kernel without creating a VM (spec section 7)."""
+    arch = platform.machine()
+    kernel = platform.release()
+    async_param = _read_int("/sys/module/kvm/parameters/async_destroy")
+    facilities = _read_first_hex_word("/sys/firmware/uv/query/facilities")
+    fast = None
+    if facilities is not None:
+        fast = bool(facilities & uapi.UV_FACILITY_DESTROY_SEC_CONF_FAST_MASK)
+    pv_reason_text = ""
+    try:
+        import importlib
+
+        # The full ``kvmpv probe`` (scenarios/probe.py), when present, words
+        # the reason best; this module must work without it.
+        _probe: Any = importlib.import_module(f"{__package__}.probe")
+        host_probe = _probe.probe_host()
+        pv_reason_text = str(getattr(host_probe, "pv_reason", "") or "")
+    except Exception:  # absent or failing probe: the minimal one below decides
+        pv_reason_text = ""
+    try:
+        with Kvm(sys) as kvm:
+            caps = {
+                c: kvm.check_cap(c)
+                for c in (
+                    KvmCap.KVM_CAP_S390_PROTECTED,
+                    KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE,
+                    KvmCap.KVM_CAP_S390_PROTECTED_DUMP,
+                )
+            }
+    except KvmpvError as err:
+        return HostFacts(arch, kernel, kvm_error=str(err), async_destroy_param=async_param)
+    facts = HostFacts(
+        arch,
+        kernel,
+        cap_protected=caps[KvmCap.KVM_CAP_S390_PROTECTED],
+        cap_async=caps[KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE],
+        cap_dump=caps[KvmCap.KVM_CAP_S390_PROTECTED_DUMP],
+        async_destroy_param=async_param,
+        destroy_fast=fast,
+        pv_reason_text=pv_reason_text,
+    )
+    if facts.pv_async:
+        # A usable host: a probe's complaint must not hide it.
+        facts = dataclasses.replace(facts, pv_reason_text="")
+    return facts
+
+
+class Need:
+    """What a check needs from the real kernel (names printed in ``--list``)."""
+
+    PV_ASYNC = "pv-async"  # s390x PV host, cap 224 = 1
+    PV_HOST = "pv-host"  # s390x PV host (cap 180 = 1), async not needed
+    NO_PV = "no-pv"  # a KVM host *without* PV (x86, or s390x without prot_virt)
+    ASYNC_OFF = "async-destroy-off"  # PV host booted with kvm.async_destroy=0
+    FAST = "destroy-fast"  # UV offers Destroy Secure Configuration Fast
+    NO_FAST = "no-destroy-fast"
+    S390 = "s390x"
+
+
+def kvm_skip_reason(check: Check, facts: HostFacts) -> str:
+    """Why ``check`` cannot run on this host's real kernel ("" if it can)."""
+    if check.sim_only:
+        return f"simulator only: {check.sim_only}"
+    if not facts.kvm_usable:
+        return f"no usable /dev/kvm: {facts.kvm_error}"
+    for need in check.needs:
+        reason = ""
+        if need == Need.PV_ASYNC and not facts.pv_async:
+            reason = facts.pv_reason()
+        elif need == Need.PV_HOST and not facts.pv_host:
+            reason = f"not a PV host: KVM_CAP_S390_PROTECTED (180) = {facts.cap_protected}"
+        elif need == Need.NO_PV and facts.pv_host:
+            reason = "this is a PV host; the check is about hosts without PV"
+        elif need == Need.ASYNC_OFF and facts.async_destroy_param != 0:
+            reason = f"kvm.async_destroy = {facts.async_destroy_param}, the check needs 0"
+        elif need == Need.FAST and facts.destroy_fast is not True:
+            reason = "the Ultravisor does not offer Destroy Secure Configuration Fast"
+        elif need == Need.NO_FAST and facts.destroy_fast is not False:
+            reason = "the Ultravisor offers Destroy-Fast (or it is unknown)"
+        elif need == Need.S390 and not facts.is_s390:
+            reason = f"needs s390x, this is {facts.arch}"
+        if reason:
+            return reason
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the simulated host of a check is built (``SimulatedHost`` keywords)."""
+
+    prot_virt_host: bool = True
+    async_destroy: bool = True
+    destroy_fast: bool = False
+
+    def kwargs(self) -> dict[str, bool]:
+        return {
+            "prot_virt_host": self.prot_virt_host,
+            "async_destroy": self.async_destroy,
+            "destroy_fast": self.destroy_fast,
+        }
+
+
+@dataclass(frozen=True)
+class Check:
+    """One registered check: ``fn(ctx)`` plus what it needs and proves."""
+
+    name: str
+    fn: Callable[[CheckContext], None]
+    proves: str
+    spec: str
+    needs: tuple[str, ...] = ()
+    sim: SimConfig = field(default_factory=SimConfig)
+    #: Non-empty: cannot run on a real kernel, and why (fault injection, ...).
+    sim_only: str = ""
+
+
+_REGISTRY: list[Check] = []
+
+
+def check(
+    name: str,
+    *,
+    spec: str,
+    needs: Sequence[str] = (),
+    sim: Optional[SimConfig] = None,
+    sim_only: str = "",
+) -> Callable[[Callable[[CheckContext], None]], Callable[[CheckContext], None]]:
+    """Register ``fn`` as check ``name``; its docstring's first paragraph is what it proves."""
+
+    def register(fn: Callable[[CheckContext], None]) -> Callable[[CheckContext], None]:
+        doc = inspect.getdoc(fn) or name
+        proves = " ".join(doc.split("\n\n")[0].split())
+        if any(c.name == name for c in _REGISTRY):
+            raise ValueError(f"duplicate check {name}")
+        _REGISTRY.append(Check(name, fn, proves, spec, tuple(needs), sim or SimConfig(), sim_only))
+        return fn
+
+    return register
+
+
+def registry() -> tuple[Check, ...]:
+    """Every check, in plan order."""
+    return tuple(_REGISTRY)
+
+
+def select(pattern: Sequence[str] = ()) -> tuple[Check, ...]:
+    """Checks whose name matches any pattern (substring, or glob with ``*?[``)."""
+    if not pattern:
+        return registry()
+    out = []
+    for chk in _REGISTRY:
+        for pat in pattern:
+            if any(ch in pat for ch in "*?[") and fnmatch.fnmatchcase(chk.name, pat):
+                out.append(chk)
+                break
+            if pat in chk.name:
+                out.append(chk)
+                break
+    if not out:
+        raise UsageError(f"no check matches {', '.join(pattern)} (see kvmpv check --list)")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# The context a check runs in
+# ---------------------------------------------------------------------------
+
+
+class CheckFailed(Exception):
+    """Raised by a hard check: the current check stops and fails."""
+
+
+class CheckSkip(Exception):
+    """Raised by ``ctx.skip()``: the current check stops and is reported as SKIP."""
+
+
+SimFactory = Callable[[SimConfig], Syscalls]
+
+
+def default_sim_factory(config: SimConfig) -> Syscalls:
+    from ..sim import SimulatedHost  # imported lazily: kvm-only runs do not need it
+
+    host: Syscalls = SimulatedHost(**config.kwargs())
+    return host
+
+
+class CheckContext:
+    """What a check function gets: the backend, checked helpers, soft checks, defer."""
+
+    def __init__(
+        self,
+        chk: Check,
+        backend: str,
+        sys: Syscalls,
+        facts: HostFacts,
+        *,
+        perform_memory: int = 128 * MiB,
+    ) -> None:
+        self.check = chk
+        self.perform_memory = perform_memory
+        self.backend = backend
+        self.sys = sys
+        self.facts = facts
+        self.failures: list[str] = []
+        self.diagnostics: list[str] = []
+        self._deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        # Guest memory is released only after every VM is closed: closing a
+        # VM destroys its secure pages (the simulator clears them for real),
+        # which must not hit memory that is already unmapped.
+        self._late: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    # -- reporting -----------------------------------------------------------
+
+    @property
+    def is_sim(self) -> bool:
+        return self.backend == "sim"
+
+    @property
+    def sim(self) -> Any:
+        """The ``SimulatedHost`` (sim backend only), for fault injection and state."""
+        if not self.is_sim:
+            raise CheckFailed("simulator API used on the real kernel (a bug in the check)")
+        return self.sys
+
+    def diag(self, text: str) -> None:
+        self.diagnostics.extend(text.splitlines() or [""])
+
+    def _where(self) -> str:
+        frame = inspect.currentframe()
+        caller = frame.f_back.f_back if frame and frame.f_back else None
+        # Walk out of the ctx helpers to the check function's line.
+        while (
+            caller is not None
+            and caller.f_code.co_filename == __file__
+            and (
+                caller.f_code.co_name.startswith(("check_", "_where", "require", "expect"))
+                or caller.f_code.co_name in ("pv", "pv_raw")
+            )
+        ):
+            caller = caller.f_back
+        if caller is None:
+            return "?"
+        code = caller.f_code
+        return f"{os.path.basename(code.co_filename)}:{caller.f_lineno} in {code.co_name}"
+
+    def fail_soft(self, message: str) -> None:
+        line = f"Check| At {self._where()}: {message}"
+        self.failures.append(message)
+        self.diag(line)
+
+    def check_true(self, cond: bool, what: str) -> bool:
+        if not cond:
+            self.fail_soft(what)
+        return bool(cond)
+
+    def check_eq(self, actual: Any, expected: Any, what: str) -> bool:
+        if actual != expected:
+            self.fail_soft(f"{what}: expected {expected!r}, got {actual!r}")
+            return False
+        return True
+
+    def require(self, cond: bool, what: str) -> None:
+        if not cond:
+            self.fail_soft(what)
+            raise CheckFailed(what)
+
+    def skip(self, reason: str) -> None:
+        raise CheckSkip(reason)
+
+    # -- cleanup -------------------------------------------------------------
+
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` after the check, LIFO, on pass or fail (ksft ``defer``)."""
+        self._deferred.append((fn, args))
+
+    def flush_deferred(self) -> list[str]:
+        """Run the deferred cleanup; return one message per cleanup that failed."""
+        errors: list[str] = []
+        while self._deferred or self._late:
+            fn, args = (self._deferred or self._late).pop()
+            try:
+                fn(*args)
+            except BaseException as exc:
+                if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+                    # A second signal during cleanup: finish the cleanup
+                    # first (retry this step once, like ksft_flush_defer).
+                    try:
+                        fn(*args)
+                    except Exception as again:
+                        errors.append(f"{getattr(fn, '__qualname__', fn)}: {again!r}")
+                    self.flush_deferred()
+                    raise
+                errors.append(f"{getattr(fn, '__qualname__', fn)}: {exc!r}")
+        return errors
+
+    # -- KVM objects, closed by defer ----------------------------------------
+
+    def kvm(self) -> Kvm:
+        kvm = Kvm(self.sys)
+        self.defer(kvm.close)
+        return kvm
+
+    def vm(self, kvm: Optional[Kvm] = None) -> Vm:
+        vm = (kvm or self.kvm()).vm_create(0)
+        self.defer(vm.close)
+        return vm
+
+    def memory(self, size: int) -> GuestMemory:
+        mem = GuestMemory(size)
+        self._late.append((mem.close, ()))
+        return mem
+
+    def thread(self, target: Callable[[], Any], name: str) -> Worker:
+        worker = Worker(target, name)
+        self.defer(worker.join_or_fail)
+        worker.start()
+        return worker
+
+    # -- PV commands ---------------------------------------------------------
+
+    def pv(self, vm: Vm, cmd: pv_cmd_id, data: int = 0, *, flags: int = 0) -> PvResult:
+        """Issue a PV command (rc/rrc zeroed, EINTR retried) and diag its outcome."""
+        res = pv_cmd(vm, cmd, data, flags=flags, check=False)
+        flag_text = f" flags={flags:#x}" if flags else ""
+        self.diag(f"{cmd.name}{flag_text}: {describe(res)}")
+        return res
+
+    def expect(
+        self,
+        res: PvResult,
+        *,
+        err: int = 0,
+        rc: Optional[int] = None,
+        rrc: Optional[int] = None,
+    ) -> bool:
+        """Soft-check a PV result: errno ``err`` (0 = success) and rc/rrc if given."""
+        ok = self.check_eq(errno_text(res.errno), errno_text(err), f"{res.cmd.name} ioctl result")
+        if rc is not None:
+            ok = self.check_eq(hex(res.rc), hex(rc), f"{res.cmd.name} rc") and ok
+        if rrc is not None:
+            ok = self.check_eq(hex(res.rrc), hex(rrc), f"{res.cmd.name} rrc") and ok
+        return ok
+
+    def require_ok(self, res: PvResult) -> None:
+        """Hard-check success: later steps make no sense after a failed setup step."""
+        if not res.ok:
+            self.fail_soft(f"{res.cmd.name} failed: {describe(res)}")
+            raise CheckFailed(f"{res.cmd.name} failed")
+
+    def pv_raw(
+        self, vm: Vm, cmd: int, *, flags: int = 0, rc: int = RC_SENTINEL, rrc: int = RRC_SENTINEL
+    ) -> tuple[int, int, int]:
+        """One raw ``KVM_S390_PV_COMMAND`` with rc/rrc preloaded: (-errno or ret, rc, rrc).
+
+        No zeroing, no EINTR retry: this is how a check sees whether the kernel
+        wrote rc/rrc at all.
+        """
+        arg = uapi.kvm_pv_cmd(cmd=cmd, flags=flags, rc=rc, rrc=rrc)
+        ret = vm.pv_ioctl(arg)
+        self.diag(f"raw cmd {cmd} flags={flags:#x}: ret {ret}, rc {arg.rc:#x} rrc {arg.rrc:#x}")
+        return ret, int(arg.rc), int(arg.rrc)
+
+
+def errno_text(err: int) -> str:
+    return "success" if err == 0 else errno.errorcode.get(err, f"errno {err}")
+
+
+def describe(res: PvResult) -> str:
+    what = "ok" if res.ok else errno_text(res.errno)
+    return f"{what}, rc {res.rc:#x} rrc {res.rrc:#x}"
+
+
+class Worker(threading.Thread):
+    """A thread whose result or exception the check collects (PERFORM, KVM_RUN).
+
+    ``kick`` is called before joining in cleanup, so that a thread blocked in
+    KVM_RUN is made to return (a signal does that for a real vCPU).
+    """
+
+    def __init__(self, target: Callable[[], Any], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.done = threading.Event()
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.kick: Optional[Callable[[], None]] = None
+
+    def run(self) -> None:
+        self.started_at = time.monotonic()
+        try:
+            self.result = self._target_fn()
+        except BaseException as exc:  # reported by the check, not lost in the thread
+            self.error = exc
+        finally:
+            self.finished_at = time.monotonic()
+            self.done.set()
+
+    def wait(self, timeout: float) -> Any:
+        """Join; raise the thread's exception; CheckFailed if it did not finish."""
+        self.join(timeout)
+        if self.is_alive():
+            raise CheckFailed(f"thread {self.name} did not finish within {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def join_or_fail(self) -> None:
+        if self.is_alive() and self.kick is not None:
+            self.kick()
+        self.join(30.0)
+        if self.is_alive():
+            raise RuntimeError(f"thread {self.name} still running after cleanup")
+
+
+# ---------------------------------------------------------------------------
+# Building blocks: a protected VM as a VMM sets it up (spec 3.10)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PvVm:
+    vm: Vm
+    vcpus: list[Vcpu]
+    low: GuestMemory
+    high: Optional[GuestMemory]
+
+
+def make_vm(
+    ctx: CheckContext,
+    *,
+    high_size: int = HIGH_SIZE,
+    vcpus: int = 1,
+    mem_limit: Optional[int] = None,
+    enable: bool = True,
+    kvm: Optional[Kvm] = None,
+) -> PvVm:
+    """VM type 0, optional memory limit, 1 MiB-aligned memslots, vCPUs, ENABLE."""
+    vm = ctx.vm(kvm)
+    if mem_limit is not None:
+        # Only before the first vCPU (spec 3.10); QEMU sets it to the RAM size.
+        vm.s390_set_mem_limit(mem_limit)
+    low = ctx.memory(LOW_SIZE)
+    vm.mem_add(low, slot=0, gpa=LOW_GPA)
+    high = None
+    if high_size:
+        high = ctx.memory(high_size)
+        vm.mem_add(high, slot=1, gpa=HIGH_GPA)
+    cpus = [vm.vcpu_add(i) for i in range(vcpus)]
+    if enable:
+        ctx.require_ok(ctx.pv(vm, ENABLE))
+    return PvVm(vm, cpus, low, high)
+
+
+def boot(ctx: CheckContext, guest: PvVm) -> bool:
+    """Make the guest's memory secure by running it (simulator only).
+
+    On a real host a protected vCPU runs only an unpacked Secure Execution
+    image, which kvmpv does not ship; checks then work on a configuration
+    whose pages were never imported (every interface answer is the same).
+    """
+    if not ctx.is_sim:
+        return False
+    for vcpu in guest.vcpus[:1]:
+        reason = vcpu.run()
+        ctx.check_eq(reason, uapi.KVM_EXIT_HLT, "exit reason after boot (KVM_EXIT_HLT)")
+    return True
+
+
+def sim_vm(ctx: CheckContext, vm: Vm) -> Any:
+    """The simulator's snapshot of ``vm`` (``SimVmInfo``: secure bytes, set-aside, ...)."""
+    return ctx.sim.vm_info(vm.fd)
+
+
+#: Configuration states that still hold UV resources (kvmpv/sim.py ``SimConfigInfo``).
+LIVE_STATES = frozenset({"current", "set_aside", "performing", "need_cleanup"})
+
+
+def sim_live_configs(ctx: CheckContext) -> list[Any]:
+    """Secure configurations the simulated Ultravisor still has registered."""
+    return [c for c in ctx.sim.configs() if c.state in LIVE_STATES]
+
+
+def check_nothing_left(ctx: CheckContext, when: str) -> None:
+    """Simulator: no live configuration, no secure page, protected_count 0."""
+    live = sim_live_configs(ctx)
+    ctx.check_eq(
+        [(c.handle, c.state) for c in live], [], f"UV configurations still registered {when}"
+    )
+    ctx.check_eq(sum(c.secure_bytes for c in live), 0, f"secure bytes {when}")
+    ctx.check_eq(ctx.sim.protected_count, 0, f"mm protected_count {when}")
+
+
+def zero_fraction(mem: GuestMemory) -> float:
+    """Share of zero bytes in ``mem`` (C-speed ``bytes.count``, no per-page loop)."""
+    data = ctypes.string_at(mem.addr, mem.size)
+    return data.count(0) / len(data) if data else 1.0
+
+
+# ---------------------------------------------------------------------------
+# The checks: interface answers that need no PV host
+# ---------------------------------------------------------------------------
+
+
+@check("pv_caps_report_host", spec="2.2, 7")
+def check_caps(ctx: CheckContext) -> None:
+    """Caps 180/217/224 agree on /dev/kvm and the VM fd, and 224 = 180 && async_destroy.
+
+    On a host without PV (x86, s390x without prot_virt) all three answer 0; on
+    a PV host cap 224 is 1 exactly when kvm.async_destroy is 1 (spec 2.2).
+    """
+    kvm = ctx.kvm()
+    vm = ctx.vm(kvm)
+    caps = (
+        KvmCap.KVM_CAP_S390_PROTECTED,
+        KvmCap.KVM_CAP_S390_PROTECTED_DUMP,
+        KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE,
+    )
+    on_dev = {c: kvm.check_cap(c) for c in caps}
+    on_vm = {c: vm.check_cap(c) for c in caps}
+    ctx.diag(
+        "caps /dev/kvm: "
+        + ", ".join(f"{int(c)}={v}" for c, v in on_dev.items())
+        + "; VM fd: "
+        + ", ".join(f"{int(c)}={v}" for c, v in on_vm.items())
+    )
+    for c in caps:
+        ctx.check_eq(on_vm[c], on_dev[c], f"cap {int(c)} on VM fd vs /dev/kvm")
+    pv = on_dev[KvmCap.KVM_CAP_S390_PROTECTED]
+    async_cap = on_dev[KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE]
+    if ctx.is_sim:
+        cfg = ctx.check.sim
+        ctx.check_eq(bool(pv), cfg.prot_virt_host, "cap 180 on a simulated PV host")
+        async_expected = cfg.prot_virt_host and cfg.async_destroy
+    elif not ctx.facts.is_s390:
+        ctx.check_eq(pv, 0, f"cap 180 on {ctx.facts.arch}")
+        ctx.check_eq(on_dev[KvmCap.KVM_CAP_S390_PROTECTED_DUMP], 0, f"cap 217 on {ctx.facts.arch}")
+        async_expected = False
+    else:
+        async_expected = bool(pv) and ctx.facts.async_destroy_param == 1
+    ctx.check_eq(bool(async_cap), async_expected, "cap 224 == (cap 180 && kvm.async_destroy)")
+
+
+@check(
+    "pv_command_without_pv_host",
+    spec="2.2, 3.1",
+    needs=(Need.NO_PV,),
+    sim=SimConfig(prot_virt_host=False),
+)
+def check_no_pv_host(ctx: CheckContext) -> None:
+    """Without PV every KVM_S390_PV_COMMAND fails before any UV call: ENOTTY off s390, else EINVAL.
+
+    x86 KVM does not know the ioctl (ENOTTY on the VM fd); an s390 host not
+    booted with prot_virt=1 answers EINVAL (spec 3.1).  rc/rrc come back
+    untouched, and caps 180/224 are 0.
+    """
+    kvm = ctx.kvm()
+    vm = ctx.vm(kvm)
+    expected = errno.EINVAL if (ctx.is_sim or ctx.facts.is_s390) else errno.ENOTTY
+    for cap in (KvmCap.KVM_CAP_S390_PROTECTED, KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE):
+        ctx.check_eq(kvm.check_cap(cap), 0, f"cap {int(cap)} on /dev/kvm")
+        ctx.check_eq(vm.check_cap(cap), 0, f"cap {int(cap)} on the VM fd")
+    for cmd in (ENABLE, PREPARE, PERFORM, INFO, 99):
+        ret, rc, rrc = ctx.pv_raw(vm, int(cmd))
+        ctx.check_eq(errno_text(-ret), errno_text(expected), f"cmd {int(cmd)} result")
+        ctx.check_eq((hex(rc), hex(rrc)), (hex(RC_SENTINEL), hex(RRC_SENTINEL)), "rc/rrc untouched")
+
+
+# ---------------------------------------------------------------------------
+# Table 3.9: PREPARE
+# ---------------------------------------------------------------------------
+
+
+@check("prepare_success", spec="3.3, 3.9 row 1", needs=(Need.PV_ASYNC,))
+def check_prepare_success(ctx: CheckContext) -> None:
+    """PREPARE on a protected VM returns 0 with the synthetic rc 1 / rrc 42.
+
+    On the simulator it also shows step 7: the pages below 2 GiB are destroyed
+    synchronously, while those above stay secure until PERFORM.
+    """
+    guest = make_vm(ctx, vcpus=2)
+    booted = boot(ctx, guest)
+    res = ctx.pv(guest.vm, PREPARE)
+    ctx.expect(res, rc=SYNTH_RC, rrc=SYNTH_RRC)
+    if booted:
+        info = sim_vm(ctx, guest.vm)
+        ctx.diag(f"after PREPARE: {info}")
+        ctx.check_eq(info.protected, False, "VM protected after PREPARE")
+        ctx.check_eq(info.protected_vcpus, 0, "protected vCPUs after PREPARE")
+        ctx.check_true(info.set_aside, "a configuration is set aside")
+        # Step 7: only the pages below 2 GiB went synchronously.
+        ctx.check_eq(info.old_secure_bytes, HIGH_SIZE, "old secure bytes (= those above 2 GiB)")
+    ctx.expect(ctx.pv(guest.vm, PERFORM), rc=None)
+
+
+@check("prepare_unprotects_vm", spec="3.3 (after success)", needs=(Need.PV_ASYNC,))
+def check_prepare_unprotects(ctx: CheckContext) -> None:
+    """After PREPARE the VM is an ordinary VM: memslots may change, DISABLE has nothing, ENABLE
+    works.
+
+    DISABLE needs a *current* configuration (EINVAL) and must not touch the
+    set-aside one, which PERFORM then still finds (spec 3.5).
+    """
+    guest = make_vm(ctx)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    extra = ctx.memory(MiB)
+    ret = guest.vm.set_user_memory_region(2, 4 * GiB, MiB, extra.addr, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "success", "memslot add after PREPARE")
+    ctx.expect(ctx.pv(guest.vm, DISABLE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, PERFORM))
+    ctx.expect(ctx.pv(guest.vm, ENABLE), rc=1)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+
+
+@check("prepare_not_protected_einval", spec="3.3 step 1, 3.9 row 2", needs=(Need.PV_ASYNC,))
+def check_prepare_not_protected(ctx: CheckContext) -> None:
+    """PREPARE on a VM that is not protected (never enabled, or disabled) is EINVAL, rc/rrc
+    untouched."""
+    guest = make_vm(ctx, enable=False)
+    ret, rc, rrc = ctx.pv_raw(guest.vm, PREPARE)
+    ctx.check_eq(errno_text(-ret), "EINVAL", "PREPARE on a never-enabled VM")
+    ctx.check_eq((rc, rrc), (RC_SENTINEL, RRC_SENTINEL), "rc/rrc untouched")
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ctx.require_ok(ctx.pv(guest.vm, DISABLE))
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+
+
+@check(
+    "async_destroy_off",
+    spec="2.2, 3.3 step 1, 3.4, 3.9",
+    needs=(Need.PV_HOST, Need.ASYNC_OFF),
+    sim=SimConfig(async_destroy=False),
+)
+def check_async_destroy_off(ctx: CheckContext) -> None:
+    """With kvm.async_destroy=0: cap 224 is 0, PREPARE and PERFORM are EINVAL, DISABLE works."""
+    kvm = ctx.kvm()
+    ctx.check_eq(kvm.check_cap(KvmCap.KVM_CAP_S390_PROTECTED), 1, "cap 180")
+    ctx.check_eq(kvm.check_cap(KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE), 0, "cap 224")
+    guest = make_vm(ctx, kvm=kvm)
+    ctx.check_eq(guest.vm.check_cap(KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE), 0, "cap 224 (VM)")
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+
+
+@check("prepare_twice_einval", spec="3.3 step 3, 3.9 row 2", needs=(Need.PV_ASYNC,))
+def check_prepare_twice(ctx: CheckContext) -> None:
+    """At most one set-aside configuration: a second PREPARE before PERFORM is EINVAL, rc/rrc 0.
+
+    The refusal comes after the vCPUs were destroyed; the remedy is DISABLE,
+    which tears down both configurations (then PERFORM finds nothing).
+    """
+    guest = make_vm(ctx)
+    boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+    if ctx.is_sim:
+        check_nothing_left(ctx, "after DISABLE")
+
+
+@check("prepare_mem_limit_2g_einval", spec="3.3 step 4, 3.10, FIX2G", needs=(Need.PV_ASYNC,))
+def check_mem_limit(ctx: CheckContext) -> None:
+    """A VM memory limit <= 2 GiB (segment-table ASCE) makes PREPARE EINVAL; 2 GiB + 1 MiB works.
+
+    KVM_S390_VM_MEM_LIMIT_SIZE = 2 GiB gives a segment ASCE (commit
+    292a7d6fca33); DISABLE is the remedy.  QEMU >= 10 does not even try
+    PREPARE at this size.
+    """
+    small = make_vm(ctx, high_size=0, mem_limit=2 * GiB)
+    ctx.expect(ctx.pv(small.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(small.vm, DISABLE), rc=1)
+    ctx.expect(ctx.pv(small.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+    big = make_vm(ctx, high_size=0, mem_limit=2 * GiB + MiB)
+    ctx.expect(ctx.pv(big.vm, PREPARE), rc=SYNTH_RC, rrc=SYNTH_RRC)
+    ctx.expect(ctx.pv(big.vm, PERFORM))
+
+
+@check("mem_limit_busy_after_vcpu", spec="3.10", needs=(Need.S390,))
+def check_mem_limit_busy(ctx: CheckContext) -> None:
+    """KVM_S390_VM_MEM_LIMIT_SIZE can be set only before the first vCPU: EBUSY afterwards."""
+    vm = ctx.vm()
+    ctx.check_eq(vm.s390_set_mem_limit(4 * GiB, check=False), 0, "limit before any vCPU")
+    vm.vcpu_add(0)
+    ret = vm.s390_set_mem_limit(2 * GiB, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EBUSY", "limit after the first vCPU")
+
+
+@check(
+    "prepare_vcpu_destroy_eio",
+    spec="3.3 step 2, 3.9 row 3",
+    sim_only="fault injection of Destroy Secure CPU (UVC 0x0121)",
+)
+def check_prepare_vcpu_eio(ctx: CheckContext) -> None:
+    """A failing Destroy Secure CPU makes PREPARE EIO with that UVC's rc/rrc; DISABLE recovers.
+
+    The configuration stays current (nothing was set aside), so DISABLE works
+    and PERFORM finds nothing.
+    """
+    guest = make_vm(ctx, vcpus=2)
+    ctx.sim.inject_uv_failure(uapi.UVC_CMD_DESTROY_SEC_CPU, 0x0105, 0x0033)
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EIO, rc=0x0105, rrc=0x0033)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+
+
+@check(
+    "prepare_fast_destroy_eio",
+    spec="3.3 step 6, 3.9 row 4",
+    sim=SimConfig(destroy_fast=True),
+    sim_only="fault injection of Destroy Secure Configuration Fast (UVC 0x0102)",
+)
+def check_prepare_fast_eio(ctx: CheckContext) -> None:
+    """A failing Destroy-Fast makes PREPARE EIO with rc/rrc of UVC 0x0102; DISABLE recovers."""
+    guest = make_vm(ctx)
+    ctx.sim.inject_uv_failure(uapi.UVC_CMD_DESTROY_SEC_CONF_FAST, 0x0104, 0x0002)
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EIO, rc=0x0104, rrc=0x0002)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+
+
+# ---------------------------------------------------------------------------
+# Table 3.9: PERFORM
+# ---------------------------------------------------------------------------
+
+
+@check(
+    "perform_success_rc",
+    spec="3.4, 3.9 row 6",
+    needs=(Need.PV_ASYNC, Need.NO_FAST),
+    sim=SimConfig(destroy_fast=False),
+)
+def check_perform_success(ctx: CheckContext) -> None:
+    """PERFORM (no Destroy-Fast) returns 0 with the Destroy Secure Configuration rc 1 / rrc 0.
+
+    On the simulator it also shows the work: every old page above 2 GiB is
+    destroyed (cleared) by PERFORM, in the calling thread.
+    """
+    guest = make_vm(ctx)
+    booted = boot(ctx, guest)
+    if booted and guest.high is not None:
+        guest.high.fill(0xA5)  # stands for guest data in the secure pages
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    ctx.expect(ctx.pv(guest.vm, PERFORM), rc=1, rrc=0)
+    if booted and guest.high is not None:
+        ctx.check_eq(zero_fraction(guest.high), 1.0, "share of old guest memory cleared")
+        ctx.check_eq(sim_vm(ctx, guest.vm).old_secure_bytes, 0, "old secure bytes after PERFORM")
+        check_nothing_left(ctx, "after PERFORM")
+
+
+@check(
+    "perform_fast_rc_untouched",
+    spec="3.4, 3.9 row 7",
+    needs=(Need.PV_ASYNC, Need.FAST),
+    sim=SimConfig(destroy_fast=True),
+)
+def check_perform_fast(ctx: CheckContext) -> None:
+    """With Destroy-Fast, PREPARE already destroyed the configuration: PERFORM 0, rc/rrc 0."""
+    guest = make_vm(ctx)
+    boot(ctx, guest)
+    ctx.expect(ctx.pv(guest.vm, PREPARE), rc=SYNTH_RC, rrc=SYNTH_RRC)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), rc=0, rrc=0)
+
+
+@check(
+    "perform_nothing_set_aside_einval",
+    spec="3.4, 3.9 row 9",
+    needs=(Need.PV_ASYNC,),
+)
+def check_perform_nothing(ctx: CheckContext) -> None:
+    """PERFORM with nothing set aside (before PREPARE, or a second time) is EINVAL, rc/rrc
+    untouched."""
+    guest = make_vm(ctx)
+    ret, rc, rrc = ctx.pv_raw(guest.vm, PERFORM)
+    ctx.check_eq(errno_text(-ret), "EINVAL", "PERFORM before any PREPARE")
+    ctx.check_eq((rc, rrc), (RC_SENTINEL, RRC_SENTINEL), "rc/rrc untouched")
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    ctx.require_ok(ctx.pv(guest.vm, PERFORM))
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+
+
+@check(
+    "perform_destroy_eio",
+    spec="3.4, 3.9 row 10",
+    sim=SimConfig(destroy_fast=False),
+    sim_only="fault injection of Destroy Secure Configuration (UVC 0x0101)",
+)
+def check_perform_eio(ctx: CheckContext) -> None:
+    """A failing Destroy Secure Configuration makes PERFORM EIO with its rc/rrc; the record is gone.
+
+    The kernel leaks the donated storage on purpose; a second PERFORM finds
+    nothing (EINVAL).
+    """
+    guest = make_vm(ctx)
+    boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    ctx.sim.inject_uv_failure(uapi.UVC_CMD_DESTROY_SEC_CONF, 0x0106, 0x0011)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EIO, rc=0x0106, rrc=0x0011)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+
+
+@check(
+    "perform_fatal_signal",
+    spec="3.4, 3.9 row 8",
+    sim_only="a fatal signal would kill kvmpv itself on a real kernel",
+)
+def check_perform_fatal_signal(ctx: CheckContext) -> None:
+    """PERFORM hit by a fatal signal stops, returns 0 with rc 1 / rrc 42; the leftover is cleaned
+    later.
+
+    The record goes to need_cleanup; DISABLE of the next configuration (or
+    closing the VM) destroys it.
+    """
+    guest = make_vm(ctx, high_size=64 * MiB)
+    boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    _arm_fatal_signal(ctx)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), rc=SYNTH_RC, rrc=SYNTH_RRC)
+    ctx.sim.clear_fatal_signal(threading.get_native_id())
+    info = sim_vm(ctx, guest.vm)
+    ctx.diag(f"after the interrupted PERFORM: {info}")
+    ctx.check_eq(info.need_cleanup, 1, "records on need_cleanup")
+    ctx.check_true(info.old_secure_bytes > 0, "old pages left for a later cleanup")
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    check_nothing_left(ctx, "after DISABLE")
+
+
+def _arm_fatal_signal(ctx: CheckContext) -> None:
+    """Make the next PERFORM in this thread see a fatal signal (simulator)."""
+    tid = threading.get_native_id()
+    ctx.sim.deliver_fatal_signal(tid)
+    ctx.defer(ctx.sim.clear_fatal_signal, tid)
+
+
+# ---------------------------------------------------------------------------
+# Other PV commands: INFO, unknown commands, flags, rc/rrc zeroing
+# ---------------------------------------------------------------------------
+
+
+@check("info_without_pv", spec="2.3", needs=(Need.PV_HOST,))
+def check_info(ctx: CheckContext) -> None:
+    """KVM_PV_INFO works on a VM that is not protected, runs no UVC (rc/rrc 0) and checks len_max.
+
+    len_written is header + payload (80 bytes for KVM_PV_INFO_VM);
+    len_max below the header, or below header + payload, is EINVAL.
+    """
+    vm = ctx.vm()
+    info = uapi.kvm_s390_pv_info()
+    info.header.id = uapi.pv_cmd_info_id.KVM_PV_INFO_VM
+    info.header.len_max = ctypes.sizeof(info)
+    res = ctx.pv(vm, INFO, ctypes.addressof(info))
+    ctx.expect(res, rc=0, rrc=0)
+    ctx.check_eq(info.header.len_written, ctypes.sizeof(info), "len_written")
+    ctx.diag(
+        f"max_cpus {info.vm.max_cpus} max_guests {info.vm.max_guests} "
+        f"inst_calls[0] {info.vm.inst_calls_list[0]:#018x}"
+    )
+    ctx.check_true(info.vm.max_cpus > 0, "max_cpus > 0")
+    for len_max in (ctypes.sizeof(uapi.kvm_s390_pv_info_header) - 1, 16 + 8):
+        small = uapi.kvm_s390_pv_info()
+        small.header.id = uapi.pv_cmd_info_id.KVM_PV_INFO_VM
+        small.header.len_max = len_max
+        ctx.expect(ctx.pv(vm, INFO, ctypes.addressof(small)), err=errno.EINVAL, rc=0, rrc=0)
+
+
+@check("unknown_command_enotty", spec="3.1", needs=(Need.PV_HOST,))
+def check_unknown_cmd(ctx: CheckContext) -> None:
+    """An unknown PV sub-command is ENOTTY on a PV host, rc/rrc untouched."""
+    guest = make_vm(ctx, enable=False)
+    for cmd in (11, 0x7FFFFFFF):
+        ret, rc, rrc = ctx.pv_raw(guest.vm, cmd)
+        ctx.check_eq(errno_text(-ret), "ENOTTY", f"cmd {cmd}")
+        ctx.check_eq((rc, rrc), (RC_SENTINEL, RRC_SENTINEL), "rc/rrc untouched")
+
+
+@check("flags_nonzero_einval", spec="1.3, 3.1", needs=(Need.PV_ASYNC,))
+def check_flags(ctx: CheckContext) -> None:
+    """flags != 0 is EINVAL before the sub-command runs: ENABLE does not protect, PREPARE does not
+    set aside."""
+    guest = make_vm(ctx, enable=False)
+    ctx.expect(ctx.pv(guest.vm, ENABLE, flags=1), err=errno.EINVAL, rc=0, rrc=0)
+    # Still unprotected: PREPARE is EINVAL for that reason, and memslots may change.
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ctx.expect(ctx.pv(guest.vm, PREPARE, flags=0x80000000), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)  # nothing set aside
+    ctx.expect(ctx.pv(guest.vm, PREPARE), rc=SYNTH_RC, rrc=SYNTH_RRC)
+    ctx.expect(ctx.pv(guest.vm, PERFORM))
+
+
+@check("rc_rrc_written_only_by_uvc", spec="3.1 (api.rst)", needs=(Need.PV_ASYNC,))
+def check_rc_rrc(ctx: CheckContext) -> None:
+    """KVM writes rc/rrc only when a UVC ran, so callers must zero them (kvmpv.pv does).
+
+    Commands that fail before any UVC leave a preloaded rc/rrc as it was;
+    ENABLE (Create Secure Configuration) overwrites it with the UV's values.
+    """
+    guest = make_vm(ctx, enable=False)
+    for cmd in (PREPARE, PERFORM, DISABLE):
+        ret, rc, rrc = ctx.pv_raw(guest.vm, int(cmd))
+        ctx.check_eq(errno_text(-ret), "EINVAL", f"{cmd.name} on an unprotected VM")
+        ctx.check_eq((rc, rrc), (RC_SENTINEL, RRC_SENTINEL), f"{cmd.name} rc/rrc untouched")
+        ctx.expect(ctx.pv(guest.vm, cmd), err=errno.EINVAL, rc=0, rrc=0)
+    ret, rc, rrc = ctx.pv_raw(guest.vm, int(ENABLE))
+    ctx.check_eq(ret, 0, "ENABLE")
+    ctx.check_eq(rc, uapi.UVC_RC_EXECUTED, "ENABLE rc written by the UVC")
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+
+
+# ---------------------------------------------------------------------------
+# Ordering and concurrency
+# ---------------------------------------------------------------------------
+
+
+@check(
+    "prepare_blocks_while_vcpu_in_run",
+    spec="3.3 step 2 (vcpu->mutex), 3.10",
+    sim_only="needs a running protected guest; kvmpv ships no Secure Execution image",
+)
+def check_prepare_blocks(ctx: CheckContext) -> None:
+    """PREPARE waits for a vCPU inside KVM_RUN (it takes vcpu->mutex), and completes once the vCPU
+    is kicked."""
+    guest = make_vm(ctx)
+    boot(ctx, guest)
+    vcpu = guest.vcpus[0]
+    runner = ctx.thread(lambda: _run_once(vcpu), "vcpu0")
+    runner.kick = lambda: ctx.sim.kick(vcpu.fd)
+    _wait_in_run(ctx, vcpu)
+    preparer = ctx.thread(lambda: pv_cmd(guest.vm, PREPARE, check=False), "prepare")
+    preparer.kick = runner.kick  # a PREPARE stuck on the vCPU mutex needs the vCPU out
+    ctx.check_true(not preparer.done.wait(0.3), "PREPARE returned while a vCPU was in KVM_RUN")
+    ctx.sim.kick(vcpu.fd)
+    exit_reason = runner.wait(30)
+    ctx.check_eq(exit_reason, uapi.KVM_EXIT_INTR, "vCPU exit after the kick")
+    res = preparer.wait(30)
+    ctx.diag(f"PREPARE (after the kick): {describe(res)}")
+    ctx.expect(res, rc=SYNTH_RC, rrc=SYNTH_RRC)
+    ctx.check_true(preparer.finished_at >= runner.finished_at, "PREPARE finished after KVM_RUN")
+    ctx.expect(ctx.pv(guest.vm, PERFORM))
+
+
+def _run_once(vcpu: Vcpu) -> int:
+    """One KVM_RUN; EINTR (the kick) is the expected way out."""
+    try:
+        vcpu.sys.ioctl(vcpu.fd, uapi.KVM_RUN, 0)
+    except OSError as err:
+        if err.errno != errno.EINTR:
+            raise
+    return vcpu.exit_reason
+
+
+def _wait_in_run(ctx: CheckContext, vcpu: Vcpu, timeout: float = 5.0) -> None:
+    """Wait until the vCPU thread is inside KVM_RUN (the simulator says so, else a grace period)."""
+    deadline = time.monotonic() + timeout
+    while not ctx.sim.vcpu_in_run(vcpu.fd):
+        if time.monotonic() > deadline:
+            raise CheckFailed("the vCPU thread never entered KVM_RUN")
+        time.sleep(0.002)
+
+
+@check(
+    "enable_while_perform_runs",
+    spec="3.2, 3.4, 3.8",
+    needs=(Need.PV_ASYNC,),
+)
+def check_enable_during_perform(ctx: CheckContext) -> None:
+    """PERFORM holds no lock while it works: a new ENABLE (and the new guest) proceed meanwhile.
+
+    The reboot flow of spec 3.8: PREPARE, PERFORM on a thread named
+    async_cleanup, ENABLE of the next configuration while the old pages are
+    still being destroyed.  On the simulator PERFORM is held between two
+    batches of its walk (a debugging gate), so the overlap is certain; the new
+    guest then boots in the same memory, taking over old pages through
+    secure-storage faults, and PERFORM finishes the rest.  On a real kernel
+    both calls must succeed; whether they overlapped is reported.
+    """
+    guest = make_vm(ctx, high_size=_perform_memory(ctx))
+    booted = boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    gate = "perform:batch"
+    if ctx.is_sim:
+        ctx.sim.pause_at(gate)
+        ctx.defer(ctx.sim.resume, gate)  # never leave PERFORM parked
+    cleaner = ctx.thread(lambda: pv_cmd(guest.vm, PERFORM, check=False), "async_cleanup")
+    if ctx.is_sim:
+        cleaner.kick = lambda: ctx.sim.resume(gate)
+        ctx.require(ctx.sim.wait_paused(gate, timeout=30), "PERFORM never reached its walk")
+        info = sim_vm(ctx, guest.vm)
+        ctx.diag(f"PERFORM parked mid-walk: {info}")
+        ctx.check_eq(info.performing, 1, "PERFORMs in progress")
+        ctx.check_true(info.old_secure_bytes > 0, "old pages still secure mid-walk")
+    enabled = ctx.pv(guest.vm, ENABLE)
+    enable_done = time.monotonic()
+    ctx.expect(enabled, rc=1)
+    if booted:
+        boot(ctx, guest)  # the new guest runs while PERFORM is still parked
+        ctx.check_eq(sim_vm(ctx, guest.vm).performing, 1, "PERFORM still in progress after boot")
+        ctx.sim.resume(gate)
+    res = cleaner.wait(120)
+    ctx.diag(f"PERFORM: {describe(res)}")
+    ctx.expect(res)
+    ctx.diag(
+        f"PERFORM ran {cleaner.finished_at - cleaner.started_at:.4f} s; ENABLE returned "
+        f"{enable_done - cleaner.started_at:.4f} s after it started; overlap: "
+        f"{cleaner.finished_at > enable_done}"
+    )
+    if booted:
+        info = sim_vm(ctx, guest.vm)
+        ctx.check_eq(info.old_secure_bytes, 0, "old secure bytes after PERFORM")
+        ctx.check_eq(info.secure_bytes, LOW_SIZE + _perform_memory(ctx), "new guest secure bytes")
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+
+
+def _perform_memory(ctx: CheckContext) -> int:
+    # More than one batch of the simulator's walk (64 MiB), so that PERFORM
+    # can be held between batches; small on a real kernel (no guest runs).
+    return ctx.perform_memory if ctx.is_sim else HIGH_SIZE
+
+
+@check("reboot_race_second_prepare", spec="5 (QEMU race), 3.3 step 3, 3.5", needs=(Need.PV_ASYNC,))
+def check_reboot_race(ctx: CheckContext) -> None:
+    """Two reboots in quick succession, as QEMU does them: the fallback DISABLE tears down both,
+    the late PERFORM gets EINVAL.
+
+    Reboot 1: PREPARE, PERFORM thread started but not yet in the kernel,
+    ENABLE.  Reboot 2: PREPARE is EINVAL (a configuration is still set aside),
+    QEMU falls back to DISABLE, which destroys the current *and* the set-aside
+    configuration.  The late PERFORM then finds nothing: EINVAL (QEMU's thread
+    calls exit(1) there).  A third reboot works normally.
+    """
+    guest = make_vm(ctx)
+    boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    go = threading.Event()
+
+    def late_perform() -> PvResult:
+        go.wait(60)
+        return pv_cmd(guest.vm, PERFORM, check=False)
+
+    late = ctx.thread(late_perform, "async_cleanup")
+    late.kick = go.set
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    boot(ctx, guest)
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    go.set()
+    res = late.wait(60)
+    ctx.diag(f"late PERFORM: {describe(res)}")
+    ctx.expect(res, err=errno.EINVAL, rc=0, rrc=0)
+    if ctx.is_sim:
+        check_nothing_left(ctx, "after the fallback DISABLE")
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ctx.expect(ctx.pv(guest.vm, PREPARE), rc=SYNTH_RC, rrc=SYNTH_RRC)
+    ctx.expect(ctx.pv(guest.vm, PERFORM))
+
+
+@check("disable_with_leftover", spec="3.5", needs=(Need.PV_ASYNC,))
+def check_disable_leftover(ctx: CheckContext) -> None:
+    """DISABLE of a new configuration also tears down the set-aside one (rc 1); PERFORM then finds
+    nothing."""
+    guest = make_vm(ctx)
+    boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
+    if ctx.is_sim:
+        check_nothing_left(ctx, "after DISABLE")
+    ctx.expect(ctx.pv(guest.vm, ENABLE), rc=1)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+
+
+@check("close_vm_with_leftover", spec="3.6", needs=(Need.PV_ASYNC,))
+def check_close_leftover(ctx: CheckContext) -> None:
+    """Closing a VM that has a current and a set-aside configuration destroys both; a new VM works
+    after.
+
+    On the simulator: no configuration and no secure page is left; on a real
+    kernel the close must return and the next VM must become protected.
+    """
+    kvm = ctx.kvm()
+    guest = make_vm(ctx, kvm=kvm)
+    boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    guest.vm.close()
+    if ctx.is_sim:
+        check_nothing_left(ctx, "after close")
+    again = make_vm(ctx, kvm=kvm)
+    ctx.expect(ctx.pv(again.vm, PREPARE), rc=SYNTH_RC, rrc=SYNTH_RRC)
+    ctx.expect(ctx.pv(again.vm, PERFORM))
+
+
+@check("memslot_change_while_protected", spec="1.2, 3.3", needs=(Need.PV_ASYNC,))
+def check_memslots(ctx: CheckContext) -> None:
+    """While protected, adding or deleting a memslot is EINVAL; after PREPARE (or DISABLE) it
+    works."""
+    guest = make_vm(ctx)
+    extra = ctx.memory(MiB)
+    ret = guest.vm.set_user_memory_region(2, 4 * GiB, MiB, extra.addr, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EINVAL", "memslot add while protected")
+    ret = guest.vm.mem_remove(1, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EINVAL", "memslot delete while protected")
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    ret = guest.vm.set_user_memory_region(2, 4 * GiB, MiB, extra.addr, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "success", "memslot add after PREPARE")
+    ctx.expect(ctx.pv(guest.vm, PERFORM))
+
+
+@check("memslot_alignment_1m", spec="1.2", needs=(Need.S390,))
+def check_alignment(ctx: CheckContext) -> None:
+    """s390 memslots need a 1 MiB-aligned userspace address and size (EINVAL otherwise)."""
+    vm = ctx.vm()
+    mem = ctx.memory(2 * MiB)
+    ret = vm.set_user_memory_region(0, 0, MiB, mem.addr + 4096, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EINVAL", "address 4 KiB off 1 MiB")
+    ret = vm.set_user_memory_region(0, 0, MiB + 4096, mem.addr, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EINVAL", "size 1 MiB + 4 KiB")
+    ret = vm.set_user_memory_region(0, 0, MiB, mem.addr, check=False)
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "success", "aligned slot")
+
+
+# ---------------------------------------------------------------------------
+# Running the registry
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """What ``kvmpv check`` (or ``kvmpv exercise``) asks for.
+
+    ``sim_factory`` builds the simulated host of each sim check (tests inject
+    a deviating simulator through it); ``perform_memory`` sizes the guest of
+    the PERFORM-concurrency check.
+    """
+
+    backend: str = "auto"
+    select: tuple[str, ...] = ()
+    sim_factory: Optional[SimFactory] = None
+    perform_memory: int = 128 * MiB
+    facts: Optional[HostFacts] = None
+
+
+@dataclass
+class CheckRun:
+    """Result of ``run_checks``: the cases plus the host facts that chose the backends."""
+
+    run: RunResult
+    backend: str
+    facts: HostFacts
+
+    @property
+    def exit_code(self) -> int:
+        return self.run.exit_code
+
+    @property
+    def results(self) -> list[CaseResult]:
+        return self.run.cases
+
+    def ktap(self) -> str:
+        return ktap.render(self.run)
+
+    def junit(self) -> str:
+        return junit.render(self.run)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.run.to_dict()
+        out["backend_mode"] = self.backend
+        out["simulated"] = any(c.backend == "sim" for c in self.run.cases)
+        out["host"] = self.facts.to_dict()
+        return out
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def plan(checks: Sequence[Check], mode: str, facts: HostFacts) -> list[tuple[Check, str]]:
+    """(check, backend) pairs in run order for ``mode``."""
+    if mode not in BACKENDS:
+        raise UsageError(f"unknown backend {mode!r} (choose from {', '.join(BACKENDS)})")
+    out: list[tuple[Check, str]] = []
+    for chk in checks:
+        if mode == "kvm":
+            out.append((chk, "kvm"))
+        elif mode == "sim":
+            out.append((chk, "sim"))
+        elif mode == "both":
+            out.extend([(chk, "kvm"), (chk, "sim")])
+        else:
+            out.append((chk, "sim" if kvm_skip_reason(chk, facts) else "kvm"))
+    return out
+
+
+def header_lines(mode: str, facts: HostFacts, pairs: Sequence[tuple[Check, str]]) -> list[str]:
+    lines = [
+        f"kvmpv check: backend {mode}; host {facts.arch}, Linux {facts.kernel}",
+    ]
+    if facts.kvm_usable:
+        lines.append(
+            f"real kernel: /dev/kvm caps 180={facts.cap_protected} 217={facts.cap_dump} "
+            f"224={facts.cap_async}, kvm.async_destroy={facts.async_destroy_param}"
+        )
+    else:
+        lines.append(f"real kernel: /dev/kvm unusable: {facts.kvm_error}")
+    n_kvm = sum(1 for _, b in pairs if b == "kvm")
+    n_sim = len(pairs) - n_kvm
+    lines.append(f"{n_kvm} result(s) from the real kernel, {n_sim} from the simulator (sim)")
+    if n_sim and mode in ("auto", "sim", "both"):
+        if mode == "auto":
+            why = facts.pv_reason()
+            if why:
+                lines.append(f"simulator used for the PV checks because: {why}")
+            lines.append(
+                "simulator used for fault injection, fatal signals and a running "
+                "protected guest, which a real kernel cannot provide to kvmpv"
+            )
+        else:
+            lines.append(f"simulator requested (--backend {mode})")
+    return lines
+
+
+def run_checks(
+    req: CheckRequest,
+    *,
+    stream: Optional[TextIO] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> CheckRun:
+    """Run the selected checks; stream KTAP to ``stream`` as they finish.
+
+    SIGTERM (``Interrupted``) or SIGINT (``KeyboardInterrupt``) during a check
+    runs that check's deferred cleanup, prints ``Bail out!`` and the totals,
+    and re-raises.
+    """
+    checks = select(req.select)
+    facts = req.facts or probe_facts()
+    pairs = plan(checks, req.backend, facts)
+    header = header_lines(req.backend, facts, pairs)
+    result = RunResult(
+        suite="kvmpv.check",
+        header=header,
+        planned=len(pairs),
+        properties={
+            "backend_mode": req.backend,
+            "arch": facts.arch,
+            "kernel": facts.kernel,
+            "pv_reason": facts.pv_reason() or "none: PV async usable",
+        },
+    )
+    writer = ktap.KtapWriter(stream) if stream is not None else None
+    if writer is not None:
+        writer.header()
+        writer.plan(len(pairs))
+        for line in header:
+            writer.diag(line)
+    started = time.monotonic()
+    try:
+        for chk, backend in pairs:
+            if progress is not None:
+                progress(f"{backend}: {chk.name}")
+            case = run_one(chk, backend, facts, req)
+            result.cases.append(case)
+            if writer is not None:
+                writer.result(case)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signo = exc.signo if isinstance(exc, Interrupted) else 2
+        result.bail_out = f"interrupted by signal {signo}, cleanup done"
+        result.duration_s = time.monotonic() - started
+        if writer is not None:
+            writer.bail_out(result.bail_out)
+            writer.totals()
+        raise
+    result.duration_s = time.monotonic() - started
+    if writer is not None:
+        writer.totals()
+    return CheckRun(result, req.backend, facts)
+
+
+def run_one(chk: Check, backend: str, facts: HostFacts, req: CheckRequest) -> CaseResult:
+    """Run one check on one backend and judge it (never raises, except on signals)."""
+    case = CaseResult(name=chk.name, status=Status.PASS, backend=backend)
+    case.properties["spec"] = chk.spec
+    if backend == "kvm":
+        reason = kvm_skip_reason(chk, facts)
+        if reason:
+            case.status, case.reason = Status.SKIP, reason
+            return case
+        sys_: Syscalls = LINUX
+    else:
+        try:
+            sys_ = (req.sim_factory or default_sim_factory)(chk.sim)
+        except ImportError as err:
+            case.status, case.reason = Status.ERROR, f"simulator unavailable: {err}"
+            return case
+    ctx = CheckContext(chk, backend, sys_, facts, perform_memory=req.perform_memory)
+    t0 = time.monotonic()
+    status, reason = Status.PASS, ""
+    try:
+        try:
+            chk.fn(ctx)
+        except CheckSkip as skip:
+            status, reason = Status.SKIP, str(skip)
+        except CheckFailed as failed:
+            status, reason = Status.FAIL, str(failed)
+        except (KvmpvError, AssertionError) as err:
+            if isinstance(err, Interrupted):
+                raise
+            ctx.diag(f"Exception| {type(err).__name__}: {err}")
+            status, reason = Status.FAIL, str(err)
+        except Exception as err:  # a bug in the check or the backend, not a verdict
+            for line in traceback.format_exc().rstrip().splitlines():
+                ctx.diag(f"Exception| {line}")
+            status, reason = Status.ERROR, f"{type(err).__name__}: {err}"
+    finally:
+        cleanup_errors = ctx.flush_deferred()
+        case.duration_s = time.monotonic() - t0
+        case.diagnostics = ctx.diagnostics
+    for msg in cleanup_errors:
+        ctx.diag(f"Cleanup| {msg}")
+    if cleanup_errors and status in (Status.PASS, Status.SKIP):
+        status, reason = Status.FAIL, f"cleanup failed: {cleanup_errors[0]}"
+    if status is Status.PASS and ctx.failures:
+        status, reason = Status.FAIL, ctx.failures[0]
+    if status is Status.SKIP and ctx.failures:
+        status, reason = Status.FAIL, ctx.failures[0]
+    case.status, case.reason = status, reason
+    return case
+
+
+def describe_checks(facts: HostFacts, checks: Sequence[Check] = ()) -> Iterator[str]:
+    """``--list`` lines: name, where it runs here, what it proves."""
+    for chk in checks or registry():
+        kvm_reason = kvm_skip_reason(chk, facts)
+        where = "kvm+sim" if not kvm_reason else "sim"
+        yield f"{chk.name:<36} {where:<8} [{chk.spec}] {chk.proves}"
+        if kvm_reason:
+            yield f"{'':<36} {'':<8} real kernel: {kvm_reason}"
+
+
+__all__ = [
+    "BACKENDS",
+    "Check",
+    "CheckContext",
+    "CheckFailed",
+    "CheckRequest",
+    "CheckRun",
+    "CheckSkip",
+    "HostFacts",
+    "Need",
+    "SimConfig",
+    "describe_checks",
+    "kvm_skip_reason",
+    "plan",
+    "probe_facts",
+    "registry",
+    "run_checks",
+    "run_one",
+    "select",
+]

@@ -1,0 +1,211 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""``kvmpv exercise``: everything for this host, archived in one directory.
+
+Order: probe, check, reboot (async and sync, interleaved), shutdown (every
+strategy).  Each step that cannot run here is recorded under ``skipped`` with
+its reason; nothing is silently dropped.  Sizes default to the host: a worker
+gets at most a quarter of MemAvailable (so the machine stays usable and the
+page cache is not evicted into the numbers), and an explicit ``max_size`` the
+host cannot hold is refused before anything is allocated.
+
+Files written into ``out_dir``: ``results.json`` (schema v1), ``check.ktap``,
+``check.junit.xml``, and the plots (``teardown.png``, ``reboot.png``) when the
+``[plot]`` extra is installed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..errors import EXIT_FAIL, EXIT_OK, HostError, UsageError
+from ..report import results, tables
+from ..units import GiB, MiB, format_size
+from . import check as check_mod
+from . import probe as probe_mod
+from . import reboot as reboot_mod
+from . import shutdown as shutdown_mod
+
+#: The reboot scenario needs a memory limit above 2 GiB for the async path
+#: (commit 292a7d6fca33); 3 GiB keeps the sync part (< 2 GiB) and the
+#: PERFORM part both visible.
+MIN_REBOOT_MEMORY = 3 * GiB
+
+#: What every accounting verdict of a strategy must be for the run to pass.
+EXPECTED_SHUTDOWN_VERDICT = {
+    "sync": "charged",
+    "cleaner": "charged",
+    "parallel": "charged",
+    "elsewhere": "not charged",
+}
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise HostError("/proc/meminfo has no MemAvailable")
+
+
+def default_sizes(limit: int) -> list[int]:
+    """Powers of two from 1 GiB up to ``limit`` (at least 256 MiB if the host is tiny)."""
+    sizes = []
+    size = GiB
+    while size <= limit:
+        sizes.append(size)
+        size *= 2
+    if not sizes:
+        small = max(256 * MiB, (limit // MiB) * MiB)
+        if small > limit:
+            raise HostError(f"only {format_size(limit)} available per worker; need 256M")
+        sizes = [small]
+    return sizes[-3:]  # the three largest: enough for a slope, bounded run time
+
+
+@dataclass(frozen=True)
+class ExerciseRequest:
+    out_dir: str
+    max_size: Optional[int] = None  # per worker; default: MemAvailable / 4
+    repeat: int = 3
+    cycles: int = 3
+    strategies: tuple[str, ...] = ("sync", "cleaner", "elsewhere", "reaper", "parallel")
+    plots: bool = True
+    command: str = ""
+
+
+@dataclass
+class ExerciseResult:
+    doc: dict[str, Any]
+    files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what made the run fail
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAIL if self.problems else EXIT_OK
+
+    def summary(self) -> str:
+        return tables.render(self.doc)
+
+
+def plan_sizes(req: ExerciseRequest, available: int) -> list[int]:
+    """Worker sizes for this host; refuses a ``max_size`` it cannot hold."""
+    quarter = available // 4
+    if req.max_size is not None:
+        if req.max_size > available:
+            raise HostError(
+                f"--max-size {format_size(req.max_size)} is more than this host can hold "
+                f"(MemAvailable {format_size(available)}); nothing was allocated"
+            )
+        return default_sizes(req.max_size)
+    return default_sizes(quarter)
+
+
+def _check_step(
+    out_dir: str, doc: dict[str, Any], res: ExerciseResult, say: Callable[[str], None]
+) -> None:
+    ktap = io.StringIO()
+    run = check_mod.run_checks(check_mod.CheckRequest(), stream=ktap, progress=say)
+    ktap_path = os.path.join(out_dir, "check.ktap")
+    with open(ktap_path, "w", encoding="utf-8") as f:
+        f.write(ktap.getvalue())
+    junit_path = os.path.join(out_dir, "check.junit.xml")
+    with open(junit_path, "w", encoding="utf-8") as f:
+        f.write(run.junit())
+    res.files += [ktap_path, junit_path]
+    doc["check"] = run.to_dict()
+    failed = [r["name"] for r in doc["check"]["results"] if r["status"] in ("fail", "error")]
+    if failed:
+        res.problems.append(f"check: {len(failed)} failed: {', '.join(failed[:5])}")
+
+
+def _reboot_step(
+    req: ExerciseRequest, memory: int, doc: dict[str, Any], res: ExerciseResult,
+    say: Callable[[str], None],
+) -> None:  # fmt: skip
+    rr = reboot_mod.run_reboot(
+        reboot_mod.RebootRequest(memory=memory, cycles=req.cycles, mode="both"), say
+    )
+    run = rr.to_dict()
+    doc.setdefault("reboot", []).append(run)
+    bad = [c for c in run["cycles"] if c["verdict"] not in ("charged", "skip")]
+    if bad:
+        res.problems.append(f"reboot: {len(bad)} cycle(s) with verdict other than charged")
+
+
+def _shutdown_step(
+    req: ExerciseRequest, sizes: Sequence[int], doc: dict[str, Any], res: ExerciseResult,
+    say: Callable[[str], None],
+) -> None:  # fmt: skip
+    sr = shutdown_mod.run_shutdown(
+        shutdown_mod.ShutdownRequest(
+            sizes=list(sizes), strategies=list(req.strategies), repeat=req.repeat
+        ),
+        say,
+    )
+    doc["shutdown"] = sr.to_dict()
+    for rec in doc["shutdown"]["records"]:
+        want = EXPECTED_SHUTDOWN_VERDICT.get(rec["strategy"])
+        if want and rec["verdict"] not in (want, "skip"):
+            res.problems.append(
+                f"shutdown: {rec['strategy']} at {format_size(rec['size_bytes'])}: "
+                f"verdict {rec['verdict']!r}, expected {want!r}"
+            )
+
+
+def run_exercise(req: ExerciseRequest, progress: Optional[Any] = None) -> ExerciseResult:
+    """Run every step, write the files, and return the document and what failed."""
+    if req.repeat < 1 or req.cycles < 1:
+        raise UsageError("--repeat and --cycles must be at least 1")
+    available = mem_available()
+    sizes = plan_sizes(req, available)  # refuse before anything is allocated
+    reboot_memory = max(MIN_REBOOT_MEMORY, min(4 * GiB, sizes[-1]))
+    os.makedirs(req.out_dir, exist_ok=True)
+
+    step = getattr(progress, "step", None) or (lambda _n: None)
+    done = getattr(progress, "done", None) or (lambda _s="": None)
+    say: Callable[[str], None] = progress if callable(progress) else (lambda _m: None)
+
+    step("probe")
+    host = probe_mod.probe_host()
+    doc = results.new_document(host.to_dict(), req.command)
+    res = ExerciseResult(doc)
+    done(host.verdict)
+
+    step("check: conformance of the PV async-cleanup interface")
+    _check_step(req.out_dir, doc, res, say)
+    done()
+
+    if reboot_memory > available // 2:
+        doc.setdefault("skipped", []).append(
+            {"step": "reboot", "reason": f"needs {format_size(reboot_memory)} of guest memory"
+             f", only {format_size(available)} available"}
+        )  # fmt: skip
+    else:
+        step(f"reboot: async vs sync at {format_size(reboot_memory)}")
+        _reboot_step(req, reboot_memory, doc, res, say)
+        done()
+
+    step(f"shutdown: {', '.join(req.strategies)} at {', '.join(map(format_size, sizes))}")
+    _shutdown_step(req, sizes, doc, res, say)
+    done()
+
+    path = os.path.join(req.out_dir, "results.json")
+    results.write(doc, path)
+    res.files.insert(0, path)
+    if req.plots:
+        try:
+            from ..report import plots
+
+            drawn, missing = plots.plot_all(doc, os.path.join(req.out_dir, ""))
+            res.files += [p.path for p in drawn]
+            res.notes += [f"SKIP {m}" for m in missing]
+        except HostError as err:  # matplotlib missing: say so, keep the data
+            res.notes.append(f"SKIP plots: {err}")
+            print(f"kvmpv: plots skipped: {err}", file=sys.stderr)
+    return res

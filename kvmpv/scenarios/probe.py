@@ -1,0 +1,619 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""What this host supports, and which kvmpv scenarios can run here for real.
+
+``probe_host(root="/")`` reads procfs/sysfs files (every path prefixed by
+``root``, so tests run the probe on the synthetic s390x trees under
+``fixtures/sysfs/``), asks ``/dev/kvm`` for its API version and the s390 PV
+capabilities with ``KVM_CHECK_EXTENSION`` (no VM is created, as
+``virt-host-validate`` does it), and returns a ``HostProbe``.  It may touch:
+those files, the KVM device (open, two ioctls, close), a generic-netlink
+socket (is the TASKSTATS family registered?), and -- only with
+``guest_size`` -- one small real VM running the x86 guest.  It writes nothing.
+
+Facts that cannot come from files (the KVM device answers, taskstats) are
+never invented for a synthetic root: they are reported as "not probed"
+unless the caller injects them (``KvmFacts.injected``), and an injected value
+is labelled ``"source": "injected"`` in every output.
+
+s390x detection follows spec section 7 (``shared/spec/kvm-pv-async.md``):
+``/sys/firmware/uv/prot_virt_host`` (1 = PV host), the first word of
+``/sys/firmware/uv/query/facilities`` (installed UV calls, ``%lx`` per line;
+Destroy Secure Configuration Fast = mask ``0x0000010000000000``),
+``/sys/module/kvm/parameters/async_destroy`` (Linux 6.2+), caps 180/217/224.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import socket
+import struct
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from .. import uapi
+from ..errors import KvmpvError, UsageError, errno_name, require_linux
+from ..kvm import Kvm, kvm_dev_path
+
+PV_CAPS = (
+    uapi.KvmCap.KVM_CAP_S390_PROTECTED,
+    uapi.KvmCap.KVM_CAP_S390_PROTECTED_DUMP,
+    uapi.KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE,
+)
+
+SYNTHETIC_MARK = "SYNTHETIC"
+
+
+# --------------------------------------------------------------------------
+# KVM device facts (real, injected, or not probed)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KvmFacts:
+    """What the KVM device said.  ``source``: "ioctl", "injected" or "not probed"."""
+
+    source: str
+    path: str
+    present: bool
+    access: str  # "ok" | "denied" | "absent" | "error" | "not probed"
+    error: str = ""
+    api_version: Optional[int] = None
+    caps: dict[int, int] = field(default_factory=dict)  # cap number -> KVM_CHECK_EXTENSION
+
+    @classmethod
+    def injected(
+        cls, caps: Optional[dict[int, int]] = None, api_version: int = uapi.KVM_API_VERSION
+    ) -> KvmFacts:
+        """Values given by a test or ``--inject-kvm`` (labelled "injected" everywhere)."""
+        numbers = {int(k): int(v) for k, v in (caps or {}).items()}
+        return cls("injected", "(injected)", True, "ok", "", api_version, numbers)
+
+    @classmethod
+    def parse_injection(cls, spec: str) -> KvmFacts:
+        """``"api=12,180=1,217=1,224=1"`` -> injected facts; raises ``UsageError``."""
+        api = uapi.KVM_API_VERSION
+        caps: dict[int, int] = {}
+        for item in filter(None, (x.strip() for x in spec.split(","))):
+            key, sep, value = item.partition("=")
+            try:
+                if not sep:
+                    raise ValueError(item)
+                if key.strip() == "api":
+                    api = int(value, 0)
+                else:
+                    caps[int(key, 0)] = int(value, 0)
+            except ValueError:
+                raise UsageError(
+                    f"invalid --inject-kvm item {item!r}: use api=N or CAP=VALUE, "
+                    "e.g. api=12,180=1,217=1,224=1"
+                ) from None
+        return cls.injected(caps, api)
+
+    @classmethod
+    def not_probed(cls, why: str) -> KvmFacts:
+        return cls("not probed", "", False, "not probed", why)
+
+    def cap(self, cap: int) -> Optional[int]:
+        return self.caps.get(int(cap))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["caps"] = {
+            str(int(c)): {"name": c.name, "value": self.caps.get(int(c))} for c in PV_CAPS
+        }
+        return out
+
+
+def probe_kvm(path: Optional[str] = None) -> KvmFacts:
+    """Open the KVM device, read API version and caps 180/217/224, close it."""
+    path = kvm_dev_path(path)
+    present = os.path.exists(path)
+    try:
+        with Kvm(path=path) as kvm:
+            caps = {int(c): kvm.check_cap(c) for c in PV_CAPS}
+            return KvmFacts("ioctl", path, True, "ok", "", kvm.get_api_version(), caps)
+    except OSError as err:  # KvmpvOpenError, KvmError: both OSError
+        access = {
+            errno.ENOENT: "absent",
+            errno.EACCES: "denied",
+            errno.EPERM: "denied",
+        }.get(err.errno or 0, "error")
+        return KvmFacts("ioctl", path, present, access, str(err))
+    except KvmpvError as err:  # not a KVM device, wrong API version
+        return KvmFacts("ioctl", path, present, "error", str(err))
+
+
+# --------------------------------------------------------------------------
+# Files under root
+# --------------------------------------------------------------------------
+
+
+def _path(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def _read(root: str, path: str) -> Optional[str]:
+    try:
+        with open(_path(root, path)) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _read_int(root: str, path: str) -> Optional[int]:
+    text = _read(root, path)
+    if text is None:
+        return None
+    try:
+        return int(text.strip(), 0)
+    except ValueError:
+        return None
+
+
+def _bracketed(text: Optional[str]) -> Optional[str]:
+    """``always [madvise] never`` -> ``madvise``."""
+    if text is None:
+        return None
+    if "[" in text and "]" in text:
+        return text.split("[", 1)[1].split("]", 1)[0]
+    return text.strip() or None
+
+
+def parse_facilities(text: str) -> list[int]:
+    """The installed-UV-call words of ``/sys/firmware/uv/query/facilities`` (``%lx`` lines)."""
+    return [int(word, 16) for word in text.split()]
+
+
+@dataclass(frozen=True)
+class CgroupFacts:
+    """Which cgroup hierarchies are mounted (from ``/proc/self/mounts``)."""
+
+    v1_controllers: list[str]  # controllers mounted as cgroup v1 (name=... included)
+    v1_mounts: dict[str, str]  # mount point -> its controllers, comma-separated
+    v2_mount: Optional[str]
+    v2_controllers: Optional[list[str]]  # from cgroup.controllers of the v2 root
+    error: str = ""
+
+    @property
+    def layout(self) -> str:
+        if self.v1_controllers and self.v2_mount:
+            return "hybrid (v1 controllers + cgroup2)"
+        if self.v2_mount:
+            return "unified (cgroup2 only)"
+        if self.v1_controllers:
+            return "legacy (cgroup v1 only)"
+        return "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layout"] = self.layout
+        return out
+
+
+def probe_cgroups(root: str) -> CgroupFacts:
+    mounts = _read(root, "/proc/self/mounts")
+    if mounts is None:
+        return CgroupFacts([], {}, None, None, "/proc/self/mounts not readable")
+    v1: list[str] = []
+    v1_mounts: dict[str, str] = {}
+    v2_mount: Optional[str] = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        mountpoint = fields[1].replace("\\040", " ")
+        if fields[2] == "cgroup":
+            ctrls = [o for o in fields[3].split(",") if o not in _MOUNT_OPTIONS]
+            v1_mounts[mountpoint] = ",".join(ctrls)
+            v1.extend(c for c in ctrls if c not in v1)
+        elif fields[2] == "cgroup2" and v2_mount is None:
+            v2_mount = mountpoint
+    v2_ctrls: Optional[list[str]] = None
+    if v2_mount is not None:
+        text = _read(root, os.path.join(v2_mount, "cgroup.controllers"))
+        v2_ctrls = text.split() if text is not None else None
+    return CgroupFacts(sorted(v1), v1_mounts, v2_mount, v2_ctrls)
+
+
+_MOUNT_OPTIONS = frozenset(
+    {"rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "nsdelegate",
+     "memory_recursiveprot", "clone_children", "xattr", "noprefix"}
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------
+# Host-only facts (sockets, imports)
+# --------------------------------------------------------------------------
+
+_NETLINK_GENERIC = 16
+_GENL_ID_CTRL = 0x10
+_CTRL_CMD_GETFAMILY = 3
+_CTRL_ATTR_FAMILY_NAME = 2
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+
+
+def genl_family_registered(name: str) -> tuple[Optional[bool], str]:
+    """Is a generic-netlink family registered?  ``CTRL_CMD_GETFAMILY``, allowed unprivileged."""
+    raw = name.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(raw), _CTRL_ATTR_FAMILY_NAME) + raw
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("=BBH", _CTRL_CMD_GETFAMILY, 1, 0) + attr
+    msg = struct.pack("=IHHII", 16 + len(body), _GENL_ID_CTRL, _NLM_F_REQUEST, 1, 0) + body
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_GENERIC) as sock:
+            sock.settimeout(2.0)
+            sock.send(msg)
+            reply = sock.recv(65536)
+    except (OSError, AttributeError) as err:  # AttributeError: no AF_NETLINK here
+        return None, f"generic netlink not usable: {err}"
+    if len(reply) < 16:
+        return None, "short generic-netlink reply"
+    _, kind = struct.unpack_from("=IH", reply)
+    if kind == _NLMSG_ERROR:
+        (code,) = struct.unpack_from("=i", reply, 16)
+        if code == -errno.ENOENT:
+            return False, f"generic-netlink family {name} not registered (CONFIG_TASKSTATS off?)"
+        return None, f"CTRL_CMD_GETFAMILY failed: {errno_name(-code)}"
+    return True, f"generic-netlink family {name} registered"
+
+
+@dataclass(frozen=True)
+class TaskstatsFacts:
+    available: Optional[bool]  # family registered (None: not probed / unknown)
+    usable: Optional[bool]  # queries allowed (TASKSTATS_CMD_GET needs CAP_NET_ADMIN)
+    reason: str
+
+
+def probe_taskstats() -> TaskstatsFacts:
+    available, why = genl_family_registered("TASKSTATS")
+    if not available:
+        return TaskstatsFacts(available, False if available is False else None, why)
+    # Queries are admin-only (measured here: EPERM as uid 65534); checking
+    # the capability avoids sending a query as a side effect of probing.
+    if os.geteuid() == 0:
+        return TaskstatsFacts(True, True, why + "; running as root")
+    return TaskstatsFacts(True, False, why + "; queries need root (CAP_NET_ADMIN)")
+
+
+def native_cleaner() -> dict[str, Any]:
+    """``kvmpv.teardown.native_available()``, or why it cannot be asked."""
+    try:
+        from .. import teardown
+    except ImportError as err:
+        return {"available": False, "reason": f"not built: kvmpv.teardown missing ({err})"}
+    try:
+        ok, detail = teardown.native_available()
+    except KvmpvError as err:
+        return {"available": False, "reason": str(err)}
+    return {"available": bool(ok), "reason": detail}
+
+
+def accounting_caps() -> dict[str, Any]:
+    """``kvmpv.accounting.capabilities().to_dict()``, or why it cannot be asked."""
+    try:
+        from ..accounting import capabilities  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as err:
+        return {"available": False, "reason": f"not built: kvmpv.accounting.capabilities ({err})"}
+    try:
+        caps = capabilities()
+    except KvmpvError as err:
+        return {"available": False, "reason": str(err)}
+    out: dict[str, Any] = dict(caps.to_dict())
+    out.setdefault("available", True)
+    return out
+
+
+# --------------------------------------------------------------------------
+# The probe
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScenarioVerdict:
+    mode: str  # "real" | "sim" | "no"
+    reason: str
+
+
+@dataclass
+class HostProbe:
+    """Everything ``kvmpv probe`` reports (``to_dict()`` is the ``--json`` output)."""
+
+    root: str
+    synthetic: bool  # facts come from a tree other than this host's "/"
+    synthetic_label: str  # first line of the tree's SYNTHETIC file
+    arch: Optional[str]
+    kernel_release: Optional[str]
+    python: str
+    kvm: KvmFacts
+    prot_virt_host: Optional[int]  # None: /sys/firmware/uv absent (not s390x, or no UV facility)
+    uv_facilities: Optional[list[str]]  # the 4 words as printed, None if absent
+    destroy_fast: Optional[bool]
+    async_destroy_param: Optional[int]  # None: no such kvm parameter (not s390x, or < 6.2)
+    cgroups: CgroupFacts
+    taskstats: TaskstatsFacts
+    thp_mode: Optional[str]
+    native_cleaner: dict[str, Any]
+    accounting: dict[str, Any]
+    kvm_usable: bool = False
+    kvm_reason: str = ""
+    pv_async_usable: bool = False
+    pv_reason: str = ""
+    scenarios: dict[str, ScenarioVerdict] = field(default_factory=dict)
+    verdict: str = ""
+    guest: Optional[dict[str, Any]] = None  # --run-guest result
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if hasattr(value, "to_dict"):
+                value = value.to_dict()
+            elif name == "taskstats":
+                value = asdict(value)
+            elif name == "scenarios":
+                value = {k: asdict(v) for k, v in value.items()}
+            out[name] = value
+        return out
+
+
+def _kvm_verdict(kvm: KvmFacts) -> tuple[bool, str]:
+    if kvm.access == "not probed":
+        return False, f"KVM device not probed ({kvm.error})"
+    if kvm.access != "ok":
+        return False, kvm.error or f"{kvm.path}: {kvm.access}"
+    if kvm.api_version != uapi.KVM_API_VERSION:
+        return False, f"API version {kvm.api_version}, expected {uapi.KVM_API_VERSION}"
+    where = "injected values" if kvm.source == "injected" else kvm.path
+    return True, f"{where}: API version {kvm.api_version}"
+
+
+def _pv_verdict(p: HostProbe) -> tuple[bool, str]:
+    why: list[str] = []
+    if p.arch != "s390x":
+        why.append(f"not s390x (arch {p.arch})")
+    else:
+        if p.prot_virt_host is None:
+            why.append("no /sys/firmware/uv/prot_virt_host (no Ultravisor facility 158)")
+        elif p.prot_virt_host != 1:
+            why.append("prot_virt_host is 0 (boot with prot_virt=1 on a Secure Execution machine)")
+        if p.async_destroy_param is None:
+            why.append("no kvm.async_destroy parameter (kernel older than 6.2)")
+        elif p.async_destroy_param == 0:
+            why.append("kvm.async_destroy=0 (module parameter fences async destroy)")
+    if not p.kvm_usable:
+        why.append(f"KVM not usable: {p.kvm_reason}")
+    else:
+        c180 = p.kvm.cap(uapi.KvmCap.KVM_CAP_S390_PROTECTED)
+        c224 = p.kvm.cap(uapi.KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE)
+        if not c180:
+            why.append("KVM_CAP_S390_PROTECTED (180) is 0")
+        if not c224:
+            why.append("KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224) is 0")
+    if why:
+        return False, "; ".join(why)
+    fast = {True: "with", False: "without", None: "unknown"}[p.destroy_fast]
+    src = " (injected KVM values)" if p.kvm.source == "injected" else ""
+    return True, f"PV host, async destroy enabled, cap 224 = 1{src}; {fast} Destroy-Fast UVC"
+
+
+def _scenarios(p: HostProbe) -> dict[str, ScenarioVerdict]:
+    out: dict[str, ScenarioVerdict] = {}
+    pv = (
+        ScenarioVerdict("real", p.pv_reason)
+        if p.pv_async_usable
+        else ScenarioVerdict("sim", f"simulated s390x kernel: {p.pv_reason}")
+    )
+    out["check"] = pv
+    out["reboot"] = pv
+    cleaner = p.native_cleaner
+    out["shutdown"] = (
+        ScenarioVerdict("real", f"native cleaner: {cleaner.get('reason', '')}")
+        if cleaner.get("available")
+        else ScenarioVerdict("no", f"native cleaner unavailable: {cleaner.get('reason', '')}")
+    )
+    if not p.kvm_usable:
+        out["shutdown --vm"] = ScenarioVerdict("no", f"KVM not usable: {p.kvm_reason}")
+    elif p.arch != "x86_64":
+        out["shutdown --vm"] = ScenarioVerdict(
+            "no", f"the tiny guest is x86_64 code, arch {p.arch}"
+        )
+    else:
+        out["shutdown --vm"] = ScenarioVerdict("real", "real x86 guest on /dev/kvm")
+    acc = p.accounting
+    # accounting.capabilities() reports each hierarchy as {"usable": ..., "reason": ...}.
+    usable = [k for k, v in acc.items() if isinstance(v, dict) and v.get("usable")]
+    if not acc.get("available", False):
+        out["accounting"] = ScenarioVerdict("no", str(acc.get("reason", "unavailable")))
+    elif usable:
+        out["accounting"] = ScenarioVerdict("real", f"usable cgroup hierarchies: {usable}")
+    else:
+        reasons = [f"{k}: {v.get('reason')}" for k, v in acc.items() if isinstance(v, dict)]
+        out["accounting"] = ScenarioVerdict("no", "; ".join(reasons) or "no cgroup hierarchy")
+    return out
+
+
+def _one_line(p: HostProbe) -> str:
+    head = f"SYNTHETIC tree {p.root}: " if p.synthetic else ""
+    kvm = f"KVM usable ({p.kvm_reason})" if p.kvm_usable else f"no KVM ({p.kvm_reason})"
+    parts = [f"{name}: {v.mode}" for name, v in p.scenarios.items()]
+    pv = "PV async destroy runs for real" if p.pv_async_usable else f"PV async: {p.pv_reason}"
+    return f"{head}{kvm}; {pv}; " + ", ".join(parts)
+
+
+def probe_host(
+    root: str = "/",
+    *,
+    kvm: Optional[KvmFacts] = None,
+    kvm_dev: Optional[str] = None,
+    guest_size: Optional[int] = None,
+) -> HostProbe:
+    """Probe the host (or the tree at ``root``).  ``kvm`` injects device facts.
+
+    With ``root`` other than "/", nothing is asked of this host's devices:
+    KVM facts are "not probed" unless injected, taskstats is "not probed",
+    and the result is marked ``synthetic``.  The cleaner and accounting
+    availability are facts about this kvmpv installation and are reported
+    as they are.
+    """
+    host = os.path.realpath(root) == "/"
+    if host:
+        require_linux()
+    label = (_read(root, SYNTHETIC_MARK) or "").strip().splitlines()
+    arch = (_read(root, "/proc/sys/kernel/arch") or "").strip() or None
+    release = (_read(root, "/proc/sys/kernel/osrelease") or "").strip() or None
+    if host:
+        uname = os.uname()
+        arch = arch or uname.machine
+        release = release or uname.release
+    if kvm is None:
+        kvm = (
+            probe_kvm(kvm_dev)
+            if host
+            else KvmFacts.not_probed(
+                "synthetic root: /dev/kvm answers cannot come from files; inject them"
+            )
+        )
+    facilities_text = _read(root, "/sys/firmware/uv/query/facilities")
+    words: Optional[list[int]] = None
+    if facilities_text is not None:
+        try:
+            words = parse_facilities(facilities_text)
+        except ValueError:
+            words = None
+    p = HostProbe(
+        root=root,
+        synthetic=not host,
+        synthetic_label=label[0] if label else "",
+        arch=arch,
+        kernel_release=release,
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        kvm=kvm,
+        prot_virt_host=_read_int(root, "/sys/firmware/uv/prot_virt_host"),
+        uv_facilities=[f"{w:016x}" for w in words] if words is not None else None,
+        destroy_fast=(
+            bool(words[0] & uapi.UV_FACILITY_DESTROY_SEC_CONF_FAST_MASK) if words else None
+        ),
+        async_destroy_param=_read_int(root, "/sys/module/kvm/parameters/async_destroy"),
+        cgroups=probe_cgroups(root),
+        taskstats=(
+            probe_taskstats()
+            if host
+            else TaskstatsFacts(None, None, "not probed: synthetic root (a netlink fact)")
+        ),
+        thp_mode=_bracketed(_read(root, "/sys/kernel/mm/transparent_hugepage/enabled")),
+        native_cleaner=native_cleaner(),
+        accounting=accounting_caps(),
+    )
+    p.kvm_usable, p.kvm_reason = _kvm_verdict(kvm)
+    p.pv_async_usable, p.pv_reason = _pv_verdict(p)
+    p.scenarios = _scenarios(p)
+    p.verdict = _one_line(p)
+    if guest_size is not None:
+        p.guest = run_guest(p, guest_size, kvm_dev)
+    return p
+
+
+def run_guest(p: HostProbe, size: int, kvm_dev: Optional[str] = None) -> dict[str, Any]:
+    """Run the tiny x86 guest over ``size`` bytes: proof that a real guest runs here."""
+    if p.synthetic or not p.kvm_usable or p.kvm.source != "ioctl":
+        return {"ran": False, "reason": f"KVM not usable: {p.kvm_reason}"}
+    if p.arch != "x86_64":
+        return {"ran": False, "reason": f"the tiny guest is x86_64 code, arch {p.arch}"}
+    from ..memory import GuestMemory
+    from ..x86guest import count_written, vm_touch_memory
+
+    with Kvm(path=kvm_dev) as kvm, kvm.vm_create() as vm, GuestMemory(size) as mem:
+        result = vm_touch_memory(vm, mem)
+        verified = count_written(mem, 0xA5)
+    out = result.to_dict()
+    out.update(ran=True, pages_verified=verified, pages_expected=size // 4096)
+    return out
+
+
+def format_table(p: HostProbe) -> str:
+    """The human table of ``kvmpv probe``."""
+
+    def show(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return str(v)
+
+    kvm = p.kvm
+    caps = ", ".join(f"{int(c)}={show(kvm.cap(c))}" for c in PV_CAPS)
+    if kvm.source == "injected":
+        caps += "  [injected]"
+    rows: list[tuple[str, str]] = []
+    if p.synthetic:
+        rows.append(("SYNTHETIC", f"{p.root}: {p.synthetic_label or 'not this host'}"))
+    rows += [
+        ("arch", show(p.arch)),
+        ("kernel", show(p.kernel_release)),
+        ("python", p.python),
+        ("KVM device", f"{kvm.path or '-'}: {kvm.access}" + (f" ({kvm.error})" * bool(kvm.error))),
+        ("KVM API version", show(kvm.api_version)),
+        ("caps 180/217/224", caps),
+        ("prot_virt_host", show(p.prot_virt_host)),
+        ("UV facilities", " ".join(p.uv_facilities) if p.uv_facilities else "-"),
+        ("Destroy-Fast UVC", show(p.destroy_fast)),
+        ("kvm.async_destroy", show(p.async_destroy_param)),
+        ("cgroups", p.cgroups.layout),
+        ("  v1 controllers", ",".join(p.cgroups.v1_controllers) or "-"),
+        ("  cgroup2", f"{show(p.cgroups.v2_mount)} [{' '.join(p.cgroups.v2_controllers or [])}]"),
+        ("taskstats", p.taskstats.reason),
+        ("THP", show(p.thp_mode)),
+        ("native cleaner", f"{show(p.native_cleaner.get('available'))}: "
+                           f"{p.native_cleaner.get('reason', '')}"),
+        ("accounting", _acc_line(p.accounting)),
+        ("KVM usable", f"{show(p.kvm_usable)}: {p.kvm_reason}"),
+        ("PV async usable", f"{show(p.pv_async_usable)}: {p.pv_reason}"),
+    ]  # fmt: skip
+    for name, v in p.scenarios.items():
+        rows.append((f"scenario {name}", f"{v.mode}: {v.reason}"))
+    if p.guest is not None:
+        g = p.guest
+        if g.get("ran"):
+            rows.append(
+                (
+                    "x86 guest",
+                    f"{g['exit_name']}, {g['pages_written']} pages written, "
+                    f"{g['pages_verified']} verified, {g['run_s']:.3f} s",
+                )
+            )
+        else:
+            rows.append(("x86 guest", f"not run: {g.get('reason', '')}"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"verdict: {p.verdict}")
+    return "\n".join(lines)
+
+
+def _acc_line(acc: dict[str, Any]) -> str:
+    if not acc.get("available", False):
+        return f"no: {acc.get('reason', '')}"
+    parts: list[str] = []
+    for key, value in acc.items():
+        if key == "available" or key.endswith("_reason"):
+            continue
+        if isinstance(value, dict):
+            parts.append(f"{key} {'usable' if value.get('usable') else 'unusable'}")
+        elif not isinstance(value, (list, tuple)):
+            parts.append(f"{key}={value}")
+    return "yes: " + ", ".join(parts)
+
+
+__all__ = [
+    "CgroupFacts",
+    "HostProbe",
+    "KvmFacts",
+    "ScenarioVerdict",
+    "TaskstatsFacts",
+    "format_table",
+    "parse_facilities",
+    "probe_host",
+    "probe_kvm",
+]

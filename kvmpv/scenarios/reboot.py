@@ -1,0 +1,978 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Protected-VM reboot, async (PREPARE + PERFORM on a thread) vs sync (DISABLE).
+
+The scenario behind ``kvmpv reboot`` and ``kvmpv exercise``: set up a
+protected VM the way QEMU does on s390x (memory limit = RAM size before the
+first vCPU, memslots, vCPUs, ``KVM_PV_ENABLE``), let the guest make its memory
+secure by running its vCPUs until it halts, then reboot it K times with
+``kvmpv.pv.s390_machine_unprotect()`` -- QEMU 10's algorithm -- followed by a
+new ``KVM_PV_ENABLE``, measuring each reboot.  It may touch: the KVM backend
+it selects (real ``/dev/kvm`` or ``kvmpv.sim.SimulatedHost``), anonymous
+guest memory, threads it starts and joins (one per vCPU, named ``CPU n/KVM``
+as in QEMU, plus ``async_cleanup``), and private cgroups below our own
+(``kvmpv.accounting``), all released before it returns, also on SIGINT.
+
+What one cycle measures (all ``time.monotonic_ns``):
+
+* ``reboot_latency_s``: reboot request (vCPUs are asked to leave KVM_RUN) to
+  the new protected configuration enabled with its vCPUs, ready to run.
+* ``perform_s``: the PERFORM ioctl on the ``async_cleanup`` thread (null for
+  sync reboots).
+* ``overlap_s``: how long the new guest ran -- some vCPU thread inside
+  KVM_RUN -- while PERFORM was still tearing the old configuration down (the
+  whole point of the async path; 0 for sync reboots).
+* ``cleanup_cpu_s``: CPU time of the teardown: the synchronous part in the
+  control thread (PREPARE, or DISABLE) plus the ``async_cleanup`` thread's
+  CLOCK_THREAD_CPUTIME_ID measured inside that thread.
+* ``verdict``: was that CPU charged to the VM's cgroup?  See ``_Accounting``.
+"""
+
+from __future__ import annotations
+
+import errno
+import statistics
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..accounting import (
+    AccountingUnavailable,
+    Outcome,
+    Verdict,
+    cgroup_scope,
+    judge_charged,
+    skip_verdict,
+)
+from ..errors import HostError, KvmError, KvmpvError, UsageError
+from ..kvm import Kvm, Vcpu, Vm
+from ..memory import GuestMemory
+from ..pv import (
+    AsyncCleanup,
+    PvResult,
+    Unprotect,
+    join_all_cleanups,
+    main_thread_signals_blocked,
+    pv_enable,
+    s390_machine_unprotect,
+    set_thread_name,
+)
+from ..syscalls import LINUX, IoctlArg, Syscalls
+from ..uapi import KVM_EXIT_HLT, KVM_EXIT_INTR, S390_MEMSLOT_ALIGN
+from ..units import GiB, format_size
+
+Progress = Optional[Callable[[str], None]]
+
+BACKENDS = ("auto", "kvm", "sim")
+MODES = ("async", "sync", "both")
+#: where the teardown work is placed: "vm" is the real check; "elsewhere" is
+#: the negative control (work done outside the VM's cgroup -> "not charged").
+CHARGE_TO = ("vm", "elsewhere")
+#: QEMU's S390_MAX_CPUS
+MAX_VCPUS = 248
+#: Both sides of the verdict are precise totals (cpuacct.usage and
+#: CLOCK_THREAD_CPUTIME_ID both read the scheduler's sum_exec_runtime; no
+#: tick-based user/system split is involved), so the slack is small: the few
+#: microseconds of cgroupfs writes the placement itself costs, and rounding.
+TOTALS_TOLERANCE_NS = 2_000_000
+#: How long a vCPU may take to leave KVM_RUN after a kick.
+KICK_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RebootRequest:
+    """What ``run_reboot`` should do (``kvmpv reboot`` options).
+
+    ``layout`` (debug/tests): memslots as ``(guest address, size)`` pairs
+    instead of one slot ``[0, memory)``; lets a test put a little memory above
+    2 GiB (which only PERFORM tears down) without allocating gigabytes.
+    ``mem_limit`` defaults to the end of guest memory (QEMU sets
+    KVM_S390_VM_MEM_LIMIT_SIZE to at least the RAM size).  ``host`` injects a
+    prepared backend (a ``SimulatedHost`` with faults, in tests).
+    """
+
+    backend: str = "auto"
+    memory: int = 4 * GiB
+    vcpus: int = 1
+    cycles: int = 3
+    mode: str = "both"
+    mem_limit: Optional[int] = None
+    layout: Optional[tuple[tuple[int, int], ...]] = None
+    hierarchy: str = "auto"
+    charge_to: str = "vm"
+    boot_timeout_s: float = 600.0
+    host: Optional[Syscalls] = field(default=None, compare=False, repr=False)
+
+    def slots(self) -> tuple[tuple[int, int], ...]:
+        return self.layout if self.layout is not None else ((0, self.memory),)
+
+    def memory_bytes(self) -> int:
+        return sum(size for _, size in self.slots())
+
+    def memory_end(self) -> int:
+        return max(gpa + size for gpa, size in self.slots())
+
+    def modes(self) -> list[str]:
+        """The mode of each cycle; ``both`` interleaves so noise hits both alike."""
+        if self.mode == "both":
+            return [("async", "sync")[i % 2] for i in range(2 * self.cycles)]
+        return [self.mode] * self.cycles
+
+
+def validate(req: RebootRequest) -> None:
+    """Raise ``UsageError`` for anything the kernel would refuse or we cannot do."""
+    if req.backend not in BACKENDS:
+        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {req.backend!r}")
+    if req.mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {req.mode!r}")
+    if req.charge_to not in CHARGE_TO:
+        raise UsageError(f"charge_to must be one of {', '.join(CHARGE_TO)}")
+    if not 1 <= req.vcpus <= MAX_VCPUS:
+        raise UsageError(f"vcpus must be 1..{MAX_VCPUS}, not {req.vcpus}")
+    if req.cycles < 1:
+        raise UsageError(f"cycles must be at least 1, not {req.cycles}")
+    if req.boot_timeout_s <= 0:
+        raise UsageError("boot timeout must be positive")
+    slots = sorted(req.slots())
+    if not slots:
+        raise UsageError("no guest memory")
+    end = 0
+    for gpa, size in slots:
+        # s390: memslot address and size 1 MiB aligned (kvm_arch_prepare_memory_region)
+        if size <= 0 or size % S390_MEMSLOT_ALIGN or gpa < 0 or gpa % S390_MEMSLOT_ALIGN:
+            raise UsageError(
+                f"guest memory {format_size(size)} at {gpa:#x}: size and address must be "
+                "positive multiples of 1M (s390 memslot alignment)"
+            )
+        if gpa < end:
+            raise UsageError(f"memslot at {gpa:#x} overlaps the previous one")
+        end = gpa + size
+    if req.mem_limit is not None and req.mem_limit < end:
+        raise UsageError(
+            f"memory limit {format_size(req.mem_limit)} is below the end of guest memory "
+            f"{format_size(end)}"
+        )
+
+
+def mem_available() -> int:
+    """MemAvailable in bytes (0 if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------
+
+
+def _s(ns: Optional[int]) -> Optional[float]:
+    return None if ns is None else round(ns / 1e9, 6)
+
+
+@dataclass
+class CycleRecord:
+    """One reboot.  ``mode`` is the path taken; ``requested_mode`` what was asked."""
+
+    index: int
+    requested_mode: str
+    backend: str
+    mode: str = ""
+    fallback_reason: str = ""
+    latency_ns: int = 0
+    pause_ns: int = 0
+    sync_ns: int = 0
+    sync_cpu_ns: int = 0
+    enable_ns: int = 0
+    perform_ns: Optional[int] = None
+    perform_cpu_ns: Optional[int] = None
+    thread_cpu_ns: int = 0
+    overlap_ns: Optional[int] = None
+    boot_ns: Optional[int] = None
+    guest_cpu_ns: Optional[int] = None
+    verdict: Verdict = field(default_factory=lambda: skip_verdict("not measured"))
+    prepare: Optional[PvResult] = None
+    disable: Optional[PvResult] = None
+    perform: Optional[PvResult] = None
+    perform_error: str = ""
+    perform_interrupted: bool = False
+    cleanup_tid: int = 0
+    cleanup_comm: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cleanup_cpu_ns(self) -> int:
+        return self.sync_cpu_ns + self.thread_cpu_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        def rc(r: Optional[PvResult]) -> Optional[dict[str, object]]:
+            return r.to_dict() if r is not None else None
+
+        return {
+            "cycle": self.index,
+            "mode": self.mode,
+            "requested_mode": self.requested_mode,
+            "fallback_reason": self.fallback_reason or None,
+            "backend": self.backend,
+            "simulated": self.backend == "sim",
+            "reboot_latency_s": _s(self.latency_ns),
+            "pause_s": _s(self.pause_ns),
+            "sync_teardown_s": _s(self.sync_ns),
+            "enable_s": _s(self.enable_ns),
+            "perform_s": _s(self.perform_ns),
+            "overlap_s": _s(self.overlap_ns),
+            "boot_s": _s(self.boot_ns),
+            "cleanup_cpu_s": _s(self.cleanup_cpu_ns),
+            "sync_cpu_s": _s(self.sync_cpu_ns),
+            "perform_cpu_s": _s(self.perform_cpu_ns),
+            "cleanup_thread_cpu_s": _s(self.thread_cpu_ns) if self.mode == "async" else None,
+            "guest_cpu_s": _s(self.guest_cpu_ns),
+            "verdict": self.verdict.outcome.value,
+            "verdict_detail": self.verdict.to_dict(),
+            "prepare": rc(self.prepare),
+            "disable": rc(self.disable),
+            "perform": rc(self.perform),
+            "perform_error": self.perform_error or None,
+            "perform_interrupted": self.perform_interrupted,
+            "cleanup_thread": (
+                {"tid": self.cleanup_tid, "comm": self.cleanup_comm} if self.cleanup_tid else None
+            ),
+            "notes": list(self.notes),
+        }
+
+
+def _median(values: Sequence[Optional[float]]) -> Optional[float]:
+    nums = [v for v in values if v is not None]
+    return statistics.median(nums) if nums else None
+
+
+@dataclass
+class RebootResult:
+    """Everything ``run_reboot`` measured; ``to_dict()`` is the JSON contract."""
+
+    backend: str
+    backend_reason: str
+    memory_bytes: int
+    mem_limit_bytes: int
+    vcpus: int
+    requested_mode: str
+    slots: list[tuple[int, int]]
+    cycles: list[CycleRecord] = field(default_factory=list)
+    accounting: dict[str, Any] = field(default_factory=dict)
+    guest_runs: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def simulated(self) -> bool:
+        return self.backend == "sim"
+
+    @property
+    def label(self) -> str:
+        return "[sim]" if self.simulated else "[kvm]"
+
+    def summary(self) -> dict[str, Any]:
+        """Medians per path taken, and the async/sync ratios."""
+        out: dict[str, Any] = {}
+        for mode in ("async", "sync"):
+            recs = [c.to_dict() for c in self.cycles if c.mode == mode]
+            if not recs:
+                continue
+            out[mode] = {
+                "cycles": len(recs),
+                **{
+                    key: _median([r[key] for r in recs])
+                    for key in (
+                        "reboot_latency_s",
+                        "perform_s",
+                        "overlap_s",
+                        "cleanup_cpu_s",
+                        "sync_cpu_s",
+                        "perform_cpu_s",
+                    )
+                },
+                "verdicts": sorted({r["verdict"] for r in recs}),
+            }
+        a, s = out.get("async"), out.get("sync")
+        if a and s and s["reboot_latency_s"]:
+            out["async_over_sync_latency"] = round(a["reboot_latency_s"] / s["reboot_latency_s"], 4)
+        if a and s and s["cleanup_cpu_s"]:
+            out["async_over_sync_cleanup_cpu"] = round(a["cleanup_cpu_s"] / s["cleanup_cpu_s"], 4)
+        return out
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the run must exit 1: a PERFORM error, or a verdict that is not charged."""
+        out = []
+        for c in self.cycles:
+            if c.perform_error:
+                out.append(f"cycle {c.index}: PERFORM failed: {c.perform_error}")
+            if c.verdict.outcome in (Outcome.NOT_CHARGED, Outcome.INCONCLUSIVE):
+                out.append(f"cycle {c.index}: verdict {c.verdict.outcome}: {c.verdict.reason}")
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "simulated": self.simulated,
+            "backend_reason": self.backend_reason,
+            "memory_bytes": self.memory_bytes,
+            "mem_limit_bytes": self.mem_limit_bytes,
+            "vcpus": self.vcpus,
+            "mode": self.requested_mode,
+            "memslots": [{"gpa": g, "size": s} for g, s in self.slots],
+            "guest_runs": self.guest_runs,
+            "accounting": dict(self.accounting),
+            "cycles": [c.to_dict() for c in self.cycles],
+            "summary": self.summary(),
+            "failures": self.failures,
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------
+# Backend selection
+# --------------------------------------------------------------------------
+
+
+def _probe_pv_async() -> tuple[bool, str]:
+    """(usable, reason) from ``kvmpv probe`` (H2's ``probe_host``)."""
+    try:
+        from .probe import probe_host
+    except ImportError as exc:  # probe not built: answer the same question directly
+        return _probe_caps_directly(f"kvmpv.scenarios.probe unavailable ({exc})")
+    try:
+        probe = probe_host()
+    except (KvmpvError, OSError) as exc:
+        return False, f"kvmpv probe failed: {exc}"
+    return bool(probe.pv_async_usable), str(probe.pv_reason or "")
+
+
+def _probe_caps_directly(why: str) -> tuple[bool, str]:
+    from ..uapi import KvmCap
+
+    try:
+        with Kvm(LINUX) as kvm:
+            if not kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED):
+                return False, f"{why}; KVM_CAP_S390_PROTECTED (180) absent: not a PV host"
+            if not kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE):
+                return False, f"{why}; KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224) absent"
+            return True, "caps 180 and 224 present"
+    except KvmpvError as exc:
+        return False, f"{why}; {exc}"
+
+
+def select_backend(req: RebootRequest) -> tuple[Syscalls, str]:
+    """The syscall backend and a sentence saying why it was chosen."""
+    if req.host is not None:
+        return req.host, f"backend object supplied by the caller ({req.host.backend})"
+    if req.backend == "kvm":
+        return LINUX, "--backend kvm"
+    if req.backend == "auto":
+        usable, reason = _probe_pv_async()
+        if usable:
+            return LINUX, "auto: kvmpv probe says PV with async destroy is usable"
+        why = f"auto: real PV async destroy not usable here ({reason}); using the simulator"
+    else:
+        why = "--backend sim"
+    from ..sim import SimulatedHost
+
+    return SimulatedHost(), why
+
+
+# --------------------------------------------------------------------------
+# vCPU threads
+# --------------------------------------------------------------------------
+
+
+class _VcpuRunner:
+    """A vCPU thread (QEMU's ``CPU n/KVM``): KVM_RUN while told to run.
+
+    Stopping follows the KVM protocol: set ``kvm_run.immediate_exit``, then
+    kick (the simulator's ``kick``, standing for the signal QEMU sends): a
+    vCPU about to enter sees the flag, one inside is kicked out with EINTR.
+    Each KVM_RUN interval is logged so the overlap with PERFORM can be
+    computed afterwards, without touching the hot path.
+    """
+
+    def __init__(self, vcpu: Vcpu, kick: Callable[[int], None]) -> None:
+        self.vcpu = vcpu
+        self._kick = kick
+        self._cond = threading.Condition()
+        self._want = "idle"  # idle | run | exit
+        self._active = False
+        self._lock = threading.Lock()
+        self.intervals: list[tuple[int, int]] = []
+        self._current: Optional[int] = None
+        self.cpu_ns = 0
+        self.halted = threading.Event()
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._main, name=f"CPU {vcpu.id}/KVM", daemon=True)
+
+    def start(self) -> None:
+        with main_thread_signals_blocked():  # SIGINT goes to the main thread only
+            self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            set_thread_name(f"CPU {self.vcpu.id}/KVM")
+        except OSError:
+            pass  # cosmetic only
+        while True:
+            with self._cond:
+                while self._want == "idle":
+                    self._cond.wait()
+                if self._want == "exit":
+                    return
+                self._active = True
+            try:
+                self._run_loop()
+            finally:
+                with self._cond:
+                    self._active = False
+                    if self._want == "run":  # stopped by an error
+                        self._want = "idle"
+                    self._cond.notify_all()
+
+    def _run_loop(self) -> None:
+        while self._want == "run":
+            t0 = time.monotonic_ns()
+            c0 = time.thread_time_ns()
+            with self._lock:
+                self._current = t0
+            try:
+                reason = self.vcpu.run(retry_eintr=False)
+            except KvmError as exc:
+                if exc.errno != errno.EINTR:
+                    self.error = exc
+                    return
+                reason = KVM_EXIT_INTR
+            except BaseException as exc:
+                self.error = exc
+                return
+            finally:
+                t1 = time.monotonic_ns()
+                with self._lock:
+                    self.intervals.append((t0, t1))
+                    self._current = None
+                    self.cpu_ns += time.thread_time_ns() - c0
+            if reason == KVM_EXIT_HLT:
+                # Boot done: every page is secure.  Re-enter: a booted guest
+                # keeps running (and faulting on the old configuration's pages).
+                self.halted.set()
+            elif reason != KVM_EXIT_INTR:
+                self.error = KvmpvError(f"vCPU {self.vcpu.id}: unexpected KVM exit {reason}")
+                return
+
+    def snapshot(self, now: int) -> list[tuple[int, int]]:
+        with self._lock:
+            out = list(self.intervals)
+            if self._current is not None:
+                out.append((self._current, now))
+            return out
+
+    def resume(self) -> None:
+        with self._cond:
+            with self._lock:
+                self.intervals.clear()
+            self.halted.clear()
+            self.error = None
+            self.vcpu.run_struct.immediate_exit = 0
+            self._want = "run"
+            self._cond.notify_all()
+
+    def request_stop(self, want: str = "idle") -> None:
+        with self._cond:
+            self._want = want
+            self.vcpu.run_struct.immediate_exit = 1
+            self._cond.notify_all()
+        self._kick(self.vcpu.fd)
+
+    def wait_stopped(self, timeout: float = KICK_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise KvmpvError(f"vCPU {self.vcpu.id} did not leave KVM_RUN in {timeout}s")
+                self._cond.wait(min(left, 0.5))
+
+    def exit(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.request_stop("exit")
+        self._thread.join(KICK_TIMEOUT_S)
+        if self._thread.is_alive():
+            raise KvmpvError(f"vCPU {self.vcpu.id} thread did not exit in {KICK_TIMEOUT_S}s")
+
+
+class _Guest:
+    """The vCPU threads of the VM, paused and resumed together."""
+
+    def __init__(self, kick: Callable[[int], None]) -> None:
+        self._kick = kick
+        self.runners: list[_VcpuRunner] = []
+
+    def add(self, vcpus: Sequence[Vcpu]) -> None:
+        for vcpu in vcpus:
+            runner = _VcpuRunner(vcpu, self._kick)
+            self.runners.append(runner)  # listed before started: close() finds it
+            runner.start()
+
+    def resume(self) -> None:
+        for r in self.runners:
+            r.resume()
+
+    def pause(self) -> None:
+        """QEMU's pause_all_vcpus(): everyone out of KVM_RUN (vcpu->mutex free)."""
+        for r in self.runners:
+            r.request_stop()
+        for r in self.runners:
+            r.wait_stopped()
+
+    def wait_booted(self, timeout: float) -> None:
+        """Wait until every vCPU reported KVM_EXIT_HLT (all memory secure)."""
+        deadline = time.monotonic() + timeout
+        for r in self.runners:
+            while not r.halted.wait(0.05):
+                if r.error is not None:
+                    raise r.error
+                if time.monotonic() > deadline:
+                    raise KvmpvError(f"guest did not boot (halt) within {timeout:.0f}s")
+
+    def cpu_ns(self) -> int:
+        return sum(r.cpu_ns for r in self.runners)
+
+    def running_overlap_ns(self, start: int, end: int) -> int:
+        """Time within [start, end] during which at least one vCPU was in KVM_RUN."""
+        ivs = sorted(
+            (max(a, start), min(b, end))
+            for r in self.runners
+            for a, b in r.snapshot(end)
+            if b > start and a < end
+        )
+        total = 0
+        cur_a, cur_b = -1, -1
+        for a, b in ivs:
+            if a > cur_b:
+                total += max(0, cur_b - cur_a)
+                cur_a, cur_b = a, b
+            else:
+                cur_b = max(cur_b, b)
+        total += max(0, cur_b - cur_a)
+        return total
+
+    def close(self) -> None:
+        first: Optional[BaseException] = None
+        for r in self.runners:
+            try:
+                r.exit()
+            except BaseException as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+
+# --------------------------------------------------------------------------
+# Accounting: who paid for the teardown?
+# --------------------------------------------------------------------------
+
+
+class _Accounting:
+    """The "charged to the VM's cgroup" check, per cycle.
+
+    Design (cgroup v1, per-thread placement through ``tasks``): the scenario
+    is one process, so the "vm" cgroup is made to hold exactly the tasks that
+    do teardown work, while they do it: the control thread is moved in for
+    the synchronous part (PREPARE, or DISABLE) and back to a "ctl" sibling
+    after it; the ``async_cleanup`` thread is created while the control
+    thread is inside and places itself in "vm" before PERFORM.  The vCPU
+    threads never enter it, so the new guest running concurrently does not
+    blur the number.  The work is measured independently, inside the threads
+    (CLOCK_THREAD_CPUTIME_ID around the synchronous part, and over the whole
+    cleanup thread), the charge is the "vm" cgroup's ``cpuacct.usage`` delta
+    from before the synchronous part to after the cleanup thread was joined.
+
+    ``charge_to="elsewhere"`` (the negative control) places the same threads
+    in an "elsewhere" cgroup instead; the check must then say "not charged".
+
+    cgroup2 cannot place single threads in a domain cgroup (and threaded
+    cgroups exclude the memory controller), so there the verdict is SKIP with
+    that reason; no pass is ever reported without a measurement.
+    """
+
+    def __init__(self, stack: ExitStack, hierarchy: str, charge_to: str) -> None:
+        self.reason = ""
+        self.hierarchy = ""
+        self.charge_to = charge_to
+        self.tid = threading.get_native_id()
+        self._before = 0
+        self._moved = False
+        try:
+            scope = stack.enter_context(cgroup_scope(hierarchy))
+            self.hierarchy = scope.hierarchy
+            self.vm = scope.create("vm")
+            self.ctl = scope.create("ctl")
+            self.target = scope.create("elsewhere") if charge_to == "elsewhere" else self.vm
+            # Proves per-thread placement works here before any cycle relies on it.
+            self.ctl.add_thread(self.tid)
+        except AccountingUnavailable as exc:
+            self.reason = exc.reason
+            self.hierarchy = self.hierarchy or hierarchy
+
+    @property
+    def usable(self) -> bool:
+        return not self.reason
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "hierarchy": self.hierarchy,
+            "usable": self.usable,
+            "reason": self.reason or None,
+            "charge_to": self.charge_to,
+            "method": "per-thread cgroup v1 placement; cpuacct.usage delta vs "
+            "CLOCK_THREAD_CPUTIME_ID of the teardown threads",
+        }
+        if self.usable:
+            out["vm_cgroup"] = self.vm.name
+        return out
+
+    def begin(self) -> None:
+        """Before the synchronous part: read the counter, move the control thread in."""
+        if not self.usable:
+            return
+        try:
+            self._before = self.vm.cpu().total_ns
+            self.target.add_thread(self.tid)
+            self._moved = True
+        except AccountingUnavailable as exc:
+            self.reason = exc.reason
+
+    def end_sync(self) -> None:
+        """After the synchronous part: the control thread leaves the VM's cgroup."""
+        if self._moved:
+            self._moved = False
+            try:
+                self.ctl.add_thread(self.tid)
+            except AccountingUnavailable as exc:
+                self.reason = exc.reason
+
+    def place_cleanup(self, tid: int) -> None:
+        """Runs inside the ``async_cleanup`` thread, before PERFORM."""
+        if self.usable:
+            self.target.add_thread(tid)
+
+    def verdict(self, work_ns: int) -> Verdict:
+        if not self.usable:
+            return skip_verdict(self.reason, work_ns)
+        try:
+            charged = self.vm.cpu().total_ns - self._before
+        except AccountingUnavailable as exc:
+            self.reason = exc.reason
+            return skip_verdict(exc.reason, work_ns)
+        return judge_charged(work_ns, charged, tolerance_ns=TOTALS_TOLERANCE_NS)
+
+
+# --------------------------------------------------------------------------
+# The scenario
+# --------------------------------------------------------------------------
+
+
+@contextmanager
+def _cleanup_guard() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while tearing down, then deliver them.
+
+    A second Ctrl-C during cleanup must not leave a VM fd, a running PERFORM
+    or a cgroup behind; every thread we start blocks these signals, so while
+    the main thread blocks them too they stay pending for the process.
+    """
+    with main_thread_signals_blocked():
+        yield
+
+
+class _AtomicSyscalls:
+    """A simulated kernel whose system calls are atomic w.r.t. SIGINT/SIGTERM.
+
+    A real ioctl completes (or returns EINTR) before a signal handler runs,
+    so a KeyboardInterrupt can never land half-way through KVM_PV_DISABLE.
+    The simulator runs in Python, where it could; blocking the two signals
+    for the duration of each call restores the kernel's semantics (the
+    signal is handled right after the call returns, as on return to user
+    mode).  Everything else (``kick``, fault injection) passes through.
+    """
+
+    def __init__(self, inner: Syscalls) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+
+    def open(self, path: str, flags: int) -> int:
+        with main_thread_signals_blocked():
+            return self.inner.open(path, flags)
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        with main_thread_signals_blocked():
+            return self.inner.ioctl(fd, request, arg)
+
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0) -> int:
+        with main_thread_signals_blocked():
+            return self.inner.mmap(fd, length, prot, flags, offset)
+
+    def munmap(self, addr: int, length: int) -> None:
+        with main_thread_signals_blocked():
+            self.inner.munmap(addr, length)
+
+    def close(self, fd: int) -> None:
+        with main_thread_signals_blocked():
+            self.inner.close(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _check_memory(req: RebootRequest) -> None:
+    need = req.memory_bytes()
+    avail = mem_available()
+    if avail and need > avail:
+        raise HostError(
+            f"guest memory {format_size(need)} exceeds MemAvailable {format_size(avail)}; "
+            "use a smaller --memory"
+        )
+
+
+def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
+    """Set up a protected VM, reboot it ``req.cycles`` times (per mode), measure each."""
+    validate(req)
+    _check_memory(req)
+    sys_, why = select_backend(req)
+    backend = sys_.backend
+    if sys_ is not LINUX:
+        sys_ = _AtomicSyscalls(sys_)
+    label = f"[{backend}]"
+
+    def say(msg: str) -> None:
+        if progress is not None:
+            progress(f"{label} {msg}")
+
+    slots = list(req.slots())
+    limit = req.mem_limit if req.mem_limit is not None else req.memory_end()
+    result = RebootResult(
+        backend=backend,
+        backend_reason=why,
+        memory_bytes=req.memory_bytes(),
+        mem_limit_bytes=limit,
+        vcpus=req.vcpus,
+        requested_mode=req.mode,
+        slots=slots,
+        guest_runs=backend == "sim",
+    )
+    if not result.guest_runs:
+        result.notes.append(
+            "real KVM: no Secure Execution image is loaded (SET_SEC_PARMS/UNPACK need one), "
+            "so the vCPUs are not run and guest memory is not made secure; latency and "
+            "PERFORM cover the configuration only, overlap is not measured"
+        )
+    say(why)
+    stack = ExitStack()
+    cleanups: list[AsyncCleanup] = []
+    guest: Optional[_Guest] = None
+    vm: Optional[Vm] = None
+    try:
+        acct = _Accounting(stack, req.hierarchy, req.charge_to)
+        result.accounting = acct.to_dict()
+        if not acct.usable:
+            say(f"accounting verdict will be SKIP: {acct.reason}")
+        kvm = Kvm(sys_)
+        stack.callback(kvm.close)
+        memories = []
+        for _gpa, size in slots:
+            mem = GuestMemory(size)
+            memories.append(mem)
+            # registered before the VM so that it is unmapped after the VM closed
+            stack.callback(mem.close)
+        vm = kvm.vm_create(0)
+        # QEMU sets the limit to (at least) the RAM size, before any vCPU
+        # exists (EBUSY afterwards); <= 2 GiB gives a segment ASCE.
+        vm.s390_set_mem_limit(limit)
+        for i, ((gpa, _), mem) in enumerate(zip(slots, memories)):
+            vm.set_user_memory_region(i, gpa, mem.size, mem.addr)
+        vcpus = [vm.vcpu_add(i) for i in range(req.vcpus)]
+        kick = getattr(sys_, "kick", None)
+        if result.guest_runs:
+            if kick is None:
+                raise HostError(f"backend {backend} cannot kick a vCPU out of KVM_RUN")
+            guest = _Guest(kick)
+            guest.add(vcpus)
+        say(
+            f"protected VM: {format_size(result.memory_bytes)} in {len(slots)} memslot(s), "
+            f"limit {format_size(limit)}, {req.vcpus} vCPU(s)"
+        )
+        pv_enable(vm)
+        if guest is not None:
+            t0 = time.monotonic_ns()
+            guest.resume()
+            guest.wait_booted(req.boot_timeout_s)
+            say(f"guest booted (all memory secure) in {(time.monotonic_ns() - t0) / 1e9:.2f}s")
+        modes = req.modes()
+        for index, mode in enumerate(modes, 1):
+            rec = _reboot_once(vm, guest, acct, cleanups, index, mode, backend, req)
+            result.cycles.append(rec)
+            say(format_cycle(rec, len(modes)))
+    except BaseException as exc:
+        # Already failing (or interrupted): clean up, report what cleanup hit,
+        # but let the original exception decide the exit code (130 on SIGINT).
+        with _cleanup_guard():
+            try:
+                _teardown(guest, cleanups, vm, stack)
+            except BaseException as cleanup_exc:
+                say(f"cleanup after {type(exc).__name__} also failed: {cleanup_exc}")
+        raise
+    with _cleanup_guard():
+        _teardown(guest, cleanups, vm, stack)
+    return result
+
+
+def _teardown(
+    guest: Optional[_Guest], cleanups: list[AsyncCleanup], vm: Optional[Vm], stack: ExitStack
+) -> None:
+    """vCPU threads out and gone, PERFORM threads joined, VM closed, memory and cgroups freed.
+
+    The order matters: PERFORM and the vCPUs use the VM (and the simulator
+    clears guest memory from them), so they go first; the VM fd is closed
+    before its memory is unmapped; the cgroups go last, once every thread
+    that was placed in them has exited.
+    """
+    first: Optional[BaseException] = None
+    if guest is not None:
+        try:
+            guest.close()
+        except BaseException as exc:
+            first = exc
+    for cleanup in cleanups:
+        cleanup.join_uninterrupted()
+    # A SIGINT between thread start and our bookkeeping leaves a thread only
+    # the registry knows; PERFORM must never outlive the VM fd (its number
+    # could be reused by the next open and PERFORM would hit that file).
+    join_all_cleanups()
+    if vm is not None:
+        try:
+            vm.close()
+        except BaseException as exc:
+            first = first or exc
+    try:
+        stack.close()
+    except BaseException as exc:
+        first = first or exc
+    if first is not None:
+        raise first
+
+
+def _reboot_once(
+    vm: Vm,
+    guest: Optional[_Guest],
+    acct: _Accounting,
+    cleanups: list[AsyncCleanup],
+    index: int,
+    mode: str,
+    backend: str,
+    req: RebootRequest,
+) -> CycleRecord:
+    rec = CycleRecord(index, mode, backend)
+    t_req = time.monotonic_ns()
+    if guest is not None:
+        guest.pause()
+    t_paused = time.monotonic_ns()
+    acct.begin()
+    try:
+        up: Unprotect = s390_machine_unprotect(
+            vm, allow_async=mode == "async", on_cleanup_start=acct.place_cleanup
+        )
+    finally:
+        acct.end_sync()
+    if up.cleanup is not None:
+        cleanups.append(up.cleanup)
+    t_enable = time.monotonic_ns()
+    pv_enable(vm)
+    t_ready = time.monotonic_ns()
+    guest_cpu0 = guest.cpu_ns() if guest is not None else 0
+    if guest is not None:
+        guest.resume()
+
+    rec.mode = up.path
+    rec.fallback_reason = up.reason if mode == "async" else ""
+    rec.prepare, rec.disable = up.prepare, up.disable
+    rec.notes.extend(up.notes)
+    rec.latency_ns = t_ready - t_req
+    rec.pause_ns = t_paused - t_req
+    rec.sync_ns = up.sync_ns
+    rec.sync_cpu_ns = up.sync_cpu_ns
+    rec.enable_ns = t_ready - t_enable
+
+    if up.cleanup is not None:
+        up.cleanup.join_uninterrupted()
+        cleanups.remove(up.cleanup)
+        out = up.cleanup.outcome
+        rec.perform_ns = out.perform_ns
+        rec.perform_cpu_ns = out.perform_cpu_ns
+        rec.thread_cpu_ns = out.cpu_ns
+        rec.perform = out.result
+        rec.perform_interrupted = out.interrupted
+        rec.cleanup_tid, rec.cleanup_comm = out.tid, out.comm
+        if out.error is not None:
+            rec.perform_error = str(out.error)
+        if out.on_start_error is not None:
+            rec.notes.append(f"cleanup thread setup: {out.on_start_error}")
+        if guest is not None:
+            rec.overlap_ns = guest.running_overlap_ns(out.perform_start_ns, out.perform_end_ns)
+    elif guest is not None:
+        rec.overlap_ns = 0
+    if guest is not None:
+        guest.wait_booted(req.boot_timeout_s)
+        rec.boot_ns = time.monotonic_ns() - t_ready
+        rec.guest_cpu_ns = guest.cpu_ns() - guest_cpu0
+    rec.verdict = acct.verdict(rec.cleanup_cpu_ns)
+    return rec
+
+
+def format_cycle(rec: CycleRecord, total: int) -> str:
+    """One line per cycle (the caller prefixes the backend label)."""
+    d = rec.to_dict()
+    parts = [
+        f"cycle {rec.index}/{total} {rec.mode}",
+        f"latency {d['reboot_latency_s']:.3f}s",
+    ]
+    if d["perform_s"] is not None:
+        parts.append(f"perform {d['perform_s']:.3f}s")
+    if d["overlap_s"] is not None:
+        parts.append(f"overlap {d['overlap_s']:.3f}s")
+    parts.append(f"cleanup cpu {d['cleanup_cpu_s']:.3f}s")
+    parts.append(f"verdict {d['verdict']}")
+    if rec.fallback_reason:
+        parts.append(f"(sync fallback: {rec.fallback_reason})")
+    if rec.perform_error:
+        parts.append(f"PERFORM FAILED: {rec.perform_error}")
+    return ", ".join(parts)
+
+
+__all__ = [
+    "BACKENDS",
+    "CHARGE_TO",
+    "MODES",
+    "CycleRecord",
+    "RebootRequest",
+    "RebootResult",
+    "format_cycle",
+    "mem_available",
+    "run_reboot",
+    "select_backend",
+    "validate",
+]

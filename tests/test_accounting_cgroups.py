@@ -1,0 +1,414 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Real cgroups (v1 and cgroup2 as mounted here): create, move, count, remove;
+both verdict outcomes for a real exit-time teardown; cleanup after a failing
+test, after SIGINT/SIGTERM, and loud leftovers; SKIP paths as user nobody."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmpv.accounting import (
+    AccountingUnavailable,
+    CgroupLeftover,
+    Outcome,
+    cgroup_scope,
+    judge_charged,
+    reap,
+    thread_cpu_ns,
+)
+from kvmpv.accounting import cgroups as cgmod
+
+from conftest import mem_available, needs_root
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = str(Path(__file__).resolve().parent / "_accounting_child.py")
+GIB = 1 << 30
+TEARDOWN_BYTES = GIB
+
+pytestmark = needs_root
+
+
+def _hierarchy_or_skip(h: str) -> None:
+    found = cgmod.discover_layouts()
+    if not isinstance(found.get(h), cgmod.Layout):
+        pytest.skip(f"cgroup {h} not mounted here: {found.get(h)}")
+
+
+@pytest.fixture(params=["v1", "v2"])
+def hierarchy(request: pytest.FixtureRequest) -> str:
+    h: str = request.param
+    _hierarchy_or_skip(h)
+    return h
+
+
+def _schedstat_ns(pid: int) -> int:
+    """sum_exec_runtime of a live task in ns (precise, no tick sampling)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+# ---------------------------------------------------------------- basics
+
+
+def test_scope_creates_below_own_cgroup_and_removes(hierarchy: str) -> None:
+    with cgroup_scope(hierarchy) as scope:
+        assert scope.hierarchy == hierarchy
+        vm = scope.create("vm")
+        cleaner = scope.create("cleaner")
+        assert "kvmpv" in vm.name and vm.name != cleaner.name
+        layout = scope.layout
+        for kind, d in vm.paths.items():
+            assert os.path.dirname(d) == layout.dirs[kind], "must be below our own cgroup"
+            assert os.path.isdir(d)
+        p = subprocess.Popen(["sleep", "30"])
+        try:
+            vm.add_process(p.pid)
+            assert vm.pids() == [p.pid]
+            with open(f"/proc/{p.pid}/cgroup") as f:
+                assert vm.name in f.read()
+            u = vm.cpu()
+            assert u.total_ns >= 0 and u.user_ns >= 0 and u.system_ns >= 0
+            mem = vm.memory()
+            if hierarchy == "v1" and "memory" in vm.paths:
+                assert mem is not None and mem.peak_bytes is not None
+            paths = list(vm.paths.values()) + list(cleaner.paths.values())
+        finally:
+            scope_paths = paths
+        # leaving the scope with a live task inside: it is moved to the parent
+    try:
+        assert not any(os.path.exists(d) for d in scope_paths)
+        with open(f"/proc/{p.pid}/cgroup") as f:
+            assert "kvmpv" not in f.read()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_auto_picks_v1_on_this_hybrid_host() -> None:
+    _hierarchy_or_skip("v1")
+    with cgroup_scope("auto") as scope:
+        scope.create("vm")
+        assert scope.hierarchy == "v1"
+
+
+def test_single_thread_placement_v1() -> None:
+    """v1 ``tasks``: only the moved thread is counted; v2 refuses single threads."""
+    _hierarchy_or_skip("v1")
+    go = threading.Event()
+    done = threading.Event()
+    result: dict[str, int] = {}
+
+    def worker() -> None:
+        result["tid"] = threading.get_native_id()
+        go.wait(10)
+        start = thread_cpu_ns()
+        while thread_cpu_ns() - start < 150_000_000:
+            pass
+        result["cpu_ns"] = thread_cpu_ns() - start
+        done.set()
+
+    with cgroup_scope("v1") as scope:
+        cg = scope.create("cleaner")
+        t = threading.Thread(target=worker)
+        t.start()
+        while "tid" not in result:
+            time.sleep(0.001)
+        cg.add_thread(result["tid"])
+        assert cg.tids() == [result["tid"]]
+        before = cg.cpu()
+        go.set()
+        done.wait(30)
+        after = cg.cpu()
+        t.join()
+    charged = (after - before).total_ns
+    v = judge_charged(result["cpu_ns"], charged)
+    print(f"\nthread {result['cpu_ns'] / 1e6:.1f} ms, cgroup {charged / 1e6:.1f} ms: {v.outcome}")
+    assert v.outcome is Outcome.CHARGED, v.reason
+    # The main thread (spinning on result / waiting) must not be in there:
+    assert charged < result["cpu_ns"] + 20_000_000
+
+
+# ---------------------------------------------------------------- verdicts, for real
+
+
+def _teardown_in(scope: cgmod.CgroupScope, touch_in: cgmod.Cgroup, exit_in: cgmod.Cgroup,
+                 watch: cgmod.Cgroup) -> tuple[int, int, int]:  # fmt: skip
+    """A child touches TEARDOWN_BYTES while in ``touch_in``, is moved to
+    ``exit_in`` and exits: its address space is torn down in exit_mm() in
+    ``exit_in``.  Returns (teardown work ns, ``watch`` delta ns, exit_in delta)."""
+    argv = touch_in.spawn_argv([sys.executable, CHILD, "touch", str(TEARDOWN_BYTES)])
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        assert p.stdout.readline().strip() == "touched"
+        exit_in.add_process(p.pid)
+        w0, e0 = watch.cpu(), exit_in.cpu()
+        before = _schedstat_ns(p.pid)  # the child is blocked in readline()
+        p.stdin.write("exit\n")
+        p.stdin.flush()
+        ru = reap(p.pid)
+        assert ru is not None and ru.exit_code == 0
+        p.returncode = 0
+        w1, e1 = watch.cpu(), exit_in.cpu()
+    finally:
+        if p.returncode is None:
+            p.kill()
+            p.wait()
+        for f in (p.stdin, p.stdout):
+            if f:
+                f.close()
+    # wait4's utime+stime is scheduler runtime (cputime_adjust keeps the sum):
+    return ru.cpu_ns - before, (w1 - w0).total_ns, (e1 - e0).total_ns
+
+
+def _need_memory() -> None:
+    if mem_available() < 2 * TEARDOWN_BYTES:
+        pytest.skip(f"MemAvailable {mem_available() >> 20} MiB < 2 GiB")
+
+
+def test_verdict_charged_when_teardown_runs_in_vm_cgroup(hierarchy: str) -> None:
+    _need_memory()
+    with cgroup_scope(hierarchy) as scope:
+        vm, other = scope.create("vm"), scope.create("other")
+        work, charged, _ = _teardown_in(scope, touch_in=other, exit_in=vm, watch=vm)
+    v = judge_charged(work, charged)
+    print(f"\n{hierarchy} exit in vm: {v.reason}")
+    assert v.outcome is Outcome.CHARGED, v.reason
+    assert work > 20_000_000, "1 GiB of 4 KiB pages should take > 20 ms to free"
+
+
+def test_verdict_not_charged_when_teardown_runs_elsewhere(hierarchy: str) -> None:
+    _need_memory()
+    with cgroup_scope(hierarchy) as scope:
+        vm, other = scope.create("vm"), scope.create("other")
+        # Memory touched while in "vm", but the exit (teardown) happens in "other".
+        work, charged, elsewhere = _teardown_in(scope, touch_in=vm, exit_in=other, watch=vm)
+    v = judge_charged(work, charged)
+    print(f"\n{hierarchy} exit elsewhere: {v.reason}; other cgroup got {elsewhere / 1e6:.1f} ms")
+    assert v.outcome is Outcome.NOT_CHARGED, v.reason
+    # ... and the counters did see it, in the other cgroup:
+    assert judge_charged(work, elsewhere).outcome is Outcome.CHARGED
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+def test_cleanup_on_exception_in_scope(hierarchy: str) -> None:
+    paths: list[str] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with cgroup_scope(hierarchy) as scope:
+            cg = scope.create("vm")
+            paths += cg.paths.values()
+            raise RuntimeError("boom")
+    assert paths and not any(os.path.exists(d) for d in paths)
+
+
+def test_cleanup_after_a_failing_pytest_test(tmp_path: Path) -> None:
+    """A failing test that holds a scope in a fixture leaves nothing behind."""
+    test = tmp_path / "test_inner.py"
+    test.write_text(
+        textwrap.dedent(
+            """
+            import pytest
+            from kvmpv.accounting import cgroup_scope
+
+            @pytest.fixture
+            def scope():
+                with cgroup_scope() as s:
+                    yield s
+
+            def test_fails(scope):
+                cg = scope.create("vm")
+                print("CGPATH", *cg.paths.values())
+                assert False, "intended failure"
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(test)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "intended failure" in r.stdout
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("CGPATH")]
+    assert lines, r.stdout
+    for d in lines[0].split()[1:]:
+        assert not os.path.exists(d), f"{d} left behind by a failing test"
+
+
+SIGNAL_SCRIPT = """
+import json, subprocess, sys, threading, time
+from kvmpv.accounting import cgroup_scope
+from kvmpv.errors import Interrupted
+
+h = sys.argv[1]
+sleeper = subprocess.Popen(["sleep", "60"])
+try:
+    with cgroup_scope(h) as scope:
+        vm = scope.create("vm")
+        cleaner = scope.create("cleaner")
+        vm.add_process(sleeper.pid)
+        if h == "v1":
+            cleaner.add_thread(threading.get_native_id())  # our main thread alone
+        print(json.dumps({"sleeper": sleeper.pid,
+                          "paths": [d for c in scope.cgroups for d in c.paths.values()]}),
+              flush=True)
+        time.sleep(60)
+except KeyboardInterrupt:
+    sys.exit(130)
+except Interrupted as err:
+    sys.exit(err.exit_code)
+"""
+
+
+@pytest.mark.parametrize("signo,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cleanup_on_signal(hierarchy: str, signo: int, code: int) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_SCRIPT, hierarchy],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert p.stdout is not None
+    info = json.loads(p.stdout.readline())
+    sleeper = info["sleeper"]
+    try:
+        assert all(os.path.isdir(d) for d in info["paths"])
+        p.send_signal(signo)
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == code, err
+        left = [d for d in info["paths"] if os.path.exists(d)]
+        assert not left, f"left behind after {signal.Signals(signo).name}: {left}"
+        with open(f"/proc/{sleeper}/cgroup") as f:
+            assert "kvmpv" not in f.read(), "task must be moved back to the parent first"
+    finally:
+        try:
+            os.kill(sleeper, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if p.returncode is None:
+            p.kill()
+            p.wait()
+
+
+def test_leftover_is_never_silent(hierarchy: str, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setattr(cgmod, "RMDIR_TIMEOUT_S", 0.05)
+    blockers: list[str] = []
+    try:
+        with pytest.raises(CgroupLeftover) as info:
+            with cgroup_scope(hierarchy) as scope:
+                cg = scope.create("vm")
+                # A nested cgroup makes rmdir fail with EBUSY.
+                blockers.append(os.path.join(cg.path, "blocker"))
+                os.mkdir(blockers[0])
+        assert cg.path in str(info.value) and "EBUSY" in str(info.value)
+        assert info.value.exit_code == 1
+        # With another exception on its way out: that one wins, the leftover is printed.
+        with pytest.raises(RuntimeError):
+            with cgroup_scope(hierarchy) as scope2:
+                cg2 = scope2.create("vm")
+                blockers.append(os.path.join(cg2.path, "blocker"))
+                os.mkdir(blockers[1])
+                raise RuntimeError("first")
+        assert "kvmpv cgroups left behind" in capsys.readouterr().err
+    finally:
+        for b in blockers:
+            os.rmdir(b)
+            os.rmdir(os.path.dirname(b))
+
+
+# ---------------------------------------------------------------- no permission, no guess
+
+NOBODY_SCRIPT = r"""
+import json, threading
+from kvmpv.accounting import (AccountingUnavailable, ExitRecordListener, TaskStatsClient,
+                              capabilities, cgroup_scope)
+out = {}
+for h in ("auto", "v1", "v2"):
+    try:
+        with cgroup_scope(h) as s:
+            s.create("vm")
+            out[h] = "CREATED"
+    except AccountingUnavailable as err:
+        out[h] = "skip: " + err.reason
+try:
+    with TaskStatsClient() as c:
+        c.thread(threading.get_native_id())
+    out["taskstats"] = "USABLE"
+except AccountingUnavailable as err:
+    out["taskstats"] = "skip: " + err.reason
+try:
+    ExitRecordListener().close()
+    out["exit_records"] = "USABLE"
+except AccountingUnavailable as err:
+    out["exit_records"] = "skip: " + err.reason
+out["caps"] = capabilities().to_dict()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def nobody_tree() -> Iterator[str]:
+    """kvmpv and pyroute2 copied where user nobody can read them."""
+    import pyroute2
+
+    d = tempfile.mkdtemp(prefix="kvmpv-acct-nobody-")
+    try:
+        os.chmod(d, 0o755)
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(ROOT / "kvmpv", os.path.join(d, "kvmpv"), ignore=ignore)
+        shutil.copytree(os.path.dirname(pyroute2.__file__), os.path.join(d, "pyroute2"),
+                        ignore=ignore)  # fmt: skip
+        for base, dirs, files in os.walk(d):
+            for n in dirs:
+                os.chmod(os.path.join(base, n), 0o755)
+            for n in files:
+                os.chmod(os.path.join(base, n), 0o644)
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def test_unprivileged_user_gets_skip_with_reasons(nobody_tree: str) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": nobody_tree, "PYTHONDONTWRITEBYTECODE": "1"}
+    base = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    python = None
+    for cand in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(base + [cand, "-c", "import kvmpv"], env=env, cwd=nobody_tree,
+                               capture_output=True, timeout=30)  # fmt: skip
+        if probe.returncode == 0:
+            python = cand
+            break
+    if python is None:
+        pytest.skip("no Python interpreter that user nobody may run")
+    r = subprocess.run(base + [python, "-c", NOBODY_SCRIPT], env=env, cwd=nobody_tree,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr  # never a crash
+    out = json.loads(r.stdout)
+    print("\n" + json.dumps({k: v for k, v in out.items() if k != "caps"}, indent=1))
+    for h in ("auto", "v1", "v2"):
+        assert out[h].startswith("skip: "), (h, out[h])  # never a pass
+        assert "EACCES" in out[h] or "EPERM" in out[h] or "EROFS" in out[h], out[h]
+    assert out["taskstats"].startswith("skip: ") and "EPERM" in out["taskstats"]
+    assert out["exit_records"].startswith("skip: ") and "EPERM" in out["exit_records"]
+    caps = out["caps"]
+    assert caps["hierarchy"] is None and not caps["v1"]["usable"] and not caps["v2"]["usable"]
+    assert caps["v1"]["mounted"] and caps["v1"]["reason"]
+    assert caps["taskstats_usable"] is False and "EPERM" in caps["taskstats_reason"]

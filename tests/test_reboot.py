@@ -1,0 +1,388 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The reboot algorithm (kvmpv.pv) and ``kvmpv reboot`` on the simulated s390x kernel.
+
+Memory is kept cheap: a few MiB at guest address 0 plus a little right above
+2 GiB (``RebootRequest.layout``), with the VM memory limit above 2 GiB, so
+PREPARE, PERFORM and the cost model all run for real on tens of MiB.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kvmpv.accounting import AccountingUnavailable, cgroup_scope, iter_kvmpv_cgroups
+from kvmpv.accounting.cgroups import creator_pid
+from kvmpv.cli import main
+from kvmpv.errors import HostError, PvCmdError, UsageError
+from kvmpv.kvm import Kvm, Vm
+from kvmpv.memory import GuestMemory
+from kvmpv.pv import (
+    ASYNC_CLEANUP_THREAD_NAME,
+    AsyncCleanup,
+    live_cleanups,
+    pv_async_cleanup_prepare,
+    pv_enable,
+    pv_info,
+    s390_machine_unprotect,
+    thread_comm,
+)
+from kvmpv.report.results import load_schema
+from kvmpv.scenarios.reboot import RebootRequest, run_reboot
+from kvmpv.sim import SimulatedHost
+from kvmpv.uapi import (
+    KVM_EXIT_HLT,
+    UVC_CMD_DESTROY_SEC_CPU,
+)
+from kvmpv.units import GiB, MiB
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: 16 MiB low (PREPARE destroys it) + 48 MiB above 2 GiB (PERFORM's)
+SMALL = ((0, 16 * MiB), (2 * GiB, 48 * MiB))
+#: enough teardown work (~0.4 GiB cleared) for a verdict well above tick noise
+VERDICT = ((0, 64 * MiB), (2 * GiB, 384 * MiB))
+
+
+def sim_req(**kw: Any) -> RebootRequest:
+    base: dict[str, Any] = {"backend": "sim", "layout": SMALL, "cycles": 1, "mode": "async"}
+    base.update(kw)
+    return RebootRequest(**base)
+
+
+def accounting_or_skip() -> None:
+    try:
+        with cgroup_scope() as scope:
+            cg = scope.create("probe")
+            cg.add_thread(threading.get_native_id())
+    except AccountingUnavailable as exc:
+        pytest.skip(f"per-thread cgroup accounting unavailable: {exc.reason}")
+
+
+# --------------------------------------------------------------------------
+# kvmpv.pv on a protected simulated VM
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pvm() -> Iterator[tuple[SimulatedHost, Vm]]:
+    """A protected simulated VM, 16M + 16M above 2G, one vCPU, booted (memory secure)."""
+    host = SimulatedHost()
+    with Kvm(host) as kvm, kvm.vm_create(0) as vm:
+        mems = [GuestMemory(16 * MiB), GuestMemory(16 * MiB)]
+        try:
+            vm.s390_set_mem_limit(2 * GiB + 16 * MiB)
+            vm.set_user_memory_region(0, 0, mems[0].size, mems[0].addr)
+            vm.set_user_memory_region(1, 2 * GiB, mems[1].size, mems[1].addr)
+            vcpu = vm.vcpu_add(0)
+            pv_enable(vm)
+            assert vcpu.run() == KVM_EXIT_HLT
+            yield host, vm
+            vm.close()
+        finally:
+            for m in mems:
+                m.close()
+
+
+def test_async_path_thread_name_and_result(pvm: tuple[SimulatedHost, Vm]) -> None:
+    _, vm = pvm
+    seen: dict[str, str] = {}
+    release = threading.Event()
+
+    def on_start(tid: int) -> None:
+        # Read the kernel name from outside the thread while it is alive.
+        seen["from_thread"] = thread_comm(tid)
+        release.wait(10)
+
+    up = s390_machine_unprotect(vm, on_cleanup_start=on_start)
+    assert up.path == "async", up.reason
+    assert up.prepare is not None and up.prepare.ok
+    assert (up.prepare.rc, up.prepare.rrc) == (1, 42)  # synthetic PREPARE success
+    cleanup = up.cleanup
+    assert cleanup is not None and cleanup in live_cleanups()
+    # main thread: the kernel's view of the cleanup thread, while it exists
+    assert cleanup.running
+    with open(f"/proc/self/task/{cleanup.tid}/comm") as f:
+        assert f.read().strip() == ASYNC_CLEANUP_THREAD_NAME
+    assert thread_comm(threading.get_native_id()) != ASYNC_CLEANUP_THREAD_NAME
+    release.set()
+    cleanup.join_uninterrupted()
+    assert cleanup not in live_cleanups()
+    assert seen["from_thread"] == "async_cleanup"
+    out = cleanup.outcome
+    assert out.error is None and out.result is not None and out.result.ok
+    assert out.perform_end_ns >= out.perform_start_ns > 0
+    assert out.cpu_ns >= out.perform_cpu_ns >= 0
+    pv_enable(vm)  # the VM takes a new protected configuration
+
+
+def test_perform_failure_is_recorded_not_fatal(pvm: tuple[SimulatedHost, Vm]) -> None:
+    _, vm = pvm
+    prep = pv_async_cleanup_prepare(vm)
+    assert prep.ok
+    first = AsyncCleanup(vm)
+    first.start()
+    first.join_uninterrupted()
+    assert first.outcome.error is None
+    # Nothing set aside any more: PERFORM answers EINVAL; QEMU would exit(1).
+    second = AsyncCleanup(vm)
+    second.start()
+    second.join_uninterrupted()
+    err = second.outcome.error
+    assert isinstance(err, PvCmdError) and err.errno == errno.EINVAL
+    assert err.cmd == "KVM_PV_ASYNC_CLEANUP_PERFORM"
+    with pytest.raises(PvCmdError):
+        second.raise_error()
+
+
+def test_pv_info_parsed() -> None:
+    with Kvm(SimulatedHost(destroy_fast=True)) as kvm, kvm.vm_create(0) as vm:
+        info = pv_info(vm)  # INFO needs no protected configuration
+        assert info.vm is not None and info.len_written == info.len_max == 80
+        assert info.vm.max_cpus > 0
+        assert info.vm.destroy_fast is True
+    with Kvm(SimulatedHost(destroy_fast=False)) as kvm, kvm.vm_create(0) as vm:
+        info = pv_info(vm)
+        assert info.vm is not None and info.vm.destroy_fast is False
+
+
+# --------------------------------------------------------------------------
+# The algorithm's choices, through run_reboot
+# --------------------------------------------------------------------------
+
+
+def test_async_reboot_records() -> None:
+    res = run_reboot(sim_req(cycles=2, hierarchy="auto"))
+    assert res.backend == "sim" and res.simulated
+    assert [c.mode for c in res.cycles] == ["async", "async"]
+    for c in res.cycles:
+        d = c.to_dict()
+        assert d["perform_s"] is not None and d["perform_s"] > 0
+        assert d["cleanup_thread"]["comm"] == "async_cleanup"
+        assert d["prepare"]["rc"] == 1 and d["prepare"]["rrc"] == 42
+        assert d["perform"]["ret"] == 0 and not d["perform_error"]
+        assert d["overlap_s"] is not None and d["overlap_s"] >= 0
+        assert d["reboot_latency_s"] > 0 and d["cleanup_cpu_s"] > 0
+        assert d["disable"] is None
+
+
+def test_no_cap_224_means_sync() -> None:
+    res = run_reboot(sim_req(host=SimulatedHost(async_destroy=False)))
+    (c,) = res.cycles
+    assert c.mode == "sync" and c.requested_mode == "async"
+    assert "224" in c.fallback_reason
+    assert c.prepare is None  # never tried
+    assert c.disable is not None and c.disable.ok
+    assert c.to_dict()["perform_s"] is None
+
+
+def test_limit_at_2g_means_sync() -> None:
+    res = run_reboot(sim_req(layout=((0, 32 * MiB),), mem_limit=2 * GiB))
+    (c,) = res.cycles
+    assert c.mode == "sync" and "2 GiB" in c.fallback_reason
+    assert c.prepare is None and c.disable is not None and c.disable.ok
+    # just above 2 GiB the same guest goes async
+    res = run_reboot(sim_req(layout=((0, 32 * MiB),), mem_limit=2 * GiB + MiB))
+    assert res.cycles[0].mode == "async"
+
+
+def test_prepare_failure_falls_back_to_disable() -> None:
+    host = SimulatedHost()
+    # One Destroy-Secure-CPU failure: PREPARE's vCPU step fails with EIO and
+    # the UV rc/rrc; DISABLE (QEMU's fallback) then succeeds.
+    host.inject_uv_failure(UVC_CMD_DESTROY_SEC_CPU, 0x0102, 0x0007, count=1)
+    res = run_reboot(sim_req(host=host, cycles=2))
+    first, second = res.cycles
+    assert first.mode == "sync" and "PREPARE failed" in first.fallback_reason
+    assert first.prepare is not None and first.prepare.errno == errno.EIO
+    assert (first.prepare.rc, first.prepare.rrc) == (0x0102, 0x0007)
+    assert first.disable is not None and first.disable.ok
+    assert second.mode == "async"  # the failure was a one-off
+
+
+def test_both_interleaves() -> None:
+    res = run_reboot(sim_req(mode="both", cycles=2))
+    assert [c.mode for c in res.cycles] == ["async", "sync", "async", "sync"]
+    assert all(c.to_dict()["perform_s"] is None for c in res.cycles if c.mode == "sync")
+    assert all(c.overlap_ns == 0 for c in res.cycles if c.mode == "sync")
+
+
+def test_bad_input() -> None:
+    with pytest.raises(UsageError):
+        run_reboot(sim_req(layout=((0, 16 * MiB + 4096),)))
+    with pytest.raises(UsageError):
+        run_reboot(sim_req(vcpus=0))
+    with pytest.raises(UsageError):
+        run_reboot(sim_req(cycles=0))
+    with pytest.raises(UsageError):
+        run_reboot(sim_req(layout=((0, 16 * MiB),), mem_limit=8 * MiB))
+    with pytest.raises(HostError, match="MemAvailable"):
+        run_reboot(sim_req(layout=((0, 1 << 50),)))
+    assert main(["reboot", "--backend", "sim", "--memory", "12Q"]) == 2
+    assert main(["reboot", "--backend", "sim", "--memory", "1000000000T"]) == 3
+
+
+# --------------------------------------------------------------------------
+# Accounting verdict: both outcomes
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_verdict_charged_and_not_charged(mode: str) -> None:
+    accounting_or_skip()
+    good = run_reboot(sim_req(layout=VERDICT, mode=mode, hierarchy="v1"))
+    bad = run_reboot(sim_req(layout=VERDICT, mode=mode, hierarchy="v1", charge_to="elsewhere"))
+    (g,), (b,) = good.cycles, bad.cycles
+    assert g.mode == b.mode == mode
+    assert g.verdict.outcome.value == "charged", g.verdict.reason
+    assert b.verdict.outcome.value == "not charged", b.verdict.reason
+    # both runs did the same teardown work; only where it was charged differs
+    assert b.verdict.work_ns > 0.5 * g.verdict.work_ns
+    assert good.exit_code == 0 and bad.exit_code == 1
+
+
+def test_verdict_skip_on_v2() -> None:
+    try:
+        with cgroup_scope("v2"):
+            pass
+    except AccountingUnavailable as exc:
+        pytest.skip(f"no cgroup2 here: {exc.reason}")
+    res = run_reboot(sim_req(hierarchy="v2"))
+    (c,) = res.cycles
+    assert c.verdict.outcome.value == "skip" and c.verdict.reason
+    assert res.accounting["usable"] is False
+    assert res.exit_code == 0  # measured, verdict skipped: never a pass, never a fail
+
+
+# --------------------------------------------------------------------------
+# CLI and JSON
+# --------------------------------------------------------------------------
+
+
+def _reboot_cycle_schema() -> dict[str, Any]:
+    schema = load_schema()
+    return {"$defs": schema["$defs"], "$ref": "#/$defs/reboot_run"}
+
+
+def test_cli_json_and_sim_labels(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import jsonschema
+
+    out = tmp_path / "r.json"
+    argv = ["reboot", "--backend", "sim", "--memory", "32M", "--mem-limit", "3G"]
+    code = main([*argv, "--cycles", "1", "--mode", "both", "--json", str(out)])
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.out.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("[sim] ") for ln in lines), lines
+    doc = json.loads(out.read_text())
+    assert code in (0, 1)  # 1 only if a verdict could not be shown charged
+    assert doc["backend"] == "sim" and doc["simulated"] is True
+    assert doc["memory_bytes"] == 32 * MiB and doc["mem_limit_bytes"] == 3 * GiB
+    assert [c["mode"] for c in doc["cycles"]] == ["async", "sync"]
+    for c in doc["cycles"]:
+        for key in ("mode", "reboot_latency_s", "perform_s", "overlap_s", "cleanup_cpu_s"):
+            assert key in c
+        assert c["verdict"] in ("charged", "not charged", "inconclusive", "skip")
+        assert c["backend"] == "sim" and c["simulated"] is True
+    assert doc["cycles"][1]["perform_s"] is None
+    jsonschema.validate(doc, _reboot_cycle_schema())
+
+
+# --------------------------------------------------------------------------
+# Nothing left behind
+# --------------------------------------------------------------------------
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _our_cgroups(pid: int) -> list[str]:
+    return [p for p in iter_kvmpv_cgroups() if creator_pid(os.path.basename(p)) == pid]
+
+
+def test_200_cycles_leave_fds_threads_rss_flat() -> None:
+    tiny = ((0, 4 * MiB), (2 * GiB, 4 * MiB))
+    run_reboot(sim_req(layout=tiny, mode="both", cycles=3))  # warm caches and imports
+    fds, threads, rss = _fds(), _threads(), _rss()
+    res = run_reboot(sim_req(layout=tiny, mode="both", cycles=100))
+    assert len(res.cycles) == 200
+    assert {c.mode for c in res.cycles} == {"async", "sync"}
+    assert not [c.perform_error for c in res.cycles if c.perform_error]
+    del res
+    assert _fds() == fds, "file descriptors leaked"
+    assert _threads() == threads, "threads leaked"
+    grown = _rss() - rss
+    # 200 cycles x (4 vCPU/VM-sized objects) would be far more; allow allocator noise
+    assert grown < 24 * MiB, f"RSS grew by {grown / MiB:.1f} MiB over 200 reboots"
+    assert not live_cleanups()
+    assert not _our_cgroups(os.getpid())
+
+
+def test_sigint_in_process_cleans_up() -> None:
+    fds, threads = _fds(), _threads()
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_reboot(sim_req(mode="both", cycles=100000, layout=SMALL))
+    finally:
+        timer.cancel()
+    assert _fds() == fds
+    assert _threads() == threads
+    assert not live_cleanups()
+    assert not _our_cgroups(os.getpid())
+
+
+def test_sigint_cli_exits_130_and_leaves_nothing() -> None:
+    cmd = [
+        sys.executable, "-m", "kvmpv", "reboot", "--backend", "sim", "--memory", "64M",
+        "--mem-limit", "3G", "--mode", "both", "--cycles", "100000",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "cycle 4/" not in seen:  # well inside the reboot loop
+            line = proc.stdout.readline()
+            assert line, f"kvmpv reboot ended early: {proc.wait()} {proc.stderr.read()}"  # type: ignore[union-attr]
+            seen += line
+            assert time.monotonic() < deadline
+        created = _our_cgroups(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert created, "the run had no cgroups to clean up (accounting unavailable?)"
+    assert not _our_cgroups(proc.pid), "cgroups left behind"
+    for d in created:
+        assert not os.path.exists(d)

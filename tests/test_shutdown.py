@@ -1,0 +1,385 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""``kvmpv shutdown``: every strategy, the verdicts both ways, bad input, cleanup after signals.
+
+Small sizes only (128M-512M, one or two repeats): the 8G numbers of issue 5
+and 8 are measured by ``benchmarks/shutdown.py``, never asserted here.  The
+only timing check is relative and loose (cleaner exit latency < sync / 4 at
+512M, where sync needs ~30-60 ms and the cleaner well under 1 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmpv import teardown
+from kvmpv.accounting import find_leftovers
+from kvmpv.cli import main
+from kvmpv.errors import HostError, UsageError
+from kvmpv.scenarios import shutdown as sd
+from kvmpv.units import MiB
+
+from conftest import IS_ROOT, KVM_UNAVAILABLE, mem_available
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "kvmpv" / "report" / "schema" / "results-v1.json"
+RECORD_KEYS = {
+    "strategy", "size_bytes", "thp", "exit_latency_s", "release_s",
+    "teardown_cpu_s", "charged_to_worker_cgroup_s", "verdict",
+}  # fmt: skip
+NATIVE_OK, NATIVE_WHY = teardown.native_available()
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (private cgroups)")
+needs_native = pytest.mark.skipif(not NATIVE_OK, reason=f"native cleaner: {NATIVE_WHY}")
+
+
+def _need_memory(size: int) -> None:
+    if mem_available() < 2 * size:
+        pytest.skip(f"MemAvailable {mem_available() >> 20} MiB < {2 * size >> 20} MiB")
+
+
+def _kvmpv(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvmpv", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
+
+
+# --------------------------------------------------------------------------
+# One real run of every strategy at 512M, shared by the checks below
+
+
+@pytest.fixture(scope="module")
+def run512() -> Iterator[sd.ShutdownResult]:
+    if not IS_ROOT:
+        pytest.skip("needs root (private cgroups)")
+    _need_memory(512 * MiB)
+    req = sd.ShutdownRequest(sizes=[512 * MiB], strategies=list(sd.STRATEGIES), repeat=2)
+    yield sd.run_shutdown(req)
+
+
+def _record(result: sd.ShutdownResult, strategy: str) -> dict[str, Any]:
+    rec = result.record(strategy, 512 * MiB)
+    if rec.skip_reason:
+        pytest.skip(f"{strategy}: {rec.skip_reason}")
+    d = rec.to_dict()
+    if d["verdict"] == "skip":
+        pytest.skip(f"{strategy}: {d['verdict_detail']['reason']}")
+    return d
+
+
+@needs_root
+@pytest.mark.parametrize("strategy", sd.STRATEGIES)
+def test_strategy_record_has_the_keys(run512: sd.ShutdownResult, strategy: str) -> None:
+    d = _record(run512, strategy)
+    assert RECORD_KEYS <= set(d)
+    assert d["strategy"] == strategy and d["size_bytes"] == 512 * MiB and d["thp"] is False
+    for key in ("exit_latency_s", "release_s"):
+        st = d[key]
+        assert set(st) == {"min", "median", "max"}
+        assert 0 < st["min"] <= st["median"] <= st["max"]
+    assert len(d["repeats"]) == 2
+    assert d["teardown_cpu_s"] > 0 and d["charged_to_worker_cgroup_s"] >= 0
+    # The memory is really gone from the worker's cgroup once "released".
+    for rep in d["repeats"]:
+        assert rep["worker_memory_after_bytes"] is None or rep["worker_memory_after_bytes"] < 64 * MiB
+
+
+@needs_root
+def test_result_validates_against_the_results_schema(run512: sd.ShutdownResult) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA.read_text())
+    defs = schema["$defs"]
+    run_schema = {"$defs": defs, **defs["shutdown_run"]}
+    jsonschema.validate(run512.to_dict(), run_schema)
+
+
+@needs_root
+def test_sync_is_charged_and_rusage_agrees(run512: sd.ShutdownResult) -> None:
+    d = _record(run512, "sync")
+    assert d["verdict"] == "charged", d["verdict_detail"]
+    # Two independent counters of the same teardown: the worker's wait4
+    # rusage and its cgroup's cpuacct/cpu.stat delta.
+    ru, cg = d["worker_rusage_teardown_s"], d["charged_to_worker_cgroup_s"]
+    assert abs(ru - cg) <= 0.2 * cg + 0.002, (ru, cg)
+    # sync: the memory is free when the exit is seen.
+    assert d["release_s"] == d["exit_latency_s"]
+
+
+@needs_root
+@needs_native
+def test_cleaner_exit_is_fast_and_charged(run512: sd.ShutdownResult) -> None:
+    sync = _record(run512, "sync")
+    d = _record(run512, "cleaner")
+    assert d["exit_latency_s"]["median"] < sync["exit_latency_s"]["median"] / 4, (d, sync)
+    # The memory is freed after the exit, by the cleaner.
+    assert d["release_s"]["median"] > d["exit_latency_s"]["median"]
+    assert d["verdict"] == "charged", d["verdict_detail"]
+    assert d["work_source"].startswith("the sync baseline")
+
+
+@needs_root
+@needs_native
+def test_elsewhere_is_not_charged(run512: sd.ShutdownResult) -> None:
+    # The same cleaner in another cgroup: the check must be able to say no.
+    d = _record(run512, "elsewhere")
+    assert d["verdict"] == "not charged", d["verdict_detail"]
+    assert d["elsewhere_cgroup_s"] > d["charged_to_worker_cgroup_s"]
+
+
+@needs_root
+@needs_native
+def test_parallel_is_charged(run512: sd.ShutdownResult) -> None:
+    d = _record(run512, "parallel")
+    assert d["verdict"] == "charged", d["verdict_detail"]
+    assert d["parallel"] >= 1
+
+
+@needs_root
+def test_reaper_split_is_reported(run512: sd.ShutdownResult) -> None:
+    d = _record(run512, "reaper")
+    assert d["reaper_cgroup_s"] is not None
+    split = d["split"]
+    assert split is not None
+    assert abs(split["worker_fraction"] + split["reaper_fraction"] - 1) < 1e-3
+    assert len(split["per_repeat_worker_fraction"]) == 2
+    total = d["charged_to_worker_cgroup_s"] + d["reaper_cgroup_s"]
+    assert total > 0
+    for rep in d["repeats"]:
+        assert rep["mrelease"]["ret"] == 0 or rep["mrelease"]["errno_name"] == "ESRCH"
+    # The verdict is whatever was measured; it must be a real one.
+    assert d["verdict"] in ("charged", "not charged", "inconclusive")
+    assert d["expected"] is None
+
+
+@needs_root
+def test_text_report_names_every_strategy(run512: sd.ShutdownResult) -> None:
+    from kvmpv.commands.shutdown import format_text
+
+    text = format_text(run512)
+    for s in sd.STRATEGIES:
+        assert f"\n{s} " in text
+
+
+# --------------------------------------------------------------------------
+# Verdict plumbing without root-only runs
+
+
+def _sample(worker_ns: int, other_ns: int = 0, rusage_ns: int = 0) -> sd.Sample:
+    return sd.Sample(
+        repeat=0,
+        exit_latency_s=0.01,
+        release_s=0.02,
+        populate_s=0.1,
+        anon_huge_bytes=0,
+        worker_cgroup_ns=worker_ns,
+        other_cgroup_ns=other_ns,
+        worker_rusage_ns=rusage_ns,
+    )
+
+
+def test_judge_uses_sync_baseline_and_can_fail() -> None:
+    ok = sd.ShutdownRecord("cleaner", 512 * MiB, False, False, [_sample(50_000_000)])
+    sd._judge(ok, 50_000_000, "")
+    assert ok.outcome.value == "charged" and not ok.failed
+    bad = sd.ShutdownRecord("cleaner", 512 * MiB, False, False, [_sample(2_000_000)])
+    sd._judge(bad, 50_000_000, "")
+    assert bad.outcome.value == "not charged" and bad.failed
+    away = sd.ShutdownRecord("elsewhere", 512 * MiB, False, False, [_sample(2_000_000, 48_000_000)])
+    sd._judge(away, None, "")  # no sync baseline: worker + elsewhere totals
+    assert away.outcome.value == "not charged" and not away.failed
+    skip = sd.ShutdownRecord("sync", 512 * MiB, False, False, [_sample(50_000_000)])
+    sd._judge(skip, None, "cgroup v1: mkdir: EACCES")
+    assert skip.outcome.value == "skip" and not skip.failed
+
+
+def test_native_unavailable_is_skip_never_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(teardown, "native_available", lambda: (False, "not built here"))
+    req = sd.ShutdownRequest(sizes=[128 * MiB], strategies=["cleaner", "elsewhere", "parallel"])
+    result = sd.run_shutdown(req)
+    for rec in result.records:
+        assert rec.samples == []  # no silent fallback to a plain exit
+        assert "not built here" in rec.skip_reason
+        assert rec.to_dict()["verdict"] == "skip"
+    assert result.exit_code == 4
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--sizes", "12X"],
+        ["--sizes", "1000"],  # not a whole MiB
+        ["--sizes", ""],
+        ["--strategy", "sync,turbo"],
+        ["--strategy", "sync,sync"],
+        ["--repeat", "0"],
+        ["--parallel", "0", "--strategy", "parallel"],
+        ["--hierarchy", "v3"],
+    ],
+)
+def test_bad_input_is_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shutdown", "--sizes", "128M", "--repeat", "1", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0]
+
+
+def test_size_above_memavailable_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shutdown", "--sizes", "128M,1T", "--strategy", "sync", "--repeat", "1"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MemAvailable" in err[0]
+    with pytest.raises(HostError):
+        sd.run_shutdown(sd.ShutdownRequest(sizes=[1 << 40]))
+    with pytest.raises(UsageError):
+        sd.run_shutdown(sd.ShutdownRequest(sizes=[128 * MiB], strategies=["nope"]))
+
+
+def test_json_file_is_written(tmp_path: Path) -> None:
+    _need_memory(256 * MiB)
+    out = tmp_path / "shutdown.json"
+    proc = _kvmpv(
+        "shutdown", "--sizes", "128M,256M", "--strategy", "sync,reaper",
+        "--repeat", "1", "--json", str(out), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode in (0, 4), proc.stderr
+    doc = json.loads(out.read_text())
+    assert [(r["strategy"], r["size_bytes"]) for r in doc["records"]] == [
+        ("sync", 128 * MiB), ("reaper", 128 * MiB), ("sync", 256 * MiB), ("reaper", 256 * MiB),
+    ]  # fmt: skip
+    for rec in doc["records"]:
+        assert RECORD_KEYS <= set(rec)
+    assert "sync" in proc.stdout and "reaper" in proc.stdout
+    bad = _kvmpv("shutdown", "--sizes", "128M", "--json", str(tmp_path / "no" / "x.json"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to drop to an unprivileged user")
+def test_unprivileged_run_reports_skip_not_pass() -> None:
+    # No write access to any cgroup: the times are still measured, the
+    # verdicts are SKIP with the reason, the exit code says "all skipped".
+    # (pytest's tmp_path sits below a 0700 directory: use a fresh one.)
+    with tempfile.TemporaryDirectory(prefix="kvmpv-test-") as folder:
+        os.chmod(folder, 0o777)
+        _unprivileged_run(Path(folder) / "u.json")
+
+
+def _unprivileged_run(out: Path) -> None:
+    # An interpreter "nobody" may run (a pyenv one below /root is not).
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None or sys.version_info[:2] < (3, 9):
+        pytest.skip("no system python3 for the unprivileged user")
+    proc = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         python, "-m", "kvmpv", "shutdown", "--sizes", "128M",
+         "--strategy", "sync,elsewhere", "--repeat", "1", "--json", str(out), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    if "Permission denied" in proc.stderr and not out.exists():
+        pytest.skip(f"tree not readable by nobody: {proc.stderr.strip()}")
+    assert proc.returncode == 4, proc.stderr + proc.stdout
+    doc = json.loads(out.read_text())
+    sync, elsewhere = doc["records"]
+    assert sync["verdict"] == "skip" and sync["exit_latency_s"] is not None
+    assert "cgroup" in sync["verdict_detail"]["reason"]
+    assert elsewhere["verdict"] == "skip" and elsewhere["repeats"] == []
+
+
+@pytest.mark.skipif(bool(KVM_UNAVAILABLE), reason=f"no usable /dev/kvm: {KVM_UNAVAILABLE}")
+@needs_root
+def test_vm_worker(tmp_path: Path) -> None:
+    _need_memory(256 * MiB)
+    req = sd.ShutdownRequest(sizes=[128 * MiB], strategies=["sync", "cleaner"], vm=True)
+    result = sd.run_shutdown(req)
+    sync = result.record("sync", 128 * MiB).to_dict()
+    assert sync["vm"] is True and sync["verdict"] == "charged", sync
+    # The guest touched every page: the teardown had real work to do.
+    assert sync["teardown_cpu_s"] > 0.002
+
+
+# --------------------------------------------------------------------------
+# Nothing left behind after SIGINT / SIGTERM
+
+
+def _our_workers(kvmpv_pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kvmpv.scenarios._worker" in argv and str(kvmpv_pid).encode() in argv:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_root
+@pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_leaves_nothing(signo: int) -> None:
+    _need_memory(512 * MiB)
+    strategies = "cleaner,elsewhere,reaper" if NATIVE_OK else "reaper,sync"
+    since = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmpv", "shutdown", "--sizes", "256M",
+         "--strategy", strategies, "--repeat", "50"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen: set[int] = set()
+    cleaners: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        # Wait until a worker is alive and (with the native cleaner) armed,
+        # so the signal lands while there is something to clean up.
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _our_workers(proc.pid)
+            seen.update(workers)
+            for w in workers:
+                cleaners.update(teardown.find_cleaners(w))
+            if workers and (cleaners or not NATIVE_OK) and len(seen) >= 2:
+                break
+            time.sleep(0.02)
+        assert seen, "no worker ever started"
+        proc.send_signal(signo)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signo, err
+    assert "Traceback" not in err
+    leftover = [p for p in seen | cleaners if _alive(p)]
+    assert not leftover, f"left running: {leftover}"
+    assert _our_workers(proc.pid) == []
+    mine = [
+        c for c in find_leftovers(since=since).leftovers if f"-p{proc.pid}-" in os.path.basename(c)
+    ]
+    assert not mine, f"cgroups left: {mine}"
