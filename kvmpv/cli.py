@@ -32,6 +32,7 @@ from .errors import (
     EXIT_USAGE,
     Interrupted,
     KvmpvError,
+    require_linux,
 )
 
 #: name -> (module, one-line help).  Order is the order of ``kvmpv --help``.
@@ -113,10 +114,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _UsageExit as err:
         print(err, file=sys.stderr)
         return EXIT_USAGE
+    except KvmpvError as err:  # an argparse type= converter (parse_size) refused a value
+        print(f"kvmpv: error: {err}", file=sys.stderr)
+        return err.exit_code
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        # kvmpv speaks Linux uapi only: say so once, before any command runs.
+        require_linux()
         code: int = args._run(args)
         return code
     except KeyboardInterrupt:

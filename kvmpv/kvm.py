@@ -200,7 +200,7 @@ class Kvm(_Handle):
 
 def _open_error(path: str, err: OSError) -> KvmpvOpenError:
     hint = {
-        errno.ENOENT: "no KVM on this host (module not loaded, or not a KVM-capable machine)",
+        errno.ENOENT: "no KVM on this host: kvm module not loaded or no virtualization support",
         errno.EACCES: "permission denied: run as root or join the group owning the device",
         errno.EPERM: "operation not permitted: run as root",
         errno.ENODEV: "KVM device present but no driver",

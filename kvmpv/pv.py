@@ -546,7 +546,7 @@ class Unprotect:
     notes: list[str] = field(default_factory=list)
 
 
-def async_teardown_blocker(vm: Vm) -> str:
+def async_teardown_blocker(vm: Vm, mem_limit: Optional[int] = None) -> str:
     """Why QEMU 10 would not try the async path on ``vm`` ("" if it would).
 
     Mirrors ``s390_pv_vm_try_disable_async()``: cap 224
@@ -556,28 +556,41 @@ def async_teardown_blocker(vm: Vm) -> str:
     <= 2 GiB means a segment-table ASCE, which PREPARE refuses with EINVAL
     since commit 292a7d6fca33 ("KVM: s390: pv: fix asynchronous teardown for
     small VMs").
+
+    ``mem_limit`` is the value the VMM *set* with KVM_S390_VM_MEM_LIMIT_SIZE;
+    QEMU's ``s390_get_memory_limit()`` returns its own copy of it.  The
+    kernel cannot be asked instead: KVM_GET_DEVICE_ATTR answers
+    ``kvm->arch.mem_limit``, the host maximum, which setting the attribute
+    does not change (it only recreates the gmap).  Without ``mem_limit`` the
+    read-back is used, so a small VM goes on to PREPARE, which refuses with
+    EINVAL -- and the DISABLE fallback still does the right thing.
     """
     if not vm.kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE):
         return "KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224) absent"
-    try:
-        limit = vm.s390_get_mem_limit()
-    except KvmError as exc:
-        return f"VM memory limit unreadable ({exc})"
-    if limit <= PV_ASYNC_MIN_LIMIT:
-        return f"VM memory limit {limit} <= 2 GiB (segment ASCE)"
+    if mem_limit is None:
+        try:
+            mem_limit = vm.s390_get_mem_limit()
+        except KvmError as exc:
+            return f"VM memory limit unreadable ({exc})"
+    if mem_limit <= PV_ASYNC_MIN_LIMIT:
+        return f"VM memory limit {mem_limit:#x} <= 2 GiB (segment ASCE)"
     return ""
 
 
 def s390_pv_vm_try_disable_async(
-    vm: Vm, *, on_cleanup_start: Optional[Callable[[int], None]] = None
+    vm: Vm,
+    *,
+    mem_limit: Optional[int] = None,
+    on_cleanup_start: Optional[Callable[[int], None]] = None,
 ) -> Unprotect:
     """Try the async path; ``path == "sync"`` means the caller must DISABLE.
 
     On success PERFORM is already running on the ``async_cleanup`` thread.
+    ``mem_limit``: see ``async_teardown_blocker()``.
     """
     t0 = time.monotonic_ns()
     c0 = time.thread_time_ns()
-    blocker = async_teardown_blocker(vm)
+    blocker = async_teardown_blocker(vm, mem_limit)
     if blocker:
         return Unprotect("sync", reason=blocker)
     prepare = pv_async_cleanup_prepare(vm, check=False)
@@ -609,16 +622,20 @@ def s390_machine_unprotect(
     vm: Vm,
     *,
     allow_async: bool = True,
+    mem_limit: Optional[int] = None,
     on_cleanup_start: Optional[Callable[[int], None]] = None,
 ) -> Unprotect:
     """Remove the protected configuration for a reboot, as QEMU's ``s390_machine_unprotect``.
 
-    Async when allowed and possible, else ``KVM_PV_DISABLE`` (raises
+    Async when allowed and possible (``mem_limit``: the memory limit the VMM
+    set, see ``async_teardown_blocker()``), else ``KVM_PV_DISABLE`` (raises
     ``PvCmdError`` if that fails: QEMU exits there, kvmpv reports).  All vCPU
     threads must be out of KVM_RUN (PREPARE and DISABLE take every vcpu->mutex).
     """
     if allow_async:
-        out = s390_pv_vm_try_disable_async(vm, on_cleanup_start=on_cleanup_start)
+        out = s390_pv_vm_try_disable_async(
+            vm, mem_limit=mem_limit, on_cleanup_start=on_cleanup_start
+        )
         if out.path == "async":
             return out
     else:

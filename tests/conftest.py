@@ -42,3 +42,68 @@ def mem_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_kvmpv_cgroup_left() -> Iterator[None]:
+    """After the whole suite: no cgroup named *kvmpv* created during it is left.
+
+    Runs last (session-scoped autouse finalizer); a leftover makes the session
+    fail with an error naming the directories.  Cgroups whose creator (the pid
+    in the name) is another live process are ignored: on a shared machine
+    another kvmpv run may be busy; a dead creator's cgroup is a leftover.
+    """
+    import time
+
+    from kvmpv.accounting.cgroups import find_leftovers
+
+    started = time.time() - 1.0
+    yield
+    report = find_leftovers("/sys/fs/cgroup", since=started, ignore_live_other_creators=True)
+    if report.leftovers:
+        pytest.fail(f"kvmpv cgroups left behind by the test suite: {report.leftovers}")
+
+
+#: Pids of the processes the tests armed (their cleaners are ``cleanup/<pid>``);
+#: tests add to it, ``no_cleaner_left`` checks them after the suite.
+ARMED_PIDS: set[int] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cleaner_left() -> Iterator[None]:
+    """After the whole suite: no ``cleanup/<pid>`` cleaner of a process the tests armed.
+
+    Also catches any cleaner whose parent is this pytest process.  Cleaners of
+    other users of the shared machine are not looked at.  A cleaner may still
+    be freeing memory (or be a zombie waiting for init) for a moment: wait up
+    to 10 s before failing.
+    """
+    import time
+
+    from kvmpv.teardown import find_cleaners
+
+    yield
+    me = os.getpid()
+
+    def leftovers() -> list[str]:
+        names = {f"cleanup/{pid}"[:15] for pid in ARMED_PIDS | {me}}
+        left = []
+        for pid in find_cleaners():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if name in names or ppid == me:
+                left.append(f"{pid} ({name})")
+        return left
+
+    deadline = time.monotonic() + 10
+    left = leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = leftovers()
+    if left:
+        pytest.fail(f"cleaner processes left behind by the test suite: {left}")

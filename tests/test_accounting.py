@@ -169,7 +169,9 @@ def test_layout_mount_root_and_cgroup_namespace() -> None:
 
 
 def test_mountinfo_escapes_and_options() -> None:
-    mi = r"50 31 0:40 / /mnt/my\040cg rw - cgroup cgroup rw,nosuid,xattr,cpu,cpuacct,release_agent=/x"
+    mi = (
+        r"50 31 0:40 / /mnt/my\040cg rw - cgroup cgroup rw,nosuid,xattr,cpu,cpuacct,release_agent=/"
+    )
     (m,) = cg.parse_mountinfo(mi)
     assert m.mountpoint == "/mnt/my cg"
     assert m.controllers == ("cpu", "cpuacct")
@@ -243,15 +245,20 @@ def test_spawn_argv_enters_every_hierarchy(tmp_path: Path) -> None:
 
 
 def test_find_leftovers_ignores_live_foreign_creators(tmp_path: Path) -> None:
-    (tmp_path / "a" / f"kvmpv-vm-p{os.getpid()}-aaaaaa").mkdir(parents=True)
+    ns = cg.own_pidns()
+    mine = f"kvmpv-vm-p{os.getpid()}n{ns}-aaaaaa"
+    (tmp_path / "a" / mine).mkdir(parents=True)
     (tmp_path / "kvmpv-vm-p1-bbbbbb").mkdir()  # pid 1 is alive and not us
     (tmp_path / "kvmpv-vm-p999999999-cccccc").mkdir()  # dead creator
+    (tmp_path / "kvmpv-vm-p8n1-dddddd").mkdir()  # another pid namespace (e.g. qemu-user)
     (tmp_path / "unrelated").mkdir()
     rep = cg.find_leftovers(str(tmp_path), ignore_live_other_creators=True)
     names = sorted(os.path.basename(p) for p in rep.leftovers)
-    assert names == [f"kvmpv-vm-p{os.getpid()}-aaaaaa", "kvmpv-vm-p999999999-cccccc"]
+    assert names == sorted([mine, "kvmpv-vm-p999999999-cccccc"])
     assert [os.path.basename(p) for p in rep.ignored_live] == ["kvmpv-vm-p1-bbbbbb"]
-    assert len(cg.find_leftovers(str(tmp_path)).leftovers) == 3
+    assert [os.path.basename(p) for p in rep.ignored_foreign] == ["kvmpv-vm-p8n1-dddddd"]
+    assert len(cg.find_leftovers(str(tmp_path)).leftovers) == 4
+    assert cg.creator_pid(mine) == os.getpid() and cg.creator_pidns(mine) == ns
 
 
 def test_bad_role_and_prefix() -> None:
@@ -265,7 +272,7 @@ def test_bad_role_and_prefix() -> None:
 def _pack(layout: list[tuple[str, str]], values: dict[str, object]) -> bytes:
     fmt = "=" + "".join(f for _, f in layout)
     args: list[object] = []
-    for name, f in layout:
+    for name, _f in layout:
         if not name:
             continue
         if name == "ac_comm":

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import mem_available, needs_root
 
 from kvmpv.accounting import (
-    AccountingUnavailable,
     CgroupLeftover,
     Outcome,
     cgroup_scope,
@@ -30,8 +30,6 @@ from kvmpv.accounting import (
     thread_cpu_ns,
 )
 from kvmpv.accounting import cgroups as cgmod
-
-from conftest import mem_available, needs_root
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = str(Path(__file__).resolve().parent / "_accounting_child.py")
@@ -256,7 +254,7 @@ from kvmpv.accounting import cgroup_scope
 from kvmpv.errors import Interrupted
 
 h = sys.argv[1]
-sleeper = subprocess.Popen(["sleep", "60"])
+sleeper = subprocess.Popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     with cgroup_scope(h) as scope:
         vm = scope.create("vm")
@@ -288,7 +286,7 @@ def test_cleanup_on_signal(hierarchy: str, signo: int, code: int) -> None:
     try:
         assert all(os.path.isdir(d) for d in info["paths"])
         p.send_signal(signo)
-        out, err = p.communicate(timeout=20)
+        _out, err = p.communicate(timeout=20)
         assert p.returncode == code, err
         left = [d for d in info["paths"] if os.path.exists(d)]
         assert not left, f"left behind after {signal.Signals(signo).name}: {left}"
@@ -391,14 +389,14 @@ def test_unprivileged_user_gets_skip_with_reasons(nobody_tree: str) -> None:
     base = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
     python = None
     for cand in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run(base + [cand, "-c", "import kvmpv"], env=env, cwd=nobody_tree,
+        probe = subprocess.run([*base, cand, "-c", "import kvmpv"], env=env, cwd=nobody_tree,
                                capture_output=True, timeout=30)  # fmt: skip
         if probe.returncode == 0:
             python = cand
             break
     if python is None:
         pytest.skip("no Python interpreter that user nobody may run")
-    r = subprocess.run(base + [python, "-c", NOBODY_SCRIPT], env=env, cwd=nobody_tree,
+    r = subprocess.run([*base, python, "-c", NOBODY_SCRIPT], env=env, cwd=nobody_tree,
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr  # never a crash
     out = json.loads(r.stdout)

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import io
 import json
 import os
 import signal
@@ -23,12 +25,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from kvmpv import uapi
 from kvmpv.cli import main
 from kvmpv.errors import Interrupted
 from kvmpv.report.cases import Status
+from kvmpv.report.results import load_schema
 from kvmpv.scenarios import check as chk
 from kvmpv.syscalls import IoctlArg, Syscalls
 
@@ -129,10 +133,12 @@ def test_deviating_simulator_fails_the_check() -> None:
     req = chk.CheckRequest(
         backend="sim", select=("prepare_success",), sim_factory=deviating_factory, facts=FACTS
     )
-    result = chk.run_checks(req)
+    stream = io.StringIO()
+    result = chk.run_checks(req, stream=stream)
     assert [c.status for c in result.results] == [Status.FAIL]
     assert result.exit_code == 1
     text = result.ktap()
+    assert stream.getvalue() == text  # what was streamed is what the run renders
     assert "not ok 1 sim: prepare_success" in text
     assert "PREPARE rrc: expected '0x2a', got '0x2b'" in text
 
@@ -147,6 +153,71 @@ def test_cli_exit_1_on_deviation(
     assert code == 1
     assert "not ok 1 sim: prepare_success" in out
     assert out.rstrip().splitlines()[-1].startswith("# Totals: pass:0 fail:1")
+
+
+class MutantHost:
+    """A SimulatedHost with one deliberate deviation from the spec (``mode``)."""
+
+    backend = "sim"
+
+    def __init__(self, inner: Any, mode: str) -> None:
+        self._inner = inner
+        self.mode = mode
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        pv = request == uapi.KVM_S390_PV_COMMAND and isinstance(arg, uapi.kvm_pv_cmd)
+        cmd = int(arg.cmd) if isinstance(arg, uapi.kvm_pv_cmd) else -1
+        if pv and self.mode == "prepare_ignores_vcpu_mutex" and cmd == chk.PREPARE:
+            if self._inner.vm_info(fd).vcpus_in_run:
+                assert isinstance(arg, uapi.kvm_pv_cmd)
+                arg.rc, arg.rrc = chk.SYNTH_RC, chk.SYNTH_RRC
+                return 0  # "succeeds" without waiting for the vCPU
+        try:
+            ret: int = self._inner.ioctl(fd, request, arg)
+        except OSError as err:
+            if pv and self.mode == "einval_becomes_eperm" and err.errno == errno.EINVAL:
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM)) from None
+            if pv and self.mode == "perform_swallows_errors" and cmd == chk.PERFORM:
+                return 0
+            if request == uapi.KVM_SET_USER_MEMORY_REGION and self.mode == "memslots_unchecked":
+                return 0
+            raise
+        if pv and self.mode == "perform_rrc_7" and cmd == chk.PERFORM:
+            assert isinstance(arg, uapi.kvm_pv_cmd)
+            arg.rrc = 7
+        return ret
+
+
+MUTANTS = {
+    "einval_becomes_eperm": {"prepare_not_protected_einval", "async_destroy_off"},
+    "perform_swallows_errors": {"reboot_race_second_prepare", "disable_with_leftover"},
+    "memslots_unchecked": {"memslot_change_while_protected", "memslot_alignment_1m"},
+    "perform_rrc_7": {"perform_success_rc", "perform_fatal_signal"},
+    "prepare_ignores_vcpu_mutex": {"prepare_blocks_while_vcpu_in_run"},
+}
+
+
+@needs_sim
+@pytest.mark.parametrize("mode", sorted(MUTANTS))
+def test_mutant_simulator_is_caught(mode: str) -> None:
+    """Each deliberate deviation makes the checks that cover it fail (they can fail)."""
+    from kvmpv.sim import SimulatedHost
+
+    def factory(config: chk.SimConfig) -> Syscalls:
+        host: Syscalls = MutantHost(SimulatedHost(**config.kwargs()), mode)  # type: ignore[assignment]
+        return host
+
+    expected = MUTANTS[mode]
+    req = chk.CheckRequest(
+        backend="sim", select=tuple(sorted(expected)), sim_factory=factory, facts=FACTS
+    )
+    result = chk.run_checks(req)
+    failed = {c.name for c in result.results if c.status is Status.FAIL}
+    assert failed == expected, result.ktap()
+    assert result.exit_code == 1
 
 
 # ---------------------------------------------------------------------------
@@ -193,6 +264,8 @@ def test_cli_auto_all_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert code == 0, out
     doc = json.loads(json_path.read_text())
+    schema = load_schema()  # the results-file schema that `kvmpv exercise` embeds this in
+    jsonschema.validate(doc, {"$defs": schema["$defs"], **schema["$defs"]["check"]})
     assert doc["totals"]["fail"] == 0 and doc["totals"]["error"] == 0
     assert doc["totals"]["pass"] == len(chk.registry())
     for line in out.splitlines():
@@ -291,8 +364,6 @@ def test_bug_in_check_is_error_not_fail() -> None:
 
 
 def test_sigterm_runs_cleanup_then_bails_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    import io
-
     cleaned = threading.Event()
 
     def first(ctx: chk.CheckContext) -> None:
@@ -359,3 +430,10 @@ def test_zero_fraction_reads_memory() -> None:
         assert chk.zero_fraction(mem) == 1.0
         ctypes.memset(mem.addr, 0xA5, 4096)
         assert chk.zero_fraction(mem) == pytest.approx(1 - 4096 / (1 << 20))
+
+
+def test_readme_documents_every_check() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("<!-- section: check -->")[1].split("<!-- /section: check -->")[0]
+    missing = [c.name for c in chk.registry() if f"`{c.name}`" not in section]
+    assert not missing, f"README check section lacks {missing}"

@@ -42,6 +42,7 @@ from kvmpv.scenarios.reboot import RebootRequest, run_reboot
 from kvmpv.sim import SimulatedHost
 from kvmpv.uapi import (
     KVM_EXIT_HLT,
+    UVC_CMD_DESTROY_SEC_CONF,
     UVC_CMD_DESTROY_SEC_CPU,
 )
 from kvmpv.units import GiB, MiB
@@ -195,6 +196,25 @@ def test_limit_at_2g_means_sync() -> None:
     assert res.cycles[0].mode == "async"
 
 
+def test_small_limit_unknown_to_caller_prepare_refuses_then_disable() -> None:
+    # KVM_GET_DEVICE_ATTR does not return the limit that was set, so a caller
+    # that does not pass it gets to PREPARE, which refuses (segment ASCE).
+    host = SimulatedHost()
+    with Kvm(host) as kvm, kvm.vm_create(0) as vm, GuestMemory(16 * MiB) as mem:
+        vm.s390_set_mem_limit(2 * GiB)
+        vm.set_user_memory_region(0, 0, mem.size, mem.addr)
+        vm.vcpu_add(0)
+        pv_enable(vm)
+        up = s390_machine_unprotect(vm)
+        assert up.path == "sync" and "PREPARE failed" in up.reason
+        assert up.prepare is not None and up.prepare.errno == errno.EINVAL
+        assert up.disable is not None and up.disable.ok
+        pv_enable(vm)
+        up = s390_machine_unprotect(vm, mem_limit=2 * GiB)  # QEMU 10 knows it
+        assert up.path == "sync" and up.prepare is None and "2 GiB" in up.reason
+        vm.close()
+
+
 def test_prepare_failure_falls_back_to_disable() -> None:
     host = SimulatedHost()
     # One Destroy-Secure-CPU failure: PREPARE's vCPU step fails with EIO and
@@ -207,6 +227,21 @@ def test_prepare_failure_falls_back_to_disable() -> None:
     assert (first.prepare.rc, first.prepare.rrc) == (0x0102, 0x0007)
     assert first.disable is not None and first.disable.ok
     assert second.mode == "async"  # the failure was a one-off
+
+
+def test_perform_failure_in_a_run_is_reported_and_fails_the_run() -> None:
+    host = SimulatedHost()
+    # PERFORM's Destroy Secure Configuration (0x0101) fails: EIO with the UV
+    # rc/rrc, the configuration is leaked on purpose (spec 3.4).  QEMU would
+    # exit(1); kvmpv finishes the run, reports it, and exits 1.
+    host.inject_uv_failure(UVC_CMD_DESTROY_SEC_CONF, 0x0103, 0x0004, count=1)
+    res = run_reboot(sim_req(host=host, cycles=2))
+    first, second = res.cycles
+    assert first.mode == "async" and "EIO" in first.perform_error
+    assert first.perform is not None and (first.perform.rc, first.perform.rrc) == (0x103, 4)
+    assert not second.perform_error
+    assert res.exit_code == 1 and any("PERFORM failed" in f for f in res.failures)
+    assert res.to_dict()["cycles"][0]["perform_error"]
 
 
 def test_both_interleaves() -> None:

@@ -50,9 +50,11 @@ HIERARCHY_CHOICES = ("auto", "v1", "v2")
 #: every cgroup kvmpv creates has this in its name (leftover checks grep for it)
 NAME_MARK = "kvmpv"
 _ROLE_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
-#: ``<prefix>-<role>-p<creator pid>-<6 hex>``; the pid tells a leftover checker
-#: whether the creator is still alive.
-_NAME_RE = re.compile(r"-p(\d+)-[0-9a-f]{6}$")
+#: ``<prefix>-<role>-p<creator pid>n<pid namespace inode>-<6 hex>``: the pid
+#: tells a leftover checker whether the creator is still alive, the namespace
+#: whether that pid means anything here (tests under qemu-user or in
+#: containers run in their own pid namespaces on the same cgroup tree).
+_NAME_RE = re.compile(r"-p(\d+)(?:n(\d+))?-[0-9a-f]{6}$")
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: how long cleanup keeps retrying rmdir on EBUSY (tasks still exiting)
 RMDIR_TIMEOUT_S = 5.0
@@ -309,6 +311,20 @@ def creator_pid(name: str) -> Optional[int]:
     """The pid encoded in a kvmpv cgroup name, or None."""
     m = _NAME_RE.search(name)
     return int(m.group(1)) if m else None
+
+
+def creator_pidns(name: str) -> Optional[int]:
+    """The pid namespace inode encoded in a kvmpv cgroup name, or None."""
+    m = _NAME_RE.search(name)
+    return int(m.group(2)) if m and m.group(2) else None
+
+
+def own_pidns() -> Optional[int]:
+    """Inode of our pid namespace (None if /proc does not tell)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------
@@ -569,7 +585,9 @@ class CgroupScope:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cgroup scope already closed")
-            name = f"{self.prefix}-{role}-p{os.getpid()}-{secrets.token_hex(3)}"
+            ns = own_pidns()
+            creator = f"p{os.getpid()}" + (f"n{ns}" if ns is not None else "")
+            name = f"{self.prefix}-{role}-{creator}-{secrets.token_hex(3)}"
             while True:
                 try:
                     dirs = self._mkdirs(self.layout, name)
@@ -691,6 +709,7 @@ class LeftoverReport:
 
     leftovers: list[str] = field(default_factory=list)
     ignored_live: list[str] = field(default_factory=list)
+    ignored_foreign: list[str] = field(default_factory=list)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -713,9 +732,11 @@ def find_leftovers(
 
     With ``ignore_live_other_creators``, a cgroup whose creator (pid in the
     name) is alive and is not this process is reported as ``ignored_live``,
-    not as a leftover: on a shared machine another kvmpv run may be busy.
+    and one created in another pid namespace as ``ignored_foreign``, not as
+    a leftover: on a shared machine another kvmpv run may be busy.
     """
     rep = LeftoverReport()
+    own_ns = own_pidns()
     for path in iter_kvmpv_cgroups(root):
         if since is not None:
             try:
@@ -723,16 +744,17 @@ def find_leftovers(
                     continue
             except FileNotFoundError:
                 continue
-        pid = creator_pid(os.path.basename(path))
-        if (
-            ignore_live_other_creators
-            and pid is not None
-            and pid != os.getpid()
-            and _pid_alive(pid)
-        ):
-            rep.ignored_live.append(path)
-        else:
-            rep.leftovers.append(path)
+        name = os.path.basename(path)
+        pid, ns = creator_pid(name), creator_pidns(name)
+        if ignore_live_other_creators and pid is not None:
+            if ns is not None and ns != own_ns:
+                # Another pid namespace: its pids mean nothing here.
+                rep.ignored_foreign.append(path)
+                continue
+            if pid != os.getpid() and _pid_alive(pid):
+                rep.ignored_live.append(path)
+                continue
+        rep.leftovers.append(path)
     return rep
 
 
@@ -748,6 +770,7 @@ __all__ = [
     "candidate_order",
     "cgroup_scope",
     "creator_pid",
+    "creator_pidns",
     "discover_layouts",
     "find_leftovers",
     "iter_kvmpv_cgroups",

@@ -197,7 +197,11 @@ class ProcConnector:
         except ImportError as err:
             raise AccountingUnavailable(f"proc connector: pyroute2 not importable: {err}") from err
         self._marshal = ProcEventMarshal()
-        self._ps: Any = ProcEventSocket()
+        try:
+            self._ps: Any = ProcEventSocket()
+        except OSError as err:
+            # e.g. EPROTONOSUPPORT: no NETLINK_CONNECTOR (qemu-user, seccomp)
+            raise AccountingUnavailable(f"proc connector: no connector socket: {err}") from err
         try:
             self._ps.bind()
             self._ps.control(listen=True)

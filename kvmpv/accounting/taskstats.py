@@ -183,9 +183,16 @@ def decode_taskstats(payload: bytes) -> dict[str, Any]:
 class TaskStatsRecord:
     """One taskstats record (a thread's, or a thread group's sum).
 
-    Times in ns: ``utime_ns``/``stime_ns`` come from ac_utime/ac_stime (µs,
-    tick-split); ``run_real_ns`` is scheduler runtime (cpu_run_real_total).
-    ``etime_ns`` is elapsed time since the task started (ac_etime, µs).
+    Times in ns.  ``utime_ns``/``stime_ns``: ac_utime/ac_stime (µs, tick
+    split).  ``run_real_ns``: cpu_run_real_total, which delayacct_add_tsk()
+    fills from the *tick-accounted* utime+stime (task_cputime(); measured
+    here: 112.0 ms = 28 ticks, and 160.0 ms under steal time, for threads
+    whose CPU clock read 120.1 ms).
+    ``run_virtual_ns``: cpu_run_virtual_total = se.sum_exec_runtime, the
+    precise scheduler runtime (same as the thread CPU clock): use it, via
+    ``runtime_ns``, for comparisons.  ``etime_ns``: elapsed time since the
+    task started (ac_etime, µs).  For an *exit* record all of these stop
+    before exit_mm(): see the module docstring.
     """
 
     kind: str  # "pid" (one thread) | "tgid" (a thread group)
@@ -195,13 +202,15 @@ class TaskStatsRecord:
     utime_ns: int
     stime_ns: int
     run_real_ns: int
+    run_virtual_ns: int
     etime_ns: int
     exitcode: int
     fields: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
-    def cpu_ns(self) -> int:
-        return self.utime_ns + self.stime_ns
+    def runtime_ns(self) -> int:
+        """Precise CPU runtime (cpu_run_virtual_total)."""
+        return self.run_virtual_ns
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,6 +221,7 @@ class TaskStatsRecord:
             "utime_ns": self.utime_ns,
             "stime_ns": self.stime_ns,
             "run_real_ns": self.run_real_ns,
+            "run_virtual_ns": self.run_virtual_ns,
             "etime_ns": self.etime_ns,
             "exitcode": self.exitcode,
         }
@@ -226,6 +236,7 @@ def _record(kind: str, ident: int, f: dict[str, Any]) -> TaskStatsRecord:
         utime_ns=int(f.get("ac_utime", 0)) * 1000,
         stime_ns=int(f.get("ac_stime", 0)) * 1000,
         run_real_ns=int(f.get("cpu_run_real_total", 0)),
+        run_virtual_ns=int(f.get("cpu_run_virtual_total", 0)),
         etime_ns=int(f.get("ac_etime", 0)) * 1000,
         exitcode=int(f.get("ac_exitcode", 0)),
         fields=f,
@@ -290,7 +301,11 @@ class TaskStatsClient:
             from pyroute2 import TaskStats  # type: ignore[import-untyped]
         except ImportError as err:
             raise AccountingUnavailable(f"taskstats: pyroute2 not importable: {err}") from err
-        self._ts: Any = TaskStats()
+        try:
+            self._ts: Any = TaskStats()
+        except OSError as err:
+            # e.g. EPROTONOSUPPORT: no NETLINK_GENERIC (qemu-user, seccomp)
+            raise AccountingUnavailable(f"taskstats: no generic netlink socket: {err}") from err
         try:
             self._ts.bind()
         except Exception as err:
@@ -376,7 +391,10 @@ class ExitRecordListener:
         self.family_id = family_id
         self.cpumask = cpumask or online_cpus()
         self._seq = int(time.monotonic_ns() & 0x7FFFFFFF)
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        try:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        except OSError as err:
+            raise AccountingUnavailable(f"taskstats: no generic netlink socket: {err}") from err
         self._pending: list[TaskStatsRecord] = []
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)

@@ -1,16 +1,74 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""kvmpv launch: NOT YET BUILT (placeholder while the issue is open)."""
+"""kvmpv launch: run a dynamically linked program with the async-teardown cleaner armed.
+
+    kvmpv launch [--parallel [N]] [--children] [--exec] [-v] -- CMD [ARGS...]
+
+CMD runs with libkvmpv-cleaner.so preloaded: a clone(CLONE_VM) cleaner named
+cleanup/<pid> holds its address space, so when CMD exits its waiters see the
+exit at once and the cleaner frees the memory afterwards, in the same cgroup.
+CMD's own children are not armed unless --children is given.
+
+Exit status: CMD's, or 128+N if a signal N killed it; 127 if CMD is not
+found, 126 if it cannot be executed; 3 if it cannot be preloaded (statically
+linked, set-user-ID, another ELF class) or the native cleaner is not built.
+SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are passed on to CMD; SIGINT and SIGQUIT
+are ignored while CMD runs (the terminal sends them to CMD itself).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..errors import HostError
+from ..launcher import LaunchRequest, launch, split_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--parallel",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="N",
+        help="release the memory from N tasks in parallel (no N: the CPUs of the cpuset, "
+        "at most 8); default: the cleaner's plain exit frees it",
+    )
+    parser.add_argument(
+        "--children",
+        action="store_true",
+        help="also arm CMD's children (exec'd and forked); default: only CMD itself",
+    )
+    parser.add_argument(
+        "--exec",
+        dest="exec_",
+        action="store_true",
+        help="replace kvmpv by CMD (same pid; CMD's own exit status and signals)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="say on stderr when the cleaner is armed"
+    )
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+
+def _say(line: str) -> None:
+    fields = line.split()
+    if fields and fields[0] == "armed" and len(fields) >= 4:
+        print(
+            f"kvmpv: cleaner cleanup/{fields[1]} armed (pid {fields[2]}, parallel {fields[3]})",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HostError("kvmpv launch is not built yet")
+    req = LaunchRequest(
+        argv=split_command(args.cmd),
+        parallel=args.parallel,
+        children=args.children,
+        exec_=args.exec_,
+    )
+    result = launch(req, on_start=_say if args.verbose else None)
+    for warning in result.warnings:
+        print(f"kvmpv: warning: {warning}", file=sys.stderr)
+    return result.exit_status

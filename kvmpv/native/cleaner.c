@@ -70,6 +70,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/kcmp.h>
 #include <poll.h>
 #include <pthread.h>
@@ -77,6 +78,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -103,7 +105,16 @@
 
 #define MS (1000L * 1000L)
 
-enum { PARENT_GONE = 1, PARENT_EXECED = 2 };
+/* What wait_for_parent() concluded. */
+enum {
+	PARENT_GONE = 1,	/* the whole thread group exited: nobody else uses the mm */
+	JUST_EXIT = 2,		/* exec, or not sure: a plain exit is always safe */
+};
+
+/* Test hooks (KVMPV_CLEANER_TEST_FALLBACK=proc,limit,nopidfd): force the
+ * fallback paths so the tests can exercise them on a modern kernel. */
+#define FALLBACK_PROC 1		/* skip close_range, walk /proc/self/fd */
+#define FALLBACK_LIMIT 2	/* skip close_range and /proc, loop to RLIMIT_NOFILE */
 
 struct range {
 	unsigned long start, end;
@@ -134,11 +145,13 @@ struct arena {
 	int pidfd;		/* pidfd of the armed process, -1 if unavailable */
 	int notify_fd;		/* read end of the close-on-exec pipe */
 	int parallel;		/* tasks releasing memory (1: plain exit) */
+	int fallback;		/* FALLBACK_* test hooks */
 	unsigned long base;	/* the whole arena mapping: never released by us */
 	unsigned long size;
 	char *helper_stacks;	/* parallel-1 stacks of HELPER_STACK bytes */
 	struct par *par;	/* NULL unless parallel > 1 */
 	char name[16];		/* "cleanup/<pid>", PR_SET_NAME's 16 bytes */
+	int ready;		/* set (and futex-woken) by the cleaner once set up */
 };
 
 /* ---------------------------------------------------------------------------
@@ -259,10 +272,12 @@ static void close_inherited(const struct arena *a)
 		keep[0] = keep[1];
 		keep[1] = t;
 	}
-	close_gaps(keep, nkeep, &ret);	/* close_range: Linux 5.9 */
-	if (ret == 0)
-		return;
-	if (close_by_proc(keep, nkeep) == 0)
+	if (!(a->fallback & (FALLBACK_PROC | FALLBACK_LIMIT))) {
+		close_gaps(keep, nkeep, &ret);	/* close_range: Linux 5.9 */
+		if (ret == 0)
+			return;
+	}
+	if (!(a->fallback & FALLBACK_LIMIT) && close_by_proc(keep, nkeep) == 0)
 		return;
 	close_by_limit(keep, nkeep);
 }
@@ -301,7 +316,7 @@ static int parent_gone(const struct arena *a, long ns)
 /* The notification pipe hung up: complete exit, or exec? */
 static int settle(const struct arena *a)
 {
-	return parent_gone(a, 20 * MS) ? PARENT_GONE : PARENT_EXECED;
+	return parent_gone(a, 20 * MS) ? PARENT_GONE : JUST_EXIT;
 }
 
 static int wait_for_parent(const struct arena *a)
@@ -318,7 +333,7 @@ static int wait_for_parent(const struct arena *a)
 		long n = RAW5(SYS_ppoll, p, 2, timed ? &tick : 0, 0, 8);
 
 		if (n < 0 && n != -EINTR && n != -EAGAIN && n != -ENOMEM)
-			return PARENT_EXECED;	/* cannot wait: never pin memory */
+			return JUST_EXIT;	/* cannot wait: never pin memory */
 		if (a->pidfd >= 0 ? (n > 0 && p[0].revents) : parent_gone(a, 0))
 			return PARENT_GONE;
 		if (watch_pipe && n > 0 && p[1].revents) {
@@ -327,14 +342,14 @@ static int wait_for_parent(const struct arena *a)
 			 * exit is safe either way).  Parallel mode must know.
 			 */
 			if (!parent_shares_mm(a))
-				return a->par ? settle(a) : PARENT_EXECED;
+				return a->par ? settle(a) : JUST_EXIT;
 			/* The program closed our fd but still runs on this mm. */
 			watch_pipe = 0;
 			p[1].fd = -1;
 			continue;
 		}
 		if (!watch_pipe && !parent_shares_mm(a))
-			return a->par ? settle(a) : PARENT_EXECED;
+			return a->par ? settle(a) : JUST_EXIT;
 	}
 }
 
@@ -567,6 +582,10 @@ static int cleaner_main(void *arg)
 	close_inherited(a);
 	/* Do not keep the parent's working directory (a mount point) busy. */
 	RAW1(SYS_chdir, "/");
+	/* Tell arm() we are named and hold no inherited fd (private futex: the
+	 * key is (mm, address), and we share the mm). */
+	__atomic_store_n(&((struct arena *)arg)->ready, 1, __ATOMIC_RELEASE);
+	RAW3(SYS_futex, &a->ready, FUTEX_WAKE_PRIVATE, 1);
 	if (wait_for_parent(a) == PARENT_GONE && a->par)
 		parallel_release(a);
 	/* Our exit drops the last mm reference: exit_mmap() runs here. */
@@ -668,6 +687,31 @@ static void atfork_child(void)
 	}
 }
 
+/*
+ * Return once the cleaner has named itself and closed the inherited fds, so
+ * that arm() returning means "a reader of our stdout sees EOF when we exit"
+ * and "ps shows cleanup/<pid>".  Bounded (2 s) in case it is stopped/killed.
+ */
+static void wait_ready(struct arena *a, pid_t pid)
+{
+	struct timespec ts = { 0, 100 * MS };
+	siginfo_t info;
+	int i;
+
+	for (i = 0; i < 20; i++) {
+		if (__atomic_load_n(&a->ready, __ATOMIC_ACQUIRE))
+			return;
+		syscall(SYS_futex, &a->ready, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
+		if (__atomic_load_n(&a->ready, __ATOMIC_ACQUIRE))
+			return;
+		/* Died before getting ready?  Look without reaping. */
+		info.si_pid = 0;
+		if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT | __WCLONE) != 0 ||
+		    info.si_pid != 0)
+			return;	/* status() will see and reap it */
+	}
+}
+
 int kvmpv_cleaner_abi(void)
 {
 	return KVMPV_CLEANER_ABI;
@@ -677,6 +721,23 @@ void kvmpv_cleaner_arm_children(int enable, int parallel)
 {
 	children_enable = enable;
 	children_parallel = parallel;
+}
+
+static int test_fallback(int *no_pidfd)
+{
+	const char *s = getenv("KVMPV_CLEANER_TEST_FALLBACK");
+	int f = 0;
+
+	*no_pidfd = 0;
+	if (!s)
+		return 0;
+	if (strstr(s, "proc"))
+		f |= FALLBACK_PROC;
+	if (strstr(s, "limit"))
+		f |= FALLBACK_LIMIT;
+	if (strstr(s, "nopidfd"))
+		*no_pidfd = 1;
+	return f;
 }
 
 static int fail(int step, int err)
@@ -692,7 +753,7 @@ int kvmpv_cleaner_arm(int parallel)
 	struct arena *a;
 	struct stat st;
 	char *mem;
-	int fds[2], pidfd, err;
+	int fds[2], pidfd, err, fallback, no_pidfd;
 	pid_t me, pid;
 
 	if (parallel < 1)
@@ -709,8 +770,9 @@ int kvmpv_cleaner_arm(int parallel)
 			atfork_done = 1;
 	}
 	me = getpid();
-	pidfd = (int)syscall(SYS_pidfd_open, me, 0);
-	if (pidfd < 0) {
+	fallback = test_fallback(&no_pidfd);
+	pidfd = no_pidfd ? -1 : (int)syscall(SYS_pidfd_open, me, 0);
+	if (pidfd < 0 && !no_pidfd) {
 		err = errno;
 		/* Old kernel or a seccomp filter: fall back to getppid() polling. */
 		if (err != ENOSYS && err != EPERM && err != EINVAL) {
@@ -756,6 +818,7 @@ int kvmpv_cleaner_arm(int parallel)
 	a->pidfd = pidfd;
 	a->notify_fd = fds[0];
 	a->parallel = parallel;
+	a->fallback = fallback;
 	a->base = (unsigned long)mem;
 	a->size = size;
 	/* helper k (1..parallel-1) runs on [helper_stacks + (k-1)*HELPER_STACK, + HELPER_STACK) */
@@ -786,6 +849,7 @@ int kvmpv_cleaner_arm(int parallel)
 		pthread_mutex_unlock(&lock);
 		return fail(KVMPV_STEP_CLONE2, err);
 	}
+	wait_ready(a, pid);
 	cleaner_pid = pid;
 	notify_wfd = fds[1];
 	pipe_dev = st.st_dev;

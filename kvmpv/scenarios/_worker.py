@@ -99,7 +99,12 @@ def anon_huge_bytes() -> int:
 def run_worker(args: argparse.Namespace) -> NoReturn:
     from ..memory import GuestMemory
 
-    emit("ready", pid=os.getpid())
+    # Before arming: the cleaner (and the parallel mode's helpers) inherit
+    # the nice value of the thread that clones them, so the teardown runs at
+    # the same priority whichever strategy does it.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+    emit("ready", pid=os.getpid(), nice=os.getpriority(os.PRIO_PROCESS, 0))
     if wait_command() != "go":
         os._exit(1)
     cleaner_pid = 0
@@ -208,6 +213,7 @@ def main(argv: list[str]) -> NoReturn:
     parser.add_argument("--arm", choices=("none", "cleaner", "parallel"), default="none")
     parser.add_argument("--parallel", type=int, default=None)
     parser.add_argument("--pid", type=int, default=0)
+    parser.add_argument("--nice", type=int, default=0)
     args = parser.parse_args(argv)
     die_with_parent(args.ppid)
     try:

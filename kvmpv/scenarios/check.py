@@ -41,7 +41,6 @@ threads it joins before the check ends.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import fnmatch
 import inspect
@@ -115,9 +114,12 @@ def _read_first_hex_word(path: str) -> Optional[int]:
 class HostFacts:
     """What the real kernel of this host offers, for deciding where each check runs.
 
-    A minimal probe (``KVM_CHECK_EXTENSION`` on /dev/kvm, sysfs), so that
-    ``kvmpv check`` does not depend on the full ``kvmpv probe``; when
-    ``kvmpv.scenarios.probe`` is available its ``pv_reason`` is preferred.
+    A minimal probe (``KVM_CHECK_EXTENSION`` on /dev/kvm for caps 180/217/224,
+    ``kvm.async_destroy``, the UV facility list), not the full
+    ``scenarios.probe.probe_host()``: that one also asks netlink, cgroups and
+    the native cleaner, none of which a conformance run needs or should wait
+    for.  ``pv_reason_text`` lets a caller that has a full probe (``kvmpv
+    exercise``) pass its wording in through ``CheckRequest.facts``.
     """
 
     arch: str
@@ -187,17 +189,6 @@ def probe_facts(sys: Syscalls = LINUX) -> HostFacts:
     fast = None
     if facilities is not None:
         fast = bool(facilities & uapi.UV_FACILITY_DESTROY_SEC_CONF_FAST_MASK)
-    pv_reason_text = ""
-    try:
-        import importlib
-
-        # The full ``kvmpv probe`` (scenarios/probe.py), when present, words
-        # the reason best; this module must work without it.
-        _probe: Any = importlib.import_module(f"{__package__}.probe")
-        host_probe = _probe.probe_host()
-        pv_reason_text = str(getattr(host_probe, "pv_reason", "") or "")
-    except Exception:  # absent or failing probe: the minimal one below decides
-        pv_reason_text = ""
     try:
         with Kvm(sys) as kvm:
             caps = {
@@ -218,11 +209,7 @@ def probe_facts(sys: Syscalls = LINUX) -> HostFacts:
         cap_dump=caps[KvmCap.KVM_CAP_S390_PROTECTED_DUMP],
         async_destroy_param=async_param,
         destroy_fast=fast,
-        pv_reason_text=pv_reason_text,
     )
-    if facts.pv_async:
-        # A usable host: a probe's complaint must not hide it.
-        facts = dataclasses.replace(facts, pv_reason_text="")
     return facts
 
 
@@ -412,17 +399,11 @@ class CheckContext:
         self.diagnostics.extend(text.splitlines() or [""])
 
     def _where(self) -> str:
+        """``check.py:LINE in FUNC`` of the check code that called a ctx helper."""
         frame = inspect.currentframe()
-        caller = frame.f_back.f_back if frame and frame.f_back else None
-        # Walk out of the ctx helpers to the check function's line.
-        while (
-            caller is not None
-            and caller.f_code.co_filename == __file__
-            and (
-                caller.f_code.co_name.startswith(("check_", "_where", "require", "expect"))
-                or caller.f_code.co_name in ("pv", "pv_raw")
-            )
-        ):
+        caller = frame.f_back if frame is not None else None
+        # Walk out of this object's own methods (check_eq -> fail_soft -> ...).
+        while caller is not None and caller.f_locals.get("self") is self:
             caller = caller.f_back
         if caller is None:
             return "?"
@@ -1001,7 +982,9 @@ def check_perform_fatal_signal(ctx: CheckContext) -> None:
     The record goes to need_cleanup; DISABLE of the next configuration (or
     closing the VM) destroys it.
     """
-    guest = make_vm(ctx, high_size=64 * MiB)
+    # Two batches of the simulator's walk (64 MiB each): the signal is seen
+    # after the first, so half of the old pages are left for later.
+    guest = make_vm(ctx, high_size=128 * MiB)
     boot(ctx, guest)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
     _arm_fatal_signal(ctx)

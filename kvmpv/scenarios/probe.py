@@ -25,6 +25,7 @@ Destroy Secure Configuration Fast = mask ``0x0000010000000000``),
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import platform
 import socket
@@ -281,7 +282,9 @@ def probe_taskstats() -> TaskstatsFacts:
 def native_cleaner() -> dict[str, Any]:
     """``kvmpv.teardown.native_available()``, or why it cannot be asked."""
     try:
-        from .. import teardown
+        # import_module, not "from .. import": it honours sys.modules, which
+        # is how tests hide a module that is already imported.
+        teardown = importlib.import_module("..teardown", __package__)
     except ImportError as err:
         return {"available": False, "reason": f"not built: kvmpv.teardown missing ({err})"}
     try:
@@ -291,8 +294,23 @@ def native_cleaner() -> dict[str, Any]:
     return {"available": bool(ok), "reason": detail}
 
 
+_accounting_cache: Optional[dict[str, Any]] = None
+
+
 def accounting_caps() -> dict[str, Any]:
-    """``kvmpv.accounting.capabilities().to_dict()``, or why it cannot be asked."""
+    """``kvmpv.accounting.capabilities().to_dict()``, or why it cannot be asked.
+
+    Asked once per process: the answer describes this host and kvmpv build,
+    which do not change while we run, and asking subscribes to the proc
+    connector and taskstats (netlink sockets) every time.
+    """
+    global _accounting_cache
+    if _accounting_cache is None:
+        _accounting_cache = _accounting_caps()
+    return dict(_accounting_cache)
+
+
+def _accounting_caps() -> dict[str, Any]:
     try:
         from ..accounting import capabilities  # type: ignore[attr-defined,unused-ignore]
     except ImportError as err:
@@ -439,7 +457,8 @@ def _one_line(p: HostProbe) -> str:
     head = f"SYNTHETIC tree {p.root}: " if p.synthetic else ""
     kvm = f"KVM usable ({p.kvm_reason})" if p.kvm_usable else f"no KVM ({p.kvm_reason})"
     parts = [f"{name}: {v.mode}" for name, v in p.scenarios.items()]
-    pv = "PV async destroy runs for real" if p.pv_async_usable else f"PV async: {p.pv_reason}"
+    real = "would run for real on such a host" if p.synthetic else "runs for real"
+    pv = f"PV async destroy {real}" if p.pv_async_usable else f"PV async: {p.pv_reason}"
     return f"{head}{kvm}; {pv}; " + ", ".join(parts)
 
 
@@ -505,7 +524,11 @@ def probe_host(
         ),
         thp_mode=_bracketed(_read(root, "/sys/kernel/mm/transparent_hugepage/enabled")),
         native_cleaner=native_cleaner(),
-        accounting=accounting_caps(),
+        accounting=(
+            accounting_caps()
+            if host
+            else {"available": False, "reason": "not probed: synthetic root (host cgroups)"}
+        ),
     )
     p.kvm_usable, p.kvm_reason = _kvm_verdict(kvm)
     p.pv_async_usable, p.pv_reason = _pv_verdict(p)

@@ -60,7 +60,7 @@ from ..pv import (
     set_thread_name,
 )
 from ..syscalls import LINUX, IoctlArg, Syscalls
-from ..uapi import KVM_EXIT_HLT, KVM_EXIT_INTR, S390_MEMSLOT_ALIGN
+from ..uapi import KVM_EXIT_HLT, KVM_EXIT_INTR, S390_MEMSLOT_ALIGN, KvmCap
 from ..units import GiB, format_size
 
 Progress = Optional[Callable[[str], None]]
@@ -359,8 +359,6 @@ def _probe_pv_async() -> tuple[bool, str]:
 
 
 def _probe_caps_directly(why: str) -> tuple[bool, str]:
-    from ..uapi import KvmCap
-
     try:
         with Kvm(LINUX) as kvm:
             if not kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED):
@@ -744,7 +742,7 @@ def _check_memory(req: RebootRequest) -> None:
     avail = mem_available()
     if avail and need > avail:
         raise HostError(
-            f"guest memory {format_size(need)} exceeds MemAvailable {format_size(avail)}; "
+            f"guest memory {format_size(need)} exceeds MemAvailable {avail / GiB:.1f}G; "
             "use a smaller --memory"
         )
 
@@ -793,6 +791,12 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             say(f"accounting verdict will be SKIP: {acct.reason}")
         kvm = Kvm(sys_)
         stack.callback(kvm.close)
+        if not kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED):
+            # Cap 224 may be absent (that is the sync fallback), cap 180 not.
+            raise HostError(
+                f"{backend}: KVM_CAP_S390_PROTECTED (180) is 0: no protected "
+                "virtualization on this host; use --backend sim (or auto)"
+            )
         memories = []
         for _gpa, size in slots:
             mem = GuestMemory(size)
@@ -824,9 +828,10 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             say(f"guest booted (all memory secure) in {(time.monotonic_ns() - t0) / 1e9:.2f}s")
         modes = req.modes()
         for index, mode in enumerate(modes, 1):
-            rec = _reboot_once(vm, guest, acct, cleanups, index, mode, backend, req)
+            rec = _reboot_once(vm, guest, acct, cleanups, index, mode, backend, limit, req)
             result.cycles.append(rec)
             say(format_cycle(rec, len(modes)))
+        result.accounting = acct.to_dict()  # placement may have failed on the way
     except BaseException as exc:
         # Already failing (or interrupted): clean up, report what cleanup hit,
         # but let the original exception decide the exit code (130 on SIGINT).
@@ -884,6 +889,7 @@ def _reboot_once(
     index: int,
     mode: str,
     backend: str,
+    limit: int,
     req: RebootRequest,
 ) -> CycleRecord:
     rec = CycleRecord(index, mode, backend)
@@ -894,7 +900,10 @@ def _reboot_once(
     acct.begin()
     try:
         up: Unprotect = s390_machine_unprotect(
-            vm, allow_async=mode == "async", on_cleanup_start=acct.place_cleanup
+            vm,
+            allow_async=mode == "async",
+            mem_limit=limit,
+            on_cleanup_start=acct.place_cleanup,
         )
     finally:
         acct.end_sync()

@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
 # Bump when the way the root is built changes: the cached root is rebuilt.
 ROOT_RECIPE = f"debootstrap --arch=s390x --variant=minbase --include=python3 {SUITE} v1"
+# No cache dir in the throw-away copy; the qemu-user limits plugin (qemu_user.py).
+PLUGINS = ["-p", "no:cacheprovider", "-p", "qemu_user"]
 DEFAULT_PYTEST_ARGS = ["-q", "-rs", "-m", "not slow"]
 VERSION_SNIPPET = "import sys; print('%d.%d' % sys.version_info[:2])"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -206,7 +208,12 @@ def ensure_site(root: Path, pyver: str) -> str:
     reqs = requirements()
     key = hashlib.sha256(("\n".join([pyver, *reqs])).encode()).hexdigest()[:12]
     site = root / "opt" / f"kvmpv-site-{key}"
-    if (site / ".complete").exists():
+    pth = root / "usr" / "local" / "lib" / f"python{pyver}" / "dist-packages" / "kvmpv-site.pth"
+    if (
+        (site / ".complete").exists()
+        and pth.exists()
+        and pth.read_text().strip() == f"/opt/{site.name}"
+    ):
         return f"/opt/{site.name}"
     tmp = site.with_name(site.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -227,6 +234,12 @@ def ensure_site(root: Path, pyver: str) -> str:
         if old != tmp:
             shutil.rmtree(old, ignore_errors=True)
     tmp.rename(site)
+    # A .pth in the root's site dir puts the packages on every interpreter's
+    # path, as a venv would: tests that start "python3 -m ..." with their own
+    # environment still find pytest and the dependencies.
+    pth_dir = root / "usr" / "local" / "lib" / f"python{pyver}" / "dist-packages"
+    pth_dir.mkdir(parents=True, exist_ok=True)
+    (pth_dir / "kvmpv-site.pth").write_text(f"/opt/{site.name}\n")
     return f"/opt/{site.name}"
 
 
@@ -242,7 +255,7 @@ def copy_tree(dest: Path) -> None:
     shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")
 
 
-def run_pytest(root: Path, site: str, pytest_args: list[str]) -> int:
+def run_pytest(root: Path, pytest_args: list[str]) -> int:
     run_id = f"run-{os.getpid()}"
     src = root / "kvmpv" / run_id
     shutil.rmtree(src, ignore_errors=True)
@@ -252,34 +265,31 @@ def run_pytest(root: Path, site: str, pytest_args: list[str]) -> int:
         "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "HOME=/root",
         "LANG=C.UTF-8",
-        f"PYTHONPATH={inner}:{site}",
+        f"PYTHONPATH={inner}:{inner}/tests/s390x",
         "KVMPV_EXPECT_S390X=1",
+        "KVMPV_QEMU_USER=1",
         f"CI={os.environ.get('CI', '')}",
     ]
     r = str(root)
     # Private mount + PID namespaces: the mounts and every process of the run
-    # disappear with it, also on timeout or SIGINT.
+    # disappear with it, also on timeout or SIGINT.  The shell stays PID 1 of
+    # the namespace (no exec): pytest must not be init, which the kernel
+    # shields from fatal signals and which tests take for "another process".
+    # No cgroup hierarchy inside: cgroup/taskstats accounting is the host
+    # kernel's business, tested by the native run; from inside a PID namespace
+    # the cgroup names (which carry PIDs) would also not match the host's view.
     script = (
         "set -e; mount --make-rprivate /; "
         f"mount -t proc proc {r}/proc; "
         f"mount -t sysfs -o ro sysfs {r}/sys; "
         f"mount -t tmpfs -o size=512m tmpfs {r}/tmp; "
         f"mount -t tmpfs tmpfs {r}/dev/shm; "
-        f"exec chroot {r} /usr/bin/env -i {' '.join(env)} "
-        f"/bin/sh -c 'cd {inner} && exec python3 -m pytest -p no:cacheprovider \"$@\"' pytest"
+        f"chroot {r} /usr/bin/env -i {' '.join(env)} "
+        f"/bin/sh -c 'cd {inner} && exec python3 -m pytest {' '.join(PLUGINS)} \"$@\"' "
+        'pytest "$@"'
     )
-    cmd = [
-        "unshare",
-        "--mount",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "sh",
-        "-c",
-        script,
-        "sh",
-        *pytest_args,
-    ]
+    cmd = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", script, "sh"]
+    cmd += pytest_args
     log(f"pytest {' '.join(pytest_args)} (in {root}, as s390x via qemu-user)")
     t0 = time.monotonic()
     try:
@@ -315,10 +325,10 @@ def main(argv: list[str]) -> int:
         # Build/update under the exclusive lock; concurrent runs share the root.
         fcntl.flock(lock, fcntl.LOCK_EX)
         root = ensure_root(cache)
-        site = ensure_site(root, root_python_version(root))
+        ensure_site(root, root_python_version(root))
         fcntl.flock(lock, fcntl.LOCK_SH)
         log(f"root ready in {time.monotonic() - t0:.0f} s")
-        rc = run_pytest(root, site, pytest_args)
+        rc = run_pytest(root, pytest_args)
     if rc == 5:
         log("FAIL: pytest collected no tests")
         return 1

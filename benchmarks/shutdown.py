@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-only
+"""Process-exit teardown at 8 GiB: all strategies side by side, against issues 5 and 8.
+
+Runs ``kvmpv shutdown --sizes 8G --strategy sync,cleaner,elsewhere,reaper,parallel
+--repeat 3 --json FILE`` in its own process, under ``flock
+/tmp/kvmpv-bigmem.lock`` (the shared machine's big-memory lock), after
+checking MemAvailable, then prints one table of ratios measured in that one
+run (strategies interleaved within each repeat, so machine noise hits them
+alike):
+
+* cleaner exit latency median as % of sync's: target <= 1% (issue 5);
+* cleaner release time vs sync's: target within 10% (<= 110%);
+* cleaner teardown CPU charged to the worker's cgroup as % of what sync
+  charges: target >= 80%; ``elsewhere`` (the cleaner moved out, standing for
+  kernel-thread/mmput_async designs): target <= 20%;
+* the reaper's split (worker cgroup vs reaper cgroup) as measured, and how
+  often process_mrelease got to reap before the victim left exit_mm;
+* parallel release time as % of the single cleaner's: target <= 60% on 2
+  cores (issue 8), its exit latency (% of sync) and charged CPU (% of sync).
+
+Then the noise: min/median/max of every strategy and how busy the machine was.
+Timing numbers are noisy on a shared machine; these ratios are what count.
+
+Usage: ``python benchmarks/shutdown.py [--sizes 8G] [--repeat 3]
+[--strategy ...] [--thp] [--keep FILE] [--from FILE]``.  Exit 0 when every
+target is met, 1 otherwise, 3 when the host lacks the memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, ROOT)
+
+from kvmpv.units import format_size, parse_sizes  # noqa: E402
+
+LOCK = "/tmp/kvmpv-bigmem.lock"
+#: left free beside the worker: the interpreter, the reaper, everyone else
+HEADROOM = 1 << 30
+DEFAULT_STRATEGIES = "sync,cleaner,elsewhere,reaper,parallel"
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(args: argparse.Namespace, sizes: list[int], path: str) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "kvmpv", "shutdown", "--sizes", ",".join(map(format_size, sizes)),
+        "--strategy", args.strategy, "--repeat", str(args.repeat), "--json", path,
+    ]  # fmt: skip
+    if args.thp:
+        cmd.append("--thp")
+    with open(LOCK, "w") as lock:
+        print(f"waiting for {LOCK} ...", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        avail = mem_available()
+        if avail < max(sizes) + HEADROOM:
+            print(
+                f"MemAvailable {avail / 2**30:.1f} GiB < {format_size(max(sizes))} + 1 GiB "
+                "headroom: not running (another big run in progress?)",
+                file=sys.stderr,
+            )
+            sys.exit(3)
+        print("$ " + " ".join(cmd[1:]).replace("-m kvmpv", "kvmpv"), flush=True)
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+        print(f"  (exit {proc.returncode}, {time.monotonic() - t0:.1f} s)", flush=True)
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        sys.exit(f"no results from {' '.join(cmd)}")
+    with open(path) as f:
+        doc: dict[str, Any] = json.load(f)
+    return doc
+
+
+def med(rec: Optional[dict[str, Any]], key: str) -> Optional[float]:
+    if rec is None:
+        return None
+    v = rec.get(key)
+    if isinstance(v, dict):
+        return float(v["median"])
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def pct(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return 100.0 * a / b if a is not None and b else None
+
+
+def fmt_s(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.2f} ms" if v < 1 else f"{v:.3f} s"
+
+
+def fmt_pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+def report(doc: dict[str, Any]) -> int:
+    failures = 0
+    host = doc.get("host", {})
+    print(
+        f"\nhost {host.get('kernel')}, {host.get('cpus')} CPUs, THP {host.get('thp_mode')}, "
+        f"cgroup {doc.get('hierarchy')}; load {host.get('loadavg_start')} -> "
+        f"{host.get('loadavg_end')}, all CPUs busy {100 * host.get('cpu_busy_fraction', 0):.0f}% "
+        f"during the run ({doc.get('elapsed_s')} s)"
+    )
+    sizes = sorted({r["size_bytes"] for r in doc["records"]})
+    for size in sizes:
+        recs = {r["strategy"]: r for r in doc["records"] if r["size_bytes"] == size}
+        live = {k: v for k, v in recs.items() if v.get("verdict") != "skip" or v.get("repeats")}
+        sync, cleaner = live.get("sync"), live.get("cleaner")
+        elsewhere, reaper, parallel = (
+            live.get("elsewhere"),
+            live.get("reaper"),
+            live.get("parallel"),
+        )
+        pages = "THP" if doc["request"].get("thp") else "4 KiB pages"
+        print(f"\n== {format_size(size)}, {pages}, medians of {doc['request']['repeat']} ==")
+        rows: list[tuple[str, str, str, str, str]] = []
+        missed: list[str] = []
+
+        def target(
+            what: str,
+            a: str,
+            b: str,
+            value: Optional[float],
+            goal: str,
+            ok: Optional[bool],
+            rows: list[tuple[str, str, str, str, str]] = rows,
+            missed: list[str] = missed,
+        ) -> None:
+            verdict = "-" if ok is None else ("ok" if ok else "MISSED")
+            if ok is False:
+                missed.append(what)
+            rows.append((what, a, b, f"{fmt_pct(value)}  ({goal})", verdict))
+
+        ex_s, ex_c = med(sync, "exit_latency_s"), med(cleaner, "exit_latency_s")
+        r = pct(ex_c, ex_s)
+        target("cleaner exit latency / sync", fmt_s(ex_c), fmt_s(ex_s), r, "<= 1%",
+               None if r is None else r <= 1.0)  # fmt: skip
+        rel_s, rel_c = med(sync, "release_s"), med(cleaner, "release_s")
+        r = pct(rel_c, rel_s)
+        target("cleaner release / sync", fmt_s(rel_c), fmt_s(rel_s), r, "<= 110%",
+               None if r is None else r <= 110.0)  # fmt: skip
+        ch_s = med(sync, "charged_to_worker_cgroup_s")
+        ch_c = med(cleaner, "charged_to_worker_cgroup_s")
+        r = pct(ch_c, ch_s)
+        target("cleaner cpu charged to worker cgroup / sync's", fmt_s(ch_c), fmt_s(ch_s), r,
+               ">= 80%", None if r is None else r >= 80.0)  # fmt: skip
+        ch_e = med(elsewhere, "charged_to_worker_cgroup_s")
+        r = pct(ch_e, ch_s)
+        target("elsewhere cpu charged to worker cgroup / sync's", fmt_s(ch_e), fmt_s(ch_s), r,
+               "<= 20%", None if r is None else r <= 20.0)  # fmt: skip
+        if elsewhere is not None:
+            rows.append(
+                (
+                    "  elsewhere cpu in its own cgroup",
+                    fmt_s(med(elsewhere, "elsewhere_cgroup_s")),
+                    "",
+                    "",
+                    "",
+                )
+            )
+        rel_p = med(parallel, "release_s")
+        r = pct(rel_p, rel_c)
+        n = parallel.get("parallel") if parallel else "-"
+        target(f"parallel release / cleaner's (N={n})", fmt_s(rel_p), fmt_s(rel_c), r,
+               "<= 60%", None if r is None else r <= 60.0)  # fmt: skip
+        ex_p = med(parallel, "exit_latency_s")
+        r = pct(ex_p, ex_s)
+        target("parallel exit latency / sync", fmt_s(ex_p), fmt_s(ex_s), r, "<= 1%",
+               None if r is None else r <= 1.0)  # fmt: skip
+        ch_p = med(parallel, "charged_to_worker_cgroup_s")
+        r = pct(ch_p, ch_s)
+        target("parallel cpu charged to worker cgroup / sync's", fmt_s(ch_p), fmt_s(ch_s), r,
+               ">= 80%", None if r is None else r >= 80.0)  # fmt: skip
+        if reaper is not None:
+            split = reaper.get("split") or {}
+            rows.append((
+                "reaper split worker / reaper cgroup",
+                fmt_s(med(reaper, "charged_to_worker_cgroup_s")),
+                fmt_s(med(reaper, "reaper_cgroup_s")),
+                f"{100 * split.get('worker_fraction', 0):.0f}% / "
+                f"{100 * split.get('reaper_fraction', 0):.0f}%  (as measured; per repeat "
+                f"{split.get('per_repeat_worker_fraction')})",
+                f"mrelease reaped {reaper.get('mrelease_reaped')}",
+            ))  # fmt: skip
+            r = pct(med(reaper, "exit_latency_s"), ex_s)
+            rows.append(
+                (
+                    "reaper exit latency / sync",
+                    fmt_s(med(reaper, "exit_latency_s")),
+                    fmt_s(ex_s),
+                    fmt_pct(r),
+                    "",
+                )
+            )
+            r = pct(med(reaper, "teardown_cpu_s"), med(sync, "teardown_cpu_s"))
+            rows.append(
+                (
+                    "reaper total teardown cpu / sync",
+                    fmt_s(med(reaper, "teardown_cpu_s")),
+                    fmt_s(med(sync, "teardown_cpu_s")),
+                    fmt_pct(r),
+                    "",
+                )
+            )
+        head = ("", "measured", "against", "ratio (target)", "")
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(5)]
+        for row in [head, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+        failures += len(missed)
+        print("\n  noise (min / median / max over the repeats) and verdicts:")
+        for name, rec in recs.items():
+            if not rec.get("repeats"):
+                reason = rec.get("skip_reason") or (rec.get("verdict_detail") or {}).get("reason")
+                print(f"  {name:9s} SKIP: {reason}")
+                continue
+            ex, rel = rec["exit_latency_s"], rec["release_s"]
+            spread = rel["max"] / rel["min"] if rel["min"] else 0
+            print(
+                f"  {name:9s} exit {fmt_s(ex['min'])} / {fmt_s(ex['median'])} / {fmt_s(ex['max'])}"
+                f"; release {fmt_s(rel['min'])} / {fmt_s(rel['median'])} / {fmt_s(rel['max'])}"
+                f" (max/min {spread:.2f}); verdict {rec['verdict']}"
+                + (f" (expected {rec['expected']})" if rec.get("expected") else "")
+            )
+            if rec.get("expected") and rec["verdict"] != rec["expected"]:
+                failures += 1
+    print(f"\n{'all targets met' if not failures else f'{failures} target(s) missed'}")
+    return 0 if not failures else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--sizes", default="8G")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--strategy", default=DEFAULT_STRATEGIES)
+    ap.add_argument("--thp", action="store_true")
+    ap.add_argument("--keep", metavar="FILE", help="keep the JSON results here")
+    ap.add_argument("--from", dest="src", metavar="FILE", help="re-print from a kept JSON file")
+    args = ap.parse_args()
+    if args.src:
+        with open(args.src) as f:
+            return report(json.load(f))
+    sizes = parse_sizes(args.sizes)
+    path = args.keep or os.path.join(tempfile.mkdtemp(prefix="kvmpv-shutdown-bench-"), "r.json")
+    doc = run(args, sizes, path)
+    print(f"results: {path}")
+    return report(doc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

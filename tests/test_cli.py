@@ -1,0 +1,201 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Bad input for the whole CLI: one line on stderr, the documented exit code, never a traceback.
+
+In-process through ``kvmpv.cli.main([...])`` and, for the traceback check, as a
+real ``python -m kvmpv`` subprocess (also as an unprivileged user).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from kvmpv import syscalls
+from kvmpv.cli import COMMANDS, main
+from kvmpv.errors import EXIT_ENV, EXIT_OK, EXIT_USAGE
+from kvmpv.kvm import KVM_DEV_ENV
+
+REPO = Path(__file__).resolve().parent.parent
+NOBODY = 65534
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("kvmpv: error: "), err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------
+# In process
+# --------------------------------------------------------------------------
+
+
+def test_no_kvm_device(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(KVM_DEV_ENV, "/nonexistent/kvm")
+    assert main(["probe", "--require", "kvm"]) == EXIT_ENV
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert "open(/nonexistent/kvm) failed" in line and "ENOENT" in line
+    assert "KVM device" in captured.out  # the probe itself was still printed
+    # Without --require, a host without KVM is a fact to report, not an error.
+    assert main(["probe", "--run-guest", "16M"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "x86 guest" in out and "not run" in out
+
+
+def test_permission_denied_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def denied(path: str, flags: int) -> int:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(syscalls.LINUX, "open", denied)
+    assert main(["probe", "--require", "kvm"]) == EXIT_ENV
+    line = one_error_line(capsys.readouterr().err)
+    assert "EACCES" in line and "permission denied" in line
+
+
+@pytest.mark.parametrize("size", ["4X", "-1G", "0", "1.5", "G", ""])
+def test_bad_size(size: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", f"--run-guest={size}"]) == EXIT_USAGE
+    line = one_error_line(capsys.readouterr().err)
+    assert "invalid size" in line
+
+
+def test_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "--inject-kvm", "api=x"]) == EXIT_USAGE
+    assert "--inject-kvm" in one_error_line(capsys.readouterr().err)
+    assert main(["probe", "--no-such-option"]) == EXIT_USAGE
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert main(["no-such-command"]) == EXIT_USAGE
+
+
+def test_not_linux(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert main(["probe"]) == EXIT_ENV
+    assert one_error_line(capsys.readouterr().err) == (
+        "kvmpv: error: kvmpv needs Linux; this is darwin"
+    )
+    # Every command refuses the same way, before it runs (or argparse says
+    # what is missing first, exit 2).
+    for name in COMMANDS:
+        code = main([name])
+        assert code in (EXIT_ENV, EXIT_USAGE), name
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        if code == EXIT_ENV:
+            assert one_error_line(err).endswith("this is darwin")
+
+
+# --------------------------------------------------------------------------
+# Real subprocesses: no traceback, exit codes as documented
+# --------------------------------------------------------------------------
+
+
+def run_kvmpv(
+    args: list[str],
+    env: Optional[dict[str, str]] = None,
+    prefix: Optional[list[str]] = None,
+    python: str = sys.executable,
+) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    return subprocess.run(
+        [*(prefix or []), python, "-m", "kvmpv", *args],
+        cwd=str(REPO),
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,env,code,needle",
+    [
+        (["probe", "--require", "kvm"], {KVM_DEV_ENV: "/nonexistent"}, EXIT_ENV, "ENOENT"),
+        (["probe", "--require", "kvm"], {KVM_DEV_ENV: "/dev/null"}, EXIT_ENV, "not a KVM device"),
+        (["probe", "--run-guest", "4X"], {}, EXIT_USAGE, "invalid size '4X'"),
+        (["probe", "--root", "/nonexistent", "--require", "pv-async"], {}, EXIT_ENV, "not usable"),
+    ],
+    ids=["no-device", "not-kvm", "bad-size", "no-pv"],
+)
+def test_subprocess_errors(args: list[str], env: dict[str, str], code: int, needle: str) -> None:
+    proc = run_kvmpv(args, env)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert needle in one_error_line(proc.stderr)
+
+
+def test_subprocess_not_linux() -> None:
+    code = (
+        "import sys; sys.platform = 'sunos5'; sys.argv = ['kvmpv', 'probe']; "
+        "from kvmpv.cli import entry_point; entry_point()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(REPO),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == EXIT_ENV
+    assert one_error_line(proc.stderr) == "kvmpv: error: kvmpv needs Linux; this is sunos5"
+
+
+def _unprivileged_python() -> list[str]:
+    """setpriv prefix + an interpreter uid 65534 can execute (pyenv under /root is 0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to uid 65534")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    for python in (sys.executable, "/usr/bin/python3"):
+        ok = subprocess.run([*prefix, python, "-c", "pass"], capture_output=True, timeout=30)
+        if ok.returncode == 0:
+            return [*prefix, python]
+    pytest.skip("no Python interpreter executable by uid 65534")
+
+
+@pytest.fixture
+def device_copy() -> Iterator[str]:
+    """A chmod-000 copy of /dev/kvm made with mknod in a temp dir uid 65534 can enter."""
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm to copy")
+    tmp = tempfile.mkdtemp(prefix="kvmpv-test-")
+    try:
+        os.chmod(tmp, 0o755)
+        node = os.path.join(tmp, "kvm")
+        os.mknod(node, 0o000 | stat.S_IFCHR, os.stat("/dev/kvm").st_rdev)
+        yield node
+    finally:
+        shutil.rmtree(tmp)
+
+
+@pytest.mark.parametrize("which", ["dev-kvm", "mknod-copy"])
+def test_permission_denied_unprivileged(which: str, request: pytest.FixtureRequest) -> None:
+    cmd = _unprivileged_python()
+    env = {}
+    if which == "mknod-copy":
+        env[KVM_DEV_ENV] = request.getfixturevalue("device_copy")
+    elif not os.path.exists("/dev/kvm") or os.stat("/dev/kvm").st_mode & 0o006:
+        pytest.skip("/dev/kvm missing or usable by everyone")
+    proc = run_kvmpv(["probe", "--require", "kvm"], env, prefix=cmd[:-1], python=cmd[-1])
+    assert proc.returncode == EXIT_ENV, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "EACCES" in line and "permission denied" in line
+    # The probe still reported the facts it could get.
+    assert "denied" in proc.stdout
