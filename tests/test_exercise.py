@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import IS_ROOT, mem_available
 
 from kvmpv.cli import main
 from kvmpv.report import results
 from kvmpv.scenarios import bench, exercise
 from kvmpv.units import GiB, MiB
-
-from conftest import IS_ROOT, mem_available
 
 
 def test_default_sizes_follow_the_host() -> None:

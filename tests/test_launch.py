@@ -394,3 +394,21 @@ def test_redis_server_filled_then_shut_down(
         f"cleaner freed {used2 >> 20} MiB {freed * 1e3:.1f} ms after the exit"
     )
     assert freed < 10
+
+
+def test_python_api_sees_the_preloaded_cleaner() -> None:
+    # One shared object, one state: arm() under the launcher returns the
+    # preload's cleaner instead of creating a second one.
+    code = (
+        "import os; from kvmpv import teardown\n"
+        "before = teardown.status(); after = teardown.arm()\n"
+        "found = teardown.find_cleaners(os.getpid())\n"
+        "print(os.getpid(), before.pid, after.pid, len(found))\n"
+    )
+    r = run_launch("-v", "--", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr
+    pid, before, after, count = r.stdout.split()
+    ARMED_PIDS.add(int(pid))
+    assert before == after != "None"
+    assert count == "1"
+    assert f"armed (pid {before}, parallel 1)" in r.stderr

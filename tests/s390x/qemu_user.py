@@ -13,6 +13,8 @@ passed), by node id, and run everywhere else.  Each entry names the qemu 7.2
 * ``socket(AF_NETLINK, ...)``: only NETLINK_ROUTE, NETLINK_AUDIT and
   NETLINK_KOBJECT_UEVENT are emulated; the proc connector (NETLINK_CONNECTOR)
   and taskstats (NETLINK_GENERIC) fail with EPROTONOSUPPORT.
+* ``uname()`` reports the emulated machine (s390x), while ``/proc`` is the
+  x86_64 kernel's (``/proc/sys/kernel/arch``).
 * ``ioctl()``: requests qemu has no table entry for fail with ENOSYS before
   reaching the kernel (so no ENOTTY from a non-KVM fd, and every KVM ioctl is
   ENOSYS).
@@ -36,6 +38,10 @@ NETLINK = (
     "qemu-user emulates only NETLINK_ROUTE/AUDIT/KOBJECT_UEVENT sockets: the proc "
     "connector and taskstats fail with EPROTONOSUPPORT"
 )
+KERNEL_ARCH = (
+    "qemu-user, uname() is emulated (s390x) but the kernel is x86_64: the probe reads the "
+    "kernel's /proc/sys/kernel/arch, the test compares it with platform.machine()"
+)
 NO_CGROUPS = (
     "qemu-user, the s390x root has no cgroup hierarchy (cgroup accounting is tested "
     "by the native run); this test requires a mounted cgroup hierarchy"
@@ -55,6 +61,8 @@ QEMU_USER_LIMITS: list[tuple[str, str]] = [
     ("tests/test_shutdown.py::test_native_unavailable_is_skip_never_sync", NETLINK),
     ("tests/test_shutdown.py::test_json_file_is_written", NETLINK),
     ("tests/test_shutdown.py::test_signal_mid_run_leaves_nothing*", NETLINK),
+    ("tests/test_probe.py::test_host_facts_are_real", KERNEL_ARCH),
+    ("tests/test_probe.py::test_host_probe_json_cli", KERNEL_ARCH),
     # Not qemu: the s390x root has no cgroup hierarchy (see run.py).
     ("tests/test_reboot.py::test_sigint_cli_exits_130_and_leaves_nothing", NO_CGROUPS),
     ("tests/test_accounting_cgroups.py::test_unprivileged_user_gets_skip_with_reasons", NO_CGROUPS),
