@@ -65,11 +65,40 @@ the guest makes its memory accessible -- pages still secure for an old
 configuration are exported (0x0201, cleared) -- and then halts: 0 with
 ``KVM_EXIT_HLT`` every time.
 
-Not modelled: vCPU stop/operating state (real PV VMs switch to user-controlled
-CPU state and refuse ``KVM_RUN`` on a stopped vCPU with EINVAL), interrupts,
-registers, ucontrol VMs beyond their creation, blocking of ``KVM_RUN`` while
-dumping, process exit (spec 3.7: use ``close_all()``, which behaves like the
-fds being closed with the mm still alive).
+The outside world
+=================
+* ``kick(vcpu_fd)``: a signal for a vCPU thread (pending until the next
+  ``KVM_RUN`` if the vCPU is outside it, so it is never lost).
+* ``deliver_fatal_signal(tid)`` / ``clear_fatal_signal(tid)``: a fatal signal
+  for native thread ``tid``; PERFORM notices it between batches (spec 3.4).
+* ``inject_uv_failure(uvc_cmd, rc, rrc, count)``: the Ultravisor fails the
+  next matching calls (the EIO/EINVAL rows of table 3.9);
+  ``inject_alloc_failure(site)``: the simulator's failslab (the ENOMEM row).
+* ``pause_at(point)`` / ``wait_paused`` / ``resume``: debugging gates that
+  hold a thread at a named point (``PAUSE_POINTS``), so that concurrency
+  checks (a new ENABLE while PERFORM runs, the QEMU race of spec 5) are
+  deterministic instead of timed.
+* Introspection, read-only and never blocking on the VM or vCPU locks:
+  ``protected_count``, ``vm_info(fd)``, ``vms()``, ``configs()``,
+  ``secure_bytes()``, ``uv_calls()``, ``stats()``, ``vcpu_in_run(fd)``,
+  ``open_fds()``.
+
+Who pays: PREPARE's synchronous destroy below 2 GiB is charged to the thread
+issuing PREPARE, the walk to the thread issuing PERFORM, DISABLE's and the
+VM destruction's sweep to their callers, and the destroy+import of a
+secure-storage violation to the vCPU thread that took it -- as in the
+kernel.  Guest memory must stay mapped while the VM lives (the kernel sees
+munmap, the simulator does not; it checks with msync() and skips unmapped
+ranges rather than crash).
+
+Not modelled: ENABLE failing with EINTR on a pending signal, vCPU
+stop/operating state (real PV VMs switch to user-controlled CPU state and
+refuse ``KVM_RUN`` on a stopped vCPU with EINVAL), interrupts, registers,
+ucontrol VMs beyond their creation, blocking of ``KVM_RUN`` while dumping,
+process exit (spec 3.7: ``close_all()`` behaves like the fds being closed
+with the mm still alive).  The FIXRACE early return of
+``kvm_s390_pv_deinit_cleanup_all`` is implemented but cannot be observed
+through the ioctls (with the count at 0 there is nothing to clean either).
 
 Locks (the order is the order of acquisition; never the reverse)
 ===============================================================
@@ -168,6 +197,9 @@ PAUSE_POINTS = frozenset(
         "run:slice",  # a protected guest finished a slice of page touching
     }
 )
+
+#: Allocation sites for ``inject_alloc_failure``.
+ALLOC_SITES = frozenset({"prepare:record", "prepare:asce"})
 
 _MS_ASYNC = 1
 _DEV_KVM = "/dev/kvm"
@@ -540,6 +572,7 @@ class SimulatedHost:
         self._inject: dict[int, list[list[int]]] = {}
         self._uv_log: collections.deque[UvCall] = collections.deque(maxlen=4096)
         self._pauses: dict[str, _Pause] = {}
+        self._alloc_failures: dict[str, int] = {}
         self._imported = 0
         self._destroyed = 0
         self._exported = 0
@@ -664,6 +697,30 @@ class SimulatedHost:
             raise ValueError("count must be >= 1")
         with self._lock:
             self._inject.setdefault(uvc_cmd, []).append([rc, rrc, count])
+
+    def inject_alloc_failure(self, site: str, count: int = 1) -> None:
+        """Make the next ``count`` kernel allocations at ``site`` fail (ENOMEM).
+
+        The simulator's failslab.  Sites (``ALLOC_SITES``): ``prepare:record``
+        (PREPARE step 5, the ``pv_vm_to_be_destroyed`` record) and
+        ``prepare:asce`` (PREPARE step 6 without Destroy Fast: the copy of the
+        top-level table made by ``s390_replace_asce``).  Both give -ENOMEM
+        with rc/rrc untouched; the vCPUs are already destroyed (spec 3.3).
+        """
+        if site not in ALLOC_SITES:
+            raise ValueError(f"unknown allocation site {site!r}; known: {sorted(ALLOC_SITES)}")
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        with self._lock:
+            self._alloc_failures[site] = self._alloc_failures.get(site, 0) + count
+
+    def _take_alloc_failure(self, site: str) -> bool:
+        with self._lock:
+            left = self._alloc_failures.get(site, 0)
+            if left <= 0:
+                return False
+            self._alloc_failures[site] = left - 1
+            return True
 
     def pending_uv_failures(self) -> int:
         with self._lock:
@@ -1079,6 +1136,7 @@ class SimulatedHost:
         if cmd.flags or cmd.cmd != uapi.pv_cmd_id.KVM_PV_DUMP:
             raise _err(errno.EINVAL)
         out = _Out()
+        out.rc, out.rrc = int(cmd.rc), int(cmd.rrc)
         ret = 0
         try:
             cfg = vcpu.config
@@ -1092,11 +1150,13 @@ class SimulatedHost:
             cc, out.rc, out.rrc = self._uv(UVC_CMD_DUMP_CPU, vcpu.cpu_handle)
             if cc:
                 raise _err(errno.EINVAL)
+            if not dmp.buff_addr:
+                raise _err(errno.EFAULT)
             ctypes.memset(int(dmp.buff_addr), 0, UV_GUEST_CPU_STOR_LEN)
         except OSError as exc:
             ret = -(exc.errno or errno.EIO)
         # Only rc and rrc are copied back by KVM_S390_PV_CPU_COMMAND.
-        cmd.rc, cmd.rrc = out.rc or cmd.rc, out.rrc or cmd.rrc
+        cmd.rc, cmd.rrc = out.rc, out.rrc
         ctypes.memmove(arg + 4, ctypes.addressof(cmd) + 4, 4)
         if ret < 0:
             raise _err(-ret)
@@ -1385,7 +1445,9 @@ class SimulatedHost:
         # 4. segment-type ASCE (memory limit <= 2 GiB, commit 292a7d6fca33)
         if _asce_type(vm.gmap_limit) == "segment":
             return -errno.EINVAL
-        # 5. (allocation of the record cannot fail here)
+        # 5. allocate the record (kzalloc)
+        if self._take_alloc_failure("prepare:record"):
+            return -errno.ENOMEM
         cfg = vm.config
         # 6. Destroy Secure Configuration Fast if the UV has it
         if self.destroy_fast:
@@ -1396,6 +1458,9 @@ class SimulatedHost:
                 cfg.fast_destroyed = True
             record = _Record(cfg, 0)
         else:
+            # s390_replace_asce(): the gmap gets a copy of its top-level table.
+            if self._take_alloc_failure("prepare:asce"):
+                return -errno.ENOMEM
             record = _Record(cfg, cfg.handle)
         # 7. destroy the pages below 2 GiB synchronously, memslot after memslot
         #    from the one holding guest address 0 (kvm_s390_destroy_lower_2g)
@@ -1957,6 +2022,7 @@ def _Ranges_from(pieces: list[tuple[int, int]]) -> _Ranges:
 
 
 __all__ = [
+    "ALLOC_SITES",
     "PAUSE_POINTS",
     "UVC_NAMES",
     "SimConfigInfo",

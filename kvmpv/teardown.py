@@ -85,9 +85,10 @@ from .errors import HostError, SyscallError, UsageError
 LIBRARY_NAME = "libkvmpv-cleaner.so"
 #: Environment variable overriding where the shared object is looked up.
 LIBRARY_ENV = "KVMPV_CLEANER_LIB"
-#: ``__WCLONE``: wait for "clone" children (exit signal not SIGCHLD).  Python's
-#: ``os`` module has no constant for it (checked up to 3.13).
-WCLONE = 0x80000000
+#: ``__WCLONE`` (0x80000000): wait for "clone" children (exit signal not
+#: SIGCHLD).  Python's ``os`` module has no constant for it (checked up to
+#: 3.13); written as the signed C int so ``os.waitpid``/``os.waitid`` accept it.
+WCLONE = -0x80000000
 #: Upper bound of ``parallel`` (the native code has static stacks for this many).
 MAX_PARALLEL = 64
 #: Default cap when ``parallel=0`` picks the CPUs of the process's cpuset.
@@ -152,6 +153,21 @@ def library_path() -> Optional[Path]:
     return None
 
 
+def _preloaded() -> Optional[ctypes.CDLL]:
+    """The copy already in the global namespace (LD_PRELOAD), whatever its path.
+
+    A program launched with one kvmpv installation's library may import
+    another installation's ``kvmpv``: using the preloaded copy keeps a single
+    state, so ``arm()`` never creates a second cleaner.
+    """
+    try:
+        glob = ctypes.CDLL(None, use_errno=True)
+        glob.kvmpv_cleaner_abi  # noqa: B018 - AttributeError when not preloaded
+    except (OSError, AttributeError):
+        return None
+    return glob
+
+
 def _load() -> ctypes.CDLL:
     """Load the shared object once; raise HostError with the reason if we cannot."""
     global _lib, _lib_error
@@ -162,21 +178,22 @@ def _load() -> ctypes.CDLL:
     if not sys.platform.startswith("linux"):
         _lib_error = f"the cleaner needs Linux; this is {sys.platform}"
         raise HostError(_lib_error)
-    path = library_path()
-    if path is None:
-        _lib_error = (
-            f"native cleaner not built: {LIBRARY_NAME} not found next to kvmpv "
-            "(install kvmpv with pip so that setup.py compiles kvmpv/native/)"
-        )
-        raise HostError(_lib_error)
-    try:
-        # When a program runs under ``kvmpv launch``, the same file is already
-        # loaded as LD_PRELOAD: dlopen returns that copy, so the Python API and
-        # the preload share one state and never create two cleaners.
-        lib = ctypes.CDLL(str(path), use_errno=True)
-    except OSError as err:
-        _lib_error = f"cannot load {path}: {err}"
-        raise HostError(_lib_error) from None
+    lib = _preloaded()
+    if lib is None:
+        path = library_path()
+        if path is None:
+            _lib_error = (
+                f"native cleaner not built: {LIBRARY_NAME} not found next to kvmpv "
+                "(install kvmpv with pip so that setup.py compiles kvmpv/native/)"
+            )
+            raise HostError(_lib_error)
+        try:
+            # Under ``kvmpv launch`` the same file is already loaded as
+            # LD_PRELOAD: dlopen returns that copy (one state, one cleaner).
+            lib = ctypes.CDLL(str(path), use_errno=True)
+        except OSError as err:
+            _lib_error = f"cannot load {path}: {err}"
+            raise HostError(_lib_error) from None
     lib.kvmpv_cleaner_arm.argtypes = [ctypes.c_int]
     lib.kvmpv_cleaner_arm.restype = ctypes.c_int
     lib.kvmpv_cleaner_disarm.argtypes = []
@@ -186,7 +203,7 @@ def _load() -> ctypes.CDLL:
     lib.kvmpv_cleaner_abi.argtypes = []
     lib.kvmpv_cleaner_abi.restype = ctypes.c_int
     if lib.kvmpv_cleaner_abi() != 1:
-        _lib_error = f"{path} has an unexpected ABI version"
+        _lib_error = f"{lib._name or LIBRARY_NAME} has an unexpected ABI version"
         raise HostError(_lib_error)
     _lib = lib
     return lib
@@ -195,10 +212,11 @@ def _load() -> ctypes.CDLL:
 def native_available() -> tuple[bool, str]:
     """``(True, path)`` when the native cleaner can be used, else ``(False, reason)``."""
     try:
-        lib = _load()
+        with _lock:
+            lib = _load()
     except HostError as err:
         return False, str(err)
-    return True, str(lib._name)
+    return True, str(lib._name or "preloaded " + LIBRARY_NAME)
 
 
 def default_parallel() -> int:

@@ -12,6 +12,9 @@ line on stdout; reads commands (one per line) on stdin.  Config keys: ``size``
 * ``thread-arms`` -- a worker thread arms and exits; the main thread lives on.
 * ``leader-exits`` -- arm, then the main thread calls pthread_exit(); a worker
   thread checks the memory after ``linger`` seconds and exits the process.
+* ``mappings`` -- like ``main``, with a shared anonymous mapping, a private
+  file mapping and (``kvm``: true) a KVM vCPU's kvm_run mapped; reports
+  /proc/self/maps after arming.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kvmpv import teardown
 from kvmpv.memory import GuestMemory
 
 PATTERN = 0x5A
+KEEP: list[object] = []  # mappings and handles that must live until the exit
 
 
 def report(**kw: object) -> None:
@@ -48,6 +52,30 @@ def sleeper() -> None:
     os.dup2(devnull, 1)
     time.sleep(30)
     os._exit(0)
+
+
+def mappings(cfg: dict[str, object]) -> list[object]:
+    """Mappings the parallel release must leave alone: shared anonymous,
+    file-backed private (with copied-on-write pages), and a vCPU's kvm_run."""
+    import mmap
+    import tempfile
+
+    keep: list[object] = []
+    shared = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_SHARED)
+    shared.write(b"s" * (4 << 20))
+    keep.append(shared)
+    f = tempfile.TemporaryFile()
+    f.truncate(1 << 20)
+    private_file = mmap.mmap(f.fileno(), 1 << 20, flags=mmap.MAP_PRIVATE)
+    private_file.write(b"f" * (1 << 20))  # CoW: anonymous pages in a file VMA
+    keep += [f, private_file]
+    if cfg.get("kvm"):
+        from kvmpv.kvm import Kvm
+
+        kvm = Kvm()
+        vm = kvm.vm_create()
+        keep += [kvm, vm, vm.vcpu_add(0)]
+    return keep
 
 
 def main() -> None:
@@ -82,8 +110,12 @@ def main() -> None:
         libc.pthread_exit.argtypes = [ctypes.c_void_p]
         libc.pthread_exit(None)  # the thread-group leader leaves first
         return
+    if scenario == "mappings":
+        KEEP.extend(mappings(cfg))
     st = teardown.arm(par)
     report(pid=os.getpid(), cleaner=st.pid, parallel=st.parallel)
+    if scenario == "mappings":
+        report(maps=[line for line in open("/proc/self/maps").read().splitlines()])
     while True:
         cmd = sys.stdin.readline().strip()
         if cmd in ("exit", ""):

@@ -260,9 +260,11 @@ def test_cli_all_skipped_exit_4(capsys: pytest.CaptureFixture[str]) -> None:
 @needs_sim
 def test_cli_auto_all_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     json_path = tmp_path / "auto.json"
+    threads_before = threading.active_count()
     code = main(["check", "--json", str(json_path)])
     out = capsys.readouterr().out
     assert code == 0, out
+    assert threading.active_count() == threads_before  # every check joined its threads
     doc = json.loads(json_path.read_text())
     schema = load_schema()  # the results-file schema that `kvmpv exercise` embeds this in
     jsonschema.validate(doc, {"$defs": schema["$defs"], **schema["$defs"]["check"]})
@@ -350,7 +352,7 @@ def test_cleanup_error_fails_a_passing_check() -> None:
     case = chk.run_one(_synthetic("cleanup", fn), "sim", FACTS, DUMMY_REQ)
     assert case.status is Status.FAIL
     assert ran == ["outer"]  # the remaining cleanup still ran
-    assert any(d.startswith("Cleanup| ") for d in case.diagnostics)
+    assert any(d.startswith("sim: Cleanup| ") for d in case.diagnostics)
 
 
 def test_bug_in_check_is_error_not_fail() -> None:
@@ -360,7 +362,7 @@ def test_bug_in_check_is_error_not_fail() -> None:
     case = chk.run_one(_synthetic("bug", fn), "sim", FACTS, DUMMY_REQ)
     assert case.status is Status.ERROR
     assert case.reason == "TypeError: oops"
-    assert any(d.startswith("Exception| ") for d in case.diagnostics)
+    assert any(d.startswith("sim: Exception| ") for d in case.diagnostics)
 
 
 def test_sigterm_runs_cleanup_then_bails_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -437,3 +439,46 @@ def test_readme_documents_every_check() -> None:
     section = readme.split("<!-- section: check -->")[1].split("<!-- /section: check -->")[0]
     missing = [c.name for c in chk.registry() if f"`{c.name}`" not in section]
     assert not missing, f"README check section lacks {missing}"
+
+
+@needs_sim
+def test_fd_left_open_fails_the_check() -> None:
+    """A check that leaks a simulator fd fails at cleanup (and the fd is closed)."""
+    leaked: list[Any] = []
+
+    def fn(ctx: chk.CheckContext) -> None:
+        from kvmpv.kvm import Kvm
+
+        leaked.append(ctx.sys)
+        Kvm(ctx.sys)  # never closed
+
+    case = chk.run_one(_synthetic("leak", fn), "sim", FACTS, chk.CheckRequest(facts=FACTS))
+    assert case.status is Status.FAIL
+    assert "fd(s) left open" in case.reason
+    assert leaked[0].open_fds() == 0
+
+
+@needs_sim
+def test_sigterm_with_a_vcpu_in_run_kicks_and_joins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while a vCPU thread sits in KVM_RUN: cleanup kicks it, joins it, closes every fd."""
+    seen: dict[str, Any] = {}
+
+    def fn(ctx: chk.CheckContext) -> None:
+        guest = chk.make_vm(ctx)
+        chk.boot(ctx, guest)
+        vcpu = guest.vcpus[0]
+        worker = ctx.thread(lambda: chk._run_once(vcpu), "vcpu0")
+        worker.kick = lambda: ctx.sim.kick(vcpu.fd)
+        chk._wait_in_run(ctx, vcpu)
+        seen.update(worker=worker, host=ctx.sys)
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(chk, "_REGISTRY", [_synthetic("blocked", fn)])
+    before = threading.active_count()
+    buf = io.StringIO()
+    with pytest.raises(Interrupted):
+        chk.run_checks(chk.CheckRequest(backend="sim", facts=FACTS), stream=buf)
+    assert not seen["worker"].is_alive()
+    assert seen["host"].open_fds() == 0
+    assert threading.active_count() == before
+    assert "Bail out! interrupted by signal 15, cleanup done" in buf.getvalue()

@@ -129,9 +129,8 @@ def test_immediate_exit_returns_eintr(vm: Vm) -> None:
 @needs_x86
 def test_device_attr_errors_on_x86(kvm: Kvm, vm: Vm) -> None:
     # x86 has no VM-fd device attributes: kvm_arch_vm_ioctl answers ENOTTY.
-    assert vm.has_device_attr(uapi.KVM_S390_VM_MEM_CTRL, uapi.KVM_S390_VM_MEM_LIMIT_SIZE, check=False) == (
-        -errno.ENOTTY
-    )
+    group, attr = uapi.KVM_S390_VM_MEM_CTRL, uapi.KVM_S390_VM_MEM_LIMIT_SIZE
+    assert vm.has_device_attr(group, attr, check=False) == -errno.ENOTTY
     with pytest.raises(KvmError) as info:
         vm.s390_set_mem_limit(1 << 32)
     assert info.value.ioctl == "KVM_SET_DEVICE_ATTR" and info.value.errno == errno.ENOTTY
@@ -155,7 +154,9 @@ def test_checked_vs_unchecked(vm: Vm) -> None:
     with pytest.raises(KvmError) as info:
         vm.ioctl(bogus, 0)
     assert info.value.errno == errno.ENOTTY
-    assert str(info.value) == "ioctl 0x0000aeff failed: errno 25 (ENOTTY) Inappropriate ioctl for device"
+    assert str(info.value) == (
+        "ioctl 0x0000aeff failed: errno 25 (ENOTTY) Inappropriate ioctl for device"
+    )
     assert isinstance(info.value, OSError)  # `except OSError` still works
 
 

@@ -412,3 +412,24 @@ def test_python_api_sees_the_preloaded_cleaner() -> None:
     assert before == after != "None"
     assert count == "1"
     assert f"armed (pid {before}, parallel 1)" in r.stderr
+
+
+def test_script_runs_armed_through_its_interpreter(tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nexit 9\n")
+    script.chmod(0o755)
+    r = run_launch("-v", "--", str(script))
+    assert r.returncode == 9
+    assert "armed (pid" in r.stderr
+
+
+def test_setuid_program_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a set-user-ID copy owned by another user")
+    prog = tmp_path / "true-suid"
+    shutil.copy("/bin/true", prog)
+    os.chown(prog, 65534, 65534)
+    prog.chmod(0o4755)
+    r = run_launch("--", str(prog))
+    assert r.returncode == 3
+    assert "set-user/group-ID" in r.stderr

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""kvmpv.memory: alignment, 4 KiB vs THP backing, populate, fill, release (measured by the kernel)."""
+"""kvmpv.memory: alignment, 4 KiB vs THP, populate, fill, release (as the kernel counts them)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from kvmpv import teardown
-from kvmpv.accounting import iter_kvmpv_cgroups
+from kvmpv.accounting import AccountingUnavailable, iter_kvmpv_cgroups
 from kvmpv.accounting.cgroups import creator_pid
 from kvmpv.cli import main
 from kvmpv.errors import HostError, UsageError
@@ -131,7 +131,9 @@ def test_sync_is_charged_and_rusage_agrees(run512: sd.ShutdownResult) -> None:
 def test_cleaner_exit_is_fast_and_charged(run512: sd.ShutdownResult) -> None:
     sync = _record(run512, "sync")
     d = _record(run512, "cleaner")
-    assert d["exit_latency_s"]["median"] < sync["exit_latency_s"]["median"] / 4, (d, sync)
+    # The least disturbed runs (the minimum: on a shared machine noise only
+    # ever adds time): the cleaner's exit does not include the teardown.
+    assert d["exit_latency_s"]["min"] < sync["exit_latency_s"]["min"] / 4, (d, sync)
     # The memory is freed after the exit, by the cleaner.
     assert d["release_s"]["median"] > d["exit_latency_s"]["median"]
     assert d["verdict"] == "charged", d["verdict_detail"]
@@ -173,12 +175,46 @@ def test_reaper_split_is_reported(run512: sd.ShutdownResult) -> None:
 
 
 @needs_root
+def test_no_cleaner_or_worker_left_after_a_run(run512: sd.ShutdownResult) -> None:
+    pids = [s.cleaner_pid for r in run512.records for s in r.samples if s.cleaner_pid]
+    if not pids:
+        pytest.skip(f"no cleaner ran: {NATIVE_WHY}")
+    # A reaped-by-init zombie may linger for a moment; a live one may not.
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
+    assert _our_workers(os.getpid()) == []
+
+
+@needs_root
 def test_text_report_names_every_strategy(run512: sd.ShutdownResult) -> None:
     from kvmpv.commands.shutdown import format_text
 
     text = format_text(run512)
     for s in sd.STRATEGIES:
         assert f"\n{s} " in text
+
+
+@needs_root
+@needs_native
+def test_both_verdicts_on_cgroup2() -> None:
+    # The run above used "auto" (v1 on these hybrid hosts); the same two
+    # opposite verdicts from cgroup2's cpu.stat.
+    _need_memory(256 * MiB)
+    req = sd.ShutdownRequest(
+        sizes=[256 * MiB], strategies=["sync", "cleaner", "elsewhere"], hierarchy="v2"
+    )
+    try:
+        result = sd.run_shutdown(req)
+    except AccountingUnavailable as err:
+        pytest.skip(f"cgroup2: {err.reason}")
+    if result.hierarchy != "v2":
+        pytest.skip(f"cgroup2 unusable here: {result.accounting_reason}")
+    got = {r.strategy: r.outcome.value for r in result.records}
+    assert got == {"sync": "charged", "cleaner": "charged", "elsewhere": "not charged"}, [
+        r.verdict for r in result.records
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -339,12 +375,31 @@ def _our_workers(kvmpv_pid: int) -> list[int]:
     return found
 
 
+def _cgroups_of(pid: int) -> list[str]:
+    return [c for c in iter_kvmpv_cgroups() if creator_pid(os.path.basename(c)) == pid]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@needs_root
+@pytest.mark.parametrize("strategy", ["cleaner", "reaper"])
+def test_error_mid_run_leaves_nothing(monkeypatch: pytest.MonkeyPatch, strategy: str) -> None:
+    # The worker is still populating when kvmpv gives up waiting for it.
+    if strategy == "cleaner" and not NATIVE_OK:
+        pytest.skip(f"native cleaner: {NATIVE_WHY}")
+    _need_memory(512 * MiB)
+    monkeypatch.setattr(sd, "_populate_timeout", lambda size: 0.05)
+    req = sd.ShutdownRequest(sizes=[512 * MiB], strategies=[strategy])
+    with pytest.raises(sd.ChildError, match="did not answer in time"):
+        sd.run_shutdown(req)
+    assert _our_workers(os.getpid()) == []
+    assert _cgroups_of(os.getpid()) == []
 
 
 @needs_root
@@ -383,5 +438,5 @@ def test_signal_mid_run_leaves_nothing(signo: int) -> None:
     leftover = [p for p in seen | cleaners if _alive(p)]
     assert not leftover, f"left running: {leftover}"
     assert _our_workers(proc.pid) == []
-    mine = [c for c in iter_kvmpv_cgroups() if creator_pid(os.path.basename(c)) == proc.pid]
+    mine = _cgroups_of(proc.pid)
     assert not mine, f"cgroups left: {mine}"

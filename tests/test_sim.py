@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import threading
 import time
 import tracemalloc
@@ -480,6 +481,19 @@ def test_prepare_fast_destroy_failure() -> None:
         assert env.info().protected and not env.info().set_aside
 
 
+@pytest.mark.parametrize(("site", "fast"), [("prepare:record", True), ("prepare:asce", False)])
+def test_prepare_allocation_failure(site: str, fast: bool) -> None:
+    with pv_vm(destroy_fast=fast) as env:
+        env.host.inject_alloc_failure("prepare:asce")  # never reached with fast
+        env.host.inject_alloc_failure(site)
+        r = cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE)
+        assert (r.errno, r.rc, r.rrc) == (errno.ENOMEM, 0, 0)
+        info = env.info()
+        assert info.protected and info.protected_vcpus == 0 and not info.set_aside
+        assert uapi.UVC_CMD_DESTROY_SEC_CONF_FAST not in uv_cmds(env.host)
+        assert cmd(env.vm, P.KVM_PV_DISABLE).ret == 0
+
+
 def test_prepare_blocks_while_vcpu_in_kvm_run() -> None:
     with pv_vm() as env:
         vcpu = env.vcpus[0]
@@ -866,6 +880,40 @@ def test_dump_commands() -> None:
         assert cmd(vm, P.KVM_PV_DUMP, a).ret == 0 and buf.raw[:4096] == bytes(4096)
         dmp.subcmd = 99
         assert cmd(vm, P.KVM_PV_DUMP, a).errno == errno.ENOTTY
+        # KVM_S390_PV_CPU_COMMAND(KVM_PV_DUMP/KVM_PV_DUMP_CPU) on the vCPU fd.
+        vcpu = env.vcpus[0]
+        cpu = uapi.kvm_pv_cmd(cmd=P.KVM_PV_DUMP, data=a)
+        dmp.subcmd, dmp.buff_len = uapi.pv_cmd_dmp_id.KVM_PV_DUMP_CPU, 100
+        assert vcpu.ioctl(uapi.KVM_S390_PV_CPU_COMMAND, cpu, check=False) == -errno.EINVAL
+        dmp.buff_len = 4096
+        assert vcpu.ioctl(uapi.KVM_S390_PV_CPU_COMMAND, cpu, check=False) == 0
+        assert (cpu.rc, cpu.rrc) == (1, 0)
+        cpu.flags = 1
+        assert vcpu.ioctl(uapi.KVM_S390_PV_CPU_COMMAND, cpu, check=False) == -errno.EINVAL
+        assert vcpu.ioctl(uapi.KVM_GET_REGS, uapi.kvm_regs(), check=False) == -errno.ENOTTY
+
+
+def test_close_all_releases_everything() -> None:
+    host = SimulatedHost()
+    with GuestMemory(SLOT) as mem:
+        kvm_fd = host.open("/dev/kvm", 0)
+        vm_fd = host.ioctl(kvm_fd, uapi.KVM_CREATE_VM, 0)
+        region = uapi.kvm_userspace_memory_region(
+            slot=0, guest_phys_addr=0, memory_size=SLOT, userspace_addr=mem.addr
+        )
+        host.ioctl(vm_fd, uapi.KVM_SET_USER_MEMORY_REGION, region)
+        vcpu_fd = host.ioctl(vm_fd, uapi.KVM_CREATE_VCPU, 0)
+        addr = host.mmap(vcpu_fd, 4096, 3, 1)
+        assert uapi.kvm_run.from_address(addr).exit_reason == 0
+        pv = uapi.kvm_pv_cmd(cmd=P.KVM_PV_ENABLE)
+        host.ioctl(vm_fd, uapi.KVM_S390_PV_COMMAND, pv)
+        assert host.open_fds() == 3 and host.protected_count == 1
+        host.close_all()
+        assert host.open_fds() == 0
+        (info,) = host.vms()  # the kvm_run mapping still holds the vCPU, hence the VM
+        assert info.alive
+        host.munmap(addr, 4096)
+        assert host.vms() == [] and host.protected_count == 0
 
 
 # --------------------------------------------------------------------------
@@ -894,3 +942,28 @@ def test_16g_guest_fits_as_ranges() -> None:
             tracemalloc.stop()
         assert peak < 4 * MiB, f"bookkeeping peaked at {peak} bytes"
         assert host.stats().destroyed_bytes == size and host.protected_count == 0
+
+
+def test_repeated_async_reboots_leave_nothing_behind() -> None:
+    host = SimulatedHost()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with GuestMemory(4 * MiB) as low, GuestMemory(4 * MiB) as high:
+        with Kvm(sys=host) as kvm:
+            for _ in range(30):
+                with kvm.vm_create() as vm:
+                    vm.mem_add(low, slot=0, gpa=0)
+                    vm.mem_add(high, slot=1, gpa=HIGH_GPA)
+                    vcpu = vm.vcpu_add(0)
+                    pv_cmd(vm, P.KVM_PV_ENABLE)
+                    assert vcpu.run() == uapi.KVM_EXIT_HLT
+                    for _ in range(2):
+                        pv_cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE)
+                        perform = Bg(lambda: pv_cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PERFORM))
+                        pv_cmd(vm, P.KVM_PV_ENABLE)
+                        assert vcpu.run() == uapi.KVM_EXIT_HLT
+                        assert perform.join().ret == 0
+            assert host.open_fds() == 1
+    assert host.open_fds() == 0 and host.vms() == [] and host.configs() == []
+    assert host.protected_count == 0 and host.secure_bytes() == {}
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert len(host.uv_calls()) <= 4096

@@ -253,7 +253,8 @@ def _values(obj: Any) -> Any:
         if isinstance(obj, ctypes.Union):
             fields = [max(fields, key=lambda f: ctypes.sizeof(f[1]))]
         out: dict[str, Any] = {}
-        for name, _ctype in fields:
+        for field in fields:
+            name = field[0]
             value = _values(getattr(obj, name))
             if name in getattr(cls, "_anonymous_", ()):
                 out.update(value)

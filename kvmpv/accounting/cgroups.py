@@ -33,6 +33,7 @@ import errno
 import os
 import re
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -396,7 +397,7 @@ class Cgroup:
         wrong cgroup.
         """
         writes = " && ".join(
-            f"echo $$ > '{os.path.join(d, 'cgroup.procs')}'" for d in self.paths.values()
+            f"echo $$ > {shlex.quote(os.path.join(d, 'cgroup.procs'))}" for d in self.paths.values()
         )
         return ["/bin/sh", "-c", f'{writes} && exec "$@"', "kvmpv-cgexec", *argv]
 

@@ -11,9 +11,10 @@ Which clock tells what (do_exit() order, kernel/exit.c):
     taskstats_exit()      <- taskstats exit record (before the teardown!)
     exit_mm()             <- address space freed here (the teardown)
     exit_files()          <- last VM/vCPU fd released here
+    cgroup_exit()         <- the task leaves its cgroup: everything is charged
     exit_notify()         <- pidfd becomes readable (do_notify_pidfd)
     proc_exit_connector() <- cn_proc EXIT event, timestamp_ns
-    ... cgroup_exit() in release path; wait4 rusage covers all of it
+    (wait4 rusage, collected after this, covers all of it)
 
 So a pidfd wake-up and the connector's ``timestamp_ns`` both mark the end of
 the teardown; ``timestamp_ns`` is ``ktime_get_ns()``, the clock of
@@ -31,6 +32,7 @@ import os
 import resource
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -168,6 +170,12 @@ def wait_pidfd(pidfd: int, timeout_s: Optional[float] = None) -> Optional[int]:
 # --------------------------------------------------------------------------
 # Proc connector
 
+_NLMSG_DONE = 3
+_CN_IDX_PROC = 1
+_CN_VAL_PROC = 1
+_PROC_CN_MCAST_LISTEN = 1
+_PROC_CN_MCAST_IGNORE = 2
+
 
 @dataclass(frozen=True)
 class ProcExit:
@@ -202,29 +210,81 @@ class ProcConnector:
         except OSError as err:
             # e.g. EPROTONOSUPPORT: no NETLINK_CONNECTOR (qemu-user, seccomp)
             raise AccountingUnavailable(f"proc connector: no connector socket: {err}") from err
+        self._stop_r = self._stop_w = -1
         try:
-            self._ps.bind()
-            self._ps.control(listen=True)
+            self._ps.bind()  # joins the CN_IDX_PROC multicast group
+            # Our own socket object on a dup of pyroute2's fd.  pyroute2's
+            # control() waits for its ack with a get() that cannot time out and
+            # that hung here under a flood of other tasks' events: subscribe
+            # with a raw message and read the ack (or the error) ourselves.
+            self._sock = socket.socket(fileno=os.dup(self._ps.fileno()))
         except Exception as err:
             self._ps.close()
-            code = getattr(err, "code", None) or getattr(err, "errno", None)
-            if code in (errno.EPERM, errno.EACCES):
-                raise AccountingUnavailable(
-                    "proc connector: EPERM (non-root listeners need Linux 6.6+)"
-                ) from err
             raise AccountingUnavailable(f"proc connector: {err}") from err
-        # Our own socket object on a dup of pyroute2's fd: poll() with a stop
-        # pipe works on it, while pyroute2's sync get() cannot be interrupted.
-        self._sock = socket.socket(fileno=os.dup(self._ps.fileno()))
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._watched: set[int] = set()
         self._exits: dict[int, ProcExit] = {}
         self._recent: collections.deque[ProcExit] = collections.deque(maxlen=recent)
         self.error: Optional[str] = None
+        try:
+            self._subscribe()
+        except BaseException:
+            self._sock.close()
+            self._ps.close()
+            raise
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="kvmpv-cn_proc", daemon=True)
         self._thread.start()
+
+    def _control(self, op: int, ack: int) -> None:
+        # nlmsghdr (type NLMSG_DONE) + struct cn_msg {idx, val, seq, ack, len,
+        # flags} + enum proc_cn_mcast_op; include/uapi/linux/connector.h, cn_proc.h
+        body = struct.pack("=IIIIHHI", _CN_IDX_PROC, _CN_VAL_PROC, 0, ack, 4, 0, op)
+        self._sock.send(struct.pack("=IHHII", 16 + len(body), _NLMSG_DONE, 0, 0, 0) + body)
+
+    def _subscribe(self) -> None:
+        ack = int.from_bytes(os.urandom(3), "little") + 1
+        try:
+            self._control(_PROC_CN_MCAST_LISTEN, ack)
+        except OSError as err:
+            raise AccountingUnavailable(f"proc connector: {oserror_text(err)}") from err
+        deadline = time.monotonic() + 2.0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AccountingUnavailable("proc connector: no reply to the LISTEN request")
+            r, _, _ = select.select([self._sock], [], [], left)
+            if not r:
+                continue
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:
+                    continue
+                raise AccountingUnavailable(f"proc connector: {oserror_text(err)}") from err
+            off = 0
+            while off + 56 <= len(data):
+                length = struct.unpack_from("=I", data, off)[0]
+                if length < 16:
+                    break
+                (msg_ack,) = struct.unpack_from("=I", data, off + 28)
+                (what,) = struct.unpack_from("=I", data, off + 36)
+                if what == 0 and msg_ack == ack + 1:
+                    # cn_proc_ack(): proc_event.event_data.ack.err, after the
+                    # what/cpu/timestamp_ns header of struct proc_event.
+                    (ack_err,) = struct.unpack_from("=I", data, off + 52)
+                    if ack_err in (errno.EPERM, errno.EACCES):
+                        raise AccountingUnavailable(
+                            "proc connector: EPERM (non-root listeners need Linux 6.6+)"
+                        )
+                    if ack_err:
+                        raise AccountingUnavailable(
+                            f"proc connector: LISTEN failed, errno {ack_err}"
+                        )
+                    self._handle(data)
+                    return
+                off += (length + 3) & ~3
 
     def _run(self) -> None:
         poller = select.poll()
@@ -245,22 +305,25 @@ class ProcConnector:
                 with self._lock:
                     self.error = f"proc connector: {oserror_text(err)}"
                 return
-            for ev in self._marshal.parse(data):
-                if ev.get("event") != "PROC_EVENT_EXIT":
-                    continue
-                rec = ProcExit(
-                    int(ev["process_pid"]),
-                    int(ev["process_tgid"]),
-                    int(ev["exit_code"]),
-                    int(ev["exit_signal"]),
-                    int(ev["timestamp_ns"]),
-                )
-                with self._cond:
-                    self._recent.append(rec)
-                    if rec.tgid in self._watched:
-                        # The last thread of the group to exit wins.
-                        self._exits[rec.tgid] = rec
-                        self._cond.notify_all()
+            self._handle(data)
+
+    def _handle(self, data: bytes) -> None:
+        for ev in self._marshal.parse(data):
+            if ev.get("event") != "PROC_EVENT_EXIT":
+                continue
+            rec = ProcExit(
+                int(ev["process_pid"]),
+                int(ev["process_tgid"]),
+                int(ev["exit_code"]),
+                int(ev["exit_signal"]),
+                int(ev["timestamp_ns"]),
+            )
+            with self._cond:
+                self._recent.append(rec)
+                if rec.tgid in self._watched:
+                    # The last thread of the group to exit wins.
+                    self._exits[rec.tgid] = rec
+                    self._cond.notify_all()
 
     def watch(self, tgid: int) -> None:
         with self._lock:
@@ -288,11 +351,14 @@ class ProcConnector:
         os.close(self._stop_w)
         os.close(self._stop_r)
         self._stop_w = self._stop_r = -1
-        self._sock.close()
         try:
-            self._ps.control(listen=False)
-        except Exception:  # closing the socket drops the listener anyway
+            # No ack awaited.  Since Linux 6.6 closing the socket alone also
+            # drops the listener; before, IGNORE keeps the kernel's listener
+            # count (which gates event generation) right.
+            self._control(_PROC_CN_MCAST_IGNORE, 0)
+        except OSError:
             pass
+        self._sock.close()
         self._ps.close()
 
     def __enter__(self) -> ProcConnector:

@@ -64,9 +64,5 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..report import plots
 
-        done, missing = plots.plot_all(doc, args.plot)
-        for info in done:
-            print(f"plot: {info.path}")
-        for reason in missing:
-            print(f"plot: SKIP {reason}")
+        print("\n".join(plots.plot_and_list(doc, args.plot)))
     return 0

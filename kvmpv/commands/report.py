@@ -29,9 +29,5 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..report import plots
 
-        done, missing = plots.plot_all(doc, args.plot)
-        for info in done:
-            print(f"plot: {info.path} ({', '.join(label for label, _ in info.series)})")
-        for reason in missing:
-            print(f"plot: SKIP {reason}")
+        print("\n".join(plots.plot_and_list(doc, args.plot)))
     return 0

@@ -52,10 +52,13 @@
  *  - POLLHUP alone is ambiguous: the program may have closed "all its fds"
  *    (daemonizing code) while it keeps running.  kcmp(KCMP_VM) tells: if our
  *    parent still has our mm, the pipe was just lost and we keep waiting on
- *    the pidfd, checking kcmp every 50 ms for an exec.  Otherwise we give the
- *    pidfd 20 ms to confirm a complete exit; without confirmation we treat it
- *    as exec and simply exit, which is always safe: the cleaner exiting early
+ *    the pidfd, checking kcmp every 50 ms for an exec.  Otherwise the parent
+ *    no longer uses our mm (exec'd, or exiting: its mm pointer is NULL), and
+ *    the plain cleaner exits at once -- that is always safe: exiting early
  *    only costs the asynchrony, it never frees memory anybody still uses.
+ *    The parallel mode first gives the pidfd 20 ms to confirm a complete
+ *    exit (it follows POLLHUP by microseconds); without confirmation (exec,
+ *    or the leader thread a zombie while other threads run) it exits plainly.
  *  - Without pidfd_open (ENOSYS, or a seccomp filter), getppid() changing
  *    (reparenting after the last thread exited) is the "gone" test, checked
  *    every 2 ms.

@@ -162,4 +162,13 @@ def plot_all(doc: dict[str, Any], prefix: str) -> tuple[list[PlotInfo], list[str
     return done, missing
 
 
-__all__: Sequence[str] = ("PALETTE", "PlotInfo", "plot_all", "plot_reboot", "plot_teardown")
+def plot_and_list(doc: dict[str, Any], prefix: str) -> list[str]:
+    """``plot_all`` plus one printable line per plot written or skipped."""
+    done, missing = plot_all(doc, prefix)
+    lines = [f"plot: {p.path} ({', '.join(label for label, _ in p.series)})" for p in done]
+    return lines + [f"plot: SKIP {reason}" for reason in missing]
+
+
+__all__: Sequence[str] = (
+    "PALETTE", "PlotInfo", "plot_all", "plot_and_list", "plot_reboot", "plot_teardown",
+)  # fmt: skip

@@ -381,6 +381,8 @@ class CheckContext:
         # VM destroys its secure pages (the simulator clears them for real),
         # which must not hit memory that is already unmapped.
         self._late: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        # Runs between the two: leak checks while guest memory is still mapped.
+        self._settle: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
     # -- reporting -----------------------------------------------------------
 
@@ -443,8 +445,8 @@ class CheckContext:
     def flush_deferred(self) -> list[str]:
         """Run the deferred cleanup; return one message per cleanup that failed."""
         errors: list[str] = []
-        while self._deferred or self._late:
-            fn, args = (self._deferred or self._late).pop()
+        while self._deferred or self._settle or self._late:
+            fn, args = (self._deferred or self._settle or self._late).pop()
             try:
                 fn(*args)
             except BaseException as exc:
@@ -824,6 +826,11 @@ def check_prepare_twice(ctx: CheckContext) -> None:
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
     ctx.require_ok(ctx.pv(guest.vm, ENABLE))
     ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    if ctx.is_sim:
+        # Step 2 (destroy the vCPUs) ran before step 3 refused.
+        info = sim_vm(ctx, guest.vm)
+        ctx.check_eq(info.protected, True, "VM still protected after the refused PREPARE")
+        ctx.check_eq(info.protected_vcpus, 0, "protected vCPUs after the refused PREPARE")
     ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
     ctx.expect(ctx.pv(guest.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
     if ctx.is_sim:
@@ -840,6 +847,12 @@ def check_mem_limit(ctx: CheckContext) -> None:
     """
     small = make_vm(ctx, high_size=0, mem_limit=2 * GiB)
     ctx.expect(ctx.pv(small.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    if ctx.is_sim:
+        info = sim_vm(ctx, small.vm)
+        ctx.diag(f"gmap: limit {info.gmap_limit:#x}, ASCE {info.asce_type}")
+        ctx.check_eq(info.asce_type, "segment", "ASCE type with a 2 GiB limit")
+        ctx.check_eq(info.protected, True, "VM still protected after the refused PREPARE")
+        ctx.check_eq(info.set_aside, False, "nothing set aside after the refused PREPARE")
     ctx.expect(ctx.pv(small.vm, DISABLE), rc=1)
     ctx.expect(ctx.pv(small.vm, PERFORM), err=errno.EINVAL, rc=0, rrc=0)
     big = make_vm(ctx, high_size=0, mem_limit=2 * GiB + MiB)
@@ -1229,6 +1242,42 @@ def check_reboot_race(ctx: CheckContext) -> None:
     ctx.expect(ctx.pv(guest.vm, PERFORM))
 
 
+@check(
+    "prepare_again_while_perform_runs",
+    spec="3.4 (API: PREPARE again as soon as cleanup starts)",
+    sim_only="holds PERFORM right after it detached its record (a simulator gate); "
+    "on a real kernel that moment is not observable",
+)
+def check_prepare_again(ctx: CheckContext) -> None:
+    """Once PERFORM has detached its record, the next reboot's PREPARE succeeds; both PERFORMs work.
+
+    api.rst: PREPARE "can be called again as soon as cleanup starts".  Two
+    old configurations are then torn down by two PERFORMs in parallel, each
+    on its own record.
+    """
+    guest = make_vm(ctx)
+    boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    gate = "perform:detached"
+    ctx.sim.pause_at(gate)
+    ctx.defer(ctx.sim.resume, gate)
+    first = ctx.thread(lambda: pv_cmd(guest.vm, PERFORM, check=False), "async_cleanup")
+    first.kick = lambda: ctx.sim.resume(gate)
+    ctx.require(ctx.sim.wait_paused(gate, timeout=30), "PERFORM never detached its record")
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    boot(ctx, guest)
+    ctx.expect(ctx.pv(guest.vm, PREPARE), rc=SYNTH_RC, rrc=SYNTH_RRC)
+    info = sim_vm(ctx, guest.vm)
+    ctx.diag(f"two old configurations: {info}")
+    ctx.check_eq((info.set_aside, info.performing), (True, 1), "(set aside, performing)")
+    ctx.sim.resume(gate)  # the second PERFORM must not park
+    ctx.expect(ctx.pv(guest.vm, PERFORM), rc=1, rrc=0)
+    res = first.wait(60)
+    ctx.diag(f"first PERFORM: {describe(res)}")
+    ctx.expect(res, rc=1, rrc=0)
+    check_nothing_left(ctx, "after both PERFORMs")
+
+
 @check("disable_with_leftover", spec="3.5", needs=(Need.PV_ASYNC,))
 def check_disable_leftover(ctx: CheckContext) -> None:
     """DISABLE of a new configuration also tears down the set-aside one (rc 1); PERFORM then finds
@@ -1388,8 +1437,8 @@ def header_lines(mode: str, facts: HostFacts, pairs: Sequence[tuple[Check, str]]
             if why:
                 lines.append(f"simulator used for the PV checks because: {why}")
             lines.append(
-                "simulator used for fault injection, fatal signals and a running "
-                "protected guest, which a real kernel cannot provide to kvmpv"
+                "simulator used for fault injection, fatal signals, a running protected "
+                "guest and PERFORM held mid-walk, which a real kernel cannot provide to kvmpv"
             )
         else:
             lines.append(f"simulator requested (--backend {mode})")
@@ -1469,6 +1518,8 @@ def run_one(chk: Check, backend: str, facts: HostFacts, req: CheckRequest) -> Ca
             case.status, case.reason = Status.ERROR, f"simulator unavailable: {err}"
             return case
     ctx = CheckContext(chk, backend, sys_, facts, perform_memory=req.perform_memory)
+    if backend == "sim":
+        ctx._settle.append((_sim_no_leftovers, (ctx,)))
     t0 = time.monotonic()
     status, reason = Status.PASS, ""
     try:
@@ -1490,9 +1541,11 @@ def run_one(chk: Check, backend: str, facts: HostFacts, req: CheckRequest) -> Ca
     finally:
         cleanup_errors = ctx.flush_deferred()
         case.duration_s = time.monotonic() - t0
-        case.diagnostics = ctx.diagnostics
     for msg in cleanup_errors:
         ctx.diag(f"Cleanup| {msg}")
+    # Diagnostics carry the backend too: a simulated rc/rrc quoted from a CI
+    # log must not pass for the real kernel's.
+    case.diagnostics = [f"{backend}: {line}" for line in ctx.diagnostics]
     if cleanup_errors and status in (Status.PASS, Status.SKIP):
         status, reason = Status.FAIL, f"cleanup failed: {cleanup_errors[0]}"
     if status is Status.PASS and ctx.failures:
@@ -1501,6 +1554,18 @@ def run_one(chk: Check, backend: str, facts: HostFacts, req: CheckRequest) -> Ca
         status, reason = Status.FAIL, ctx.failures[0]
     case.status, case.reason = status, reason
     return case
+
+
+def _sim_no_leftovers(ctx: CheckContext) -> None:
+    """After a sim check's cleanup: every simulator fd closed (else close them and fail)."""
+    host = ctx.sys
+    open_fds = getattr(host, "open_fds", None)
+    if open_fds is None:
+        return
+    left = int(open_fds())
+    if left:
+        host.close_all()  # type: ignore[attr-defined]
+        raise RuntimeError(f"{left} simulator fd(s) left open by the check")
 
 
 def describe_checks(facts: HostFacts, checks: Sequence[Check] = ()) -> Iterator[str]:

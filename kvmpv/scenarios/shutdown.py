@@ -542,14 +542,22 @@ class _Child:
         except OSError as err:
             raise HostError(f"cannot start the {role} ({sys.executable}): {err.strerror}") from None
         self.pid = self.proc.pid
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError as err:
+            self.proc.kill()
+            self.proc.wait()
+            raise HostError(f"pidfd_open failed: {err.strerror} (Linux >= 5.3 needed)") from None
         self._buf = b""
         self.exit_event: Optional[dict[str, Any]] = None
 
     def send(self, word: str) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(word.encode() + b"\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(word.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise ChildError(f"{self.role} {self.pid} died: {self.stderr_tail()}", 1) from None
 
     def _readline(self, deadline: float) -> Optional[bytes]:
         assert self.proc.stdout is not None
@@ -650,6 +658,14 @@ class _Processes:
 
     def __exit__(self, *exc: object) -> None:
         with _signals_held():
+            for c in self.children:
+                if c.role == "worker" and not select.select([c.pidfd], [], [], 0)[0]:
+                    # Interrupted before it told us its cleaner's pid: find it
+                    # by name, so that we wait for it too.
+                    for pid in teardown.find_cleaners(c.pid):
+                        if pid not in self.foreign:
+                            with contextlib.suppress(OSError):
+                                self.watch(pid)
             fds = [c.pidfd for c in self.children] + list(self.foreign.values())
             for c in self.children:
                 c.kill()
@@ -774,7 +790,12 @@ def _run_once(
         if strategy in CLEANER_STRATEGIES:
             if cleaner_pid is None:
                 raise ChildError(f"{strategy}: the worker armed no cleaner", 1)
-            fds["cleaner"] = procs.watch(cleaner_pid)
+            try:
+                fds["cleaner"] = procs.watch(cleaner_pid)
+            except ProcessLookupError:
+                raise ChildError(
+                    f"cleaner {cleaner_pid} died before the worker's exit", 1
+                ) from None
             if ocg is not None:
                 ocg.add_process(cleaner_pid)
                 if cleaner_pid not in ocg.pids():
