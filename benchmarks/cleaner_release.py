@@ -132,7 +132,40 @@ def main() -> int:
             delays[name].append(f - e)
     for name, values in delays.items():
         print(f"  start delay (1 MiB, incl. freeing the interpreter) {name:8s} {fmt(values)}")
+    small = [sleep_delay() for _ in range(args.repeat * 2)]
+    print(f"  start delay (`sleep` under kvmpv launch --exec, SIGTERM)  {fmt(small)}")
     return 0
+
+
+def sleep_delay() -> float:
+    """Cleaner exit - program exit for a tiny C program: ~ the notification delay."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmpv", "launch", "--exec", "--", "sleep", "30"],
+        cwd=str(ROOT),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (found := teardown.find_cleaners(proc.pid)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no cleaner appeared")
+            time.sleep(0.01)
+        pfd, cfd = os.pidfd_open(proc.pid), os.pidfd_open(found[0])
+        poller = select.poll()
+        poller.register(pfd, select.POLLIN)
+        poller.register(cfd, select.POLLIN)
+        proc.terminate()
+        seen: dict[int, float] = {}
+        while len(seen) < 2:
+            for fd, _ in poller.poll(10_000):
+                seen.setdefault(fd, time.monotonic())
+                poller.unregister(fd)
+        os.close(pfd)
+        os.close(cfd)
+        return seen[cfd] - seen[pfd]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 if __name__ == "__main__":

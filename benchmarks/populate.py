@@ -9,7 +9,8 @@ Measures, for each page size (4 KiB, THP) and repetition, interleaved:
 * ``kvmpv populate``: ``GuestMemory(SIZE).populate()`` (MADV_POPULATE_WRITE);
 * ``kvmpv x86 guest``: ``vm_touch_memory()`` on a fresh VM: the real guest
   writes one byte per page (KVM_RUN time; "total" adds VM/vCPU/page-table
-  set-up).
+  set-up);
+* ``populate+guest``: ``populate()`` first, then the guest (the sum of both).
 
 and prints the medians and the ratios to the C loop (issue 2 target:
 kvmpv populate <= 1.5x the C loop).  Times are noisy on a shared machine;
@@ -123,6 +124,20 @@ def kvmpv_guest(size: int, thp: bool) -> dict[str, float]:
     return {"s": result.run_s, "total_s": total, "thp_bytes": usage.anon_huge}
 
 
+def kvmpv_populate_guest(size: int, thp: bool) -> dict[str, float]:
+    start = time.perf_counter()
+    with Kvm() as kvm, kvm.vm_create() as vm, GuestMemory(size, thp=thp) as mem:
+        t0 = time.perf_counter()
+        mem.populate()
+        populate_s = time.perf_counter() - t0
+        result = vm_touch_memory(vm, mem)
+        total = time.perf_counter() - start
+        written = count_written(mem, 0xA5)
+    if written != size // 4096:
+        raise SystemExit(f"guest wrote {written} pages")
+    return {"s": populate_s + result.run_s, "total_s": total}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", default="4G")
@@ -149,6 +164,7 @@ def main() -> int:
             }
             if not args.no_guest:
                 variants["kvmpv x86 guest"] = kvmpv_guest
+                variants["populate+guest"] = kvmpv_populate_guest
             raw: dict[str, dict[str, list[dict[str, float]]]] = {}
             for thp in (False, True):
                 page = "THP" if thp else "4K"

@@ -9,7 +9,7 @@ Linux 6.9 (commit 71cd774ad2f9, "KVM: s390: move s390-specific structs to
 uapi/asm/kvm.h"), the PV structures exist only in the s390 ``asm/kvm.h``.
 
 Every value and layout below is checked against the Linux 6.12 headers compiled
-for x86_64 and s390x (``fixtures/uapi-*.json``, ``tests/test_uapi.py``).
+for x86_64 and s390x (``fixtures/uapi/<arch>.json``, ``tests/test_uapi.py``).
 
 The structures are native-endian ``ctypes.Structure``; on s390x that is
 big-endian, which is what the kernel expects.  ``be_struct()`` builds the
@@ -400,7 +400,12 @@ class kvm_run_io(ctypes.Structure):
 
 
 class kvm_run(ctypes.Structure):
-    """Header of ``struct kvm_run`` up to the start of the exit union, plus ``io``."""
+    """Header of ``struct kvm_run`` up to the start of the exit union, plus ``io``.
+
+    x86 layout: the exit union starts at offset 32.  On s390 ``psw_mask`` and
+    ``psw_addr`` come first and the union starts at 48, so ``io`` must not be
+    decoded there (the fixtures record it as an x86-only field).
+    """
 
     _fields_ = [
         ("request_interrupt_window", ctypes.c_uint8),
@@ -537,7 +542,11 @@ def constants() -> dict[str, int]:
 
 
 def field_offsets(struct: type[ctypes.Structure]) -> dict[str, int]:
-    """``offsetof`` of each top-level field (anonymous union members flattened)."""
+    """``offsetof`` of each top-level field.
+
+    An anonymous union appears under its own name (``u`` of ``kvm_s390_pv_info``),
+    not flattened into its members.
+    """
     out: dict[str, int] = {}
     for field in struct._fields_:
         name = field[0]

@@ -278,7 +278,9 @@ def _slot_of(vm: Vm, memory: GuestMemory) -> Optional[tuple[int, int]]:
     return None
 
 
-def vm_touch_memory(vm: Vm, memory: GuestMemory, *, byte: int = 0xA5) -> GuestTouchResult:
+def vm_touch_memory(
+    vm: Vm, memory: GuestMemory, *, byte: int = 0xA5, populate_first: bool = False
+) -> GuestTouchResult:
     """Run a guest on ``vm`` writing ``byte`` to the first byte of each 4 KiB page of ``memory``.
 
     ``memory`` is registered as memslot 0 at gpa 4 GiB (``DEFAULT_GPA``,
@@ -289,6 +291,11 @@ def vm_touch_memory(vm: Vm, memory: GuestMemory, *, byte: int = 0xA5) -> GuestTo
     the VM goes), and a boot memslot holding page tables and code is added
     for the run and deleted afterwards.  Returns after
     ``KVM_EXIT_HLT``; any other exit raises ``GuestExitError``.
+
+    ``populate_first=True`` populates the host pages first
+    (``MADV_POPULATE_WRITE``, not timed in ``run_s``), so the guest only
+    takes KVM's own faults: on the PVM backend that roughly halves the
+    total for 4 KiB memory (host fault + shadow fault per page otherwise).
     """
     if not 0 <= byte <= 0xFF:
         raise UsageError(f"byte {byte} is not in 0..255")
@@ -306,6 +313,8 @@ def vm_touch_memory(vm: Vm, memory: GuestMemory, *, byte: int = 0xA5) -> GuestTo
     boot_slot = max(vm.memslots) + 1
     vcpu_id = max((v.id for v in vm.vcpus), default=-1) + 1
 
+    if populate_first:
+        memory.populate()
     with GuestMemory(lay.boot_size) as boot:
         _write_page_tables(boot, lay)
         vm.mem_add(boot, slot=boot_slot, gpa=lay.boot_gpa)

@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -23,7 +29,9 @@ def _kvm_unavailable_reason() -> str:
 KVM_UNAVAILABLE = _kvm_unavailable_reason()
 IS_ROOT = os.geteuid() == 0
 
-needs_kvm = pytest.mark.skipif(bool(KVM_UNAVAILABLE), reason=f"no usable /dev/kvm: {KVM_UNAVAILABLE}")
+needs_kvm = pytest.mark.skipif(
+    bool(KVM_UNAVAILABLE), reason=f"no usable /dev/kvm: {KVM_UNAVAILABLE}"
+)
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (cgroups, taskstats)")
 
 
@@ -107,3 +115,56 @@ def no_cleaner_left() -> Iterator[None]:
         left = leftovers()
     if left:
         pytest.fail(f"cleaner processes left behind by the test suite: {left}")
+
+
+@pytest.fixture
+def pids_cgroup_of_one() -> Iterator[Path]:
+    """A pids cgroup (v1 hierarchy or v2 root) with pids.max = 1 (root only)."""
+    base = Path("/sys/fs/cgroup/pids")
+    if not (base / "cgroup.procs").exists():
+        base = Path("/sys/fs/cgroup")
+        control = base / "cgroup.subtree_control"
+        if not control.exists() or "pids" not in control.read_text().split():
+            base = Path("/nonexistent")
+    if os.geteuid() != 0 or not (base / "cgroup.procs").exists():
+        pytest.skip("needs root and a pids cgroup controller to make clone() fail")
+    path = base / f"kvmpv-h7clonefail-p{os.getpid()}-{secrets.token_hex(3)}"
+    path.mkdir()
+    try:
+        (path / "pids.max").write_text("1")
+        yield path
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (base / "cgroup.procs").write_text(pid)
+        path.rmdir()
+
+
+#: program -> Debian package, for the ``debian_programs`` fixture.
+DEBIAN_PACKAGES = {
+    "sqlite3": "sqlite3",
+    "redis-server": "redis-server",
+    "redis-cli": "redis-tools",
+    "strace": "strace",
+}
+PYTHON3 = "/usr/bin/python3"  # Debian's interpreter, not the one running pytest
+
+
+@pytest.fixture(scope="session")
+def debian_programs() -> dict[str, Optional[str]]:
+    """Paths of third-party programs the tests run, installing missing ones as root.
+
+    Programs nobody here wrote, from Debian packages (``DEBIAN_PACKAGES``):
+    apt-get install when root and missing (apt-get update first if that
+    fails); a test needing one that is still missing skips with the reason.
+    """
+    missing = sorted({pkg for prog, pkg in DEBIAN_PACKAGES.items() if shutil.which(prog) is None})
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    found = {prog: shutil.which(prog) for prog in DEBIAN_PACKAGES}
+    found["python3"] = PYTHON3 if os.access(PYTHON3, os.X_OK) else None
+    return found

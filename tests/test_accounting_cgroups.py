@@ -410,3 +410,30 @@ def test_unprivileged_user_gets_skip_with_reasons(nobody_tree: str) -> None:
     assert caps["hierarchy"] is None and not caps["v1"]["usable"] and not caps["v2"]["usable"]
     assert caps["v1"]["mounted"] and caps["v1"]["reason"]
     assert caps["taskstats_usable"] is False and "EPERM" in caps["taskstats_reason"]
+
+
+def test_capabilities_as_root_are_probed_for_real() -> None:
+    from kvmpv.accounting import capabilities
+
+    caps = capabilities()
+    d = json.loads(json.dumps(caps.to_dict()))  # JSON-clean for `kvmpv probe --json`
+    found = cgmod.discover_layouts()
+    for h in ("v1", "v2"):
+        assert d[h]["mounted"] == isinstance(found.get(h), cgmod.Layout)
+        if d[h]["usable"]:
+            assert d[h]["cpu_counters"], d[h]
+    if d["v1"]["usable"]:
+        assert "cpuacct.usage" in d["v1"]["cpu_counters"] and d["v1"]["thread_placement"]
+    if d["v2"]["usable"]:
+        assert d["v2"]["cpu_counters"] == ["cpu.stat"] and not d["v2"]["thread_placement"]
+    assert d["hierarchy"] in ("v1", "v2")
+    if d["taskstats_usable"]:
+        assert d["taskstats_version"] >= 1
+    else:
+        assert d["taskstats_reason"]
+    assert d["pidfd_usable"]
+    assert d["tolerance_ns"] == 2 * (1_000_000_000 // d["hz"])
+    text = "\n".join(caps.lines())
+    assert "cgroup v1:" in text and "taskstats:" in text and "proc connector:" in text
+    # the probe's own cgroups are gone
+    assert not [p for p in cgmod.iter_kvmpv_cgroups() if "probe" in p and str(os.getpid()) in p]

@@ -213,10 +213,12 @@ def test_taskstats_exit_record_misses_the_teardown(hierarchy: str) -> None:
     ts_ratio = n["taskstats_stime_ms"] / max(n["taskstats_stime_ms"] + n["taskstats_utime_ms"], 1)
     assert n["taskstats_run_ms"] * ts_ratio < n["wait4_stime_ms"], n
     # cgroup2 system_usec is cputime_adjust-ed like wait4 (same task, same
-    # samples); v1 cpuacct.usage_sys attributes each runtime delta by the mode
-    # the task was in (cpuacct_charge), a different estimate: wider slack.
+    # samples): equal within ticks.  v1 cpuacct.usage_sys is an unscaled tick
+    # sample (it can even exceed cpuacct.usage under steal time; measured up
+    # to +150 ms of 2.45 s here, never more than 10 ms below): one-sided.
     if hierarchy == "v2":
-        slack = 2 * tick_ms + 1
+        assert abs(n["cgroup_sys_ms"] - n["wait4_stime_ms"]) < 2 * tick_ms + 1, n
     else:
-        slack = max(4 * tick_ms, 0.10 * n["wait4_stime_ms"]) + 1
-    assert abs(n["cgroup_sys_ms"] - n["wait4_stime_ms"]) < slack, n
+        slack = max(4 * tick_ms, 0.05 * n["wait4_stime_ms"]) + 1
+        assert n["cgroup_sys_ms"] > n["wait4_stime_ms"] - slack, n
+    assert n["cgroup_sys_ms"] > n["taskstats_run_ms"] * ts_ratio, n

@@ -392,7 +392,8 @@ def test_sigterm_runs_cleanup_then_bails_out(monkeypatch: pytest.MonkeyPatch) ->
     assert cleaned.is_set()
     lines = buf.getvalue().splitlines()
     assert "ok 1 sim: first" in lines
-    assert lines[-2] == "Bail out! interrupted by signal 15, cleanup done"
+    assert lines[-3] == "Bail out! interrupted by signal 15, cleanup done"
+    assert lines[-2] == "# Planned tests != run tests (3 != 1)"
     assert lines[-1].startswith("# Totals: pass:1 ")
     assert not any("third" in ln for ln in lines)
 
@@ -482,3 +483,30 @@ def test_sigterm_with_a_vcpu_in_run_kicks_and_joins(monkeypatch: pytest.MonkeyPa
     assert seen["host"].open_fds() == 0
     assert threading.active_count() == before
     assert "Bail out! interrupted by signal 15, cleanup done" in buf.getvalue()
+
+
+def test_no_dev_kvm_everything_skips_with_the_reason() -> None:
+    """A host without /dev/kvm (CI container): --backend kvm is all SKIP, exit 4; auto uses sim."""
+    facts = chk.HostFacts("x86_64", "6.18.0", kvm_error="open(/dev/kvm) failed: errno 2 (ENOENT)")
+    result = chk.run_checks(chk.CheckRequest(backend="kvm", facts=facts))
+    assert result.exit_code == 4
+    assert {c.status for c in result.results} == {Status.SKIP}
+    pv_case = next(c for c in result.results if c.name == "prepare_success")
+    assert pv_case.reason == "no usable /dev/kvm: open(/dev/kvm) failed: errno 2 (ENOENT)"
+    assert {b for _, b in chk.plan(chk.registry(), "auto", facts)} == {"sim"}
+
+
+def test_pv_host_plan_runs_pv_checks_for_real() -> None:
+    """On an s390x PV host with cap 224, auto picks the real kernel for the PV checks."""
+    facts = chk.HostFacts(
+        "s390x", "6.8.0", cap_protected=1, cap_async=1, async_destroy_param=1, destroy_fast=False
+    )
+    where = {c.name: b for c, b in chk.plan(chk.registry(), "auto", facts)}
+    assert where["prepare_success"] == "kvm"
+    assert where["reboot_race_second_prepare"] == "kvm"
+    assert where["perform_success_rc"] == "kvm"
+    assert where["perform_fast_rc_untouched"] == "sim"  # this UV has no Destroy-Fast
+    assert where["pv_command_without_pv_host"] == "sim"  # the host has PV
+    assert where["async_destroy_off"] == "sim"  # async_destroy is 1
+    assert where["perform_destroy_eio"] == "sim"  # fault injection
+    assert facts.pv_reason() == ""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import ARMED_PIDS
+from conftest import ARMED_PIDS, PYTHON3
 
 from kvmpv import launcher, teardown
 
@@ -33,8 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 AVAILABLE, WHY = teardown.native_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"native cleaner unavailable: {WHY}")
 MODES = [pytest.param(None, id="plain"), pytest.param(2, id="parallel2")]
-PACKAGES = {"sqlite3": "sqlite3", "redis-server": "redis-server", "redis-cli": "redis-tools"}
-PYTHON3 = "/usr/bin/python3"  # Debian's interpreter, not the one running pytest
 
 
 def kvmpv_cmd(*args: str) -> list[str]:
@@ -51,21 +49,6 @@ def run_launch(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 def wait_fd(fd: int, timeout: float) -> Optional[float]:
     ready, _, _ = select.select([fd], [], [], timeout)
     return time.monotonic() if ready else None
-
-
-@pytest.fixture(scope="session")
-def debian_programs() -> dict[str, Optional[str]]:
-    """Paths of the third-party programs, installing missing ones as root."""
-    missing = sorted({pkg for prog, pkg in PACKAGES.items() if shutil.which(prog) is None})
-    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            subprocess.run(cmd, env=env, capture_output=True, timeout=600)
-    found = {prog: shutil.which(prog) for prog in PACKAGES}
-    found["python3"] = PYTHON3 if os.access(PYTHON3, os.X_OK) else None
-    return found
 
 
 def need(programs: dict[str, Optional[str]], *names: str) -> None:
@@ -433,3 +416,19 @@ def test_setuid_program_is_refused(tmp_path: Path) -> None:
     r = run_launch("--", str(prog))
     assert r.returncode == 3
     assert "set-user/group-ID" in r.stderr
+
+
+def test_preload_reports_a_failed_clone(pids_cgroup_of_one: Path) -> None:
+    # The shell joins a cgroup allowing one task, then execs (no new task) a
+    # program with the preload: the cleaner's clone() must fail, be reported
+    # on stderr, and the program must still run.
+    lib = teardown.library_path()
+    assert lib is not None
+    script = (
+        f"echo $$ > {pids_cgroup_of_one}/cgroup.procs && "
+        f'exec env LD_PRELOAD={lib} KVMPV_CLEANER_ARM=1 sh -c "echo ran; exit 4"'
+    )
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 4 and r.stdout == "ran\n"
+    assert "kvmpv: cleaner not armed in" in r.stderr
+    assert "clone failed: Resource temporarily unavailable" in r.stderr

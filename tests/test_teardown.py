@@ -18,9 +18,7 @@ import errno
 import json
 import os
 import re
-import secrets
 import select
-import shutil
 import signal
 import statistics
 import subprocess
@@ -365,29 +363,6 @@ def test_stdout_reader_sees_eof_at_parent_exit(child_factory: Any, mode: dict[st
 # --- failures are reported -------------------------------------------------------
 
 
-@pytest.fixture
-def pids_cgroup_of_one() -> Iterator[Path]:
-    """A pids cgroup (v1 hierarchy or v2 root) with pids.max = 1 (root only)."""
-    base = Path("/sys/fs/cgroup/pids")
-    if not (base / "cgroup.procs").exists():
-        base = Path("/sys/fs/cgroup")
-        control = base / "cgroup.subtree_control"
-        if not control.exists() or "pids" not in control.read_text().split():
-            base = Path("/nonexistent")
-    if os.geteuid() != 0 or not (base / "cgroup.procs").exists():
-        pytest.skip("needs root and a pids cgroup controller to make clone() fail")
-    path = base / f"kvmpv-h7clonefail-p{os.getpid()}-{secrets.token_hex(3)}"
-    path.mkdir()
-    try:
-        (path / "pids.max").write_text("1")
-        yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (base / "cgroup.procs").write_text(pid)
-        path.rmdir()
-
-
 def test_failed_clone_is_reported(pids_cgroup_of_one: Path) -> None:
     code = (
         "import sys, json\n"
@@ -454,13 +429,14 @@ def _ranges(maps: list[str], pred: Any) -> list[tuple[int, int]]:
     return out
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
 @pytest.mark.parametrize("use_kvm", [False, True], ids=["no-vm", "vcpu"])
 def test_parallel_release_touches_only_private_anonymous_memory(
-    child_factory: Any, use_kvm: bool
+    child_factory: Any, use_kvm: bool, debian_programs: dict[str, Optional[str]]
 ) -> None:
     """strace the cleaner: its madvise() calls cover the private anonymous
     memory and never a shared, file-backed, kvm_run or [stack] mapping."""
+    if not debian_programs.get("strace"):
+        pytest.skip("strace not installed (and could not be installed with apt-get)")
     if use_kvm and KVM_UNAVAILABLE:
         pytest.skip(f"no usable /dev/kvm: {KVM_UNAVAILABLE}")
     c = child_factory("mappings", size=128 * MiB, parallel=2, kvm=use_kvm)

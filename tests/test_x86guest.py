@@ -103,3 +103,10 @@ def test_default_gpa_is_above_the_32bit_hole(kvm: Kvm) -> None:
         assert result.gpa == x86guest.DEFAULT_GPA == 4 * GiB
         assert vm.memslots[0].guest_phys_addr == 4 * GiB
         assert result.mmio_completed == 0
+
+
+def test_populate_first(kvm: Kvm) -> None:
+    with kvm.vm_create() as vm, GuestMemory(32 * MiB) as mem:
+        result = vm_touch_memory(vm, mem, populate_first=True)
+        assert result.pages_written == count_written(mem, 0xA5) == 8192
+        assert mem.usage().rss == 32 * MiB

@@ -18,6 +18,7 @@ are ignored while CMD runs (the terminal sends them to CMD itself).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..launcher import LaunchRequest, launch, split_command
@@ -61,6 +62,16 @@ def _say(line: str) -> None:
         )
 
 
+def _owns_process() -> bool:
+    """True when this interpreter is the ``kvmpv`` command itself (console
+    script or ``python -m kvmpv``), not a program calling ``cli.main()``."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name in ("kvmpv", "kvmpv.__main__"):
+        return True
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "kvmpv"
+
+
 def run(args: argparse.Namespace) -> int:
     req = LaunchRequest(
         argv=split_command(args.cmd),
@@ -71,4 +82,12 @@ def run(args: argparse.Namespace) -> int:
     result = launch(req, on_start=_say if args.verbose else None)
     for warning in result.warnings:
         print(f"kvmpv: warning: {warning}", file=sys.stderr)
+    if _owns_process():
+        # Whoever waits for us must see CMD's exit, not the interpreter's
+        # teardown of every kvmpv module (measured: 90-160 ms here, more than
+        # the cleaner saves on a few GiB).  Nothing is left to clean up: CMD
+        # has exited, signal handlers are restored, the report pipe is closed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.exit_status)
     return result.exit_status

@@ -102,7 +102,7 @@ class KtapWriter:
         self._line(f"Bail out! {_one_line(self.bailed_out)}")
 
     def totals(self) -> None:
-        if self.planned is not None and self.planned != self.number and not self.bailed_out:
+        if self.planned is not None and self.planned != self.number:
             # kselftest.h ksft_print_cnts(): say so instead of hiding a short run.
             self._line(f"# Planned tests != run tests ({self.planned} != {self.number})")
         self._line(self.counts.totals_line())

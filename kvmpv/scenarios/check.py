@@ -772,6 +772,8 @@ def check_prepare_unprotects(ctx: CheckContext) -> None:
     set-aside one, which PERFORM then still finds (spec 3.5).
     """
     guest = make_vm(ctx)
+    # Spec 3.2: a protected VM cannot be enabled twice (no UVC runs: rc/rrc 0).
+    ctx.expect(ctx.pv(guest.vm, ENABLE), err=errno.EINVAL, rc=0, rrc=0)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
     extra = ctx.memory(MiB)
     ret = guest.vm.set_user_memory_region(2, 4 * GiB, MiB, extra.addr, check=False)
@@ -1116,7 +1118,14 @@ def check_prepare_blocks(ctx: CheckContext) -> None:
     _wait_in_run(ctx, vcpu)
     preparer = ctx.thread(lambda: pv_cmd(guest.vm, PREPARE, check=False), "prepare")
     preparer.kick = runner.kick  # a PREPARE stuck on the vCPU mutex needs the vCPU out
-    ctx.check_true(not preparer.done.wait(0.3), "PREPARE returned while a vCPU was in KVM_RUN")
+    blocked = not preparer.done.wait(0.3)
+    ctx.check_true(blocked, "PREPARE returned while a vCPU was in KVM_RUN")
+    info = sim_vm(ctx, guest.vm)
+    ctx.diag(
+        f"after 0.3 s: PREPARE blocked {blocked}, vCPUs in KVM_RUN {info.vcpus_in_run}, "
+        f"waiters on a vCPU mutex {info.vcpu_mutex_waiters}"
+    )
+    ctx.check_eq(info.vcpu_mutex_waiters, 1, "threads waiting for the vCPU mutex (PREPARE)")
     ctx.sim.kick(vcpu.fd)
     exit_reason = runner.wait(30)
     ctx.check_eq(exit_reason, uapi.KVM_EXIT_INTR, "vCPU exit after the kick")

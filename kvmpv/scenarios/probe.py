@@ -626,7 +626,7 @@ def _acc_line(acc: dict[str, Any]) -> str:
             parts.append(f"{key} {'usable' if value.get('usable') else 'unusable'}")
         elif not isinstance(value, (list, tuple)):
             parts.append(f"{key}={value}")
-    return "yes: " + ", ".join(parts)
+    return ", ".join(parts)
 
 
 __all__ = [

@@ -244,7 +244,7 @@ def ensure_site(root: Path, pyver: str) -> str:
 
 
 def copy_tree(dest: Path) -> None:
-    """kvmpv's pure-Python parts: no .so, no caches, no VCS data."""
+    """kvmpv's pure-Python parts and what the tests read: no .so, caches or VCS data."""
     ignore = shutil.ignore_patterns(
         "__pycache__", "*.so", "*.o", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache"
     )
@@ -252,7 +252,9 @@ def copy_tree(dest: Path) -> None:
     for part in ("kvmpv", "tests", "fixtures"):
         if (REPO / part).exists():
             shutil.copytree(REPO / part, dest / part, ignore=ignore)
-    shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md"):  # tests read the README too
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, dest / name)
 
 
 def run_pytest(root: Path, pytest_args: list[str]) -> int:
