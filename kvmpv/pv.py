@@ -72,10 +72,14 @@ from .uapi import (
 class PvResult:
     """Outcome of one PV command: ioctl return (``-errno`` on failure) and UV rc/rrc."""
 
-    cmd: pv_cmd_id
+    cmd: int  # a pv_cmd_id member, or a plain int for numbers the kernel does not know
     ret: int
     rc: int
     rrc: int
+
+    @property
+    def name(self) -> str:
+        return self.cmd.name if isinstance(self.cmd, pv_cmd_id) else f"cmd {self.cmd}"
 
     @property
     def ok(self) -> bool:
@@ -86,19 +90,21 @@ class PvResult:
         return -self.ret if self.ret < 0 else 0
 
     def to_dict(self) -> dict[str, object]:
-        return {"cmd": self.cmd.name, "ret": self.ret, "rc": self.rc, "rrc": self.rrc}
+        return {"cmd": self.name, "ret": self.ret, "rc": self.rc, "rrc": self.rrc}
 
 
 def _error(result: PvResult) -> PvCmdError:
     return PvCmdError(
-        IOCTL_NAMES[KVM_S390_PV_COMMAND], result.cmd.name, result.errno, result.rc, result.rrc
+        IOCTL_NAMES[KVM_S390_PV_COMMAND], result.name, result.errno, result.rc, result.rrc
     )
 
 
-def pv_cmd(
-    vm: Vm, cmd: pv_cmd_id, data: int = 0, *, flags: int = 0, check: bool = True
-) -> PvResult:
-    """Issue ``KVM_S390_PV_COMMAND`` sub-command ``cmd`` on ``vm``."""
+def pv_cmd(vm: Vm, cmd: int, data: int = 0, *, flags: int = 0, check: bool = True) -> PvResult:
+    """Issue ``KVM_S390_PV_COMMAND`` sub-command ``cmd`` on ``vm``.
+
+    ``cmd`` may be a number outside ``pv_cmd_id``: probing the kernel with an
+    unknown sub-command (ENOTTY) is a conformance check, not a caller bug.
+    """
     arg = kvm_pv_cmd(cmd=int(cmd), data=data, flags=flags)
     while True:
         arg.rc = 0
@@ -106,7 +112,8 @@ def pv_cmd(
         ret = vm.pv_ioctl(arg)
         if ret != -errno.EINTR:
             break
-    result = PvResult(pv_cmd_id(cmd), ret, int(arg.rc), int(arg.rrc))
+    known = int(cmd) in pv_cmd_id._value2member_map_
+    result = PvResult(pv_cmd_id(cmd) if known else int(cmd), ret, int(arg.rc), int(arg.rrc))
     if check and not result.ok:
         raise _error(result)
     return result

@@ -60,8 +60,9 @@
  *    exit (it follows POLLHUP by microseconds); without confirmation (exec,
  *    or the leader thread a zombie while other threads run) it exits plainly.
  *  - Without pidfd_open (ENOSYS, or a seccomp filter), getppid() changing
- *    (reparenting after the last thread exited) is the "gone" test, checked
- *    every 2 ms.
+ *    (reparenting after the last thread exited) is the "gone" test: checked
+ *    after POLLHUP (every 200 us for up to 20 ms), every 100 ms as a backstop
+ *    while the pipe is watched, every 2 ms once it is lost.
  *
  * The parallel mode (issue 8) only runs after a *confirmed* complete exit
  * (pidfd readable, or getppid changed): MADV_DONTNEED zeroes memory, so it
@@ -331,7 +332,10 @@ static int wait_for_parent(const struct arena *a)
 	int watch_pipe = 1;
 
 	for (;;) {
-		struct timespec tick = { 0, (a->pidfd >= 0 ? 50 : 2) * MS };
+		/* Timeouts are only backstops: pidfd -> kcmp every 50 ms once the
+		 * pipe is lost; no pidfd -> getppid every 100 ms beside the pipe
+		 * (a raw-clone child may hold a copy), every 2 ms without it. */
+		struct timespec tick = { 0, (a->pidfd >= 0 ? 50 : watch_pipe ? 100 : 2) * MS };
 		int timed = !watch_pipe || a->pidfd < 0;
 		long n = RAW5(SYS_ppoll, p, 2, timed ? &tick : 0, 0, 8);
 

@@ -503,18 +503,18 @@ class CheckContext:
         rrc: Optional[int] = None,
     ) -> bool:
         """Soft-check a PV result: errno ``err`` (0 = success) and rc/rrc if given."""
-        ok = self.check_eq(errno_text(res.errno), errno_text(err), f"{res.cmd.name} ioctl result")
+        ok = self.check_eq(errno_text(res.errno), errno_text(err), f"{res.name} ioctl result")
         if rc is not None:
-            ok = self.check_eq(hex(res.rc), hex(rc), f"{res.cmd.name} rc") and ok
+            ok = self.check_eq(hex(res.rc), hex(rc), f"{res.name} rc") and ok
         if rrc is not None:
-            ok = self.check_eq(hex(res.rrc), hex(rrc), f"{res.cmd.name} rrc") and ok
+            ok = self.check_eq(hex(res.rrc), hex(rrc), f"{res.name} rrc") and ok
         return ok
 
     def require_ok(self, res: PvResult) -> None:
         """Hard-check success: later steps make no sense after a failed setup step."""
         if not res.ok:
-            self.fail_soft(f"{res.cmd.name} failed: {describe(res)}")
-            raise CheckFailed(f"{res.cmd.name} failed")
+            self.fail_soft(f"{res.name} failed: {describe(res)}")
+            raise CheckFailed(f"{res.name} failed")
 
     def pv_raw(
         self, vm: Vm, cmd: int, *, flags: int = 0, rc: int = RC_SENTINEL, rrc: int = RRC_SENTINEL
