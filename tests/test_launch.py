@@ -27,7 +27,8 @@ from typing import Optional
 import pytest
 from conftest import ARMED_PIDS, PYTHON3
 
-from kvmpv import launcher, teardown
+from kvmpv import teardown
+from kvmpv.scenarios import launch as launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 AVAILABLE, WHY = teardown.native_available()
@@ -432,3 +433,11 @@ def test_preload_reports_a_failed_clone(pids_cgroup_of_one: Path) -> None:
     assert r.returncode == 4 and r.stdout == "ran\n"
     assert "kvmpv: cleaner not armed in" in r.stderr
     assert "clone failed: Resource temporarily unavailable" in r.stderr
+
+
+def test_parallel_without_n_uses_the_cpuset() -> None:
+    r = run_launch("-v", "--parallel", "--", "true")
+    assert r.returncode == 0, r.stderr
+    want = min(len(os.sched_getaffinity(0)), teardown.DEFAULT_PARALLEL_CAP)
+    assert f"parallel {want})" in r.stderr
+    assert teardown.default_parallel() == want

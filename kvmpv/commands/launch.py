@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from ..launcher import LaunchRequest, launch, split_command
+from ..scenarios.launch import LaunchRequest, launch, split_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, Callable, Optional
 
-from .errors import HostError, KvmpvError, UsageError
-from .teardown import MAX_PARALLEL, default_parallel, library_path
+from ..errors import HostError, KvmpvError, UsageError
+from ..teardown import MAX_PARALLEL, default_parallel, library_path
 
 #: Shell conventions for a command that cannot be run.
 EXIT_NOT_FOUND = 127
