@@ -77,7 +77,10 @@ def test_pidfd_exit_time_and_wait4_rusage() -> None:
         ru = reap(p.pid)
         p.returncode = 0
         assert ru is not None and ru.exit_code == 0 and ru.reaped_ns >= woke
-        assert ru.user_ns >= 50 * MS  # the 60 ms burn (tick split: allow a tick)
+        # The 60 ms burn, as a total: the user/system split is tick-sampled and,
+        # with steal time on this VM, a pure-user burn was seen as 25 ms user +
+        # 50 ms system.  Totals are what the verdicts compare, too.
+        assert ru.user_ns + ru.system_ns >= 50 * MS
     finally:
         os.close(fd)
         p.stdin.close()

@@ -59,7 +59,9 @@ hits them alike.
 
 Touches: spawns and kills its worker/reaper children (and the workers'
 cleaners), creates and removes private cgroups (``kvmpv.accounting``), reads
-``/proc/meminfo``, ``/proc/stat``, ``/proc/loadavg``.  Nothing is left behind
+``/proc/meminfo``, ``/proc/stat``, ``/proc/loadavg``; sets priorities where
+allowed (worker nice -10, reaper -20 as lmkd, kvmpv's waiting thread -10
+while it waits: see WORKER_NICE and _waiter_priority).  Nothing is left behind
 after errors, SIGINT or SIGTERM: every process is SIGKILLed and waited for
 before its cgroups are removed.
 """
