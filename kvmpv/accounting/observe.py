@@ -3,8 +3,8 @@
 
 Touches: pidfds (``pidfd_open``), ``wait4`` on our own children, the calling
 thread's CPU clock and ``RUSAGE_THREAD``, and a proc connector socket
-(``NETLINK_CONNECTOR``, via pyroute2 ``ProcEventSocket``) read by one
-background thread that ``ExitWatcher.close()`` stops and joins.
+(raw ``NETLINK_CONNECTOR``, every wait bounded: see ``ProcConnector``) read
+by one background thread that ``ExitWatcher.close()`` stops and joins.
 
 Which clock tells what (do_exit() order, kernel/exit.c):
 
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Optional
 
+from . import netlink as nl
 from .common import AccountingUnavailable, oserror_text
 
 # --------------------------------------------------------------------------
@@ -170,11 +171,20 @@ def wait_pidfd(pidfd: int, timeout_s: Optional[float] = None) -> Optional[int]:
 # --------------------------------------------------------------------------
 # Proc connector
 
-_NLMSG_DONE = 3
 _CN_IDX_PROC = 1
 _CN_VAL_PROC = 1
 _PROC_CN_MCAST_LISTEN = 1
 _PROC_CN_MCAST_IGNORE = 2
+_PROC_EVENT_NONE = 0
+_PROC_EVENT_EXIT = 0x80000000
+# nlmsghdr (16) + struct cn_msg {idx, val, seq, ack, u16 len, u16 flags} (20)
+# + struct proc_event {what, cpu, u64 timestamp_ns (packed), event_data}:
+# include/uapi/linux/connector.h and cn_proc.h.
+_CN_MSG = struct.Struct("=IIIIHH")
+_EV_HEAD = struct.Struct("=IIQ")  # what, cpu, timestamp_ns at offset 36
+_EV_EXIT = struct.Struct("=IIII")  # process_pid, process_tgid, exit_code, exit_signal
+_EV_OFF = 16 + _CN_MSG.size
+_DATA_OFF = _EV_OFF + _EV_HEAD.size
 
 
 @dataclass(frozen=True)
@@ -188,39 +198,49 @@ class ProcExit:
     timestamp_ns: int  # CLOCK_MONOTONIC, as time.monotonic_ns()
 
 
+def parse_proc_events(data: bytes) -> list[tuple[int, int, bytes, int]]:
+    """(what, cn_msg ack, raw event_data, timestamp_ns) of each cn_proc
+    message in a datagram; anything too short is skipped."""
+    out = []
+    for off, length, _typ, _flags, _seq, _pid in nl.messages(data):
+        if length < _DATA_OFF or off + _DATA_OFF > len(data):
+            continue
+        idx, val, _cseq, ack, clen, _cflags = _CN_MSG.unpack_from(data, off + 16)
+        if (idx, val) != (_CN_IDX_PROC, _CN_VAL_PROC):
+            continue
+        what, _cpu, ts = _EV_HEAD.unpack_from(data, off + _EV_OFF)
+        end = min(off + length, off + _EV_OFF + clen)
+        out.append((what, ack, bytes(data[off + _DATA_OFF : end]), ts))
+    return out
+
+
 class ProcConnector:
     """Listens to cn_proc EXIT events in a background thread.
 
     Only events of ``watch``ed thread groups are kept, plus the last
     ``recent`` exits of any task so that a process that exits before it is
     watched is not missed.
+
+    Raw ``NETLINK_CONNECTOR`` socket (``kvmpv.accounting.netlink``), no
+    pyroute2: its ``ProcEventSocket.control()`` waits for the LISTEN/IGNORE
+    ack without a deadline and hung the test suite for >10 minutes.  That
+    ack is *multicast* to the whole group, so a flood of other tasks' events
+    can overrun our queue and drop it, and ``cn_proc_ack()`` sends none at
+    all when no listener is left (an IGNORE by the last listener, a refused
+    LISTEN).  The counter behind that is global and leaks upwards whenever a
+    listening socket is closed without IGNORE (``cn_release()`` does not
+    decrement it), which is why the hang depends on the machine's history.
+    Here the LISTEN is resent after an overrun and the wait ends after
+    ``timeout_s`` with AccountingUnavailable; the IGNORE at close is not
+    waited for.
     """
 
-    def __init__(self, recent: int = 4096) -> None:
-        try:
-            from pyroute2.netlink.connector.cn_proc import (  # type: ignore[import-untyped]
-                ProcEventMarshal,
-                ProcEventSocket,
-            )
-        except ImportError as err:
-            raise AccountingUnavailable(f"proc connector: pyroute2 not importable: {err}") from err
-        self._marshal = ProcEventMarshal()
-        try:
-            self._ps: Any = ProcEventSocket()
-        except OSError as err:
-            # e.g. EPROTONOSUPPORT: no NETLINK_CONNECTOR (qemu-user, seccomp)
-            raise AccountingUnavailable(f"proc connector: no connector socket: {err}") from err
+    def __init__(self, recent: int = 4096, timeout_s: float = nl.NETLINK_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
         self._stop_r = self._stop_w = -1
-        try:
-            self._ps.bind()  # joins the CN_IDX_PROC multicast group
-            # Our own socket object on a dup of pyroute2's fd.  pyroute2's
-            # control() waits for its ack with a get() that cannot time out and
-            # that hung here under a flood of other tasks' events: subscribe
-            # with a raw message and read the ack (or the error) ourselves.
-            self._sock = socket.socket(fileno=os.dup(self._ps.fileno()))
-        except Exception as err:
-            self._ps.close()
-            raise AccountingUnavailable(f"proc connector: {err}") from err
+        self._sock = nl.open_socket(
+            nl.NETLINK_CONNECTOR, "proc connector", groups=1 << (_CN_IDX_PROC - 1)
+        )
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._watched: set[int] = set()
@@ -231,49 +251,51 @@ class ProcConnector:
             self._subscribe()
         except BaseException:
             self._sock.close()
-            self._ps.close()
             raise
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="kvmpv-cn_proc", daemon=True)
         self._thread.start()
 
     def _control(self, op: int, ack: int) -> None:
-        # nlmsghdr (type NLMSG_DONE) + struct cn_msg {idx, val, seq, ack, len,
-        # flags} + enum proc_cn_mcast_op; include/uapi/linux/connector.h, cn_proc.h
-        body = struct.pack("=IIIIHHI", _CN_IDX_PROC, _CN_VAL_PROC, 0, ack, 4, 0, op)
-        self._sock.send(struct.pack("=IHHII", 16 + len(body), _NLMSG_DONE, 0, 0, 0) + body)
+        # nlmsghdr (type NLMSG_DONE) + struct cn_msg + enum proc_cn_mcast_op
+        body = _CN_MSG.pack(_CN_IDX_PROC, _CN_VAL_PROC, 0, ack, 4, 0) + struct.pack("=I", op)
+        self._sock.send(nl.NLMSG_HDR.pack(16 + len(body), nl.NLMSG_DONE, 0, 0, 0) + body)
 
     def _subscribe(self) -> None:
-        ack = int.from_bytes(os.urandom(3), "little") + 1
-        try:
-            self._control(_PROC_CN_MCAST_LISTEN, ack)
-        except OSError as err:
-            raise AccountingUnavailable(f"proc connector: {oserror_text(err)}") from err
-        deadline = time.monotonic() + 2.0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AccountingUnavailable("proc connector: no reply to the LISTEN request")
-            r, _, _ = select.select([self._sock], [], [], left)
-            if not r:
-                continue
+        start = time.monotonic()
+        deadline = start + self.timeout_s
+        sends = 0
+        acks: set[int] = set()
+
+        def listen() -> None:
+            nonlocal sends
+            ack = int.from_bytes(os.urandom(3), "little") + 1
             try:
-                data = self._sock.recv(1 << 16)
+                self._control(_PROC_CN_MCAST_LISTEN, ack)
             except OSError as err:
-                if err.errno == errno.ENOBUFS:
-                    continue
                 raise AccountingUnavailable(f"proc connector: {oserror_text(err)}") from err
-            off = 0
-            while off + 56 <= len(data):
-                length = struct.unpack_from("=I", data, off)[0]
-                if length < 16:
-                    break
-                (msg_ack,) = struct.unpack_from("=I", data, off + 28)
-                (what,) = struct.unpack_from("=I", data, off + 36)
-                if what == 0 and msg_ack == ack + 1:
-                    # cn_proc_ack(): proc_event.event_data.ack.err, after the
-                    # what/cpu/timestamp_ns header of struct proc_event.
-                    (ack_err,) = struct.unpack_from("=I", data, off + 52)
+            acks.add(ack + 1)  # cn_proc_ack() answers with ack + 1
+            sends += 1
+
+        listen()
+        while True:
+            data = nl.recv(self._sock, deadline, "proc connector")
+            if data is None:
+                raise AccountingUnavailable(
+                    f"proc connector: LISTEN timed out after {time.monotonic() - start:.1f} s "
+                    f"({sends} request(s); the multicast ack was lost, or never sent "
+                    "because the request was refused)"
+                )
+            if data == b"":
+                # Overrun: our ack may be among the dropped messages.  LISTEN
+                # again (a repeated LISTEN does not count twice, cn_proc.c).
+                if sends < 4:
+                    listen()
+                continue
+            for what, ack, raw, _ts in parse_proc_events(data):
+                if what == _PROC_EVENT_NONE and ack in acks and len(raw) >= 4:
+                    # proc_event.event_data.ack.err: a positive errno
+                    (ack_err,) = struct.unpack_from("=I", raw, 0)
                     if ack_err in (errno.EPERM, errno.EACCES):
                         raise AccountingUnavailable(
                             "proc connector: EPERM (non-root listeners need Linux 6.6+)"
@@ -284,18 +306,22 @@ class ProcConnector:
                         )
                     self._handle(data)
                     return
-                off += (length + 3) & ~3
 
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
         while True:
-            ready = dict(poller.poll())
+            # The stop pipe ends this wait; the timeout only bounds it anyway.
+            ready = dict(poller.poll(1000))
             if self._stop_r in ready:
                 return
+            if not ready:
+                continue
             try:
-                data = self._sock.recv(1 << 16)
+                data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
             except OSError as err:
                 if err.errno == errno.ENOBUFS:
                     # Overrun: events were lost; say so rather than guess.
@@ -308,16 +334,11 @@ class ProcConnector:
             self._handle(data)
 
     def _handle(self, data: bytes) -> None:
-        for ev in self._marshal.parse(data):
-            if ev.get("event") != "PROC_EVENT_EXIT":
+        for what, _ack, raw, ts in parse_proc_events(data):
+            if what != _PROC_EVENT_EXIT or len(raw) < _EV_EXIT.size:
                 continue
-            rec = ProcExit(
-                int(ev["process_pid"]),
-                int(ev["process_tgid"]),
-                int(ev["exit_code"]),
-                int(ev["exit_signal"]),
-                int(ev["timestamp_ns"]),
-            )
+            pid, tgid, code, sig = _EV_EXIT.unpack_from(raw, 0)
+            rec = ProcExit(pid, tgid, code, sig, ts)
             with self._cond:
                 self._recent.append(rec)
                 if rec.tgid in self._watched:
@@ -340,26 +361,26 @@ class ProcConnector:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
                     return None
-                self._cond.wait(left)
+                self._cond.wait(min(left, 0.5))
             return self._exits[tgid]
 
     def close(self) -> None:
         if self._stop_w < 0:
             return
         os.write(self._stop_w, b"x")
-        self._thread.join()
+        # The reader polls the stop pipe; the timeout only guards the join.
+        self._thread.join(5.0)
         os.close(self._stop_w)
         os.close(self._stop_r)
         self._stop_w = self._stop_r = -1
         try:
-            # No ack awaited.  Since Linux 6.6 closing the socket alone also
-            # drops the listener; before, IGNORE keeps the kernel's listener
-            # count (which gates event generation) right.
+            # No ack awaited (none comes when we were the last listener).
+            # IGNORE keeps the kernel's listener count, which gates event
+            # generation for everyone, right: closing alone does not.
             self._control(_PROC_CN_MCAST_IGNORE, 0)
         except OSError:
             pass
         self._sock.close()
-        self._ps.close()
 
     def __enter__(self) -> ProcConnector:
         return self

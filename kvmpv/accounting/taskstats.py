@@ -1,14 +1,21 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Taskstats (generic netlink "TASKSTATS") for threads and exiting tasks.
 
-Touches: generic netlink sockets only (pyroute2 ``TaskStats`` for the family
-lookup and GET requests, a plain ``AF_NETLINK`` socket for exit records so
-that reads can time out).  Root (CAP_NET_ADMIN) is needed: TASKSTATS_CMD_GET
+Touches: generic netlink sockets only, raw ``AF_NETLINK`` through
+``kvmpv.accounting.netlink``: the family lookup (CTRL_CMD_GETFAMILY), GET
+requests and exit-record registration, every reply awaited with a deadline.
+This used pyroute2 ``TaskStats`` before; its ``nlm_request`` waits for a
+reply without any deadline and was seen hanging in ``epoll_wait`` (a second
+``capabilities()`` in one process, once a whole test-suite run); reproduced
+by letting the socket's receive queue overrun before a GET: the dropped
+reply leaves pyroute2 waiting forever.  Here a lost reply is resent after an
+overrun and otherwise becomes ``AccountingUnavailable("... timed out ...")``
+after ``timeout_s`` (default 2 s).  Root (CAP_NET_ADMIN) is needed: TASKSTATS_CMD_GET
 and the cpumask registration are ``GENL_ADMIN_PERM`` in kernel/taskstats.c;
 as non-root both fail with EPERM and we raise ``AccountingUnavailable``.
 
 Why our own decoder: struct taskstats is sent in host byte order and its
-layout depends on the version.  pyroute2 0.9.7 knows v15 as a special case
+layout depends on the version.  pyroute2 0.9.7 (for reference) knows v15 as a special case
 and decodes every other version with the pre-v15 layout, i.e. only up to
 ``cpu_scaled_run_real_total`` (v14 fields minus the tail); this kernel says
 v16.  The v16 layout is ``include/uapi/linux/taskstats.h`` after "taskstats:
@@ -30,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import struct
 import time
@@ -38,7 +44,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Optional
 
-from .common import AccountingUnavailable
+from . import netlink as nl
+from .common import AccountingUnavailable, oserror_text
 
 TASKSTATS_CMD_GET = 1
 TASKSTATS_CMD_NEW = 2
@@ -52,13 +59,6 @@ TASKSTATS_CMD_ATTR_TGID = 2
 TASKSTATS_CMD_ATTR_REGISTER_CPUMASK = 3
 TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK = 4
 
-NETLINK_GENERIC = 16
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 1
-NLM_F_ACK = 4
-NLA_F_NESTED = 1 << 15
-NLA_TYPE_MASK = 0x3FFF
 
 # --------------------------------------------------------------------------
 # struct taskstats layouts (native byte order; explicit padding reproduces
@@ -247,29 +247,17 @@ def _record(kind: str, ident: int, f: dict[str, Any]) -> TaskStatsRecord:
 # Raw netlink parsing (attributes are TLVs aligned to 4 bytes)
 
 
-def _attrs(buf: bytes, off: int, end: int) -> list[tuple[int, int, int]]:
-    """(type, payload offset, payload length) of the attributes in buf[off:end]."""
-    out = []
-    while off + 4 <= end:
-        nla_len, nla_type = struct.unpack_from("=HH", buf, off)
-        if nla_len < 4 or off + nla_len > end:
-            break
-        out.append((nla_type & NLA_TYPE_MASK, off + 4, nla_len - 4))
-        off += (nla_len + 3) & ~3
-    return out
-
-
 def parse_taskstats_message(buf: bytes, off: int = 0) -> list[TaskStatsRecord]:
     """Records in one generic netlink message starting at ``off``
     (nlmsghdr 16 + genlmsghdr 4 + AGGR_PID/AGGR_TGID nests)."""
     (length,) = struct.unpack_from("=I", buf, off)
     out = []
-    for typ, poff, plen in _attrs(buf, off + 20, off + length):
+    for typ, poff, plen in nl.attrs(buf, off + 20, off + length):
         if typ not in (TASKSTATS_TYPE_AGGR_PID, TASKSTATS_TYPE_AGGR_TGID):
             continue
         ident = 0
         stats: Optional[dict[str, Any]] = None
-        for t2, o2, l2 in _attrs(buf, poff, poff + plen):
+        for t2, o2, l2 in nl.attrs(buf, poff, poff + plen):
             if t2 in (TASKSTATS_TYPE_PID, TASKSTATS_TYPE_TGID):
                 (ident,) = struct.unpack_from("=I", buf, o2)
             elif t2 == TASKSTATS_TYPE_STATS:
@@ -281,45 +269,57 @@ def parse_taskstats_message(buf: bytes, off: int = 0) -> list[TaskStatsRecord]:
 
 
 def _unavailable_from(err: BaseException, what: str) -> AccountingUnavailable:
-    code = getattr(err, "code", None) or getattr(err, "errno", None)
+    if isinstance(err, AccountingUnavailable):
+        return err
+    code = getattr(err, "errno", None)
     if code in (errno.EPERM, errno.EACCES):
         return AccountingUnavailable(
             f"taskstats {what}: EPERM (TASKSTATS_CMD_GET is admin-only; needs CAP_NET_ADMIN)"
         )
+    if isinstance(err, OSError):
+        return AccountingUnavailable(f"taskstats {what}: {oserror_text(err)}")
     return AccountingUnavailable(f"taskstats {what}: {err}")
 
 
-class TaskStatsClient:
-    """Queries for live threads/thread groups through pyroute2 ``TaskStats``.
+def _family_id(sock: socket.socket, timeout_s: float) -> int:
+    try:
+        return nl.resolve_family(sock, "TASKSTATS", timeout_s)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise AccountingUnavailable(
+                "taskstats: no TASKSTATS genl family (CONFIG_TASKSTATS off?)"
+            ) from err
+        raise _unavailable_from(err, "family lookup") from err
 
-    Raises AccountingUnavailable when pyroute2 is missing, the TASKSTATS
-    family does not exist (CONFIG_TASKSTATS=n), or the query is refused.
+
+class TaskStatsClient:
+    """TASKSTATS_CMD_GET queries for live threads/thread groups.
+
+    Raw generic netlink on our own socket, every reply awaited with a
+    deadline of ``timeout_s`` (see ``kvmpv.accounting.netlink`` for why not
+    pyroute2).  Raises AccountingUnavailable when there is no generic
+    netlink, the TASKSTATS family does not exist (CONFIG_TASKSTATS=n), the
+    query is refused (EPERM as non-root) or the kernel's reply does not
+    arrive in time.  One client may be used by one thread at a time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = nl.NETLINK_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._sock: Optional[socket.socket] = nl.open_socket(nl.NETLINK_GENERIC, "taskstats")
         try:
-            from pyroute2 import TaskStats  # type: ignore[import-untyped]
-        except ImportError as err:
-            raise AccountingUnavailable(f"taskstats: pyroute2 not importable: {err}") from err
-        try:
-            self._ts: Any = TaskStats()
-        except OSError as err:
-            # e.g. EPROTONOSUPPORT: no NETLINK_GENERIC (qemu-user, seccomp)
-            raise AccountingUnavailable(f"taskstats: no generic netlink socket: {err}") from err
-        try:
-            self._ts.bind()
-        except Exception as err:
-            self._ts.close()
-            raise AccountingUnavailable(f"taskstats: no TASKSTATS genl family: {err}") from err
+            self._family = _family_id(self._sock, timeout_s)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def family_id(self) -> int:
-        return int(self._ts.prid)
+        return self._family
 
     def close(self) -> None:
-        if self._ts is not None:
-            self._ts.close()
-            self._ts = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def __enter__(self) -> TaskStatsClient:
         return self
@@ -332,36 +332,35 @@ class TaskStatsClient:
     ) -> None:
         self.close()
 
-    def _query(self, attr: str, ident: int) -> list[TaskStatsRecord]:
-        from pyroute2.netlink import NLM_F_REQUEST as _REQ  # type: ignore[import-untyped]
-        from pyroute2.netlink.taskstats import tcmd  # type: ignore[import-untyped]
-
-        msg = tcmd()
-        msg["cmd"] = TASKSTATS_CMD_GET
-        msg["version"] = 1
-        msg["attrs"].append([attr, ident])
+    def _query(self, attr: int, ident: int) -> list[TaskStatsRecord]:
+        if self._sock is None:
+            raise AccountingUnavailable("taskstats: client is closed")
+        body = nl.nla(attr, struct.pack("=I", ident))
         try:
-            replies = self._ts.nlm_request(msg, self._ts.prid, msg_flags=_REQ)
-        except Exception as err:
+            replies = nl.transact(
+                self._sock,
+                lambda seq: nl.genl_message(self._family, TASKSTATS_CMD_GET, body, seq),
+                f"taskstats GET {ident}",
+                self.timeout_s,
+            )
+        except (OSError, AccountingUnavailable) as err:
             raise _unavailable_from(err, f"GET {ident}") from err
         out: list[TaskStatsRecord] = []
-        for r in replies:
-            # pyroute2 decodes v16 with the pre-v15 layout: take the raw bytes.
-            raw = bytes(r.data[r.offset : r.offset + r["header"]["length"]])
-            out.extend(parse_taskstats_message(raw))
+        for buf, off, _length, typ in replies:
+            if typ == self._family:
+                out.extend(parse_taskstats_message(buf, off))
         return out
 
     def thread(self, tid: int) -> TaskStatsRecord:
         """Stats of one thread (TASKSTATS_CMD_ATTR_PID: that thread only)."""
-        recs = [r for r in self._query("TASKSTATS_CMD_ATTR_PID", tid) if r.kind == "pid"]
+        recs = [r for r in self._query(TASKSTATS_CMD_ATTR_PID, tid) if r.kind == "pid"]
         if not recs:
             raise AccountingUnavailable(f"taskstats: no record for thread {tid}")
         return recs[0]
 
     def thread_group(self, tgid: int) -> TaskStatsRecord:
-        """Sum over the live threads of a process (TASKSTATS_CMD_ATTR_TGID;
-        pyroute2 has no method for it)."""
-        recs = [r for r in self._query("TASKSTATS_CMD_ATTR_TGID", tgid) if r.kind == "tgid"]
+        """Sum over the live threads of a process (TASKSTATS_CMD_ATTR_TGID)."""
+        recs = [r for r in self._query(TASKSTATS_CMD_ATTR_TGID, tgid) if r.kind == "tgid"]
         if not recs:
             raise AccountingUnavailable(f"taskstats: no record for thread group {tgid}")
         return recs[0]
@@ -378,65 +377,50 @@ def online_cpus() -> str:
 class ExitRecordListener:
     """Taskstats exit records of every task exiting on the online CPUs.
 
-    Our own AF_NETLINK socket (pyroute2's blocking ``get`` cannot time out
-    and its ``fileno`` is unreliable for poll); the registration asks for an
-    ACK so that EPERM is not silent as it is with pyroute2's
-    ``register_mask``.  Start it before the tasks you want to see exit.
+    Our own generic netlink socket, registered for the CPUs with an ACK
+    requested so that EPERM is not silent; every read has a deadline.  The
+    kernel sends exit records to the registered port id with port 0 in
+    ``nlmsg_pid`` and its own per-CPU sequence numbers, so they can never be
+    taken for the registration's ack (our seq *and* our port id).  Start it
+    before the tasks you want to see exit.
     """
 
-    def __init__(self, family_id: Optional[int] = None, cpumask: Optional[str] = None) -> None:
-        if family_id is None:
-            with TaskStatsClient() as c:
-                family_id = c.family_id
-        self.family_id = family_id
+    def __init__(
+        self,
+        family_id: Optional[int] = None,
+        cpumask: Optional[str] = None,
+        timeout_s: float = nl.NETLINK_TIMEOUT_S,
+    ) -> None:
         self.cpumask = cpumask or online_cpus()
-        self._seq = int(time.monotonic_ns() & 0x7FFFFFFF)
-        try:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        except OSError as err:
-            raise AccountingUnavailable(f"taskstats: no generic netlink socket: {err}") from err
+        self.timeout_s = timeout_s
+        self.overruns = 0
+        self.sock = nl.open_socket(nl.NETLINK_GENERIC, "taskstats")
         self._pending: list[TaskStatsRecord] = []
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            self.sock.bind((0, 0))
-            self._command(TASKSTATS_CMD_ATTR_REGISTER_CPUMASK)
+            self.family_id = _family_id(self.sock, timeout_s) if family_id is None else family_id
+            self._command(TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, "register cpumask")
         except BaseException:
             self.sock.close()
             raise
 
-    def _command(self, attr: int) -> None:
-        mask = self.cpumask.encode() + b"\0"
-        nla = struct.pack("=HH", 4 + len(mask), attr) + mask
-        nla += b"\0" * (-len(nla) % 4)
-        self._seq += 1
-        genl = struct.pack("=BBH", TASKSTATS_CMD_GET, 1, 0)
-        hdr = struct.pack(
-            "=IHHII", 16 + len(genl) + len(nla), self.family_id, NLM_F_REQUEST | NLM_F_ACK,
-            self._seq, 0,
-        )  # fmt: skip
-        self.sock.send(hdr + genl + nla)
-        deadline = time.monotonic() + 2.0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AccountingUnavailable("taskstats: no ACK for the cpumask registration")
-            r, _, _ = select.select([self.sock], [], [], left)
-            if not r:
-                continue
-            buf = self.sock.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(buf):
-                length, typ, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, off)
-                if length < 16:
-                    break
-                if typ == NLMSG_ERROR and seq == self._seq:
-                    (err,) = struct.unpack_from("=i", buf, off + 16)
-                    if err == 0:
-                        return
-                    raise _unavailable_from(OSError(-err, os.strerror(-err)), "register cpumask")
-                if typ == self.family_id:
-                    self._pending.extend(parse_taskstats_message(buf, off))
-                off += (length + 3) & ~3
+    def _keep(self, buf: bytes, off: int, typ: int) -> None:
+        if typ == self.family_id:
+            self._pending.extend(parse_taskstats_message(buf, off))
+
+    def _command(self, attr: int, what: str) -> None:
+        body = nl.nla(attr, self.cpumask.encode() + b"\0")
+        try:
+            nl.transact(
+                self.sock,
+                lambda seq: nl.genl_message(
+                    self.family_id, TASKSTATS_CMD_GET, body, seq, nl.NLM_F_REQUEST | nl.NLM_F_ACK
+                ),
+                f"taskstats {what}",
+                self.timeout_s,
+                on_other=self._keep,
+            )
+        except (OSError, AccountingUnavailable) as err:
+            raise _unavailable_from(err, what) from err
 
     def records(self, timeout_s: float) -> list[TaskStatsRecord]:
         """Records read within ``timeout_s``; returns as soon as some arrived
@@ -444,24 +428,15 @@ class ExitRecordListener:
         out, self._pending = self._pending, []
         deadline = time.monotonic() + (0.0 if out else timeout_s)
         while True:
-            left = max(deadline - time.monotonic(), 0.0)
-            r, _, _ = select.select([self.sock], [], [], left)
-            if not r:
+            buf = nl.recv(self.sock, max(deadline, time.monotonic() + 0.001), "taskstats")
+            if buf is None:
                 return out
-            try:
-                buf = self.sock.recv(1 << 20)
-            except OSError as err:
-                if err.errno == errno.ENOBUFS:  # overrun: records were dropped
-                    continue
-                raise
-            off = 0
-            while off + 16 <= len(buf):
-                length, typ = struct.unpack_from("=IH", buf, off)
-                if length < 16:
-                    break
+            if buf == b"":  # overrun: records were dropped
+                self.overruns += 1
+                continue
+            for off, _length, typ, _flags, _seq, _pid in nl.messages(buf):
                 if typ == self.family_id:
                     out.extend(parse_taskstats_message(buf, off))
-                off += (length + 3) & ~3
             if out:
                 deadline = time.monotonic()  # drain without waiting, then return
 
@@ -481,9 +456,9 @@ class ExitRecordListener:
         if self.sock.fileno() < 0:
             return
         try:
-            self._command(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK)
-        except (OSError, AccountingUnavailable):
-            pass  # the kernel drops a listener whose socket closes anyway
+            self._command(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, "deregister cpumask")
+        except AccountingUnavailable:
+            pass  # the kernel drops a listener whose socket is gone at its next send
         finally:
             self.sock.close()
 
