@@ -4,6 +4,12 @@
 Memory is touched and freed only by native calls (``MADV_POPULATE_WRITE``,
 ``memset``, ``MADV_DONTNEED``) or by guest code, never by Python loops over
 pages: guests may be terabytes.
+
+Guest memory is unmapped through the ``Syscalls`` backend of the VM that uses
+it (``GuestMemory(size, sys=...)``), so that the kernel in use sees the
+munmap: the real kernel sees every munmap anyway, the simulated one
+(``kvmpv.sim``) must, to synchronize with the page walks it does on that
+memory from other threads (the kernel's mmap_lock).
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ from types import TracebackType
 from typing import Optional
 
 from .errors import HostError, SyscallError, UsageError
-from .syscalls import MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, libc
+from .syscalls import (
+    LINUX,
+    MAP_ANONYMOUS,
+    MAP_NORESERVE,
+    MAP_PRIVATE,
+    PROT_READ,
+    PROT_WRITE,
+    Syscalls,
+    libc,
+)
 from .uapi import S390_MEMSLOT_ALIGN
 
 PAGE_SIZE = _mmap.PAGESIZE
@@ -87,13 +102,27 @@ class GuestMemory:
     ``thp=True`` asks for transparent huge pages (``MADV_HUGEPAGE``);
     ``thp=False`` forbids them (``MADV_NOHUGEPAGE``) so that 4 KiB pages are
     measured whatever the system THP mode is.
+
+    ``sys``: the syscall backend of the VM this memory is given to; ``close()``
+    unmaps through it.  With ``kvmpv.sim.SimulatedHost`` this is required
+    whenever the memory may be unmapped while the simulator could still walk
+    it (a PERFORM or a vCPU in another thread): the simulator then serializes
+    the unmap against its page work, as the kernel's mmap_lock does.
     """
 
-    def __init__(self, size: int, *, thp: bool = False, align: int = S390_MEMSLOT_ALIGN) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        thp: bool = False,
+        align: int = S390_MEMSLOT_ALIGN,
+        sys: Optional[Syscalls] = None,
+    ) -> None:
         if size <= 0 or size % align:
             raise UsageError(f"guest memory size {size} is not a positive multiple of {align}")
         self.size = size
         self.thp = thp
+        self._sys: Syscalls = sys if sys is not None else LINUX
         # Over-allocate by one alignment unit and trim both ends, so the
         # mapping that stays is aligned without relying on MAP_FIXED games.
         raw_len = size + align
@@ -194,10 +223,13 @@ class GuestMemory:
             raise ValueError(f"range {offset}+{length} outside guest memory of {self.size} bytes")
 
     def close(self) -> None:
+        """Unmap the memory (through the ``Syscalls`` backend given at creation)."""
         if not self._closed:
             self._closed = True
-            if libc().munmap(self.addr, self.size) != 0:
-                raise SyscallError("munmap", ctypes.get_errno(), "guest memory")
+            try:
+                self._sys.munmap(self.addr, self.size)
+            except OSError as exc:
+                raise SyscallError("munmap", exc.errno or errno.EINVAL, "guest memory") from None
 
     def __enter__(self) -> GuestMemory:
         return self

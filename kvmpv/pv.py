@@ -423,22 +423,67 @@ class AsyncCleanup:
         self.outcome = CleanupOutcome()
         self._on_start = on_start
         self._started = threading.Event()
+        # Completion is our own flag, set once PERFORM has returned, never
+        # Thread.is_alive()/join(): on CPython 3.9.8-3.12 a KeyboardInterrupt
+        # that interrupts Thread.join() marks a thread that is still running as
+        # stopped (gh-90882, from the bpo-45274 fix: the interrupted join
+        # releases the tstate lock the live thread holds), after which join()
+        # returns at once and is_alive() is False -- and the caller closes the
+        # VM and unmaps guest memory under a running PERFORM.
+        self._done = threading.Event()
+        # "new" -> "running" (the thread took it) or "abandoned" (start() was
+        # interrupted before that: the thread, should it still run, does not
+        # PERFORM).  Decided under _state_lock, so exactly one side wins.
+        self._state_lock = threading.Lock()
+        self._state = "new"
+        self._launched = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self) -> None:
-        """Start the thread (with SIGINT/SIGTERM blocked in it) and wait for its tid."""
+        """Start the thread (with SIGINT/SIGTERM blocked in it) and wait for its tid.
+
+        Interrupted (KeyboardInterrupt can land here even with the signals
+        blocked in this thread, when the kernel delivers the process-directed
+        signal to another thread that does not block it): either the thread
+        already took the job, and stays registered in ``live_cleanups()`` for
+        ``join_all_cleanups()``; or it is abandoned before it could touch the
+        VM and the set-aside configuration is left to DISABLE or to closing
+        the VM (spec 3.5, 3.6).  Never a PERFORM that nobody tracks.
+        """
         with _live_lock:
             _live.add(self)
+        self._launched = True
         try:
             with main_thread_signals_blocked():
                 self._thread.start()
-        except BaseException:
+        except RuntimeError:  # "can't start new thread": it never ran
+            self._launched = False
             with _live_lock:
                 _live.discard(self)
             raise
-        self._started.wait()
+        except BaseException:
+            self._abandon_if_not_taken()
+            raise
+        try:
+            self._started.wait()
+        except BaseException:
+            self._abandon_if_not_taken()
+            raise
+
+    def _abandon_if_not_taken(self) -> None:
+        with self._state_lock:
+            if self._state != "new":
+                return  # the thread runs PERFORM: it stays in live_cleanups()
+            self._state = "abandoned"
+        self._done.set()
+        with _live_lock:
+            _live.discard(self)
 
     def _main(self) -> None:
+        with self._state_lock:
+            if self._state == "abandoned":
+                return
+            self._state = "running"
         self._run(rename=True)
 
     def _run(self, *, rename: bool) -> None:
@@ -471,6 +516,9 @@ class AsyncCleanup:
             end_cpu = time.thread_time_ns()
             out.perform_cpu_ns = end_cpu - pcpu0
             out.cpu_ns = end_cpu - cpu0
+            # Last: the ioctl has returned (including any VM destruction its
+            # file reference deferred, spec 3.6); the VM is no longer touched.
+            self._done.set()
 
     @property
     def tid(self) -> int:
@@ -478,27 +526,42 @@ class AsyncCleanup:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        """PERFORM (or the thread's setup before it) has not finished yet."""
+        return self._launched and not self._done.is_set()
+
+    @property
+    def done(self) -> bool:
+        """PERFORM has returned (or was abandoned before it started)."""
+        return self._done.is_set()
 
     def join(self, timeout: Optional[float] = None) -> bool:
-        """Wait for the thread; True once it has finished.
+        """Wait until PERFORM has returned; True once it has.
 
-        Interruptible by KeyboardInterrupt like any ``Thread.join``; use
-        ``join_uninterrupted()`` on cleanup paths.
+        Decided by the thread's own completion flag, not by
+        ``Thread.join``/``is_alive`` (see ``__init__``: gh-90882).  The
+        thread's few remaining instructions are then joined as well.
+        Interruptible by KeyboardInterrupt; use ``join_uninterrupted()`` on
+        cleanup paths.
         """
-        self._thread.join(timeout)
-        done = not self._thread.is_alive()
-        if done:
-            with _live_lock:
-                _live.discard(self)
-        return done
+        if not self._launched and not self._done.is_set():
+            raise RuntimeError("cannot join an AsyncCleanup that was not started")
+        if not self._done.wait(timeout):
+            return False
+        if self._thread.ident is not None:
+            # PERFORM is over; even a join spoilt by gh-90882 here is harmless.
+            self._thread.join()
+        with _live_lock:
+            _live.discard(self)
+        return True
 
     def join_uninterrupted(self) -> None:
         """Join even across SIGINT: PERFORM cannot be cancelled from userspace.
 
         A KeyboardInterrupt (or SIGTERM's ``Interrupted``) while waiting is
-        held back and re-raised once the thread is gone, so the process never
-        exits, or closes the VM fd, under a running PERFORM.
+        held back and re-raised once PERFORM has returned, so the process
+        never exits, closes the VM fd or unmaps guest memory under a running
+        PERFORM.  The loop ends on the completion flag itself, whatever state
+        an interrupted wait left behind.
         """
         pending: Optional[BaseException] = None
         while True:

@@ -85,11 +85,28 @@ The outside world
 
 Who pays: PREPARE's synchronous destroy below 2 GiB is charged to the thread
 issuing PREPARE, the walk to the thread issuing PERFORM, DISABLE's and the
-VM destruction's sweep to their callers, and the destroy+import of a
-secure-storage violation to the vCPU thread that took it -- as in the
-kernel.  Guest memory must stay mapped while the VM lives (the kernel sees
-munmap, the simulator does not; it checks with msync() and skips unmapped
-ranges rather than crash).
+VM destruction's sweep to their callers, the destroy+import of a
+secure-storage violation to the vCPU thread that took it, and the export of
+secure pages that are unmapped to the thread calling ``munmap`` -- as in the
+kernel.
+
+Unmapping guest memory
+======================
+As with the kernel, userspace may unmap guest memory at any time, also while
+PERFORM (or any other page walk, or a running vCPU) works on it in another
+thread.  ``munmap`` through the simulator (``GuestMemory(size, sys=host)``)
+does what the kernel's unmap path does (spec 3.7): it takes the simulated
+``mmap_lock`` for writing, so it waits for the batch in progress and no walk
+can start meanwhile, exports (0x0201, clears) every page that is still
+secure for any configuration and drops the range from every configuration's
+page state, then unmaps.  Every memset of the simulator holds that lock for
+reading from the moment it claims a range to the moment it releases it, one
+batch or slice at a time, so it can never write to memory that is gone; a
+later walk finds no page state there, and a guest that touches memslot
+memory that was unmapped fails ``KVM_RUN`` (and UNPACK fails) with EFAULT.
+Memory unmapped behind the simulator's back (plain ``libc`` munmap) is
+outside this contract; ``msync()`` probing before each memset is only a
+best-effort guard against that.
 
 Not modelled: ENABLE failing with EINTR on a pending signal, vCPU
 stop/operating state (real PV VMs switch to user-controlled CPU state and
@@ -103,12 +120,16 @@ through the ioctls (with the count at 0 there is nothing to clean either).
 Locks (the order is the order of acquisition; never the reverse)
 ===============================================================
 ``vm.lock`` (``kvm->lock``) -> ``vcpu.mutex`` (``vcpu->mutex``) ->
-``host._mm`` (page state: the mm's page table locks and page locks, one
-condition variable) -> ``host._lock`` (fd table, references, Ultravisor
-bookkeeping, debugging gates; a leaf, never held while blocking).
-Memory is cleared with no simulator lock held: a range is first claimed
-(removed from its owner and put in ``_busy`` under ``_mm``), cleared, then
-released, like a locked page.
+``host._mmap_lock`` (``mm->mmap_lock``: shared for page walks, faults and
+imports, one batch or slice at a time; exclusive for ``munmap`` of guest
+memory; writers first, a thread may nest reads) -> ``host._mm`` (page
+state: the mm's page table locks and page locks, one condition variable) ->
+``host._lock`` (fd table, references, Ultravisor bookkeeping, debugging
+gates; a leaf, never held while blocking).  Memory is cleared holding only
+``_mmap_lock`` for reading (GIL released): a range is first claimed (removed
+from its owner and put in ``_busy`` under ``_mm``), cleared, then released,
+like a locked page.  No debugging gate is ever reached with ``_mmap_lock``
+held, so a thread paused at a gate never blocks a ``munmap``.
 """
 
 from __future__ import annotations
@@ -379,6 +400,101 @@ class _Ranges:
 
 
 # --------------------------------------------------------------------------
+# mm->mmap_lock
+# --------------------------------------------------------------------------
+
+
+class _MmapLock:
+    """A reader-writer lock standing for ``mm->mmap_lock`` (an rw_semaphore).
+
+    Readers: page walks (PERFORM, DISABLE, PREPARE's lower 2 GiB), guest
+    faults/imports, one batch or slice at a time.  Writer: ``munmap`` of guest
+    memory.  A waiting writer holds off new readers (as the rwsem does), so a
+    walk taking the lock per batch cannot starve an unmap; a thread that
+    already reads may read again (no self-deadlock behind a waiting writer).
+    Only a Python-level lock: holding it does not hold the GIL, the memsets
+    run in parallel.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers: dict[int, int] = {}  # thread ident -> nesting depth
+        self._writer = 0  # thread ident of the writer, 0 if none
+        self._writers_waiting = 0
+
+    def read(self) -> _MmapRead:
+        return _MmapRead(self)
+
+    def write(self) -> _MmapWrite:
+        return _MmapWrite(self)
+
+    def acquire_read(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if me in self._readers:
+                self._readers[me] += 1
+                return
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers[me] = 1
+
+    def release_read(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            depth = self._readers[me] - 1
+            if depth:
+                self._readers[me] = depth
+                return
+            del self._readers[me]
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if me in self._readers or self._writer == me:
+                raise RuntimeError("mmap_lock: write while holding it (self-deadlock)")
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = me
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = 0
+            self._cond.notify_all()
+
+
+class _MmapRead:
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: _MmapLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire_read()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release_read()
+
+
+class _MmapWrite:
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: _MmapLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire_write()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release_write()
+
+
+# --------------------------------------------------------------------------
 # Kernel objects
 # --------------------------------------------------------------------------
 
@@ -559,7 +675,12 @@ class SimulatedHost:
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._mmap_lock = _MmapLock()
         self._mm = threading.Condition(threading.Lock())
+        # Guest memory (memslot ranges of live VMs) unmapped through munmap():
+        # a guest touching it faults (EFAULT).  Forgotten when a memslot is
+        # registered there again, or when no live VM's memslot covers it.
+        self._unmapped = _Ranges()
         self._files: dict[int, _File] = {}
         self._maps: dict[int, tuple[_File, int]] = {}
         self._vms: dict[int, _Vm] = {}
@@ -627,12 +748,59 @@ class SimulatedHost:
             self._fput(f)
 
     def munmap(self, addr: int, length: int) -> None:
+        """munmap: a ``kvm_run`` page (drops its file reference) or any other memory.
+
+        Any other range -- guest memory above all -- goes the way of the
+        kernel's unmap path (module docstring, "Unmapping guest memory"):
+        under ``mmap_lock`` for writing, pages still secure for any
+        configuration are exported (cleared, UVC 0x0201, charged to the
+        caller) and dropped from the page state, then the range is unmapped.
+        A walk in another thread never sees the range half gone.
+        """
+        with self._lock:
+            run_page = addr in self._maps
+        if not run_page:
+            self._unmap_memory(addr, length)
+            return
         if libc().munmap(addr, length) != 0:
             raise_errno(ctypes.get_errno())
         with self._lock:
             entry = self._maps.pop(addr, None)
         if entry is not None:
             self._fput(entry[0])
+
+    def _unmap_memory(self, addr: int, length: int) -> None:
+        # The kernel's argument checks first: nothing may change on EINVAL.
+        if addr % PAGE_SIZE or length <= 0 or addr + length > 1 << 64:
+            raise_errno(errno.EINVAL)
+        end = addr + -(-length // PAGE_SIZE) * PAGE_SIZE
+        exported: list[tuple[_Config, int, int]] = []
+        with self._mmap_lock.write():
+            with self._mm:
+                # Every claim is made and released under mmap_lock for
+                # reading, so with the lock held for writing nothing is busy.
+                assert not self._busy.intersect(addr, end), "page claimed across mmap_lock"
+                for cfg in list(self._configs.values()):
+                    for s, e in cfg.secure.remove(addr, end):
+                        exported.append((cfg, s, e))
+                with self._lock:
+                    vms = [vm for vm in self._vms.values() if vm.alive]
+                for vm in vms:
+                    for ms in list(vm.memslots.values()):
+                        lo, hi = max(addr, ms.uaddr), min(end, ms.uaddr + ms.size)
+                        self._unmapped.add(lo, hi)
+                self._gc_configs_locked()
+            try:
+                # ptep_get_and_clear_full() outside a full teardown: export.
+                # Still mapped: nobody else can unmap while we write-hold.
+                for cfg, s, e in exported:
+                    self._clear(s, e - s)
+                    self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
+            finally:
+                with self._lock:
+                    self._exported += sum(e - s for _, s, e in exported)
+                if libc().munmap(addr, end - addr) != 0:
+                    raise_errno(ctypes.get_errno())
 
     def close(self, fd: int) -> None:
         """Close a simulator fd (EBADF if it is not one)."""
@@ -826,7 +994,8 @@ class SimulatedHost:
         """Close every simulator fd still open, as process exit closes files.
 
         The mm stays alive (the memory sweep of spec 3.6 runs).  Use after
-        errors and in test teardown; guest memory must still be mapped.
+        errors and in test teardown; guest memory must still be mapped, or
+        have been unmapped through ``munmap`` of this host.
         """
         self.resume_all()
         with self._lock:
@@ -1044,6 +1213,11 @@ class SimulatedHost:
                 del vm.memslots[slot]
             else:
                 vm.memslots[slot] = _Memslot(slot, flags, gpa, size, uaddr)
+            with self._mm:
+                if change == "create":
+                    # Userspace registers memory it mapped (again) there.
+                    self._unmapped.remove(uaddr, uaddr + size)
+                self._prune_unmapped_locked()
         return 0
 
     def _device_attr(self, vm: _Vm, request: int, arg: int) -> int:
@@ -1213,6 +1387,12 @@ class SimulatedHost:
 
     def _guest_import_slice(self, vm: _Vm, cfg: _Config) -> str:
         """Touch up to one slice of the guest's memory; "more", "done" or "busy"."""
+        # One slice under mmap_lock for reading (a guest fault), from the
+        # claim to the release: munmap cannot pull the memory away meanwhile.
+        with self._mmap_lock.read():
+            return self._guest_import_slice_locked(vm, cfg)
+
+    def _guest_import_slice_locked(self, vm: _Vm, cfg: _Config) -> str:
         budget = self.run_slice_bytes
         claimed: list[tuple[int, int]] = []
         violations: list[tuple[_Config, int, int]] = []
@@ -1224,6 +1404,10 @@ class SimulatedHost:
                 for gs, ge in cfg.secure.gaps(ms.uaddr, ms.uaddr + ms.size):
                     if budget <= 0:
                         break
+                    if self._unmapped.intersect(gs, ge):
+                        # The guest touches memslot memory that userspace
+                        # unmapped: the fault cannot be resolved.
+                        raise _err(errno.EFAULT)
                     busy = self._busy.intersect(gs, ge)
                     if busy:
                         blocked = True
@@ -1263,6 +1447,10 @@ class SimulatedHost:
 
     def _guest_export_slice(self, vm: _Vm) -> bool:
         """A non-protected guest touches secure pages: export one slice; False if none left."""
+        with self._mmap_lock.read():  # claim, clear, release: one slice
+            return self._guest_export_slice_locked(vm)
+
+    def _guest_export_slice_locked(self, vm: _Vm) -> bool:
         budget = self.run_slice_bytes
         claimed: list[tuple[_Config, int, int]] = []
         with self._mm:
@@ -1778,6 +1966,7 @@ class SimulatedHost:
             self._vms.pop(vm.id, None)
         with self._mm:
             self._gc_configs_locked()
+            self._prune_unmapped_locked()
 
     # ======================================================================
     # Page work (the cost model)
@@ -1797,51 +1986,9 @@ class SimulatedHost:
         for lo, hi in ranges:
             cursor = lo
             while cursor < hi:
-                pieces: list[tuple[_Config, int, int]] = []
-                budget = self.batch_bytes
-                with self._mm:
-                    victims = [c for c in self._configs.values() if c.cpus == 0 and c.secure.total]
-                    while budget > 0:
-                        best: Optional[tuple[int, int]] = None
-                        owner: Optional[_Config] = None
-                        for c in victims:
-                            piece = c.secure.first_from(cursor, hi)
-                            if piece is not None and (best is None or piece[0] < best[0]):
-                                best, owner = piece, c
-                        if best is None or owner is None:
-                            break
-                        s, e = best[0], min(best[1], best[0] + budget)
-                        owner.secure.remove(s, e)
-                        self._busy.add(s, e)
-                        pieces.append((owner, s, e))
-                        budget -= e - s
-                        cursor = e
-                    if not pieces:
-                        break
-                    fail = self._take_injection(uapi.UVC_CMD_DESTR_SEC_STOR)
-                try:
-                    for i, (owner, s, e) in enumerate(pieces):
-                        if i == 0 and fail is not None:
-                            # The first page stays secure; the kernel ignores the failure.
-                            self._log(
-                                uapi.UVC_CMD_DESTR_SEC_STOR, owner.handle, 1, fail[0], fail[1], 1
-                            )
-                            s += PAGE_SIZE
-                            if s >= e:
-                                continue
-                        self._clear(s, e - s)
-                        self._log_pages(uapi.UVC_CMD_DESTR_SEC_STOR, owner.handle, e - s)
-                finally:
-                    with self._mm:
-                        for i, (owner, s, e) in enumerate(pieces):
-                            self._busy.remove(s, e)
-                            if i == 0 and fail is not None:
-                                owner.secure.add(s, s + PAGE_SIZE)
-                        self._gc_configs_locked()
-                        self._mm.notify_all()
-                    done = sum(e - s for _, s, e in pieces) - (PAGE_SIZE if fail is not None else 0)
-                    with self._lock:
-                        self._destroyed += done
+                cursor, progressed = self._destroy_batch(cursor, hi)
+                if not progressed:
+                    break
                 self._pause_point("perform:batch" if interruptible else "")
                 if interruptible:
                     with self._lock:
@@ -1849,9 +1996,73 @@ class SimulatedHost:
                             return False
         return True
 
+    def _destroy_batch(self, cursor: int, hi: int) -> tuple[int, bool]:
+        """One batch of ``_destroy_ranges`` from ``cursor``: (new cursor, anything done).
+
+        Under ``mmap_lock`` for reading from the claim to the release, so a
+        concurrent ``munmap`` waits for this batch and the next batch finds
+        the unmapped range gone from the page state.  The gate and the
+        fatal-signal check come after, outside the lock.
+        """
+        with self._mmap_lock.read():
+            pieces: list[tuple[_Config, int, int]] = []
+            budget = self.batch_bytes
+            with self._mm:
+                victims = [c for c in self._configs.values() if c.cpus == 0 and c.secure.total]
+                while budget > 0:
+                    best: Optional[tuple[int, int]] = None
+                    owner: Optional[_Config] = None
+                    for c in victims:
+                        piece = c.secure.first_from(cursor, hi)
+                        if piece is not None and (best is None or piece[0] < best[0]):
+                            best, owner = piece, c
+                    if best is None or owner is None:
+                        break
+                    s, e = best[0], min(best[1], best[0] + budget)
+                    owner.secure.remove(s, e)
+                    self._busy.add(s, e)
+                    pieces.append((owner, s, e))
+                    budget -= e - s
+                    cursor = e
+                if not pieces:
+                    return cursor, False
+                fail = self._take_injection(uapi.UVC_CMD_DESTR_SEC_STOR)
+            try:
+                for i, (owner, s, e) in enumerate(pieces):
+                    if i == 0 and fail is not None:
+                        # The first page stays secure; the kernel ignores the failure.
+                        self._log(uapi.UVC_CMD_DESTR_SEC_STOR, owner.handle, 1, fail[0], fail[1], 1)
+                        s += PAGE_SIZE
+                        if s >= e:
+                            continue
+                    self._clear(s, e - s)
+                    self._log_pages(uapi.UVC_CMD_DESTR_SEC_STOR, owner.handle, e - s)
+            finally:
+                with self._mm:
+                    for i, (owner, s, e) in enumerate(pieces):
+                        self._busy.remove(s, e)
+                        if i == 0 and fail is not None:
+                            owner.secure.add(s, s + PAGE_SIZE)
+                    self._gc_configs_locked()
+                    self._mm.notify_all()
+                done = sum(e - s for _, s, e in pieces) - (PAGE_SIZE if fail is not None else 0)
+                with self._lock:
+                    self._destroyed += done
+        return cursor, True
+
     def _import_range(self, cfg: _Config, s: int, e: int) -> None:
-        """Make [s, e) secure for ``cfg`` (UNPACK): destroy other owners' pages, clear, mark."""
+        """Make [s, e) secure for ``cfg`` (UNPACK): destroy other owners' pages, clear, mark.
+
+        EFAULT if userspace unmapped part of the range (a gmap fault that
+        cannot be resolved).  Under ``mmap_lock`` for reading throughout.
+        """
+        with self._mmap_lock.read():
+            self._import_range_locked(cfg, s, e)
+
+    def _import_range_locked(self, cfg: _Config, s: int, e: int) -> None:
         with self._mm:
+            if self._unmapped.intersect(s, e):
+                raise _err(errno.EFAULT)
             while self._busy.intersect(s, e):
                 self._mm.wait(0.01)
             for other in self._configs.values():
@@ -1872,12 +2083,17 @@ class SimulatedHost:
                 self._imported += e - s
 
     def _clear(self, addr: int, length: int) -> None:
-        """The real work: clear guest memory, GIL released, in the calling thread."""
+        """The real work: clear guest memory, GIL released, in the calling thread.
+
+        Called with ``_mmap_lock`` held (for reading, or for writing by
+        ``munmap``), on ranges claimed under it: a ``munmap`` through the
+        simulator cannot run meanwhile, and drops the page state of what it
+        unmaps, so the range is mapped.  The msync() probe (ENOMEM on an
+        unmapped range, free otherwise) only guards against memory unmapped
+        behind the simulator's back, which it cannot order against.
+        """
         if not self.clear_memory or length <= 0:
             return
-        # The simulator cannot see munmap of guest memory (kvmpv.memory calls
-        # libc directly): never write to a range that is no longer mapped.
-        # msync() fails with ENOMEM on unmapped ranges and is free otherwise.
         if libc().msync(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MS_ASYNC) != 0:
             return
         ctypes.memset(addr, 0, length)
@@ -1901,6 +2117,19 @@ class SimulatedHost:
             h for h, c in self._configs.items() if c.state == "destroyed" and not c.secure.total
         ]:
             del self._configs[h]
+
+    def _prune_unmapped_locked(self) -> None:
+        """Forget unmapped ranges no live VM's memslot covers any more (under ``_mm``)."""
+        if not len(self._unmapped):
+            return
+        with self._lock:
+            vms = [vm for vm in self._vms.values() if vm.alive]
+        keep = _Ranges()
+        for vm in vms:
+            for ms in list(vm.memslots.values()):
+                for a, b in self._unmapped.intersect(ms.uaddr, ms.uaddr + ms.size):
+                    keep.add(a, b)
+        self._unmapped = keep
 
     def _new_handle(self) -> int:
         self._next_handle += 1

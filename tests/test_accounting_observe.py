@@ -118,7 +118,7 @@ def test_exit_watcher_without_connector_still_times_exits() -> None:
 
 @needs_root
 def test_taskstats_thread_query_matches_thread_clock() -> None:
-    """pyroute2 TaskStats on a TID (our own decode of the v16 struct)."""
+    """TASKSTATS_CMD_GET on a TID (raw generic netlink, our own decode of v16)."""
     ready = threading.Event()
     release = threading.Event()
     seen: dict[str, int] = {}

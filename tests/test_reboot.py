@@ -30,6 +30,7 @@ from kvmpv.memory import GuestMemory
 from kvmpv.pv import (
     ASYNC_CLEANUP_THREAD_NAME,
     AsyncCleanup,
+    join_all_cleanups,
     live_cleanups,
     pv_async_cleanup_prepare,
     pv_enable,
@@ -40,10 +41,14 @@ from kvmpv.pv import (
 from kvmpv.report.results import load_schema
 from kvmpv.scenarios.reboot import RebootRequest, run_reboot
 from kvmpv.sim import SimulatedHost
+from kvmpv.syscalls import IoctlArg
 from kvmpv.uapi import (
+    KVM_CREATE_VM,
     KVM_EXIT_HLT,
+    KVM_S390_PV_COMMAND,
     UVC_CMD_DESTROY_SEC_CONF,
     UVC_CMD_DESTROY_SEC_CPU,
+    pv_cmd_id,
 )
 from kvmpv.units import GiB, MiB
 
@@ -79,7 +84,7 @@ def pvm() -> Iterator[tuple[SimulatedHost, Vm]]:
     """A protected simulated VM, 16M + 16M above 2G, one vCPU, booted (memory secure)."""
     host = SimulatedHost()
     with Kvm(host) as kvm, kvm.vm_create(0) as vm:
-        mems = [GuestMemory(16 * MiB), GuestMemory(16 * MiB)]
+        mems = [GuestMemory(16 * MiB, sys=host), GuestMemory(16 * MiB, sys=host)]
         try:
             vm.s390_set_mem_limit(2 * GiB + 16 * MiB)
             vm.set_user_memory_region(0, 0, mems[0].size, mems[0].addr)
@@ -145,6 +150,49 @@ def test_perform_failure_is_recorded_not_fatal(pvm: tuple[SimulatedHost, Vm]) ->
         second.raise_error()
 
 
+def test_sigint_inside_start_never_leaves_perform_untracked(
+    pvm: tuple[SimulatedHost, Vm],
+) -> None:
+    """KeyboardInterrupt in ``AsyncCleanup.start()`` (it can land there even with
+    SIGINT blocked in the main thread, when the kernel hands the signal to a
+    thread that does not block it)."""
+    host, vm = pvm
+    assert pv_async_cleanup_prepare(vm).ok
+    # 1. After the thread took the job: it stays tracked and is joined.
+    host.pause_at("perform:batch")
+    taken = AsyncCleanup(vm)
+    real_start = taken._thread.start
+
+    def start_then_interrupt() -> None:
+        real_start()
+        assert host.wait_paused("perform:batch")  # PERFORM is running
+        raise KeyboardInterrupt
+
+    taken._thread.start = start_then_interrupt  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        taken.start()
+    assert taken in live_cleanups() and taken.running
+    threading.Timer(0.3, host.resume, ("perform:batch",)).start()
+    join_all_cleanups()
+    assert taken.done and not taken.running and taken not in live_cleanups()
+    assert taken.outcome.result is not None and taken.outcome.result.ok
+    # 2. Before the thread started: abandoned, nothing runs, nothing to join.
+    pv_enable(vm)
+    assert pv_async_cleanup_prepare(vm).ok
+    early = AsyncCleanup(vm)
+
+    def interrupt_before_start() -> None:
+        raise KeyboardInterrupt
+
+    early._thread.start = interrupt_before_start  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        early.start()
+    assert early.done and early not in live_cleanups()
+    early.join_uninterrupted()  # returns at once
+    assert early.outcome.result is None  # the set-aside one is left to DISABLE/close
+    assert host.vm_info(vm.fd).set_aside
+
+
 def test_pv_info_parsed() -> None:
     with Kvm(SimulatedHost(destroy_fast=True)) as kvm, kvm.vm_create(0) as vm:
         info = pv_info(vm)  # INFO needs no protected configuration
@@ -200,7 +248,7 @@ def test_small_limit_unknown_to_caller_prepare_refuses_then_disable() -> None:
     # KVM_GET_DEVICE_ATTR does not return the limit that was set, so a caller
     # that does not pass it gets to PREPARE, which refuses (segment ASCE).
     host = SimulatedHost()
-    with Kvm(host) as kvm, kvm.vm_create(0) as vm, GuestMemory(16 * MiB) as mem:
+    with Kvm(host) as kvm, kvm.vm_create(0) as vm, GuestMemory(16 * MiB, sys=host) as mem:
         vm.s390_set_mem_limit(2 * GiB)
         vm.set_user_memory_region(0, 0, mem.size, mem.addr)
         vm.vcpu_add(0)
@@ -404,6 +452,93 @@ def test_sigint_in_process_cleans_up() -> None:
         timer.cancel()
     assert _fds() <= fds
     assert _threads() <= threads
+    assert _scenario_threads() == []
+    assert not live_cleanups()
+    assert not _our_cgroups(os.getpid())
+
+
+class _OrderLog(SimulatedHost):
+    """A simulated kernel that logs PERFORM returning, VM fds closing, munmaps."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.events: list[str] = []
+        self._vm_fds: set[int] = set()
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        perform = request == KVM_S390_PV_COMMAND and getattr(arg, "cmd", None) == int(
+            pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PERFORM
+        )
+        try:
+            ret = super().ioctl(fd, request, arg)
+        finally:
+            if perform:
+                self.events.append("perform returned")
+        if request == KVM_CREATE_VM:
+            self._vm_fds.add(ret)
+        return ret
+
+    def close(self, fd: int) -> None:
+        if fd in self._vm_fds:
+            self.events.append("vm closed")
+        super().close(fd)
+
+    def munmap(self, addr: int, length: int) -> None:
+        self.events.append("munmap")
+        super().munmap(addr, length)
+
+
+def _in_function(ident: int, name: str) -> bool:
+    frame = sys._current_frames().get(ident)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_sigint_while_joining_perform_tears_down_after_it() -> None:
+    """SIGINT lands while the main thread waits for PERFORM (deterministically).
+
+    On CPython 3.9.8-3.12 an interrupted ``Thread.join`` marks the thread
+    that is still running as stopped (gh-90882); a join built on it returned
+    at once and the teardown closed the VM and unmapped guest memory under
+    the running PERFORM (the s390x CI segfault).  PERFORM is held at a gate
+    until either the teardown reached the munmap (the bug) or 1 s passed.
+    """
+    host = _OrderLog(batch_bytes=MiB)
+    host.pause_at("perform:batch")
+    main_ident = threading.get_ident()
+    seen: dict[str, bool] = {}
+
+    def interrupter() -> None:
+        try:
+            seen["paused"] = host.wait_paused("perform:batch", timeout=60)
+            deadline = time.monotonic() + 30
+            while not _in_function(main_ident, "join_uninterrupted"):
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            seen["joining"] = True
+            signal.pthread_kill(main_ident, signal.SIGINT)
+            deadline = time.monotonic() + 1.0
+            while "munmap" not in host.events and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            host.resume_all()
+
+    helper = threading.Thread(target=interrupter, daemon=True)
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_reboot(sim_req(host=host, cycles=1000))
+    finally:
+        helper.join(30)
+        host.resume_all()
+    assert seen == {"paused": True, "joining": True}
+    ev = host.events
+    assert "perform returned" in ev and "vm closed" in ev and "munmap" in ev, ev
+    done = ev.index("perform returned")
+    assert done < ev.index("vm closed") and done < ev.index("munmap"), ev
     assert _scenario_threads() == []
     assert not live_cleanups()
     assert not _our_cgroups(os.getpid())

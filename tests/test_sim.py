@@ -84,8 +84,8 @@ def pv_vm(
 ) -> Iterator[Env]:
     """A VM with a low (gpa 0) and a high (gpa 4 GiB) memslot, protected and booted."""
     host = host or SimulatedHost(**kw)
-    low = GuestMemory(SLOT)
-    hi = GuestMemory(SLOT) if high else None
+    low = GuestMemory(SLOT, sys=host)
+    hi = GuestMemory(SLOT, sys=host) if high else None
     kvm = Kvm(sys=host)
     vm = kvm.vm_create()
     try:
@@ -749,6 +749,107 @@ def test_close_after_guest_memory_unmapped_does_not_crash() -> None:
         assert vcpu.run() == uapi.KVM_EXIT_HLT
         mem.close()  # wrong order; the kernel would cope, so must the simulator
     assert host.protected_count == 0
+
+
+def _exported_by(host: SimulatedHost, tid: int, handle: int) -> int:
+    calls = host.uv_calls(uapi.UVC_CMD_CONV_FROM_SEC_STOR)
+    return sum(c.pages for c in calls if c.tid == tid and c.handle == handle) * 4096
+
+
+def test_munmap_while_perform_paused_mid_walk() -> None:
+    """Userspace unmaps guest memory while PERFORM is between two batches (spec 3.7).
+
+    The unmap (through the simulator, as ``GuestMemory(sys=host)`` does)
+    exports what is still secure there for *every* configuration, charged to
+    the unmapping thread, and drops it from the page state; PERFORM then
+    finishes the walk without touching the unmapped range.  Before the
+    simulated mmap_lock this was a check-then-memset race that could
+    segfault the whole process.
+    """
+    host = SimulatedHost(batch_bytes=MiB)
+    low, a, b = (GuestMemory(SLOT, sys=host) for _ in range(3))
+    try:
+        with Kvm(sys=host) as kvm, kvm.vm_create() as vm:
+            vm.mem_add(low, slot=0, gpa=0)
+            vm.mem_add(a, slot=1, gpa=HIGH_GPA)
+            vm.mem_add(b, slot=2, gpa=HIGH_GPA + SLOT)
+            vcpu = vm.vcpu_add(0)
+            assert cmd(vm, P.KVM_PV_ENABLE).ret == 0
+            assert vcpu.run() == uapi.KVM_EXIT_HLT  # all 48 MiB secure
+            old = host.vm_info(vm.fd).handle
+            assert cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE).ret == 0  # low destroyed
+            assert host.secure_bytes() == {old: 2 * SLOT}
+            # The new configuration owns 1 MiB in low and 1 MiB in b (UNPACK
+            # takes them from the old one).
+            assert cmd(vm, P.KVM_PV_ENABLE).ret == 0
+            new = host.vm_info(vm.fd).handle
+            hdr = ctypes.create_string_buffer(4096)
+            parm = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(hdr), length=4096)
+            assert cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm)).ret == 0
+            for gpa in (0, HIGH_GPA + SLOT):
+                unp = uapi.kvm_s390_pv_unp(addr=gpa, size=MiB, tweak=0)
+                assert cmd(vm, P.KVM_PV_UNPACK, ctypes.addressof(unp)).ret == 0
+            assert host.secure_bytes() == {old: 2 * SLOT - MiB, new: 2 * MiB}
+            a.fill(0xAA)  # what PERFORM must clear for real
+            b.fill(0xBB)
+
+            host.pause_at("perform:batch")
+            perform = Bg(lambda: cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PERFORM))
+            assert host.wait_paused("perform:batch")  # one 1 MiB batch done
+            old_before = host.secure_bytes()[old]
+            assert old_before == 2 * SLOT - 2 * MiB
+            unmap = Bg(b.close)  # a thread, so that a deadlock fails instead of hanging
+            unmap.join(10)  # PERFORM is paused at the gate: holds no lock
+            assert host.wait_paused("perform:batch")  # still mid-walk
+            exported_old = _exported_by(host, unmap.tid, old)
+            assert _exported_by(host, unmap.tid, new) == MiB  # every configuration's pages
+            assert 0 < exported_old <= SLOT - MiB
+            assert host.secure_bytes() == {old: old_before - exported_old, new: MiB}
+            assert host.stats().exported_bytes == exported_old + MiB
+
+            host.resume("perform:batch")
+            r = perform.join()
+            assert (r.ret, r.rc) == (0, uapi.UVC_RC_EXECUTED)
+            assert old not in {c.handle for c in host.configs()}
+            assert host.secure_bytes() == {new: MiB}  # the running one is left alone
+            assert zero(a)  # destroyed for real; b was never written after the unmap
+            # The guest touching memslot memory that is gone: EFAULT, as UNPACK.
+            with pytest.raises(KvmError) as ei:
+                vcpu.run()
+            assert ei.value.errno == errno.EFAULT
+            unp = uapi.kvm_s390_pv_unp(addr=HIGH_GPA + SLOT, size=MiB, tweak=0)
+            assert cmd(vm, P.KVM_PV_UNPACK, ctypes.addressof(unp)).errno == errno.EFAULT
+            assert host.vm_info(vm.fd).performing == 0
+    finally:
+        host.resume_all()
+        for m in (low, a, b):
+            m.close()
+    assert host.protected_count == 0 and host.secure_bytes() == {}
+
+
+def test_munmap_waits_for_the_batch_in_progress() -> None:
+    """munmap takes the simulated mmap_lock for writing: a memset in flight finishes first.
+
+    White box: holding the lock for reading stands for a batch being cleared.
+    """
+    host = SimulatedHost()
+    mem = GuestMemory(SLOT, sys=host)
+    lock = host._mmap_lock
+    lock.acquire_read()
+    try:
+        unmap = Bg(mem.close)
+        time.sleep(0.2)
+        assert not unmap.done, "munmap did not wait for the reader"
+        # A waiting writer holds off new readers (no starvation by a walk).
+        reader = Bg(lambda: (lock.acquire_read(), lock.release_read()))
+        time.sleep(0.1)
+        assert not reader.done
+    finally:
+        lock.release_read()
+    unmap.join(10)
+    reader.join(10)
+    with pytest.raises(ValueError):
+        mem.view(0, 1)  # unmapped
 
 
 # --------------------------------------------------------------------------

@@ -55,6 +55,12 @@ CTRL_ATTR_FAMILY_NAME = 2
 #: kernel answers in microseconds, so this only ever expires when the reply
 #: was lost, and then a SKIP after 2 s beats a CI job killed after 90 min.
 NETLINK_TIMEOUT_S = 2.0
+#: sends of one request at most (the first plus resends after overruns)
+MAX_SENDS = 4
+#: an overrun's queue counts as drained after this long without a message
+RESEND_IDLE_S = 0.02
+#: resend at least this often while overruns keep the queue full
+RESEND_EVERY_S = 0.25
 #: receive buffer asked for: a burst of other tasks' events must not push our
 #: own reply out (the kernel drops what does not fit and reports ENOBUFS)
 RCVBUF = 4 << 20
@@ -168,7 +174,8 @@ def transact(
 
     Messages that are not ours go to ``on_other(buf, offset, type)`` (or are
     dropped).  After an overrun (ENOBUFS) the request is sent again with a
-    new sequence number: kernel GET/registration requests are idempotent.
+    new sequence number once the queue has drained: kernel GET and
+    registration requests are idempotent.
     Raises ``OSError(errno)`` for an error reply (callers map EPERM etc.)
     and AccountingUnavailable("... timed out ...") when ``timeout_s``
     passes without the end of the reply.
@@ -191,16 +198,32 @@ def transact(
             raise AccountingUnavailable(f"{what}: send: {oserror_text(err)}") from err
 
     send()
+    last = time.monotonic()
+    resend = False
     while True:
-        buf = recv(sock, deadline, what)
+        # After an overrun, resend once the queue has drained (nothing more
+        # for RESEND_IDLE_S), or every RESEND_EVERY_S while traffic keeps it
+        # full: while it is full the kernel drops the new reply too, and
+        # reports no second ENOBUFS until the queue was empty
+        # (NETLINK_S_CONGESTED, netlink_overrun()).
+        now = time.monotonic()
+        if resend and now - last >= RESEND_EVERY_S:
+            resend, last = False, now
+            send()
+        until = min(deadline, now + RESEND_IDLE_S) if resend else deadline
+        buf = recv(sock, until, what)
         if buf is None:
+            if resend and time.monotonic() < deadline:
+                resend, last = False, time.monotonic()
+                send()
+                continue
             raise AccountingUnavailable(
                 f"{what}: timed out after {time.monotonic() - start:.1f} s waiting for the "
                 f"kernel's reply ({sends} request(s) sent; reply lost or never sent)"
             )
         if buf == b"":
-            if sends < 4:
-                send()  # our reply may have been among the dropped messages
+            # our reply may have been among the dropped messages
+            resend = sends < MAX_SENDS
             continue
         for off, length, typ, flags, mseq, mpid in messages(buf):
             if mseq != seq or mpid != me:

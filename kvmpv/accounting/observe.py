@@ -278,8 +278,23 @@ class ProcConnector:
             sends += 1
 
         listen()
+        resend = False
+        last = time.monotonic()
         while True:
-            data = nl.recv(self._sock, deadline, "proc connector")
+            # As nl.transact(): after an overrun LISTEN again once the queue
+            # drained (or every RESEND_EVERY_S while a flood keeps it full).
+            now = time.monotonic()
+            if resend and now - last >= nl.RESEND_EVERY_S:
+                resend = False
+                last = now
+                listen()
+            until = min(deadline, now + nl.RESEND_IDLE_S) if resend else deadline
+            data = nl.recv(self._sock, until, "proc connector")
+            if data is None and resend and time.monotonic() < deadline:
+                resend = False
+                last = time.monotonic()
+                listen()
+                continue
             if data is None:
                 raise AccountingUnavailable(
                     f"proc connector: LISTEN timed out after {time.monotonic() - start:.1f} s "
@@ -289,8 +304,7 @@ class ProcConnector:
             if data == b"":
                 # Overrun: our ack may be among the dropped messages.  LISTEN
                 # again (a repeated LISTEN does not count twice, cn_proc.c).
-                if sends < 4:
-                    listen()
+                resend = sends < 2 * nl.MAX_SENDS
                 continue
             for what, ack, raw, _ts in parse_proc_events(data):
                 if what == _PROC_EVENT_NONE and ack in acks and len(raw) >= 4:

@@ -366,6 +366,10 @@ class TaskStatsClient:
         return recs[0]
 
 
+#: how long ``ExitRecordListener.records()`` keeps draining queued records
+DRAIN_S = 0.05
+
+
 def online_cpus() -> str:
     try:
         with open("/sys/devices/system/cpu/online") as f:
@@ -426,9 +430,14 @@ class ExitRecordListener:
         """Records read within ``timeout_s``; returns as soon as some arrived
         (after draining what is already queued)."""
         out, self._pending = self._pending, []
-        deadline = time.monotonic() + (0.0 if out else timeout_s)
+        now = time.monotonic()
+        deadline = now + (0.0 if out else timeout_s)
+        # Draining is bounded too: under a flood of exits the queue never runs
+        # empty, and "drain until empty" never returned (measured: 33 s).
+        drain_end = now + DRAIN_S if out else None
         while True:
-            buf = nl.recv(self.sock, max(deadline, time.monotonic() + 0.001), "taskstats")
+            end = deadline if drain_end is None else min(deadline, drain_end)
+            buf = nl.recv(self.sock, max(end, time.monotonic() + 0.001), "taskstats")
             if buf is None:
                 return out
             if buf == b"":  # overrun: records were dropped
@@ -437,8 +446,12 @@ class ExitRecordListener:
             for off, _length, typ, _flags, _seq, _pid in nl.messages(buf):
                 if typ == self.family_id:
                     out.extend(parse_taskstats_message(buf, off))
-            if out:
-                deadline = time.monotonic()  # drain without waiting, then return
+            if out and drain_end is None:
+                # drain what is queued without waiting, for at most DRAIN_S
+                deadline = time.monotonic()
+                drain_end = deadline + DRAIN_S
+            if drain_end is not None and time.monotonic() >= drain_end:
+                return out
 
     def wait_for(self, pid: int, timeout_s: float = 10.0, kind: str = "pid") -> TaskStatsRecord:
         """The exit record of thread ``pid`` (kind "pid") or of thread group

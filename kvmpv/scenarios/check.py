@@ -475,7 +475,7 @@ class CheckContext:
         return vm
 
     def memory(self, size: int) -> GuestMemory:
-        mem = GuestMemory(size)
+        mem = GuestMemory(size, sys=self.sys)  # unmapped through the kernel in use
         self._late.append((mem.close, ()))
         return mem
 

@@ -28,8 +28,6 @@ import errno
 import importlib
 import os
 import platform
-import socket
-import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -228,36 +226,25 @@ _MOUNT_OPTIONS = frozenset(
 # Host-only facts (sockets, imports)
 # --------------------------------------------------------------------------
 
-_NETLINK_GENERIC = 16
-_GENL_ID_CTRL = 0x10
-_CTRL_CMD_GETFAMILY = 3
-_CTRL_ATTR_FAMILY_NAME = 2
-_NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
-
 
 def genl_family_registered(name: str) -> tuple[Optional[bool], str]:
-    """Is a generic-netlink family registered?  ``CTRL_CMD_GETFAMILY``, allowed unprivileged."""
-    raw = name.encode() + b"\0"
-    attr = struct.pack("=HH", 4 + len(raw), _CTRL_ATTR_FAMILY_NAME) + raw
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("=BBH", _CTRL_CMD_GETFAMILY, 1, 0) + attr
-    msg = struct.pack("=IHHII", 16 + len(body), _GENL_ID_CTRL, _NLM_F_REQUEST, 1, 0) + body
+    """Is a generic-netlink family registered?  ``CTRL_CMD_GETFAMILY``, allowed unprivileged.
+
+    Through ``kvmpv.accounting.netlink``: replies matched by sequence and
+    port, every wait bounded, so the probe cannot hang on a lost reply.
+    """
+    from ..accounting import AccountingUnavailable
+    from ..accounting.netlink import NETLINK_GENERIC, open_socket, resolve_family
+
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_GENERIC) as sock:
-            sock.settimeout(2.0)
-            sock.send(msg)
-            reply = sock.recv(65536)
-    except (OSError, AttributeError) as err:  # AttributeError: no AF_NETLINK here
-        return None, f"generic netlink not usable: {err}"
-    if len(reply) < 16:
-        return None, "short generic-netlink reply"
-    _, kind = struct.unpack_from("=IH", reply)
-    if kind == _NLMSG_ERROR:
-        (code,) = struct.unpack_from("=i", reply, 16)
-        if code == -errno.ENOENT:
+        with open_socket(NETLINK_GENERIC, "generic netlink") as sock:
+            resolve_family(sock, name)
+    except AccountingUnavailable as err:
+        return None, err.reason
+    except OSError as err:
+        if err.errno == errno.ENOENT:
             return False, f"generic-netlink family {name} not registered (CONFIG_TASKSTATS off?)"
-        return None, f"CTRL_CMD_GETFAMILY failed: {errno_name(-code)}"
+        return None, f"CTRL_CMD_GETFAMILY failed: {errno_name(err.errno or 0)}"
     return True, f"generic-netlink family {name} registered"
 
 

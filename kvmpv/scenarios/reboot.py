@@ -799,7 +799,8 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             )
         memories = []
         for _gpa, size in slots:
-            mem = GuestMemory(size)
+            # unmapped through the backend: the simulator orders it against its page walks
+            mem = GuestMemory(size, sys=sys_)
             memories.append(mem)
             # registered before the VM so that it is unmapped after the VM closed
             stack.callback(mem.close)
@@ -862,12 +863,22 @@ def _teardown(
             guest.close()
         except BaseException as exc:
             first = exc
-    for cleanup in cleanups:
-        cleanup.join_uninterrupted()
-    # A SIGINT between thread start and our bookkeeping leaves a thread only
-    # the registry knows; PERFORM must never outlive the VM fd (its number
-    # could be reused by the next open and PERFORM would hit that file).
-    join_all_cleanups()
+    # Every PERFORM has returned before the VM fd is closed and its memory
+    # unmapped: PERFORM must never outlive them (the fd number could be
+    # reused by the next open, and the walk works on that memory).  A thread
+    # only the registry knows (SIGINT between thread start and our
+    # bookkeeping) is joined too.  An interrupt arriving between two joins
+    # (it can, in a process whose other threads do not block SIGINT) is held
+    # back like one arriving inside a join: the loop goes on until every
+    # join has completed.
+    while True:
+        try:
+            for cleanup in cleanups:
+                cleanup.join_uninterrupted()
+            join_all_cleanups()
+            break
+        except BaseException as exc:
+            first = first or exc
     if vm is not None:
         try:
             vm.close()
