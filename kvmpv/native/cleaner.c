@@ -53,12 +53,12 @@
  *    (daemonizing code) while it keeps running.  kcmp(KCMP_VM) tells: if our
  *    parent still has our mm, the pipe was just lost and we keep waiting on
  *    the pidfd, checking kcmp every 50 ms for an exec.  Otherwise the parent
- *    no longer uses our mm (exec'd, or exiting: its mm pointer is NULL), and
- *    the plain cleaner exits at once -- that is always safe: exiting early
- *    only costs the asynchrony, it never frees memory anybody still uses.
- *    The parallel mode first gives the pidfd 20 ms to confirm a complete
- *    exit (it follows POLLHUP by microseconds); without confirmation (exec,
- *    or the leader thread a zombie while other threads run) it exits plainly.
+ *    no longer uses our mm (exec'd, or exiting: its mm pointer is NULL).
+ *    Both modes then give the pidfd 20 ms to confirm a complete exit (it
+ *    follows POLLHUP by microseconds), so the teardown never competes with
+ *    the parent's last exit steps; without confirmation (exec, or the leader
+ *    thread a zombie while other threads run) the cleaner exits plainly --
+ *    always safe: it never frees memory anybody still uses.
  *  - Without pidfd_open (ENOSYS, or a seccomp filter), getppid() changing
  *    (reparenting after the last thread exited) is the "gone" test: checked
  *    after POLLHUP (every 200 us for up to 20 ms), every 100 ms as a backstop
@@ -345,18 +345,23 @@ static int wait_for_parent(const struct arena *a)
 			return PARENT_GONE;
 		if (watch_pipe && n > 0 && p[1].revents) {
 			/*
-			 * Plain mode: exit at once on exec and on exit alike (our
-			 * exit is safe either way).  Parallel mode must know.
+			 * The pipe closes in exit_files(), before exit_notify():
+			 * tearing down at once would compete for the CPU with the
+			 * last steps of the parent's exit and delay its waiter
+			 * (2-9 ms seen on a busy 2-CPU host).  So both modes give
+			 * the pidfd up to 20 ms to confirm a complete exit; an exec
+			 * never confirms and ends the wait after 20 ms, well within
+			 * the 100 ms in which an exec'd address space must go.
 			 */
 			if (!parent_shares_mm(a))
-				return a->par ? settle(a) : JUST_EXIT;
+				return settle(a);
 			/* The program closed our fd but still runs on this mm. */
 			watch_pipe = 0;
 			p[1].fd = -1;
 			continue;
 		}
 		if (!watch_pipe && !parent_shares_mm(a))
-			return a->par ? settle(a) : JUST_EXIT;
+			return settle(a);
 	}
 }
 
