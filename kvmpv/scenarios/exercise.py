@@ -35,12 +35,16 @@ from . import shutdown as shutdown_mod
 #: PERFORM part both visible.
 MIN_REBOOT_MEMORY = 3 * GiB
 
-#: What every accounting verdict of a strategy must be for the run to pass.
-EXPECTED_SHUTDOWN_VERDICT = {
-    "sync": "charged",
-    "cleaner": "charged",
-    "parallel": "charged",
-    "elsewhere": "not charged",
+#: The verdict that proves a strategy wrong, and the one it should have.
+#: Only the opposite outcome fails a run: "inconclusive" (the charged CPU
+#: between 20% and 80% of the baseline, e.g. on a loaded host where teardown
+#: CPU swings by a fifth between runs) is reported, but proves nothing either
+#: way.  The reaper splits the work by design and is not judged.
+WRONG_SHUTDOWN_VERDICT = {
+    "sync": ("not charged", "charged"),
+    "cleaner": ("not charged", "charged"),
+    "parallel": ("not charged", "charged"),
+    "elsewhere": ("charged", "not charged"),
 }
 
 
@@ -133,9 +137,12 @@ def _reboot_step(
     )
     run = rr.to_dict()
     doc.setdefault("reboot", []).append(run)
-    bad = [c for c in run["cycles"] if c["verdict"] not in ("charged", "skip")]
+    bad = [c for c in run["cycles"] if c["verdict"] == "not charged"]
     if bad:
-        res.problems.append(f"reboot: {len(bad)} cycle(s) with verdict other than charged")
+        res.problems.append(f"reboot: {len(bad)} cycle(s) whose cleanup was not charged")
+    vague = [c for c in run["cycles"] if c["verdict"] == "inconclusive"]
+    if vague:
+        res.notes.append(f"NOTE reboot: {len(vague)} cycle(s) with an inconclusive verdict")
 
 
 def _shutdown_step(
@@ -150,12 +157,12 @@ def _shutdown_step(
     )
     doc["shutdown"] = sr.to_dict()
     for rec in doc["shutdown"]["records"]:
-        want = EXPECTED_SHUTDOWN_VERDICT.get(rec["strategy"])
-        if want and rec["verdict"] not in (want, "skip"):
-            res.problems.append(
-                f"shutdown: {rec['strategy']} at {format_size(rec['size_bytes'])}: "
-                f"verdict {rec['verdict']!r}, expected {want!r}"
-            )
+        wrong, want = WRONG_SHUTDOWN_VERDICT.get(rec["strategy"], ("", ""))
+        where = f"shutdown: {rec['strategy']} at {format_size(rec['size_bytes'])}"
+        if wrong and rec["verdict"] == wrong:
+            res.problems.append(f"{where}: verdict {wrong!r}, expected {want!r}")
+        elif want and rec["verdict"] == "inconclusive":
+            res.notes.append(f"NOTE {where}: verdict inconclusive (expected {want!r})")
 
 
 def run_exercise(req: ExerciseRequest, progress: Optional[Any] = None) -> ExerciseResult:
