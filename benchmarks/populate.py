@@ -41,7 +41,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvmpv.kvm import Kvm
-from kvmpv.memory import GuestMemory
+from kvmpv.memory import GuestMemory, mem_available
 from kvmpv.units import format_size, parse_size
 from kvmpv.x86guest import count_written, vm_touch_memory
 
@@ -75,14 +75,6 @@ int main(int argc, char **argv)
     return 0;
 }
 """
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def build_c(tmp: str) -> str:

@@ -41,19 +41,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from kvmpv.memory import mem_available  # noqa: E402
 from kvmpv.units import format_size, parse_sizes  # noqa: E402
 
 LOCK = "/tmp/kvmpv-bigmem.lock"
 #: what a run needs beyond the guest RAM (interpreter, page tables, slack)
 HEADROOM = 1 << 30
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_one(size: int, cycles: int, backend: str, out_dir: str) -> dict[str, Any]:

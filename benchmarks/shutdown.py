@@ -43,20 +43,13 @@ from typing import Any, Optional
 ROOT = str(Path(__file__).resolve().parent.parent)
 sys.path.insert(0, ROOT)
 
+from kvmpv.memory import mem_available  # noqa: E402
 from kvmpv.units import format_size, parse_sizes  # noqa: E402
 
 LOCK = "/tmp/kvmpv-bigmem.lock"
 #: left free beside the worker: the interpreter, the reaper, everyone else
 HEADROOM = 1 << 30
 DEFAULT_STRATEGIES = "sync,cleaner,elsewhere,reaper,parallel"
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run(args: argparse.Namespace, sizes: list[int], path: str) -> dict[str, Any]:

@@ -23,10 +23,10 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Optional
 
 from . import uapi
+from .closing import Closing
 from .errors import HostError, KvmError, SyscallError, errno_name, require_linux
 from .memory import GuestMemory
 from .syscalls import LINUX, MAP_SHARED, PROT_READ, PROT_WRITE, IoctlArg, Syscalls
@@ -113,7 +113,7 @@ class _Handle:
             self.sys.close(self.fd)
 
 
-class Kvm(_Handle):
+class Kvm(_Handle, Closing):
     """/dev/kvm (``kvm_open`` in the selftests)."""
 
     def __init__(self, sys: Syscalls = LINUX, path: Optional[str] = None) -> None:
@@ -186,17 +186,6 @@ class Kvm(_Handle):
         if first is not None:
             raise first
 
-    def __enter__(self) -> Kvm:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
 
 def _open_error(path: str, err: OSError) -> KvmpvOpenError:
     hint = {
@@ -216,7 +205,7 @@ class KvmpvOpenError(SyscallError):
         self.exit_code = HostError.exit_code
 
 
-class Vm(_Handle):
+class Vm(_Handle, Closing):
     """A VM fd with its memslots and vCPUs (``struct kvm_vm``)."""
 
     def __init__(self, kvm: Kvm, fd: int, machine_type: int = 0) -> None:
@@ -337,19 +326,8 @@ class Vm(_Handle):
         if first is not None:
             raise first
 
-    def __enter__(self) -> Vm:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-
-class Vcpu(_Handle):
+class Vcpu(_Handle, Closing):
     """A vCPU fd and its mmapped ``kvm_run`` (``struct kvm_vcpu``)."""
 
     def __init__(self, vm: Vm, vcpu_id: int, fd: int) -> None:
@@ -409,17 +387,6 @@ class Vcpu(_Handle):
                 self.sys.munmap(self._run_addr, self._run_size)
             finally:
                 self._close_fd()
-
-    def __enter__(self) -> Vcpu:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
 
 @contextmanager

@@ -18,9 +18,9 @@ import ctypes
 import errno
 import mmap as _mmap
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Optional
 
+from .closing import Closing
 from .errors import HostError, SyscallError, UsageError
 from .syscalls import (
     LINUX,
@@ -89,12 +89,21 @@ def process_rss() -> int:
         return int(f.read().split()[1]) * PAGE_SIZE
 
 
+def mem_available() -> int:
+    """MemAvailable from /proc/meminfo, in bytes: what test and run sizes are held to."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise HostError("no MemAvailable in /proc/meminfo (Linux < 3.14?)")
+
+
 def madvise(addr: int, length: int, advice: int, what: str = "madvise") -> None:
     if libc().madvise(addr, length, advice) != 0:
         raise SyscallError(what, ctypes.get_errno(), f"{length} bytes at 0x{addr:x}")
 
 
-class GuestMemory:
+class GuestMemory(Closing):
     """``size`` bytes of anonymous memory at a 1 MiB aligned address.
 
     s390 requires memslots (address and size) to be 1 MiB aligned; kvmpv uses
@@ -230,14 +239,3 @@ class GuestMemory:
                 self._sys.munmap(self.addr, self.size)
             except OSError as exc:
                 raise SyscallError("munmap", exc.errno or errno.EINVAL, "guest memory") from None
-
-    def __enter__(self) -> GuestMemory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()

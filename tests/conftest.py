@@ -16,6 +16,7 @@ import pytest
 
 from kvmpv.errors import KvmpvError
 from kvmpv.kvm import Kvm
+from kvmpv.memory import mem_available  # noqa: F401  (re-exported: tests size memory to it)
 
 
 def _kvm_unavailable_reason() -> str:
@@ -41,15 +42,6 @@ def kvm() -> Iterator[Kvm]:
         pytest.skip(f"no usable /dev/kvm: {KVM_UNAVAILABLE}")
     with Kvm() as handle:
         yield handle
-
-
-def mem_available() -> int:
-    """MemAvailable in bytes (size test memory to it)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 @pytest.fixture(scope="session", autouse=True)

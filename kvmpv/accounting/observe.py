@@ -36,9 +36,9 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Optional
 
+from ..closing import Closing
 from . import netlink as nl
 from .common import AccountingUnavailable, oserror_text
 
@@ -214,7 +214,7 @@ def parse_proc_events(data: bytes) -> list[tuple[int, int, bytes, int]]:
     return out
 
 
-class ProcConnector:
+class ProcConnector(Closing):
     """Listens to cn_proc EXIT events in a background thread.
 
     Only events of ``watch``ed thread groups are kept, plus the last
@@ -396,17 +396,6 @@ class ProcConnector:
             pass
         self._sock.close()
 
-    def __enter__(self) -> ProcConnector:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
 
 def proc_connector_status() -> tuple[bool, str]:
     """(usable, reason): really subscribe and unsubscribe once."""
@@ -453,7 +442,7 @@ class ExitRecord:
         }
 
 
-class ExitWatcher:
+class ExitWatcher(Closing):
     """Exit times of processes from pidfds and, where usable, the proc connector.
 
     ``watch(pid)`` right after starting the process (a pidfd must be opened
@@ -512,17 +501,6 @@ class ExitWatcher:
         if self.connector is not None:
             self.connector.close()
             self.connector = None
-
-    def __enter__(self) -> ExitWatcher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
 
 __all__ = [

@@ -41,9 +41,9 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Optional
 
+from ..closing import Closing
 from . import netlink as nl
 from .common import AccountingUnavailable, oserror_text
 
@@ -292,7 +292,7 @@ def _family_id(sock: socket.socket, timeout_s: float) -> int:
         raise _unavailable_from(err, "family lookup") from err
 
 
-class TaskStatsClient:
+class TaskStatsClient(Closing):
     """TASKSTATS_CMD_GET queries for live threads/thread groups.
 
     Raw generic netlink on our own socket, every reply awaited with a
@@ -320,17 +320,6 @@ class TaskStatsClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
-    def __enter__(self) -> TaskStatsClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def _query(self, attr: int, ident: int) -> list[TaskStatsRecord]:
         if self._sock is None:
@@ -378,7 +367,7 @@ def online_cpus() -> str:
         return f"0-{(os.cpu_count() or 1) - 1}"
 
 
-class ExitRecordListener:
+class ExitRecordListener(Closing):
     """Taskstats exit records of every task exiting on the online CPUs.
 
     Our own generic netlink socket, registered for the CPUs with an ACK
@@ -474,17 +463,6 @@ class ExitRecordListener:
             pass  # the kernel drops a listener whose socket is gone at its next send
         finally:
             self.sock.close()
-
-    def __enter__(self) -> ExitRecordListener:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
 
 def taskstats_status() -> tuple[bool, str, Optional[int]]:

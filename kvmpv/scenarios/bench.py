@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..errors import HostError, UsageError
+from ..memory import mem_available
 from ..report import results
 from ..units import GiB, format_size
 from . import probe as probe_mod
 from . import reboot as reboot_mod
 from . import shutdown as shutdown_mod
-from .exercise import MIN_REBOOT_MEMORY, mem_available
+from .exercise import MIN_REBOOT_MEMORY
 
 GB = 10**9
 #: The seed table's extrapolation points (decimal, as published).

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..errors import EXIT_FAIL, EXIT_OK, HostError, UsageError
+from ..memory import mem_available
 from ..report import results, tables
 from ..units import GiB, MiB, format_size
 from . import check as check_mod
@@ -46,14 +47,6 @@ WRONG_SHUTDOWN_VERDICT = {
     "parallel": ("not charged", "charged"),
     "elsewhere": ("charged", "not charged"),
 }
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise HostError("/proc/meminfo has no MemAvailable")
 
 
 def default_sizes(limit: int) -> list[int]:

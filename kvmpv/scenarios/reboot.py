@@ -48,7 +48,7 @@ from ..accounting import (
 )
 from ..errors import HostError, KvmError, KvmpvError, UsageError
 from ..kvm import Kvm, Vcpu, Vm
-from ..memory import GuestMemory
+from ..memory import GuestMemory, mem_available
 from ..pv import (
     AsyncCleanup,
     PvResult,
@@ -154,18 +154,6 @@ def validate(req: RebootRequest) -> None:
             f"memory limit {format_size(req.mem_limit)} is below the end of guest memory "
             f"{format_size(end)}"
         )
-
-
-def mem_available() -> int:
-    """MemAvailable in bytes (0 if unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 # --------------------------------------------------------------------------

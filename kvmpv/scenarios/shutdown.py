@@ -97,6 +97,7 @@ from ..accounting import (
     judge_charged,
 )
 from ..errors import HostError, KvmpvError, UsageError
+from ..memory import mem_available
 from ..syscalls import libc
 from ..units import MiB, format_size
 
@@ -397,15 +398,6 @@ class ShutdownResult:
 
 # --------------------------------------------------------------------------
 # Host facts
-
-
-def mem_available() -> int:
-    """MemAvailable in bytes."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise HostError("no MemAvailable in /proc/meminfo (Linux < 3.14?)")
 
 
 def _cpu_busy_jiffies() -> tuple[int, int]:
