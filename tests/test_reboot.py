@@ -299,6 +299,18 @@ def test_both_interleaves() -> None:
     assert all(c.overlap_ns == 0 for c in res.cycles if c.mode == "sync")
 
 
+def test_guest_held_during_perform_has_no_overlap() -> None:
+    """--no-overlap: the new guest resumes only after PERFORM; by default it
+    runs meanwhile (the overlap async reboot exists for)."""
+    layout = ((0, 16 * MiB), (2 * GiB, 256 * MiB))  # PERFORM has real work to do
+    held = run_reboot(sim_req(mode="async", cycles=2, layout=layout, guest_during_perform=False))
+    assert [c.mode for c in held.cycles] == ["async", "async"]
+    assert all(c.overlap_ns == 0 for c in held.cycles)
+    assert all(c.boot_ns is not None and c.boot_ns > 0 for c in held.cycles)
+    running = run_reboot(sim_req(mode="async", cycles=2, layout=layout))
+    assert all(c.overlap_ns is not None and c.overlap_ns > 0 for c in running.cycles)
+
+
 def test_bad_input() -> None:
     with pytest.raises(UsageError):
         run_reboot(sim_req(layout=((0, 16 * MiB + 4096),)))

@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--debug-charge-to", choices=CHARGE_TO, default="vm", help=argparse.SUPPRESS
     )
     parser.add_argument("--boot-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="keep the new guest paused until PERFORM has finished (measures the cleanup's own "
+        "CPU without memory-bandwidth contention from the running guest; overlap is then 0)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         hierarchy=args.cgroup,
         charge_to=args.debug_charge_to,
         boot_timeout_s=args.boot_timeout,
+        guest_during_perform=not args.no_overlap,
     )
     if args.json and args.json != "-":
         # Fail on an unwritable path before minutes of measuring.
