@@ -21,7 +21,7 @@ import ctypes
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Optional
 
@@ -50,6 +50,21 @@ def ioctl_name(request: int) -> str:
     """Kernel name of a request, for error messages ("KVM_CREATE_VM failed ...")."""
     name = uapi.IOCTL_NAMES.get(request) or EXTRA_IOCTL_NAMES.get(request)
     return name or f"ioctl 0x{request:08x}"
+
+
+def _close_each(children: Sequence[Closing]) -> Optional[BaseException]:
+    """Close every child even if some fail; return the first failure (to re-raise).
+
+    Cleanup must not stop at the first broken vCPU or VM: a leaked fd would
+    keep the VM (and its guest memory) alive.
+    """
+    first: Optional[BaseException] = None
+    for child in children:
+        try:
+            child.close()
+        except BaseException as exc:
+            first = first or exc
+    return first
 
 
 class _Handle:
@@ -176,12 +191,7 @@ class Kvm(_Handle, Closing):
         """
         with self._lock:
             vms, self.vms = self.vms, []
-        first: Optional[BaseException] = None
-        for vm in vms:
-            try:
-                vm.close()
-            except BaseException as exc:  # keep closing; report the first failure
-                first = first or exc
+        first = _close_each(vms)
         self._close_fd()
         if first is not None:
             raise first
@@ -313,12 +323,7 @@ class Vm(_Handle, Closing):
         """Close vCPUs, then the VM fd (``kvm_vm_release``).  Idempotent."""
         with self._lock:
             vcpus, self.vcpus = self.vcpus, []
-        first: Optional[BaseException] = None
-        for vcpu in vcpus:
-            try:
-                vcpu.close()
-            except BaseException as exc:  # keep closing; report the first failure
-                first = first or exc
+        first = _close_each(vcpus)
         self._close_fd()
         with self.kvm._lock:
             if self in self.kvm.vms:

@@ -554,20 +554,22 @@ def field_offsets(struct: type[ctypes.Structure]) -> dict[str, int]:
     return out
 
 
-def be_struct(struct: type[Any]) -> type[Any]:
-    """Big-endian twin of a native structure (s390x byte order on any host).
+def endian_struct(struct: type[Any], order: str) -> type[Any]:
+    """Twin of a native structure with every field in byte order ``order``.
 
-    Used to produce and check the exact bytes the s390x kernel reads, in tests
-    running on little-endian hosts.  Nested structures, unions and arrays are
+    ``"big"`` gives s390x byte order on any host, ``"little"`` x86_64's: used
+    to produce and check the exact bytes a kernel of the other endianness
+    reads, in golden-byte tests.  Nested structures, unions and arrays are
     converted recursively.
     """
+    swapped = {"big": "__ctype_be__", "little": "__ctype_le__"}[order]
 
     def conv(ctype: Any) -> Any:
         if isinstance(ctype, type) and issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-            return be_struct(ctype)
+            return endian_struct(ctype, order)
         if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
             return conv(ctype._type_) * ctype._length_
-        return ctype.__ctype_be__ if hasattr(ctype, "__ctype_be__") else ctype
+        return getattr(ctype, swapped, ctype)
 
     # Plain Structure/Union bases: conv() has already swapped every scalar, and
     # BigEndianStructure rejects nested unions before Python 3.12.
@@ -575,7 +577,13 @@ def be_struct(struct: type[Any]) -> type[Any]:
     ns: dict[str, Any] = {"_fields_": [(f[0], conv(f[1])) for f in struct._fields_]}
     if hasattr(struct, "_anonymous_"):
         ns["_anonymous_"] = struct._anonymous_
-    return type(struct.__name__ + "_be", (base,), ns)
+    suffix = "_be" if order == "big" else "_le"
+    return type(struct.__name__ + suffix, (base,), ns)
+
+
+def be_struct(struct: type[Any]) -> type[Any]:
+    """Big-endian twin of a native structure (s390x byte order on any host)."""
+    return endian_struct(struct, "big")
 
 
 # The runtime form of kvm_do_ioctl()'s static assert in the KVM selftests: the

@@ -8,7 +8,6 @@ fixtures record next to their golden bytes.  Reads files only.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import sys
 from functools import cache
@@ -31,19 +30,7 @@ def load(arch: str) -> dict[str, Any]:
 
 def le_struct(struct: type[Any]) -> type[Any]:
     """Little-endian twin (the mirror of ``uapi.be_struct``), for big-endian hosts."""
-
-    def conv(ctype: Any) -> Any:
-        if isinstance(ctype, type) and issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-            return le_struct(ctype)
-        if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
-            return conv(ctype._type_) * ctype._length_
-        return ctype.__ctype_le__ if hasattr(ctype, "__ctype_le__") else ctype
-
-    base: type[Any] = ctypes.Union if issubclass(struct, ctypes.Union) else ctypes.Structure
-    ns: dict[str, Any] = {"_fields_": [(f[0], conv(f[1])) for f in struct._fields_]}
-    if hasattr(struct, "_anonymous_"):
-        ns["_anonymous_"] = struct._anonymous_
-    return type(struct.__name__ + "_le", (base,), ns)
+    return uapi.endian_struct(struct, "little")
 
 
 def layout_for(struct: type[Any], byteorder: str) -> type[Any]:
