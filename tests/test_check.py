@@ -510,3 +510,36 @@ def test_pv_host_plan_runs_pv_checks_for_real() -> None:
     assert where["async_destroy_off"] == "sim"  # async_destroy is 1
     assert where["perform_destroy_eio"] == "sim"  # fault injection
     assert facts.pv_reason() == ""
+
+
+def test_worker_waits_use_done_not_join() -> None:
+    """``Worker.wait``/``join_or_fail`` wait for the thread's body, not for join().
+
+    gh-90882 (CPython 3.9.8-3.12): after a Ctrl-C interrupted a join,
+    join()/is_alive() report a running thread as stopped; a check trusting
+    them would close its VM under a running PERFORM or KVM_RUN.  That state
+    is imposed on the thread object here while its body is held for 0.3 s.
+    """
+    import time
+
+    from kvmpv.scenarios.check import Worker
+
+    for method in ("wait", "join_or_fail"):
+        gate = threading.Event()
+        finished: list[float] = []
+
+        def body(gate: threading.Event = gate, finished: list[float] = finished) -> int:
+            gate.wait(10)
+            finished.append(time.monotonic())
+            return 7
+
+        w = Worker(body, name=f"held-{method}")
+        w.start()
+        w.is_alive = lambda: False  # type: ignore[method-assign]
+        w.join = lambda timeout=None: None  # type: ignore[method-assign]
+        threading.Timer(0.3, gate.set).start()
+        if method == "wait":
+            assert w.wait(30) == 7
+        else:
+            w.join_or_fail()
+        assert finished, f"Worker.{method} returned while the thread was still running"

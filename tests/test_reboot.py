@@ -599,3 +599,36 @@ def test_sigint_cli_exits_130_and_leaves_nothing() -> None:
     assert not _our_cgroups(proc.pid), "cgroups left behind"
     for d in created:
         assert not os.path.exists(d)
+
+
+def test_vcpu_runner_exit_waits_for_the_thread_not_for_join() -> None:
+    """``_VcpuRunner.exit()`` returns only once the vCPU thread is done.
+
+    It must not trust ``Thread.join()``/``is_alive()``: after a Ctrl-C
+    interrupted a join (gh-90882, CPython 3.9.8-3.12) they report a running
+    thread as stopped.  That state is imposed here on the thread object, and
+    the thread is held in its body for 0.3 s: an exit() built on join or
+    is_alive returns at once, before the thread is done.
+    """
+    from types import SimpleNamespace
+
+    from kvmpv.scenarios.reboot import _VcpuRunner
+
+    vcpu = SimpleNamespace(id=0, fd=-1, run_struct=SimpleNamespace(immediate_exit=0))
+    runner = _VcpuRunner(vcpu, kick=lambda fd: None)  # type: ignore[arg-type]
+    gate = threading.Event()
+    finished: list[float] = []
+
+    def held_body() -> None:
+        gate.wait(10)
+        finished.append(time.monotonic())
+
+    runner._serve = held_body  # type: ignore[method-assign]
+    runner.start()
+    runner._thread.is_alive = lambda: False  # type: ignore[method-assign]
+    runner._thread.join = lambda timeout=None: None  # type: ignore[method-assign]
+    threading.Timer(0.3, gate.set).start()
+    runner.exit()
+    returned = time.monotonic()
+    assert finished, "exit() returned while the vCPU thread was still running"
+    assert finished[0] <= returned

@@ -566,20 +566,24 @@ class Worker(threading.Thread):
             self.finished_at = time.monotonic()
             self.done.set()
 
+    # Both waits use ``done``, never Thread.join()/is_alive(): on CPython
+    # 3.9.8-3.12 a Ctrl-C interrupting join() makes a running thread look
+    # stopped (gh-90882), and the check would then close the VM under it.
+
     def wait(self, timeout: float) -> Any:
-        """Join; raise the thread's exception; CheckFailed if it did not finish."""
-        self.join(timeout)
-        if self.is_alive():
+        """Wait; raise the thread's exception; CheckFailed if it did not finish."""
+        if not self.done.wait(timeout):
             raise CheckFailed(f"thread {self.name} did not finish within {timeout:.0f} s")
         if self.error is not None:
             raise self.error
         return self.result
 
     def join_or_fail(self) -> None:
-        if self.is_alive() and self.kick is not None:
+        if self.ident is None:
+            return  # never started
+        if not self.done.is_set() and self.kick is not None:
             self.kick()
-        self.join(30.0)
-        if self.is_alive():
+        if not self.done.wait(30.0):
             raise RuntimeError(f"thread {self.name} still running after cleanup")
 
 

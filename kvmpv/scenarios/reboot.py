@@ -409,6 +409,11 @@ class _VcpuRunner:
         self.cpu_ns = 0
         self.halted = threading.Event()
         self.error: Optional[BaseException] = None
+        # Set when _main returns; exit() waits on it, never on join()/is_alive():
+        # a Ctrl-C that interrupts Thread.join() on CPython 3.9.8-3.12 makes a
+        # running thread look stopped (gh-90882, see AsyncCleanup), and the
+        # caller would then close the vCPU fd under a running KVM_RUN.
+        self._exited = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"CPU {vcpu.id}/KVM", daemon=True)
 
     def start(self) -> None:
@@ -416,6 +421,12 @@ class _VcpuRunner:
             self._thread.start()
 
     def _main(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._exited.set()
+
+    def _serve(self) -> None:
         try:
             set_thread_name(f"CPU {self.vcpu.id}/KVM")
         except OSError:
@@ -500,11 +511,10 @@ class _VcpuRunner:
                 self._cond.wait(min(left, 0.5))
 
     def exit(self) -> None:
-        if not self._thread.is_alive():
-            return
+        if self._thread.ident is None or self._exited.is_set():
+            return  # never started, or already gone
         self.request_stop("exit")
-        self._thread.join(KICK_TIMEOUT_S)
-        if self._thread.is_alive():
+        if not self._exited.wait(KICK_TIMEOUT_S):
             raise KvmpvError(f"vCPU {self.vcpu.id} thread did not exit in {KICK_TIMEOUT_S}s")
 
 
