@@ -24,7 +24,7 @@ Then the noise: min/median/max of every strategy and how busy the machine was.
 Why 7 repeats and not the issue's 3: on these machines one 8 GiB exit takes
 anywhere from 650 to 940 ms, whichever task runs it (sync worker or cleaner,
 either vCPU), so a median of 3 moves by more than the 10% being judged
-(cleaner/sync came out 99%, 105%, 125% and 133% in runs of 3).  The kernel
+(cleaner/sync came out 99%, 105%, 125% and 133% in runs of 3-4).  The kernel
 work is the same: a ``perf record -a -e cpu-clock`` profile of exit_mmap()
 is the same in both (half in the lruvec and zone locks of
 folios_put_refs()/free_unref_folios()), and ftrace's mmap_lock events show
