@@ -23,9 +23,10 @@ what count.  Why 7 cycles and not the issue's 3: the simulator's cost is
 memset() of guest memory, bound by the host's memory bandwidth, and one
 cycle's CPU time moves by +-10% between cycles (in runs of 3 the
 --no-overlap cleanup-CPU ratio came out 1.03 and 1.12 at 4G, 0.97, 1.09
-and 1.19 at 12G); a profile shows 98% of the
-simulated destroy inside memset in both paths, so the spread is the
-machine's, not PREPARE's or PERFORM's.  Usage: ``python benchmarks/reboot_scaling.py [--cycles 7]
+and 1.19 at 12G); a profile puts 93% of the simulated destroy inside memset
+in both paths, so the spread is the machine's, not PREPARE's or PERFORM's.
+
+Usage: ``python benchmarks/reboot_scaling.py [--cycles 7]
 [--sizes 4G,12G] [--backend sim] [--keep DIR]``.  Exit 0 when every target is
 met, 1 otherwise, 3 when the host lacks the memory.
 """
@@ -37,22 +38,13 @@ import fcntl
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+from _run import LOCK, need_memory, run_kvmpv
 
-from kvmpv.memory import mem_available  # noqa: E402
-from kvmpv.units import format_size, parse_sizes  # noqa: E402
-
-LOCK = "/tmp/kvmpv-bigmem.lock"
-#: what a run needs beyond the guest RAM (interpreter, page tables, slack)
-HEADROOM = 1 << 30
+from kvmpv.units import format_size, parse_sizes
 
 
 def run_one(
@@ -60,41 +52,30 @@ def run_one(
 ) -> dict[str, Any]:
     tag = "-no-overlap" if "--no-overlap" in extra else ""
     path = os.path.join(out_dir, f"reboot-{format_size(size)}{tag}.json")
-    cmd = [
-        sys.executable, "-m", "kvmpv", "reboot", "--backend", backend, "--mode", "both",
-        "--cycles", str(cycles), "--memory", format_size(size), "--json", path, *extra,
+    args = [
+        "reboot", "--backend", backend, "--mode", "both", "--cycles", str(cycles),
+        "--memory", format_size(size), "--json", path, *extra,
     ]  # fmt: skip
-    avail = mem_available()
-    if avail < size + HEADROOM:
-        print(
-            f"MemAvailable {format_size(avail)} < {format_size(size)} + 1G headroom: "
-            "not running (another big run in progress?)",
-            file=sys.stderr,
-        )
-        sys.exit(3)
-    print("$ " + " ".join(cmd[1:]).replace("-m kvmpv", "kvmpv"), flush=True)
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
-    print(f"  (exit {proc.returncode}, {time.monotonic() - t0:.1f}s)", flush=True)
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        sys.exit(f"no results from {' '.join(cmd)}")
-    with open(path) as f:
-        doc: dict[str, Any] = json.load(f)
-    return doc
+    need_memory(size)
+    return run_kvmpv(args, path)
+
+
+def _values(doc: dict[str, Any], mode: str, key: str) -> list[float]:
+    return [c[key] for c in doc["cycles"] if c["mode"] == mode and c.get(key) is not None]
 
 
 def med(doc: dict[str, Any], mode: str, key: str) -> Optional[float]:
-    vals = [c[key] for c in doc["cycles"] if c["mode"] == mode and c.get(key) is not None]
+    vals = _values(doc, mode, key)
     return statistics.median(vals) if vals else None
 
 
 def best(doc: dict[str, Any], mode: str, key: str) -> Optional[float]:
-    vals = [c[key] for c in doc["cycles"] if c["mode"] == mode and c.get(key) is not None]
+    vals = _values(doc, mode, key)
     return min(vals) if vals else None
 
 
 def spread(doc: dict[str, Any], mode: str, key: str) -> str:
-    vals = [c[key] for c in doc["cycles"] if c["mode"] == mode and c.get(key) is not None]
+    vals = _values(doc, mode, key)
     return f"{min(vals):.3f}..{max(vals):.3f}" if vals else "-"
 
 

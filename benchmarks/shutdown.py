@@ -42,28 +42,20 @@ import argparse
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 from typing import Any, Optional
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-sys.path.insert(0, ROOT)
+from _run import LOCK, need_memory, run_kvmpv
 
-from kvmpv.memory import mem_available  # noqa: E402
-from kvmpv.units import format_size, parse_sizes  # noqa: E402
+from kvmpv.units import format_size, parse_sizes
 
-LOCK = "/tmp/kvmpv-bigmem.lock"
-#: left free beside the worker: the interpreter, the reaper, everyone else
-HEADROOM = 1 << 30
 DEFAULT_STRATEGIES = "sync,cleaner,elsewhere,reaper,parallel"
 
 
 def run(args: argparse.Namespace, sizes: list[int], path: str) -> dict[str, Any]:
     cmd = [
-        sys.executable, "-m", "kvmpv", "shutdown", "--sizes", ",".join(map(format_size, sizes)),
+        "shutdown", "--sizes", ",".join(map(format_size, sizes)),
         "--strategy", args.strategy, "--repeat", str(args.repeat), "--json", path,
     ]  # fmt: skip
     if args.thp:
@@ -71,23 +63,8 @@ def run(args: argparse.Namespace, sizes: list[int], path: str) -> dict[str, Any]
     with open(LOCK, "w") as lock:
         print(f"waiting for {LOCK} ...", flush=True)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        avail = mem_available()
-        if avail < max(sizes) + HEADROOM:
-            print(
-                f"MemAvailable {avail / 2**30:.1f} GiB < {format_size(max(sizes))} + 1 GiB "
-                "headroom: not running (another big run in progress?)",
-                file=sys.stderr,
-            )
-            sys.exit(3)
-        print("$ " + " ".join(cmd[1:]).replace("-m kvmpv", "kvmpv"), flush=True)
-        t0 = time.monotonic()
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
-        print(f"  (exit {proc.returncode}, {time.monotonic() - t0:.1f} s)", flush=True)
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        sys.exit(f"no results from {' '.join(cmd)}")
-    with open(path) as f:
-        doc: dict[str, Any] = json.load(f)
-    return doc
+        need_memory(max(sizes))
+        return run_kvmpv(cmd, path)
 
 
 def med(rec: Optional[dict[str, Any]], key: str) -> Optional[float]:
