@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 from . import uapi
-from .closing import Closing
+from .closing import Closing, signals_held
 from .errors import HostError, KvmError, SyscallError, errno_name, require_linux
 from .memory import GuestMemory
 from .syscalls import LINUX, MAP_SHARED, PROT_READ, PROT_WRITE, IoctlArg, Syscalls
@@ -176,10 +176,13 @@ class Kvm(_Handle, Closing):
 
     def vm_create(self, machine_type: int = 0) -> Vm:
         """``KVM_CREATE_VM`` (``____vm_create``): a VM without memory or vCPUs."""
-        fd = self.ioctl(uapi.KVM_CREATE_VM, machine_type)
-        vm = Vm(self, fd, machine_type)
-        with self._lock:
-            self.vms.append(vm)
+        # Signals held until the VM is on self.vms, where close() finds it: a
+        # Ctrl-C right after the ioctl returned would otherwise lose the fd.
+        with signals_held():
+            fd = self.ioctl(uapi.KVM_CREATE_VM, machine_type)
+            vm = Vm(self, fd, machine_type)
+            with self._lock:
+                self.vms.append(vm)
         return vm
 
     def close(self) -> None:
@@ -309,14 +312,15 @@ class Vm(_Handle, Closing):
 
     def vcpu_add(self, vcpu_id: int) -> Vcpu:
         """``KVM_CREATE_VCPU`` plus the mmap of its ``kvm_run`` (``vm_vcpu_add``)."""
-        fd = self.ioctl(uapi.KVM_CREATE_VCPU, vcpu_id)
-        try:
-            vcpu = Vcpu(self, vcpu_id, fd)
-        except BaseException:
-            self.sys.close(fd)
-            raise
-        with self._lock:
-            self.vcpus.append(vcpu)
+        with signals_held():  # as in Kvm.vm_create: fd and mapping reach self.vcpus
+            fd = self.ioctl(uapi.KVM_CREATE_VCPU, vcpu_id)
+            try:
+                vcpu = Vcpu(self, vcpu_id, fd)
+            except BaseException:
+                self.sys.close(fd)
+                raise
+            with self._lock:
+                self.vcpus.append(vcpu)
         return vcpu
 
     def close(self) -> None:

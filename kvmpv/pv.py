@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from .closing import signals_held
 from .errors import KvmError, PvCmdError, SyscallError
 from .kvm import Vm
 from .syscalls import libc
@@ -312,9 +310,6 @@ def pv_async_cleanup_perform(vm: Vm, *, check: bool = True) -> PvResult:
 PR_SET_NAME = 15
 #: QEMU's name for the PERFORM thread (qemu_thread_create(..., "async_cleanup")).
 ASYNC_CLEANUP_THREAD_NAME = "async_cleanup"
-#: Signals only the main thread should take: CPython raises KeyboardInterrupt /
-#: Interrupted there, and the cleanup paths run there.
-MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def set_thread_name(name: str) -> None:
@@ -334,24 +329,6 @@ def thread_comm(tid: int) -> str:
     """The kernel name of thread ``tid`` of this process (``/proc/self/task/<tid>/comm``)."""
     with open(f"/proc/self/task/{tid}/comm") as f:
         return f.read().rstrip("\n")
-
-
-@contextmanager
-def main_thread_signals_blocked() -> Iterator[None]:
-    """Block SIGINT/SIGTERM in the calling thread for the duration.
-
-    Threads inherit the creating thread's signal mask, so starting a helper
-    thread inside this block makes it immune to the process-directed SIGINT:
-    the kernel then delivers it to the main thread, where CPython raises it
-    and the cleanup code runs (QEMU blocks signals in its helper threads for
-    the same reason).  In the main thread the signal stays pending and is
-    handled when the mask is restored, i.e. after the block.
-    """
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # --------------------------------------------------------------------------
@@ -454,7 +431,7 @@ class AsyncCleanup:
             _live.add(self)
         self._launched = True
         try:
-            with main_thread_signals_blocked():
+            with signals_held():
                 self._thread.start()
         except RuntimeError:  # "can't start new thread": it never ran
             self._launched = False

@@ -458,9 +458,9 @@ def test_sigint_in_process_cleans_up() -> None:
     # Aimed at the main thread, as in the CLI, where every other thread blocks
     # SIGINT: a process-directed os.kill could land on this Timer thread,
     # which does not block it, and CPython would then raise KeyboardInterrupt
-    # in the main thread even inside the scenario's signal-atomic regions
-    # (between an fd's creation and its bookkeeping; seen once in CI as an fd
-    # "leak" the CLI cannot have).
+    # in the main thread even inside the scenario's signals_held() regions.
+    # The moment it lands is random; tests/test_interrupts.py hits each
+    # creation-to-bookkeeping window on purpose (CI once caught one here).
     main = threading.main_thread().ident
     assert main is not None
     timer = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))

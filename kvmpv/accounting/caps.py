@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from ..closing import signals_held
 from .cgroups import CgroupScope, Layout, candidate_order, discover_layouts
 from .common import AccountingUnavailable, CgroupLeftover
 from .observe import proc_connector_status
@@ -134,8 +135,8 @@ def capabilities() -> AccountingCaps:
     ts_ok, ts_reason, ts_ver = taskstats_status()
     pc_ok, pc_reason = proc_connector_status()
     try:
-        fd = os.pidfd_open(os.getpid())
-        os.close(fd)
+        with signals_held():  # no fd lost to a Ctrl-C between the two calls
+            os.close(os.pidfd_open(os.getpid()))
         pidfd_ok, pidfd_reason = True, "pidfd_open + poll"
     except (AttributeError, OSError) as err:
         pidfd_ok, pidfd_reason = False, f"pidfd_open unavailable: {err}"

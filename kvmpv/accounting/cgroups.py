@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Callable, Optional, Union
 
+from ..closing import signals_held
 from ..errors import Interrupted, SyscallError
 from .common import AccountingUnavailable, CgroupLeftover, oserror_text
 
@@ -281,11 +282,14 @@ def _read(path: str) -> str:
 
 def _write(path: str, value: str) -> None:
     # One write(2) per value: cgroupfs parses each write as one request.
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+    # Signals held: a Ctrl-C landing between open() and the try would leak
+    # the fd (it did, once per ~80 interrupted reboots).
+    with signals_held():
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
 
 
 def _is_permission(err: OSError) -> bool:
@@ -583,7 +587,9 @@ class CgroupScope:
         """A new private cgroup for ``role`` (e.g. "vm", "cleaner", "reaper")."""
         if not _ROLE_RE.match(role):
             raise ValueError(f"bad cgroup role {role!r} (letters, digits, _)")
-        with self._lock:
+        # Signals held from mkdir to the bookkeeping: a Ctrl-C in between would
+        # leave a directory that close() does not know about.
+        with self._lock, signals_held():
             if self._closed:
                 raise RuntimeError("cgroup scope already closed")
             ns = own_pidns()

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..closing import Closing
+from ..closing import Closing, signals_held
 from . import netlink as nl
 from .common import AccountingUnavailable, oserror_text
 
@@ -465,7 +465,8 @@ class ExitWatcher(Closing):
     def watch(self, pid: int) -> None:
         if pid in self._pidfds:
             return
-        self._pidfds[pid] = pidfd_open(pid)
+        with signals_held():  # the pidfd reaches self._pidfds (close() closes those)
+            self._pidfds[pid] = pidfd_open(pid)
         if self.connector is not None:
             self.connector.watch(pid)
 

@@ -216,6 +216,10 @@ def main(argv: list[str]) -> NoReturn:
     parser.add_argument("--nice", type=int, default=0)
     args = parser.parse_args(argv)
     die_with_parent(args.ppid)
+    # kvmpv forks us with SIGINT/SIGTERM blocked (Processes.spawn holds them
+    # until we are on its list) and exec keeps the mask: take them back, so
+    # that a kill(1) of a worker acts as on any process.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         if args.role == "worker":
             run_worker(args)

@@ -46,6 +46,7 @@ from ..accounting import (
     judge_charged,
     skip_verdict,
 )
+from ..closing import signals_held
 from ..errors import HostError, KvmError, KvmpvError, UsageError
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory, mem_available
@@ -54,7 +55,6 @@ from ..pv import (
     PvResult,
     Unprotect,
     join_all_cleanups,
-    main_thread_signals_blocked,
     pv_enable,
     s390_machine_unprotect,
     set_thread_name,
@@ -417,7 +417,7 @@ class _VcpuRunner:
         self._thread = threading.Thread(target=self._main, name=f"CPU {vcpu.id}/KVM", daemon=True)
 
     def start(self) -> None:
-        with main_thread_signals_blocked():  # SIGINT goes to the main thread only
+        with signals_held():  # SIGINT goes to the main thread only
             self._thread.start()
 
     def _main(self) -> None:
@@ -698,7 +698,7 @@ def _cleanup_guard() -> Iterator[None]:
     or a cgroup behind; every thread we start blocks these signals, so while
     the main thread blocks them too they stay pending for the process.
     """
-    with main_thread_signals_blocked():
+    with signals_held():
         yield
 
 
@@ -718,23 +718,23 @@ class _AtomicSyscalls:
         self.backend = inner.backend
 
     def open(self, path: str, flags: int) -> int:
-        with main_thread_signals_blocked():
+        with signals_held():
             return self.inner.open(path, flags)
 
     def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
-        with main_thread_signals_blocked():
+        with signals_held():
             return self.inner.ioctl(fd, request, arg)
 
     def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0) -> int:
-        with main_thread_signals_blocked():
+        with signals_held():
             return self.inner.mmap(fd, length, prot, flags, offset)
 
     def munmap(self, addr: int, length: int) -> None:
-        with main_thread_signals_blocked():
+        with signals_held():
             self.inner.munmap(addr, length)
 
     def close(self, fd: int) -> None:
-        with main_thread_signals_blocked():
+        with signals_held():
             self.inner.close(fd)
 
     def __getattr__(self, name: str) -> Any:
@@ -793,8 +793,11 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
         result.accounting = acct.to_dict()
         if not acct.usable:
             say(f"accounting verdict will be SKIP: {acct.reason}")
-        kvm = Kvm(sys_)
-        stack.callback(kvm.close)
+        # Each handle is created and registered for cleanup with SIGINT/SIGTERM
+        # held (see signals_held): an interrupt in between would leak it.
+        with signals_held():
+            kvm = Kvm(sys_)
+            stack.callback(kvm.close)
         if not kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED):
             # Cap 224 may be absent (that is the sync fallback), cap 180 not.
             raise HostError(
@@ -804,10 +807,11 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
         memories = []
         for _gpa, size in slots:
             # unmapped through the backend: the simulator orders it against its page walks
-            mem = GuestMemory(size, sys=sys_)
-            memories.append(mem)
             # registered before the VM so that it is unmapped after the VM closed
-            stack.callback(mem.close)
+            with signals_held():
+                mem = GuestMemory(size, sys=sys_)
+                memories.append(mem)
+                stack.callback(mem.close)
         vm = kvm.vm_create(0)
         # QEMU sets the limit to (at least) the RAM size, before any vCPU
         # exists (EBUSY afterwards); <= 2 GiB gives a segment ASCE.

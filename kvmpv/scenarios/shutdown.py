@@ -96,6 +96,7 @@ from ..accounting import (
     cgroup_scope,
     judge_charged,
 )
+from ..closing import signals_held
 from ..errors import HostError, KvmpvError, UsageError
 from ..memory import mem_available
 from ..syscalls import libc
@@ -638,13 +639,18 @@ class _Processes:
         self.foreign: dict[int, int] = {}  # pid -> pidfd (cleaners)
 
     def spawn(self, role: str, args: Sequence[str]) -> _Child:
-        child = _Child(role, args)
-        self.children.append(child)
+        # Signals held from fork to the list: a Ctrl-C in between would leave
+        # a populated worker (and its pidfd) that __exit__ never kills.  The
+        # child inherits the blocked mask; _worker unblocks it first thing.
+        with signals_held():
+            child = _Child(role, args)
+            self.children.append(child)
         return child
 
     def watch(self, pid: int) -> int:
-        fd = os.pidfd_open(pid)
-        self.foreign[pid] = fd
+        with signals_held():  # the pidfd reaches self.foreign, which __exit__ closes
+            fd = os.pidfd_open(pid)
+            self.foreign[pid] = fd
         return fd
 
     def __enter__(self) -> _Processes:
