@@ -32,6 +32,7 @@ from kvmpv import closing
 from kvmpv.accounting import AccountingUnavailable, ExitWatcher, cgroup_scope, observe
 from kvmpv.accounting import cgroups as cg_mod
 from kvmpv.kvm import Kvm
+from kvmpv.scenarios import check as chk
 from kvmpv.scenarios import shutdown as sd
 from kvmpv.scenarios.reboot import RebootRequest, run_reboot
 from kvmpv.sim import SimulatedHost
@@ -139,6 +140,24 @@ def test_kvm_handles(request_: int) -> None:
     finally:
         kvm.close()
     assert _fds() == before
+
+
+def test_check_context_kvm() -> None:
+    host = SimulatedHost()
+    before = _fds()
+    ctx = chk.CheckContext(
+        chk.Check("t", lambda ctx: None, "synthetic", "test"),
+        "sim",
+        host,
+        chk.HostFacts(arch="s390x", kernel="test"),
+    )
+    wrapped, fired = _interrupt_after(host.open, lambda path, *a: True)
+    host.open = wrapped  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        ctx.kvm()
+    assert fired
+    assert ctx.flush_deferred() == []
+    assert _fds() == before, "/dev/kvm was opened but never deferred for close"
 
 
 def test_exit_watcher_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:

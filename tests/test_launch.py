@@ -28,6 +28,7 @@ import pytest
 from conftest import ARMED_PIDS, PYTHON3
 
 from kvmpv import teardown
+from kvmpv.errors import HostError
 from kvmpv.scenarios import launch as launcher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -441,3 +442,18 @@ def test_parallel_without_n_uses_the_cpuset() -> None:
     want = min(len(os.sched_getaffinity(0)), teardown.DEFAULT_PARALLEL_CAP)
     assert f"parallel {want})" in r.stderr
     assert teardown.default_parallel() == want
+
+
+def test_no_fd_left_when_the_environment_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The report pipe exists before the preload environment names its fd; an
+    # error building that environment must close both ends.
+    def refuse(*args: object, **kw: object) -> dict[str, str]:
+        raise HostError("native cleaner not built (test)")
+
+    monkeypatch.setattr(launcher, "preload_environment", refuse)
+    true = shutil.which("true")
+    assert true is not None
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(HostError, match="not built"):
+        launcher.launch(launcher.LaunchRequest([true]))
+    assert sorted(os.listdir("/proc/self/fd")) == before

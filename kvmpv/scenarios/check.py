@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TextIO
 
 from .. import uapi
+from ..closing import signals_held
 from ..errors import Interrupted, KvmpvError, UsageError
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
@@ -464,19 +465,26 @@ class CheckContext:
 
     # -- KVM objects, closed by defer ----------------------------------------
 
+    # Created and deferred with SIGINT/SIGTERM held (see signals_held): a
+    # Ctrl-C between the two would leave an fd or a mapping nobody closes.
+
     def kvm(self) -> Kvm:
-        kvm = Kvm(self.sys)
-        self.defer(kvm.close)
+        with signals_held():
+            kvm = Kvm(self.sys)
+            self.defer(kvm.close)
         return kvm
 
     def vm(self, kvm: Optional[Kvm] = None) -> Vm:
-        vm = (kvm or self.kvm()).vm_create(0)
-        self.defer(vm.close)
+        kvm = kvm or self.kvm()
+        with signals_held():
+            vm = kvm.vm_create(0)
+            self.defer(vm.close)
         return vm
 
     def memory(self, size: int) -> GuestMemory:
-        mem = GuestMemory(size, sys=self.sys)  # unmapped through the kernel in use
-        self._late.append((mem.close, ()))
+        with signals_held():
+            mem = GuestMemory(size, sys=self.sys)  # unmapped through the kernel in use
+            self._late.append((mem.close, ()))
         return mem
 
     def thread(self, target: Callable[[], Any], name: str) -> Worker:

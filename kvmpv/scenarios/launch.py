@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, Callable, Optional
 
+from ..closing import signals_held
 from ..errors import HostError, KvmpvError, UsageError
 from ..teardown import MAX_PARALLEL, default_parallel, library_path
 
@@ -261,16 +262,26 @@ def launch(req: LaunchRequest, on_start: Optional[Callable[[str], None]] = None)
             os.execve(path, req.argv, env)
         except OSError as err:
             raise CommandError(f"{req.argv[0]}: {err.strerror}", EXIT_NOT_EXECUTABLE) from None
-    rfd, wfd = os.pipe()  # both O_CLOEXEC; pass_fds makes wfd inheritable in the child
-    env = preload_environment(base, tasks, req.children, report_fd=wfd)
+    # Signals held from pipe() into the try (see signals_held), not across
+    # Popen: CMD would inherit the blocked mask.
+    with signals_held():
+        rfd, wfd = os.pipe()  # both O_CLOEXEC; pass_fds makes wfd inheritable in the child
+        try:
+            env = preload_environment(base, tasks, req.children, report_fd=wfd)
+        except BaseException:
+            os.close(rfd)
+            os.close(wfd)
+            raise
     report: list[str] = []
     previous: dict[int, Any] = {}
     try:
         child = subprocess.Popen(req.argv, executable=path, env=env, pass_fds=(wfd,))
-    except OSError as err:
+    except BaseException as err:
         os.close(rfd)
         os.close(wfd)
-        raise CommandError(f"{req.argv[0]}: {err.strerror}", EXIT_NOT_EXECUTABLE) from None
+        if isinstance(err, OSError):
+            raise CommandError(f"{req.argv[0]}: {err.strerror}", EXIT_NOT_EXECUTABLE) from None
+        raise
     os.close(wfd)
     reader = threading.Thread(target=_read_report, args=(rfd, report, on_start), daemon=True)
     reader.start()
