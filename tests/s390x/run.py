@@ -16,7 +16,7 @@ Host side only; runs as root on an x86_64 (or any non-s390x) Linux host:
    ``pyproject.toml``) for s390x into the root with ``pip install --target
    --platform manylinux2014_s390x --only-binary=:all:`` (pure-Python wheels,
    and s390x wheels where a package has compiled parts), cached by their hash.
-4. Copies kvmpv's pure-Python tree (``kvmpv/``, ``tests/``, ``fixtures/``,
+4. Copies kvmpv's pure-Python tree (``kvmpv/``, ``tests/``, ``fixtures/``, ``benchmarks/``,
    ``pyproject.toml``; never built ``*.so``: the native cleaner is x86 code
    here, so its tests skip) into the root and runs ``python3 -m pytest`` there
    in private mount and PID namespaces (``unshare``), with ``/proc``, ``/sys``
@@ -249,7 +249,7 @@ def copy_tree(dest: Path) -> None:
         "__pycache__", "*.so", "*.o", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache"
     )
     dest.mkdir(parents=True)
-    for part in ("kvmpv", "tests", "fixtures"):
+    for part in ("kvmpv", "tests", "fixtures", "benchmarks"):  # tests load benchmark helpers
         if (REPO / part).exists():
             shutil.copytree(REPO / part, dest / part, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):  # tests read the README too
