@@ -55,7 +55,9 @@ def signals_held() -> Iterator[None]:
     threads inherit the creating thread's mask, so a thread started inside
     the block never takes the process-directed SIGINT, and the kernel delivers
     it to the main thread (QEMU blocks signals in its helper threads for the
-    same reason).
+    same reason).  The two uses depend on each other: a block in the main
+    thread holds a process-directed signal only if no other thread takes it,
+    so every thread kvmpv starts is started inside one.
 
     Keep the block short: a Ctrl-C waits for it.
     """

@@ -239,3 +239,18 @@ def test_reboot_run_interrupted_at_a_cgroup_write(monkeypatch: pytest.MonkeyPatc
     assert threading.active_count() == threads
     mine = [c for c in cg_mod.iter_kvmpv_cgroups() if f"-p{os.getpid()}" in c]
     assert not mine, f"cgroups left: {mine}"
+
+
+def test_check_worker_threads_block_sigint_and_sigterm() -> None:
+    # signals_held() in the main thread holds a process-directed signal only
+    # if no other thread can take it: every thread kvmpv starts blocks both.
+    ctx = chk.CheckContext(
+        chk.Check("t", lambda ctx: None, "synthetic", "test"),
+        "sim",
+        SimulatedHost(),
+        chk.HostFacts(arch="s390x", kernel="test"),
+    )
+    seen: list[set[int]] = []
+    ctx.thread(lambda: seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, [])), "probe")
+    assert ctx.flush_deferred() == []
+    assert seen and {signal.SIGINT, signal.SIGTERM} <= seen[0]

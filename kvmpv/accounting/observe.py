@@ -254,7 +254,8 @@ class ProcConnector(Closing):
             raise
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="kvmpv-cn_proc", daemon=True)
-        self._thread.start()
+        with signals_held():  # inherited: SIGINT/SIGTERM go to the main thread
+            self._thread.start()
 
     def _control(self, op: int, ack: int) -> None:
         # nlmsghdr (type NLMSG_DONE) + struct cn_msg + enum proc_cn_mcast_op

@@ -219,7 +219,9 @@ def main(argv: list[str]) -> NoReturn:
     # kvmpv forks us with SIGINT/SIGTERM blocked (Processes.spawn holds them
     # until we are on its list) and exec keeps the mask: take them back, so
     # that a kill(1) of a worker acts as on any process.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    from ..closing import MAIN_THREAD_SIGNALS
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MAIN_THREAD_SIGNALS)
     try:
         if args.role == "worker":
             run_worker(args)

@@ -490,7 +490,8 @@ class CheckContext:
     def thread(self, target: Callable[[], Any], name: str) -> Worker:
         worker = Worker(target, name)
         self.defer(worker.join_or_fail)
-        worker.start()
+        with signals_held():  # inherited: SIGINT/SIGTERM go to the main thread
+            worker.start()
         return worker
 
     # -- PV commands ---------------------------------------------------------

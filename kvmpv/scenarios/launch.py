@@ -284,7 +284,8 @@ def launch(req: LaunchRequest, on_start: Optional[Callable[[str], None]] = None)
         raise
     os.close(wfd)
     reader = threading.Thread(target=_read_report, args=(rfd, report, on_start), daemon=True)
-    reader.start()
+    with signals_held():  # inherited: SIGINT/SIGTERM go to the main thread
+        reader.start()
 
     def forward(signo: int, frame: Optional[FrameType]) -> None:
         try:
