@@ -9,12 +9,15 @@ directory first on ``sys.path``); not part of the kvmpv package.
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 sys.path.insert(0, ROOT)
@@ -26,6 +29,9 @@ from kvmpv.units import format_size  # noqa: E402
 LOCK = "/tmp/kvmpv-bigmem.lock"
 #: left free beside the run: the interpreter, page tables, everyone else
 HEADROOM = 1 << 30
+#: the confidence level and bootstrap resamples of every printed interval
+LEVEL = 0.90
+RESAMPLES = 4000
 
 
 def need_memory(size: int) -> None:
@@ -52,3 +58,56 @@ def run_kvmpv(args: list[str], path: str) -> dict[str, Any]:
     with open(path) as f:
         doc: dict[str, Any] = json.load(f)
     return doc
+
+
+# Paired ratios: the benchmarks interleave what they compare (strategies within a
+# repeat, async and sync cycles), so noise shared by neighbours cancels in
+# a per-pair ratio.
+
+
+def percentile_cut(ratios: list[float]) -> Optional[tuple[float, float]]:
+    if not ratios:
+        return None
+    ratios.sort()
+    cut = int((1 - LEVEL) / 2 * len(ratios))
+    return ratios[cut], ratios[len(ratios) - 1 - cut]
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    # statistics.correlation is Python 3.10+; kvmpv promises 3.9.
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy)
+
+
+class Paired(NamedTuple):
+    """The median of per-pair ratios (percent), its interval, the pairs' correlation."""
+
+    ratio: float
+    low: float
+    high: float
+    correlation: Optional[float]
+
+
+def paired_interval(pairs: list[tuple[float, float]]) -> Optional[Paired]:
+    """Median of the per-pair ratios num/den (percent) and its 90% bootstrap interval.
+
+    Whole pairs are resampled, so noise shared by the two runs of a pair
+    (machine drift slower than a pair) cancels in each ratio instead of
+    widening the interval.  Seeded: a re-print gives the same numbers.
+    """
+    ok = [(a, b) for a, b in pairs if b > 0]
+    if len(ok) < 2:
+        return None
+    ratios = [100.0 * a / b for a, b in ok]
+    rng = random.Random(0)
+    medians = [statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(RESAMPLES)]
+    cut = percentile_cut(medians)
+    assert cut is not None
+    corr: Optional[float] = None
+    nums, dens = [a for a, _ in ok], [b for _, b in ok]
+    if len(ok) >= 3 and len(set(nums)) > 1 and len(set(dens)) > 1:
+        corr = _pearson(nums, dens)
+    return Paired(statistics.median(ratios), cut[0], cut[1], corr)

@@ -31,15 +31,28 @@ lruvec and zone locks of folios_put_refs()/free_unref_folios()), and
 ftrace's mmap_lock events show the cleaner's unmap starting 0.0-0.1 ms after
 the worker's exit_group().
 
-So every judged ratio is printed with its 90% interval: a percentile
-bootstrap of median(strategy)/median(baseline) over the repeats, each side
-resampled on its own (4000 resamples, fixed seed, so ``--from`` re-prints the
-same numbers).  The verdict is the issue's (the ratio of the medians); where
-the interval straddles the target, the row says so, and the run cannot call
-that target either way.  Seven repeats gave intervals about 35 points wide
-(cleaner/sync release 97-135% around a median of 122% in one run); fifteen
-about 20 points (94-114% around 103%), hence the default of 15: about ten
-minutes for the five strategies at 8 GiB.
+So every judged ratio is printed with two 90% intervals, each a percentile
+bootstrap over the repeats (4000 resamples, fixed seed, so ``--from``
+re-prints the same numbers):
+
+* *unpaired*: median(strategy)/median(baseline), each side resampled on its
+  own, as if the repeats of two strategies shared no noise;
+* *paired*: the median of the per-repeat ratios strategy/baseline, whole
+  repeats resampled.  This is the one that matches the design: the
+  strategies of one repeat run back to back within about 20 s, and the
+  host's noise drifts more slowly than that (in a quiet 15-repeat run the
+  per-repeat release times of cleaner and sync correlated at 0.52, the
+  charged CPU of parallel and sync at 0.83; a stretch of four repeats had
+  every strategy 15-20% slower).  The correlation is printed as r.
+
+The verdict is the issue's (the ratio of the medians); where the paired
+interval straddles the target, the row says so, and the run cannot call that
+target either way.  With the unpaired interval, seven repeats gave intervals
+about 35 points wide (cleaner/sync release 97-135% around a median of 122%
+in one run) and fifteen about 20 points (88-112% around 104%); the paired
+interval of that same 15-repeat run was 96-102% around 100.5%.  Fifteen
+repeats are kept as the default: about nine minutes for the five strategies
+at 8 GiB.
 
 Usage: ``python benchmarks/shutdown.py [--sizes 8G] [--repeat 15]
 [--strategy ...] [--thp] [--keep FILE] [--from FILE]``.  Exit 0 when every
@@ -56,9 +69,18 @@ import random
 import statistics
 import sys
 import tempfile
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
-from _run import LOCK, need_memory, run_kvmpv
+from _run import (
+    LEVEL,
+    LOCK,
+    RESAMPLES,
+    Paired,
+    need_memory,
+    paired_interval,
+    percentile_cut,
+    run_kvmpv,
+)
 
 from kvmpv.units import format_size, parse_sizes
 
@@ -98,8 +120,6 @@ REPEAT_KEY = {
     "release_s": "release_s",
     "charged_to_worker_cgroup_s": "worker_cgroup_s",
 }
-LEVEL = 0.90
-RESAMPLES = 4000
 
 
 def samples(rec: Optional[dict[str, Any]], key: str) -> list[float]:
@@ -113,10 +133,10 @@ def samples(rec: Optional[dict[str, Any]], key: str) -> list[float]:
 def interval(num: list[float], den: list[float]) -> Optional[tuple[float, float]]:
     """90% percentile-bootstrap interval of median(num)/median(den), in percent.
 
-    The two strategies' repeats are resampled independently (a repeat of
-    one is not paired with the same repeat of the other: the noise of one
-    8 GiB exit is not shared by the next).  Seeded, so a re-print from a
-    kept file gives the same interval.
+    Unpaired: the two strategies' repeats are resampled independently, as
+    if no noise were shared between the runs of one repeat (see
+    ``paired_interval`` for the interval that matches the interleaved
+    design).  Seeded, so a re-print from a kept file gives the same interval.
     """
     if len(num) < 2 or len(den) < 2:
         return None
@@ -126,11 +146,45 @@ def interval(num: list[float], den: list[float]) -> Optional[tuple[float, float]
         d = statistics.median(rng.choices(den, k=len(den)))
         if d > 0:
             ratios.append(100.0 * statistics.median(rng.choices(num, k=len(num))) / d)
-    if not ratios:
-        return None
-    ratios.sort()
-    cut = int((1 - LEVEL) / 2 * len(ratios))
-    return ratios[cut], ratios[len(ratios) - 1 - cut]
+    return percentile_cut(ratios)
+
+
+def pairs(
+    num: Optional[dict[str, Any]], den: Optional[dict[str, Any]], key: str
+) -> list[tuple[float, float]]:
+    """(num, den) values of ``key`` from the same repeat of both records."""
+    if num is None or den is None or key not in REPEAT_KEY:
+        return []
+
+    def by_repeat(rec: dict[str, Any]) -> dict[int, float]:
+        out = {}
+        for r in rec.get("repeats") or []:
+            v = r.get(REPEAT_KEY[key])
+            if isinstance(v, (int, float)) and isinstance(r.get("repeat"), int):
+                out[r["repeat"]] = float(v)
+        return out
+
+    a, b = by_repeat(num), by_repeat(den)
+    return [(a[k], b[k]) for k in sorted(a.keys() & b.keys())]
+
+
+class Intervals(NamedTuple):
+    unpaired: Optional[tuple[float, float]]
+    paired: Optional[Paired]
+
+    @classmethod
+    def of(
+        cls, num: Optional[dict[str, Any]], den: Optional[dict[str, Any]], key: str
+    ) -> Intervals:
+        """Both intervals of median(num[key]) / median(den[key])."""
+        return cls(
+            interval(samples(num, key), samples(den, key)), paired_interval(pairs(num, den, key))
+        )
+
+
+def _fmt_iv(lo: float, hi: float) -> str:
+    digits = 2 if hi < 10 else 0
+    return f"{lo:.{digits}f}-{hi:.{digits}f}%"
 
 
 def fmt_s(v: Optional[float]) -> str:
@@ -174,7 +228,7 @@ def report(doc: dict[str, Any]) -> int:
             value: Optional[float],
             goal: str,
             ok: Optional[bool],
-            ci: Optional[tuple[float, float]] = None,
+            ivs: Optional[Intervals] = None,
             limit: Optional[float] = None,
             rows: list[tuple[str, str, str, str, str]] = rows,
             missed: list[str] = missed,
@@ -183,10 +237,17 @@ def report(doc: dict[str, Any]) -> int:
             if ok is False:
                 missed.append(what)
             shown = fmt_pct(value)
+            ci = ivs.unpaired if ivs is not None else None
+            pci = ivs.paired if ivs is not None else None
             if ci is not None:
-                digits = 2 if ci[1] < 10 else 0
-                shown += f" [{ci[0]:.{digits}f}-{ci[1]:.{digits}f}%]"
-                if ok is not None and limit is not None and ci[0] <= limit <= ci[1]:
+                shown += f" [{_fmt_iv(ci[0], ci[1])}]"
+            if pci is not None:
+                shown += f", paired {pci.ratio:.2f}% [{_fmt_iv(pci.low, pci.high)}]"
+                if pci.correlation is not None:
+                    shown += f" r={pci.correlation:.2f}"
+            decider = (pci.low, pci.high) if pci is not None else ci
+            if ok is not None and limit is not None and decider is not None:
+                if decider[0] <= limit <= decider[1]:
                     verdict += " (interval straddles the target)"
             rows.append((what, a, b, f"{shown}  ({goal})", verdict))
 
@@ -194,13 +255,13 @@ def report(doc: dict[str, Any]) -> int:
         r = pct(ex_c, ex_s)
         target("cleaner exit latency / sync", fmt_s(ex_c), fmt_s(ex_s), r, "<= 1%",
                None if r is None else r <= 1.0,
-               interval(samples(cleaner, "exit_latency_s"), samples(sync, "exit_latency_s")),
+               Intervals.of(cleaner, sync, "exit_latency_s"),
                1.0)  # fmt: skip
         rel_s, rel_c = med(sync, "release_s"), med(cleaner, "release_s")
         r = pct(rel_c, rel_s)
         target("cleaner release / sync", fmt_s(rel_c), fmt_s(rel_s), r, "<= 110%",
                None if r is None else r <= 110.0,
-               interval(samples(cleaner, "release_s"), samples(sync, "release_s")),
+               Intervals.of(cleaner, sync, "release_s"),
                110.0)  # fmt: skip
         ch_s = med(sync, "charged_to_worker_cgroup_s")
         ch_c = med(cleaner, "charged_to_worker_cgroup_s")
@@ -208,12 +269,12 @@ def report(doc: dict[str, Any]) -> int:
         charged = "charged_to_worker_cgroup_s"
         target("cleaner cpu charged to worker cgroup / sync's", fmt_s(ch_c), fmt_s(ch_s), r,
                ">= 80%", None if r is None else r >= 80.0,
-               interval(samples(cleaner, charged), samples(sync, charged)), 80.0)  # fmt: skip
+               Intervals.of(cleaner, sync, charged), 80.0)  # fmt: skip
         ch_e = med(elsewhere, "charged_to_worker_cgroup_s")
         r = pct(ch_e, ch_s)
         target("elsewhere cpu charged to worker cgroup / sync's", fmt_s(ch_e), fmt_s(ch_s), r,
                "<= 20%", None if r is None else r <= 20.0,
-               interval(samples(elsewhere, charged), samples(sync, charged)), 20.0)  # fmt: skip
+               Intervals.of(elsewhere, sync, charged), 20.0)  # fmt: skip
         if elsewhere is not None:
             rows.append(
                 (
@@ -229,19 +290,19 @@ def report(doc: dict[str, Any]) -> int:
         n = parallel.get("parallel") if parallel else "-"
         target(f"parallel release / cleaner's (N={n})", fmt_s(rel_p), fmt_s(rel_c), r,
                "<= 60%", None if r is None else r <= 60.0,
-               interval(samples(parallel, "release_s"), samples(cleaner, "release_s")),
+               Intervals.of(parallel, cleaner, "release_s"),
                60.0)  # fmt: skip
         ex_p = med(parallel, "exit_latency_s")
         r = pct(ex_p, ex_s)
         target("parallel exit latency / sync", fmt_s(ex_p), fmt_s(ex_s), r, "<= 1%",
                None if r is None else r <= 1.0,
-               interval(samples(parallel, "exit_latency_s"), samples(sync, "exit_latency_s")),
+               Intervals.of(parallel, sync, "exit_latency_s"),
                1.0)  # fmt: skip
         ch_p = med(parallel, "charged_to_worker_cgroup_s")
         r = pct(ch_p, ch_s)
         target("parallel cpu charged to worker cgroup / sync's", fmt_s(ch_p), fmt_s(ch_s), r,
                ">= 80%", None if r is None else r >= 80.0,
-               interval(samples(parallel, charged), samples(sync, charged)), 80.0)  # fmt: skip
+               Intervals.of(parallel, sync, charged), 80.0)  # fmt: skip
         if reaper is not None:
             split = reaper.get("split") or {}
             rows.append((
@@ -273,16 +334,18 @@ def report(doc: dict[str, Any]) -> int:
                     "",
                 )
             )
-        head = ("", "measured", "against", f"ratio [{LEVEL:.0%} interval] (target)", "")
+        head = ("", "measured", "against", f"ratio [{LEVEL:.0%} intervals] (target)", "")
         widths = [max(len(row[i]) for row in [head, *rows]) for i in range(5)]
         for row in [head, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
         failures += len(missed)
         print(
-            f"  [interval]: {LEVEL:.0%} percentile bootstrap of the ratio of medians over the "
-            f"repeats ({RESAMPLES} resamples, seed 0); a target inside it is not decided by "
-            "this run, the verdict is the medians' alone"
+            f"  [interval]: {LEVEL:.0%} percentile bootstrap over the repeats ({RESAMPLES} "
+            "resamples, seed 0) of the ratio of medians (unpaired); 'paired': the median of the "
+            "per-repeat ratios, whole repeats resampled, r = the per-repeat correlation of the "
+            "two strategies.\n  The verdict is the ratio of the medians; a target inside the "
+            "paired interval is not decided by this run"
         )
         print("\n  noise (min / median / max over the repeats) and verdicts:")
         for name, rec in recs.items():

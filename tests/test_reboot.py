@@ -299,6 +299,29 @@ def test_both_interleaves() -> None:
     assert all(c.overlap_ns == 0 for c in res.cycles if c.mode == "sync")
 
 
+def test_warmup_cycles_are_reported_apart_and_left_out_of_the_medians() -> None:
+    host = SimulatedHost()
+    # The warm-up's PERFORM fails: a warm-up is still a reboot the run
+    # must answer for, only its numbers stay out of the medians.
+    host.inject_uv_failure(UVC_CMD_DESTROY_SEC_CONF, 0x0103, 0x0004, count=1)
+    res = run_reboot(sim_req(host=host, mode="both", cycles=1, warmup=1))
+    assert [(c.mode, c.warmup) for c in res.warmup_cycles] == [("async", True), ("sync", True)]
+    assert [(c.mode, c.warmup) for c in res.cycles] == [("async", False), ("sync", False)]
+    doc = res.to_dict()
+    assert [c["warmup"] for c in doc["warmup_cycles"]] == [True, True]
+    assert [c["cycle"] for c in doc["cycles"]] == [1, 2]
+    assert doc["summary"]["async"]["cycles"] == 1 and doc["summary"]["sync"]["cycles"] == 1
+    assert not any(c.perform_error for c in res.cycles)
+    assert any(f.startswith("warm-up 1: PERFORM failed") for f in res.failures)
+    assert not any("PERFORM failed" in f for f in res.failures if f.startswith("cycle"))
+    assert res.exit_code == 1
+    assert run_reboot(sim_req(mode="sync", cycles=2, warmup=2)).to_dict()["summary"]["sync"][
+        "cycles"
+    ] == 2
+    with pytest.raises(UsageError, match="warmup"):
+        run_reboot(sim_req(warmup=-1))
+
+
 def test_guest_held_during_perform_has_no_overlap() -> None:
     """--no-overlap: the new guest resumes only after PERFORM; by default it
     runs meanwhile (the overlap async reboot exists for)."""

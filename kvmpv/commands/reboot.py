@@ -31,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cycles", type=int, default=3, help="reboots per mode (default 3; 'both' does 2x)"
     )
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reboots per mode before the measured cycles, reported as warm-up and left out "
+        "of the medians (default 0; the first reboot after boot is slower whatever its mode)",
+    )
+    parser.add_argument(
         "--mode",
         choices=MODES,
         default="both",
@@ -68,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         memory=parse_size(args.memory),
         vcpus=args.vcpus,
         cycles=args.cycles,
+        warmup=args.warmup,
         mode=args.mode,
         mem_limit=parse_size(args.mem_limit) if args.mem_limit else None,
         hierarchy=args.cgroup,
