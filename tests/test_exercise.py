@@ -67,6 +67,12 @@ def test_exercise_runs_and_leaves_the_files(tmp_path: Path, capsys: Any) -> None
     names = {r["name"] for r in doc["check"]["results"]}
     assert len(names) >= 10
     assert doc["reboot"] and all(r["backend"] in ("kvm", "sim") for r in doc["reboot"])
+    for run in doc["reboot"]:  # one warm-up per mode, outside the measured cycles
+        assert [(c["mode"], c["warmup"]) for c in run["warmup_cycles"]] == [
+            ("async", True),
+            ("sync", True),
+        ]
+        assert len(run["cycles"]) == 2 and not any(c["warmup"] for c in run["cycles"])
     strategies = {r["strategy"] for r in doc["shutdown"]["records"]}
     assert {"sync", "cleaner", "elsewhere", "reaper"} <= strategies
     ktap = (out / "check.ktap").read_text()

@@ -143,7 +143,10 @@ def run_bench(req: BenchRequest, progress: Optional[Any] = None) -> dict[str, An
             continue
         step(f"reboot curve at {format_size(memory)}")
         rr = reboot_mod.run_reboot(
-            reboot_mod.RebootRequest(memory=memory, cycles=req.reboot_cycles, mode="both"), say
+            reboot_mod.RebootRequest(
+                memory=memory, cycles=req.reboot_cycles, warmup=1, mode="both"
+            ),
+            say,
         )
         curve.append(rr.to_dict())
         done()

@@ -101,7 +101,10 @@ class RebootRequest:
     after the initial boot is slower whatever its mode (12G, simulator, on
     this project's machines: 0.34 s of cleanup CPU against 0.21-0.23 s for
     the next sync reboots), and ``both`` always starts with async, so without
-    a warm-up that one-off cost always lands on the async side.
+    a warm-up that one-off cost always lands on the async side.  A C program
+    shows the same on these machines (its first pass over 4 GiB after they
+    were first touched on the other CPU: 0.21 s, later passes 0.14-0.15 s),
+    so the cost is the host's, not the simulator's.
     """
 
     backend: str = "auto"
