@@ -210,6 +210,17 @@ def test_compare_flags_slowdown_status_and_ignores_noise() -> None:
     }
 
 
+def test_compare_counts_a_warm_up_verdict_but_not_its_timings() -> None:
+    old, new = make_doc(), make_doc()
+    warm = {"mode": "sync", "reboot_latency_s": 99.0, "perform_s": None, "overlap_s": None,
+            "cleanup_cpu_s": 99.0, "verdict": "charged", "warmup": True}  # fmt: skip
+    old["reboot"][0]["warmup_cycles"] = [dict(warm)]
+    new["reboot"][0]["warmup_cycles"] = [dict(warm, verdict="not charged")]
+    assert flatten(old) == flatten(make_doc()), "a warm-up's 99 s stay out of the medians"
+    flagged = {r.key for r in compare(old, new).regressions}
+    assert flagged == {"reboot/sim/4G/sync/verdict"}
+
+
 def test_compare_lists_one_sided_metrics_without_flagging() -> None:
     old, new = make_doc(), copy.deepcopy(make_doc())
     del new["reboot"]
