@@ -65,12 +65,13 @@ def run_kvmpv(args: list[str], path: str) -> dict[str, Any]:
 # a per-pair ratio.
 
 
-def percentile_cut(ratios: list[float]) -> Optional[tuple[float, float]]:
-    if not ratios:
+def percentile_cut(values: list[float]) -> Optional[tuple[float, float]]:
+    """The central LEVEL interval of ``values`` (bootstrap results), None if empty."""
+    if not values:
         return None
-    ratios.sort()
-    cut = int((1 - LEVEL) / 2 * len(ratios))
-    return ratios[cut], ratios[len(ratios) - 1 - cut]
+    ordered = sorted(values)
+    cut = int((1 - LEVEL) / 2 * len(ordered))
+    return ordered[cut], ordered[len(ordered) - 1 - cut]
 
 
 def _pearson(x: list[float], y: list[float]) -> float:

@@ -854,17 +854,15 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             guest.resume()
             guest.wait_booted(req.boot_timeout_s)
             say(f"guest booted (all memory secure) in {(time.monotonic_ns() - t0) / 1e9:.2f}s")
-        warm = req.modes(req.warmup)
-        for index, mode in enumerate(warm, 1):
-            rec = _reboot_once(vm, guest, acct, cleanups, index, mode, backend, limit, req)
-            rec.warmup = True
-            result.warmup_cycles.append(rec)
-            say(format_cycle(rec, len(warm)))
-        modes = req.modes()
-        for index, mode in enumerate(modes, 1):
-            rec = _reboot_once(vm, guest, acct, cleanups, index, mode, backend, limit, req)
-            result.cycles.append(rec)
-            say(format_cycle(rec, len(modes)))
+        for warmup, modes, records in (
+            (True, req.modes(req.warmup), result.warmup_cycles),
+            (False, req.modes(), result.cycles),
+        ):
+            for index, mode in enumerate(modes, 1):
+                rec = _reboot_once(vm, guest, acct, cleanups, index, mode, backend, limit, req)
+                rec.warmup = warmup
+                records.append(rec)
+                say(format_cycle(rec, len(modes)))
         result.accounting = acct.to_dict()  # placement may have failed on the way
     except BaseException as exc:
         # Already failing (or interrupted): clean up, report what cleanup hit,
