@@ -4,6 +4,11 @@
 Everything else is declared in pyproject.toml.  The native code is compiled at
 install time so that no compiler is needed at run time.
 
+On s390x a second native part is built: ``kvmpv/native/kvmpv-pgste``, a tiny
+executable linked with ``-Wl,--s390-pgste`` that execs the Python interpreter
+with PGSTE page tables, without which s390 KVM refuses every KVM_CREATE_VM
+(``kvmpv/pgste.py`` says why and when kvmpv uses it).
+
 ``kvmpv/native/libkvmpv-cleaner.so`` is a plain shared object, not a CPython
 extension: it has no Python symbols, so the same file can be LD_PRELOADed
 into any dynamically linked program (``kvmpv launch``) and loaded with ctypes
@@ -14,6 +19,7 @@ Extension only to reuse the compiler setup; the file name is fixed here.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 
 from setuptools import Extension, setup
@@ -23,8 +29,41 @@ CLEANER = "kvmpv.native.libkvmpv_cleaner"
 CLEANER_FILE_NAME = "libkvmpv-cleaner.so"
 
 
+PGSTE_LAUNCHER = "kvmpv-pgste"
+
+
 class BuildExt(build_ext):
-    """build_ext that gives the cleaner a fixed, Python-independent name."""
+    """build_ext that gives the cleaner a fixed, Python-independent name.
+
+    On s390x it also links the PGSTE launcher, an executable (setuptools has
+    no notion of one, so it is compiled with the same compiler object).
+    """
+
+    def run(self) -> None:
+        super().run()
+        if sys.platform.startswith("linux") and platform.machine() == "s390x":
+            self._build_pgste_launcher()
+
+    def _build_pgste_launcher(self) -> None:
+        objects = self.compiler.compile(
+            ["kvmpv/native/pgste.c"],
+            output_dir=self.build_temp,
+            extra_postargs=["-std=gnu11", "-O2", "-Wall"],
+        )
+        # Next to the cleaner: in the build tree, and in place for develop/-e.
+        dest_dirs = [os.path.join(self.build_lib, "kvmpv", "native")]
+        if self.inplace:
+            dest_dirs = [os.path.join("kvmpv", "native")]
+        for dest in dest_dirs:
+            os.makedirs(dest, exist_ok=True)
+            # PT_S390_PGSTE in the ELF: the kernel then gives the launcher's mm
+            # PGSTEs, and execve() hands them on to the interpreter.
+            self.compiler.link_executable(
+                objects,
+                PGSTE_LAUNCHER,
+                output_dir=dest,
+                extra_postargs=["-Wl,--s390-pgste"],
+            )
 
     def get_ext_filename(self, fullname: str) -> str:
         # Called with the full dotted name and, by get_ext_fullpath, with its

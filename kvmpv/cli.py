@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 from typing import Optional
 
-from . import __version__
+from . import __version__, pgste
 from .errors import (
     EXIT_ENV,
     EXIT_FAIL,
@@ -49,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "process-exit teardown: sync, cleaner, elsewhere, reaper",
     ),
     "launch": ("kvmpv.commands.launch", "run a program with the async-teardown cleaner armed"),
+    "guest": ("kvmpv.commands.guest", "write kvmpv's s390x payload as a bootable image"),
     "bench": ("kvmpv.commands.bench", "the teardown table: time by size, page size and strategy"),
     "report": ("kvmpv.commands.report", "render a results file as tables and plots"),
     "compare": ("kvmpv.commands.compare", "compare two results files and flag regressions"),
@@ -94,6 +96,13 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kvmpv {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say on stderr what kvmpv does behind the scenes (on s390x: restarting itself "
+        "through kvmpv-pgste, since KVM_CREATE_VM needs PGSTE page tables)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         if selected is not None and name != selected:
@@ -152,8 +161,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ENV
 
 
+def _verbose(argv: Sequence[str]) -> bool:
+    """``-v``/``--verbose`` before the subcommand (the global option)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False
+        if arg in ("-v", "--verbose"):
+            return True
+    return False
+
+
+def _restart_for_pgste(argv: list[str]) -> None:
+    """On s390x without PGSTE page tables: exec kvmpv again through ``kvmpv-pgste``.
+
+    Done before anything else (no fd, thread or signal handler to lose), and
+    only once: the launcher sets ``KVMPV_PGSTE=1`` and kvmpv sets
+    ``KVMPV_PGSTE_TRIED`` before the exec, so neither a working nor a broken
+    launcher can make a loop.  Without a launcher nothing happens here; the
+    first VM creation then fails with both remedies (exit 3).
+    """
+    cmd = pgste.restart_argv(argv)
+    if cmd is None:
+        if _verbose(argv) and pgste.status().needed:
+            print(f"kvmpv: PGSTE: {pgste.status().how}", file=sys.stderr)
+        return
+    if _verbose(argv):
+        print(
+            f"kvmpv: restarting through {cmd[0]}: s390 KVM needs PGSTE page tables",
+            file=sys.stderr,
+        )
+    os.environ[pgste.TRIED_ENV] = "1"
+    try:
+        os.execv(cmd[0], cmd)
+    except OSError as err:  # go on without: VM creation will say why, exit 3
+        print(f"kvmpv: cannot exec {cmd[0]}: {err.strerror}", file=sys.stderr)
+
+
 def entry_point() -> None:
     """Console-script entry: the only place that calls ``sys.exit``."""
+    _restart_for_pgste(sys.argv[1:])
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_terminated)

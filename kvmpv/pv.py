@@ -43,7 +43,7 @@ from typing import Callable, Optional
 from .closing import signals_held
 from .errors import KvmError, PvCmdError, SyscallError
 from .kvm import Vm
-from .syscalls import libc
+from .syscalls import set_thread_name, thread_comm
 from .uapi import (
     IOCTL_NAMES,
     KVM_PV_ASYNC_SYNTHETIC_RC,
@@ -307,28 +307,8 @@ def pv_async_cleanup_perform(vm: Vm, *, check: bool = True) -> PvResult:
 # Threads: kernel names and signal masks
 # --------------------------------------------------------------------------
 
-PR_SET_NAME = 15
 #: QEMU's name for the PERFORM thread (qemu_thread_create(..., "async_cleanup")).
 ASYNC_CLEANUP_THREAD_NAME = "async_cleanup"
-
-
-def set_thread_name(name: str) -> None:
-    """Set the calling thread's kernel name (``comm``, max 15 bytes) with prctl.
-
-    Python < 3.14 never sets native thread names, and ``threading.Thread.name``
-    is invisible to ``ps``/``/proc``; prctl(PR_SET_NAME) acts on the calling
-    thread only, so this must run inside the thread being named.
-    """
-    raw = name.encode()[:15]
-    lib = libc()
-    if lib.prctl(PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0) != 0:
-        raise SyscallError("prctl(PR_SET_NAME)", ctypes.get_errno(), name)
-
-
-def thread_comm(tid: int) -> str:
-    """The kernel name of thread ``tid`` of this process (``/proc/self/task/<tid>/comm``)."""
-    with open(f"/proc/self/task/{tid}/comm") as f:
-        return f.read().rstrip("\n")
 
 
 # --------------------------------------------------------------------------

@@ -51,19 +51,33 @@ memory in slices of ``run_slice_bytes``: each page that is not yet secure for
 the vCPU's configuration is imported (cleared, marked secure); a page still
 owned by another configuration (set aside, being performed, need_cleanup)
 takes a secure-storage violation, handled as the 6.0+ kernel does (spec 3.8):
-the old page is destroyed, then imported.  The first ``KVM_RUN`` of a vCPU
-that finds every page secure returns 0 with ``KVM_EXIT_HLT`` ("boot done");
-later calls keep running until kicked.  A kick (``SimulatedHost.kick``, a
-pending fatal signal of the calling thread, or ``kvm_run.immediate_exit``
-set while running) makes ``KVM_RUN`` fail with ``EINTR`` and
-``KVM_EXIT_INTR``.  As on s390 (``kvm_arch_vcpu_ioctl_run``),
+the old page is destroyed, then imported.  When every page is secure the
+guest ends as kvmpv's s390x payload does: it loads the disabled-wait PSW at
+0xfff, and ``KVM_RUN`` returns 0 with ``KVM_EXIT_S390_SIEIC``, icptcode 0x1c
+(``kvm_s390_handle_wait()`` leaves a disabled wait to userspace; s390 never
+returns ``KVM_EXIT_HLT``).  Every later ``KVM_RUN`` returns the same at once,
+until the PSW changes: ``KVM_MP_STATE_LOAD`` on a protected CPU (the UV loads
+the SE header's PSW; the simulator, which has no image yet, the payload's
+entry), an initial or clear reset (PSW 0), or, for an unprotected CPU, a new
+PSW written into ``kvm_run`` (synced in on entry).  A kick
+(``SimulatedHost.kick``, a pending fatal signal of the calling thread, or
+``kvm_run.immediate_exit`` set while running) makes ``KVM_RUN`` fail with
+``EINTR`` and ``KVM_EXIT_INTR``.  As on s390 (``kvm_arch_vcpu_ioctl_run``),
 ``immediate_exit`` already set on entry fails with ``EINTR`` *without*
 writing ``exit_reason``.
 
 ``KVM_RUN`` on a non-protected VM (or a vCPU whose secure CPU was destroyed):
 the guest makes its memory accessible -- pages still secure for an old
-configuration are exported (0x0201, cleared) -- and then halts: 0 with
-``KVM_EXIT_HLT`` every time.
+configuration are exported (0x0201, cleared) -- and then ends the same way.
+
+CPU state (``kvm_arch_vcpu_ioctl_run``, ``kvm_arch_vcpu_ioctl_set_mpstate``,
+spec 10.2): a new vCPU is STOPPED.  Until userspace takes CPU-state control,
+``KVM_RUN`` starts it; ``KVM_SET_MP_STATE`` and *every* ``KVM_S390_PV_COMMAND``
+(even one that fails) hand the control to userspace, and from then on
+``KVM_RUN`` on a STOPPED vCPU is EINVAL until ``KVM_SET_MP_STATE`` OPERATING.
+LOAD exists only for protected CPUs (ENXIO otherwise).  The three resets
+exist; a protected CPU's go through the UV.  And the process's page tables
+must have PGSTEs (``pgste=True``), or ``KVM_CREATE_VM`` is EINVAL (spec 10.1).
 
 The outside world
 =================
@@ -108,9 +122,8 @@ Memory unmapped behind the simulator's back (plain ``libc`` munmap) is
 outside this contract; ``msync()`` probing before each memset is only a
 best-effort guard against that.
 
-Not modelled: ENABLE failing with EINTR on a pending signal, vCPU
-stop/operating state (real PV VMs switch to user-controlled CPU state and
-refuse ``KVM_RUN`` on a stopped vCPU with EINVAL), interrupts, registers,
+Not modelled: ENABLE failing with EINTR on a pending signal, SIGP (the
+guest starting its other CPUs), interrupts, registers other than the PSW,
 ucontrol VMs beyond their creation, blocking of ``KVM_RUN`` while dumping,
 process exit (spec 3.7: ``close_all()`` behaves like the fds being closed
 with the mm still alive).  The FIXRACE early return of
@@ -168,7 +181,11 @@ UVC_CMD_CONV_TO_SEC_STOR = 0x0200
 UVC_CMD_SET_SEC_CONF_PARAMS = 0x0300
 UVC_CMD_UNPACK_IMG = 0x0301
 UVC_CMD_VERIFY_IMG = 0x0302
+UVC_CMD_CPU_RESET = 0x0310
+UVC_CMD_CPU_RESET_INITIAL = 0x0311
 UVC_CMD_PREPARE_RESET = 0x0320
+UVC_CMD_CPU_RESET_CLEAR = 0x0321
+UVC_CMD_CPU_SET_STATE = 0x0330
 UVC_CMD_SET_UNSHARE_ALL = 0x0340
 UVC_CMD_DUMP_INIT = 0x0400
 UVC_CMD_DUMP_CONF_STOR_STATE = 0x0401
@@ -188,6 +205,10 @@ UVC_NAMES: dict[int, str] = {
     UVC_CMD_UNPACK_IMG: "Unpack Image",
     UVC_CMD_VERIFY_IMG: "Verify Image",
     UVC_CMD_PREPARE_RESET: "Prepare Reset",
+    UVC_CMD_CPU_RESET: "CPU Reset",
+    UVC_CMD_CPU_RESET_INITIAL: "CPU Reset Initial",
+    UVC_CMD_CPU_RESET_CLEAR: "CPU Reset Clear",
+    UVC_CMD_CPU_SET_STATE: "Set CPU State",
     UVC_CMD_SET_UNSHARE_ALL: "Set Unshare All",
     UVC_CMD_DUMP_INIT: "Dump Initialize",
     UVC_CMD_DUMP_CONF_STOR_STATE: "Dump Configuration Storage State",
@@ -224,6 +245,31 @@ ALLOC_SITES = frozenset({"prepare:record", "prepare:asce"})
 
 _MS_ASYNC = 1
 _DEV_KVM = "/dev/kvm"
+
+# z/Architecture PSW bits (MSB-0 bit n is 1 << (63 - n)).
+PSW_MASK_WAIT = 1 << (63 - 14)
+PSW_MASK_IO = 1 << (63 - 6)
+PSW_MASK_EXT = 1 << (63 - 7)
+PSW_MASK_MCHECK = 1 << (63 - 13)
+PSW_MASK_64 = (1 << (63 - 31)) | (1 << (63 - 32))  # EA | BA: 64-bit addressing
+#: The PSW the simulated guest ends with, as the kvmpv s390x payload does: a
+#: disabled wait at 0xfff (QEMU's "special wait PSW", spec 10.4).
+PAYLOAD_DONE_PSW = (PSW_MASK_WAIT | PSW_MASK_64, 0xFFF)
+#: Where the Ultravisor starts a protected CPU on LOAD: the SE header's PSW
+#: (pvimg's default, 64-bit at 0x10000).  Without an image (the simulator has
+#: none yet) it is the payload's entry.
+SE_DEFAULT_PSW = (PSW_MASK_64, 0x10000)
+#: PV CPU states of ``kvm_s390_pv_set_cpu_state`` (UVC_CMD_CPU_SET_STATE).
+PV_CPU_STATE_OPR = 1
+PV_CPU_STATE_STP = 2
+PV_CPU_STATE_OPR_LOAD = 5
+
+
+def _disabled_wait(mask: int) -> bool:
+    """kvm_s390_handle_wait(): a wait with I/O, external and machine-check
+    interrupts all off never ends; the kernel leaves it to userspace."""
+    return bool(mask & PSW_MASK_WAIT) and not mask & (PSW_MASK_IO | PSW_MASK_EXT | PSW_MASK_MCHECK)
+
 
 # --------------------------------------------------------------------------
 # Public read-only records
@@ -532,9 +578,12 @@ class _Vcpu:
         self.cpu_handle = 0
         self.in_run = False
         self.kick = threading.Event()
-        self.hlt_handle = 0  # configuration for which KVM_HLT ("booted") was reported
+        # kvm_arch_vcpu_create(): a new vCPU is STOPPED (CPUSTAT_STOPPED)
+        self.stopped = True
+        # the SIE block's guest PSW (gpsw); kvm_run's copy is synced in and out
+        self.psw = (0, 0)
         self.run_addr = 0
-        self.run: Optional[uapi.kvm_run] = None
+        self.run: Optional[uapi.kvm_run_s390] = None
         self.memfd = -1
 
 
@@ -564,6 +613,9 @@ class _Vm:
         self.mmu_notifier = False
         self.refs = 1
         self.alive = True
+        # kvm->arch.user_cpu_state_ctrl: set by KVM_SET_MP_STATE and by every
+        # KVM_S390_PV_COMMAND; from then on KVM_RUN no longer starts a STOPPED vCPU.
+        self.user_cpu_state_ctrl = False
 
 
 class _File:
@@ -631,6 +683,9 @@ class SimulatedHost:
     * ``dump``: the UV offers the dump calls (cap 217).
     * ``ucontrol``, ``cap_sys_admin``: CONFIG_KVM_S390_UCONTROL and the
       caller's capability, for KVM_CREATE_VM type 1 (EINVAL without either).
+    * ``pgste``: the calling process's page tables have PGSTEs (spec 10.1);
+      without them every KVM_CREATE_VM is EINVAL, as on a real s390x host
+      for a process that is not started through ``kvmpv-pgste``.
     * ``host_mem_limit``: SCLP ``hamax + 1``, the default and maximum VM
       memory limit.
     * ``max_vcpus``: KVM_CAP_MAX_VCPUS (248 with the extended SCA).
@@ -641,6 +696,7 @@ class SimulatedHost:
     """
 
     backend = "sim"
+    arch = "s390x"
 
     def __init__(
         self,
@@ -651,6 +707,7 @@ class SimulatedHost:
         dump: bool = True,
         ucontrol: bool = False,
         cap_sys_admin: bool = True,
+        pgste: bool = True,
         host_mem_limit: int = 1 << 42,
         max_vcpus: int = 248,
         clear_memory: bool = True,
@@ -667,6 +724,7 @@ class SimulatedHost:
         self.dump = dump
         self.ucontrol = ucontrol
         self.cap_sys_admin = cap_sys_admin
+        self.pgste = pgste
         self.host_mem_limit = host_mem_limit
         self.max_vcpus = max_vcpus
         self.clear_memory = clear_memory
@@ -816,14 +874,16 @@ class SimulatedHost:
     # The outside world: signals, firmware faults, debugging gates
     # ======================================================================
 
-    def kick(self, vcpu_fd: int) -> None:
-        """Kick a vCPU out of ``KVM_RUN``, as a signal does.
+    def kick(self, vcpu_fd: int, thread: int = 0) -> None:
+        """Kick a vCPU out of ``KVM_RUN``, as a signal to ``thread`` does.
 
         A vCPU inside ``KVM_RUN`` fails with EINTR and ``KVM_EXIT_INTR`` after
         the slice it is working on.  A kick that finds the vCPU outside
         ``KVM_RUN`` stays pending and makes the next ``KVM_RUN`` fail at once
         (a signal blocked outside ``KVM_RUN``, as with KVM_SET_SIGNAL_MASK),
-        so a kick can never be lost.
+        so a kick can never be lost.  A real signal cannot reach the
+        simulator's Python loop; ``thread`` is accepted for the ``Syscalls``
+        protocol and not needed: the vCPU is known by its fd.
         """
         vcpu = self._vcpu_of(vcpu_fd)
         vcpu.kick.set()
@@ -1127,6 +1187,10 @@ class SimulatedHost:
         ucontrol = bool(machine_type & uapi.KVM_VM_S390_UCONTROL)
         if ucontrol and not (self.ucontrol and self.cap_sys_admin):
             raise _err(errno.EINVAL)
+        # ... then s390_enable_sie(): "Fail if the page tables are 2K" -- a
+        # process whose mm has no PGSTEs (spec 10.1) cannot create any VM.
+        if not self.pgste:
+            raise _err(errno.EINVAL)
         with self._lock:
             vm = _Vm(
                 self._next_vm_id,
@@ -1276,7 +1340,7 @@ class SimulatedHost:
                 os.close(vcpu.memfd)
                 raise _err(err)
             vcpu.run_addr = int(addr)
-            vcpu.run = uapi.kvm_run.from_address(vcpu.run_addr)
+            vcpu.run = uapi.kvm_run_s390.from_address(vcpu.run_addr)
             vm.vcpus.append(vcpu)
             vm.created_vcpus += 1
             with self._lock:
@@ -1298,7 +1362,72 @@ class SimulatedHost:
         if request == uapi.KVM_S390_PV_CPU_COMMAND:
             with self._vcpu_locked(vcpu):
                 return self._pv_cpu_command(vcpu, arg)
+        if request == uapi.KVM_GET_MP_STATE:
+            # kvm_arch_vcpu_ioctl_get_mpstate(): STOPPED or OPERATING, nothing else
+            state = uapi.KVM_MP_STATE_STOPPED if vcpu.stopped else uapi.KVM_MP_STATE_OPERATING
+            self._copy_out(arg, uapi.kvm_mp_state(state))
+            return 0
+        if request == uapi.KVM_SET_MP_STATE:
+            mp = self._copy_in(arg, uapi.kvm_mp_state)
+            with self._vcpu_locked(vcpu):
+                return self._set_mp_state(vcpu, int(mp.mp_state))
+        if request in (
+            uapi.KVM_S390_INITIAL_RESET,
+            uapi.KVM_S390_NORMAL_RESET,
+            uapi.KVM_S390_CLEAR_RESET,
+        ):
+            with self._vcpu_locked(vcpu):
+                return self._cpu_reset(vcpu, request)
         raise _err(errno.ENOTTY)
+
+    def _set_mp_state(self, vcpu: _Vcpu, state: int) -> int:
+        """kvm_arch_vcpu_ioctl_set_mpstate()."""
+        # "user space knows about this interface - let it control the state"
+        vcpu.vm.user_cpu_state_ctrl = True
+        cfg = vcpu.config
+        if state == uapi.KVM_MP_STATE_STOPPED:
+            # kvm_s390_vcpu_stop(): a protected CPU is stopped by the UV too
+            if cfg is not None and self._uv(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
+                raise _err(errno.EINVAL)
+            vcpu.stopped = True
+            return 0
+        if state == uapi.KVM_MP_STATE_OPERATING:
+            # kvm_s390_vcpu_start(): kvm_s390_pv_set_cpu_state(PV_CPU_STATE_OPR)
+            if cfg is not None and self._uv(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
+                raise _err(errno.EINVAL)
+            vcpu.stopped = False
+            return 0
+        if state == uapi.KVM_MP_STATE_LOAD:
+            # Only for a protected CPU (ENXIO otherwise): PV_CPU_STATE_OPR_LOAD,
+            # with which the UV loads the initial PSW of the SE header.
+            if cfg is None:
+                raise _err(errno.ENXIO)
+            if self._uv(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
+                raise _err(errno.EINVAL)
+            vcpu.psw = SE_DEFAULT_PSW
+            return 0
+        raise _err(errno.ENXIO)  # CHECK_STOP and the x86 states are not supported
+
+    def _cpu_reset(self, vcpu: _Vcpu, request: int) -> int:
+        """kvm_arch_vcpu_ioctl_{normal,initial,clear}_reset(); a protected CPU's via the UV."""
+        # normal reset: stops the vCPU unless userspace controls CPU state
+        if not vcpu.vm.user_cpu_state_ctrl:
+            vcpu.stopped = True
+        if request != uapi.KVM_S390_NORMAL_RESET:
+            # initial (and clear, its superset): PSW, prefix and control
+            # registers to their reset values, in the SIE block and kvm_run.
+            vcpu.psw = (0, 0)
+            assert vcpu.run is not None
+            vcpu.run.psw_mask = vcpu.run.psw_addr = 0
+        if vcpu.config is not None:
+            uvc = {
+                uapi.KVM_S390_NORMAL_RESET: UVC_CMD_CPU_RESET,
+                uapi.KVM_S390_INITIAL_RESET: UVC_CMD_CPU_RESET_INITIAL,
+                uapi.KVM_S390_CLEAR_RESET: UVC_CMD_CPU_RESET_CLEAR,
+            }[request]
+            if self._uv(uvc, vcpu.cpu_handle)[0]:
+                raise _err(errno.EIO)
+        return 0
 
     def _vcpu_locked(self, vcpu: _Vcpu) -> _VcpuLock:
         return _VcpuLock(self, vcpu)
@@ -1345,6 +1474,17 @@ class SimulatedHost:
         if run.immediate_exit:
             # s390 returns -EINTR before entering the guest, exit_reason untouched.
             raise _err(errno.EINTR)
+        # Who starts the vCPU: the kernel, unless userspace took CPU state
+        # control (KVM_SET_MP_STATE, or any PV command: "protvirt means user
+        # cpu state"); then a STOPPED vCPU is refused ("can't run stopped vcpu").
+        if not vcpu.vm.user_cpu_state_ctrl:
+            vcpu.stopped = False
+        elif vcpu.stopped:
+            raise _err(errno.EINVAL)
+        # sync_regs(): the PSW comes from kvm_run, except for a protected CPU,
+        # whose PSW the Ultravisor owns (only the condition code is taken).
+        if vcpu.config is None:
+            vcpu.psw = (int(run.psw_mask), int(run.psw_addr))
         tid = threading.get_native_id()
         vcpu.in_run = True
         try:
@@ -1352,27 +1492,40 @@ class SimulatedHost:
                 if self._should_exit(vcpu, tid):
                     run.exit_reason = uapi.KVM_EXIT_INTR
                     raise _err(errno.EINTR)
+                if _disabled_wait(vcpu.psw[0]):
+                    return self._exit_sieic(vcpu, uapi.ICPT_WAIT)
                 cfg = vcpu.config
                 if cfg is None:
-                    # Non-protected guest: make memory accessible, then halt.
+                    # Non-protected guest: it makes its memory accessible
+                    # (exports what is still secure), then ends as the payload does.
                     if self._guest_export_slice(vcpu.vm):
                         continue
-                    run.exit_reason = uapi.KVM_EXIT_HLT
-                    return 0
+                    vcpu.psw = PAYLOAD_DONE_PSW
+                    continue
                 progress = self._guest_import_slice(vcpu.vm, cfg)
                 if progress == "more":
                     self._pause_point("run:slice")
                     continue
-                if progress == "done" and vcpu.hlt_handle != cfg.handle:
-                    vcpu.hlt_handle = cfg.handle  # boot done: every page is secure
-                    run.exit_reason = uapi.KVM_EXIT_HLT
-                    return 0
-                # Booted guest (or pages busy in another thread): keep
-                # running until kicked; wake up often enough to notice
-                # immediate_exit, which is a plain store into kvm_run.
+                if progress == "done":
+                    vcpu.psw = PAYLOAD_DONE_PSW  # every page secure: the payload's end
+                    continue
+                # Pages busy in another thread (a destroy or export holds
+                # them): the guest waits for them inside KVM_RUN; wake up often
+                # enough to notice immediate_exit, a plain store into kvm_run.
                 vcpu.kick.wait(0.01)
         finally:
             vcpu.in_run = False
+
+    def _exit_sieic(self, vcpu: _Vcpu, icptcode: int) -> int:
+        """An intercept left to userspace: KVM_EXIT_S390_SIEIC, PSW stored back (store_regs)."""
+        run = vcpu.run
+        assert run is not None
+        run.psw_mask, run.psw_addr = vcpu.psw
+        run.s390_sieic.icptcode = icptcode
+        run.s390_sieic.ipa = 0  # a wait is no instruction intercept
+        run.s390_sieic.ipb = 0
+        run.exit_reason = uapi.KVM_EXIT_S390_SIEIC
+        return 0
 
     def _should_exit(self, vcpu: _Vcpu, tid: int) -> bool:
         run = vcpu.run
@@ -1489,6 +1642,9 @@ class SimulatedHost:
     def _pv_command(self, vm: _Vm, arg: int) -> int:
         # kvm_arch_vm_ioctl(), spec 3.1: the PV host check comes before the
         # copy-in, the flags check after it; the whole struct is copied back.
+        # Before all of them: "protvirt means user cpu state" (spec 10.2) --
+        # even a command that fails leaves the vCPUs to userspace's control.
+        vm.user_cpu_state_ctrl = True
         if not self.prot_virt_host:
             raise _err(errno.EINVAL)
         cmd = self._copy_in(arg, uapi.kvm_pv_cmd)

@@ -26,8 +26,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import threading
 from typing import Protocol, Union
+
+from .errors import SyscallError
 
 IoctlArg = Union[int, ctypes.Structure, ctypes.Union, ctypes.Array, bytearray]  # type: ignore[type-arg]
 
@@ -45,6 +48,13 @@ class Syscalls(Protocol):
 
     #: "kvm" for the real kernel, "sim" for the simulator (reported in every output).
     backend: str
+    #: the KVM architecture behind it ("x86_64", "s390x"): decides the
+    #: ``kvm_run`` layout and the vCPU protocol.
+    arch: str
+
+    def kick(self, vcpu_fd: int, thread: int) -> None:
+        """Interrupt a ``KVM_RUN`` of ``vcpu_fd`` in thread ``thread`` (``threading.get_ident``)."""
+        ...
 
     def open(self, path: str, flags: int) -> int: ...
 
@@ -79,6 +89,7 @@ def libc() -> ctypes.CDLL:
             lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             lib.madvise.restype = ctypes.c_int
             lib.syscall.restype = ctypes.c_long
+            lib.__libc_current_sigrtmin.restype = ctypes.c_int
             _libc = lib
         return _libc
 
@@ -96,10 +107,61 @@ def raise_errno(err: int) -> None:
     raise OSError(err, os.strerror(err))
 
 
+def kick_signal() -> int:
+    """The signal that kicks a vCPU thread out of ``KVM_RUN`` (QEMU uses SIGUSR1, SIG_IPI).
+
+    A real-time signal, ``SIGRTMIN + 2``, so that it never collides with the
+    SIGUSR1/SIGUSR2 that ``kvmpv launch`` forwards to the program it runs;
+    glibc's own use of the first real-time signals is already subtracted from
+    ``__libc_current_sigrtmin()``.
+    """
+    return int(libc().__libc_current_sigrtmin()) + 2
+
+
+def _kick_handler(signo: int, frame: object) -> None:
+    """Does nothing: the signal exists to make KVM_RUN return EINTR in its thread."""
+
+
+def ensure_kick_handler() -> int:
+    """Install the no-op handler for ``kick_signal()`` (once; from the main thread).
+
+    Without a handler the signal's default action would kill the process;
+    with ``SIG_IGN`` it would never interrupt ``KVM_RUN``.  CPython installs
+    handlers without SA_RESTART, and KVM_RUN returns -EINTR (never restarted)
+    anyway.  Returns the signal number.
+    """
+    signo = kick_signal()
+    if signal.getsignal(signo) is _kick_handler:
+        return signo
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "the vCPU kick handler must be installed from the main thread first "
+            "(kvmpv.syscalls.ensure_kick_handler)"
+        )
+    signal.signal(signo, _kick_handler)
+    return signo
+
+
 class LinuxSyscalls:
     """The real kernel."""
 
     backend = "kvm"
+    arch = os.uname().machine
+
+    def kick(self, vcpu_fd: int, thread: int) -> None:
+        """Signal the thread that runs (or is about to run) ``KVM_RUN``, as QEMU's qemu_cpu_kick.
+
+        The caller has set ``kvm_run.immediate_exit`` first, so a signal that
+        lands just before the thread enters ``KVM_RUN`` is not lost.
+        """
+        signo = kick_signal()
+        if signal.getsignal(signo) is not _kick_handler:
+            raise RuntimeError("kick signal has no handler: call ensure_kick_handler() first")
+        if thread:
+            try:
+                signal.pthread_kill(thread, signo)
+            except ProcessLookupError:
+                pass  # the thread is gone: nothing left to kick
 
     def open(self, path: str, flags: int) -> int:
         return os.open(path, flags | os.O_CLOEXEC)
@@ -127,3 +189,25 @@ class LinuxSyscalls:
 
 #: The process-wide real kernel.
 LINUX = LinuxSyscalls()
+
+
+PR_SET_NAME = 15
+
+
+def set_thread_name(name: str) -> None:
+    """Set the calling thread's kernel name (``comm``, max 15 bytes) with prctl.
+
+    Python < 3.14 never sets native thread names, and ``threading.Thread.name``
+    is invisible to ``ps``/``/proc``; prctl(PR_SET_NAME) acts on the calling
+    thread only, so this must run inside the thread being named.
+    """
+    raw = name.encode()[:15]
+    lib = libc()
+    if lib.prctl(PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0) != 0:
+        raise SyscallError("prctl(PR_SET_NAME)", ctypes.get_errno(), name)
+
+
+def thread_comm(tid: int) -> str:
+    """The kernel name of thread ``tid`` of this process (``/proc/self/task/<tid>/comm``)."""
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        return f.read().rstrip("\n")

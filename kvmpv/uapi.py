@@ -380,6 +380,8 @@ KVM_EXIT_IRQ_WINDOW_OPEN = 7
 KVM_EXIT_SHUTDOWN = 8
 KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTR = 10
+KVM_EXIT_S390_SIEIC = 13  # an s390 intercept the kernel leaves to userspace
+KVM_EXIT_S390_RESET = 14  # the s390 guest asked for a reset
 KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_SYSTEM_EVENT = 24
 
@@ -404,7 +406,8 @@ class kvm_run(ctypes.Structure):
 
     x86 layout: the exit union starts at offset 32.  On s390 ``psw_mask`` and
     ``psw_addr`` come first and the union starts at 48, so ``io`` must not be
-    decoded there (the fixtures record it as an x86-only field).
+    decoded there (the fixtures record it as an x86-only field); s390 vCPUs
+    map ``kvm_run_s390`` instead.
     """
 
     _fields_ = [
@@ -421,6 +424,89 @@ class kvm_run(ctypes.Structure):
     ]
 
 
+class kvm_run_s390_sieic(ctypes.Structure):
+    """``kvm_run.s390_sieic`` (KVM_EXIT_S390_SIEIC): the intercepted instruction."""
+
+    _fields_ = [
+        ("icptcode", ctypes.c_uint8),
+        ("ipa", ctypes.c_uint16),
+        ("ipb", ctypes.c_uint32),
+    ]
+
+
+class kvm_run_s390(ctypes.Structure):
+    """``struct kvm_run`` as s390 lays it out, up to ``s390_sieic``.
+
+    The common header (``immediate_exit``, ``exit_reason``; s390 keeps the
+    x86 ``cr8``/``apic_base`` slots) is followed by the guest PSW, synced
+    into the SIE block on every ``KVM_RUN`` entry and back on exit (only
+    the condition code for a protected vCPU, whose PSW the Ultravisor
+    owns), then the exit union at 48.
+    """
+
+    _fields_ = [
+        ("request_interrupt_window", ctypes.c_uint8),
+        ("immediate_exit", ctypes.c_uint8),
+        ("padding1", ctypes.c_uint8 * 6),
+        ("exit_reason", ctypes.c_uint32),
+        ("ready_for_interrupt_injection", ctypes.c_uint8),
+        ("if_flag", ctypes.c_uint8),
+        ("flags", ctypes.c_uint16),
+        ("cr8", ctypes.c_uint64),
+        ("apic_base", ctypes.c_uint64),
+        ("psw_mask", ctypes.c_uint64),  # #ifdef __KVM_S390
+        ("psw_addr", ctypes.c_uint64),
+        ("s390_sieic", kvm_run_s390_sieic),  # first member of the exit union used, at 48
+    ]
+
+
+# s390 intercept codes userspace sees in s390_sieic.icptcode
+# (arch/s390/kvm/kvm-s390.h, ICPT_*): the guest finished.
+ICPT_WAIT = 0x1C  # disabled wait: kvm_s390_handle_wait() leaves it to userspace
+ICPT_STOP = 0x28  # the CPU stopped itself
+
+# struct kvm_mp_state values: x86 uses the first five, s390 STOPPED/OPERATING/LOAD.
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+KVM_MP_STATE_STOPPED = 5
+KVM_MP_STATE_CHECK_STOP = 6
+KVM_MP_STATE_OPERATING = 7
+KVM_MP_STATE_LOAD = 8
+
+
+class kvm_mp_state(ctypes.Structure):
+    """``struct kvm_mp_state`` (4 bytes): ``KVM_GET_MP_STATE``/``KVM_SET_MP_STATE``."""
+
+    _fields_ = [("mp_state", ctypes.c_uint32)]
+
+
+class kvm_cpuid_entry2(ctypes.Structure):
+    """``struct kvm_cpuid_entry2`` (x86, 40 bytes)."""
+
+    _fields_ = [
+        ("function", ctypes.c_uint32),
+        ("index", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("eax", ctypes.c_uint32),
+        ("ebx", ctypes.c_uint32),
+        ("ecx", ctypes.c_uint32),
+        ("edx", ctypes.c_uint32),
+        ("padding", ctypes.c_uint32 * 3),
+    ]
+
+
+class kvm_cpuid2(ctypes.Structure):
+    """``struct kvm_cpuid2`` header (x86, 8 bytes); ``nent`` entries follow it.
+
+    The request numbers encode only this header (a flexible array member).
+    """
+
+    _fields_ = [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32)]
+
+
 # --------------------------------------------------------------------------
 # ioctl request numbers
 # --------------------------------------------------------------------------
@@ -430,6 +516,7 @@ KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
 KVM_CREATE_VM = _IO(KVMIO, 0x01)  # arg: machine type
 KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)  # arg: cap; also on the VM fd
 KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
+KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, kvm_cpuid2)  # x86
 
 # VM fd
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)  # arg: vcpu id
@@ -447,6 +534,12 @@ KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
 KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
+KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)  # x86
+KVM_S390_INITIAL_RESET = _IO(KVMIO, 0x97)
+KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+KVM_S390_NORMAL_RESET = _IO(KVMIO, 0xC3)
+KVM_S390_CLEAR_RESET = _IO(KVMIO, 0xC4)
 KVM_S390_PV_CPU_COMMAND = _IOWR(KVMIO, 0xD0, kvm_pv_cmd)
 
 #: request number -> kernel name, for error messages ("KVM_CREATE_VM failed").
@@ -520,12 +613,17 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
         kvm_segment,
         kvm_dtable,
         kvm_sregs,
+        kvm_mp_state,
+        kvm_cpuid_entry2,
+        kvm_cpuid2,
     )
 }
 
 #: Structures that exist only in one architecture's headers.
 S390_ONLY_STRUCTS = frozenset(n for n in STRUCTS if n.startswith(("kvm_pv_", "kvm_s390_")))
-X86_ONLY_STRUCTS = frozenset({"kvm_regs", "kvm_segment", "kvm_dtable", "kvm_sregs"})
+X86_ONLY_STRUCTS = frozenset(
+    {"kvm_regs", "kvm_segment", "kvm_dtable", "kvm_sregs", "kvm_cpuid_entry2", "kvm_cpuid2"}
+)
 
 
 def constants() -> dict[str, int]:
@@ -533,7 +631,7 @@ def constants() -> dict[str, int]:
     out: dict[str, int] = {}
     for name, value in globals().items():
         if name.isupper() and isinstance(value, int) and not isinstance(value, bool):
-            if name.startswith(("KVM", "UVC", "BIT_UVC", "UV_", "PV_", "S390_")):
+            if name.startswith(("KVM", "UVC", "BIT_UVC", "UV_", "PV_", "S390_", "ICPT_")):
                 out[name] = int(value)
     for enum_cls in (KvmCap, pv_cmd_id, pv_cmd_info_id, pv_cmd_dmp_id):
         for member in enum_cls:
@@ -600,6 +698,10 @@ _ARG_OF = {
     KVM_SET_REGS: kvm_regs,
     KVM_GET_SREGS: kvm_sregs,
     KVM_SET_SREGS: kvm_sregs,
+    KVM_GET_MP_STATE: kvm_mp_state,
+    KVM_SET_MP_STATE: kvm_mp_state,
+    KVM_GET_SUPPORTED_CPUID: kvm_cpuid2,
+    KVM_SET_CPUID2: kvm_cpuid2,
 }
 for _req, _cls in _ARG_OF.items():
     assert _IOC_SIZE(_req) == ctypes.sizeof(_cls), (IOCTL_NAMES[_req], _cls.__name__)

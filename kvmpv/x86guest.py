@@ -55,13 +55,16 @@ from __future__ import annotations
 import array
 import ctypes
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from . import uapi
-from .errors import KvmpvError, UsageError
-from .kvm import EXTRA_IOCTL_NAMES, Vcpu, Vm
+from .errors import UsageError
+from .kvm import Vcpu, Vm
 from .memory import GuestMemory
+from .runner import GuestExitError, exit_name, run_until_finished
 
 PAGE_4K = 4096
 PAGE_2M = 2 << 20
@@ -86,37 +89,6 @@ _CR4_PAE = 1 << 5
 _EFER_LME = 1 << 8
 _EFER_LMA = 1 << 10
 
-# x86 CPUID ioctls: not (yet) in kvmpv.uapi, whose header checks cover the
-# ABI kvmpv's s390 side needs; struct kvm_cpuid2 has a flexible array, the
-# request encodes only its 8-byte header.
-
-
-class kvm_cpuid_entry2(ctypes.Structure):
-    """``struct kvm_cpuid_entry2`` (x86, 40 bytes)."""
-
-    _fields_ = [
-        ("function", ctypes.c_uint32),
-        ("index", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("eax", ctypes.c_uint32),
-        ("ebx", ctypes.c_uint32),
-        ("ecx", ctypes.c_uint32),
-        ("edx", ctypes.c_uint32),
-        ("padding", ctypes.c_uint32 * 3),
-    ]
-
-
-class kvm_cpuid2(ctypes.Structure):
-    """``struct kvm_cpuid2`` header (8 bytes); the entries follow it."""
-
-    _fields_ = [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32)]
-
-
-KVM_GET_SUPPORTED_CPUID = uapi._IOWR(uapi.KVMIO, 0x05, kvm_cpuid2)
-KVM_SET_CPUID2 = uapi._IOW(uapi.KVMIO, 0x90, kvm_cpuid2)
-EXTRA_IOCTL_NAMES.update(
-    {KVM_GET_SUPPORTED_CPUID: "KVM_GET_SUPPORTED_CPUID", KVM_SET_CPUID2: "KVM_SET_CPUID2"}
-)
 _MAX_CPUID_ENTRIES = 256
 
 
@@ -138,33 +110,11 @@ _KVM_RUN_EXIT_UNION = uapi.kvm_run.io.offset
 #: or other x86 MMIO that KVM handles itself.
 DEFAULT_GPA = 1 << 32
 
-EXIT_NAMES = {
-    value: name
-    for name, value in vars(uapi).items()
-    if name.startswith("KVM_EXIT_")
-    and isinstance(value, int)
-    and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")
-}
-
 MODE = "x86_64 long mode, identity-mapped 2 MiB pages"
 
-
-class GuestExitError(KvmpvError):
-    """The guest stopped with something other than HLT (a bug, or a backend that cannot run it)."""
-
-    def __init__(self, exit_reason: int, rip: int, detail: str = "") -> None:
-        self.exit_reason = exit_reason
-        self.rip = rip
-        name = exit_name(exit_reason)
-        extra = f"; {detail}" if detail else ""
-        super().__init__(
-            f"x86 guest: KVM_RUN returned exit reason {name} ({exit_reason}) at rip 0x{rip:x}, "
-            f"expected KVM_EXIT_HLT{extra}"
-        )
-
-
-def exit_name(reason: int) -> str:
-    return EXIT_NAMES.get(reason, f"exit {reason}")
+#: ``jmp $``: a guest that never finishes, for kick tests (it leaves KVM_RUN
+#: only when kicked).
+SPIN_CODE = bytes([0xEB, 0xFE])
 
 
 @dataclass(frozen=True)
@@ -211,7 +161,7 @@ def _layout(map_end: int) -> _Layout:
     return _Layout(boot_gpa, boot_size, n_pdpt, n_pd, code_off)
 
 
-def _write_page_tables(boot: GuestMemory, lay: _Layout) -> None:
+def _write_page_tables(boot: GuestMemory, lay: _Layout, code: Optional[bytes] = None) -> None:
     base = boot.addr
     pml4 = (ctypes.c_uint64 * 512).from_address(base)
     pdpt_gpa = lay.boot_gpa + PAGE_4K
@@ -226,7 +176,8 @@ def _write_page_tables(boot: GuestMemory, lay: _Layout) -> None:
     pdes = array.array("Q", range(_PTE_P | _PTE_RW | _PTE_PS, lay.n_pd * GIB, PAGE_2M))
     pd_off = PAGE_4K + lay.n_pdpt * PAGE_4K
     ctypes.memmove(base + pd_off, pdes.tobytes(), len(pdes) * 8)
-    ctypes.memmove(base + lay.code_off, GUEST_CODE, len(GUEST_CODE))
+    code = GUEST_CODE if code is None else code
+    ctypes.memmove(base + lay.code_off, code, len(code))
 
 
 def _set_cpuid(vcpu: Vcpu) -> None:
@@ -234,12 +185,12 @@ def _set_cpuid(vcpu: Vcpu) -> None:
         _fields_ = [
             ("nent", ctypes.c_uint32),
             ("padding", ctypes.c_uint32),
-            ("entries", kvm_cpuid_entry2 * _MAX_CPUID_ENTRIES),
+            ("entries", uapi.kvm_cpuid_entry2 * _MAX_CPUID_ENTRIES),
         ]
 
     cpuid = _Cpuid(nent=_MAX_CPUID_ENTRIES)
-    vcpu.vm.kvm.ioctl(KVM_GET_SUPPORTED_CPUID, cpuid)
-    vcpu.ioctl(KVM_SET_CPUID2, cpuid)
+    vcpu.vm.kvm.ioctl(uapi.KVM_GET_SUPPORTED_CPUID, cpuid)
+    vcpu.ioctl(uapi.KVM_SET_CPUID2, cpuid)
 
 
 def _segment(selector: int, type_: int, long_mode: bool) -> uapi.kvm_segment:
@@ -331,18 +282,23 @@ def vm_touch_memory(
                     rax=byte,
                 )
                 vcpu.set_regs(regs)
-                start = time.perf_counter()
-                reason = vcpu.run()
                 mmio_pages = 0
-                while reason == uapi.KVM_EXIT_MMIO and _complete_mmio(vcpu, memory, gpa):
-                    mmio_pages += 1
-                    reason = vcpu.run()
+
+                def complete_mmio(reason: int) -> bool:
+                    nonlocal mmio_pages
+                    done = reason == uapi.KVM_EXIT_MMIO and _complete_mmio(vcpu, memory, gpa)
+                    mmio_pages += done
+                    return done
+
+                def where() -> str:
+                    now = vcpu.get_regs()
+                    pages = (int(now.rdi) - gpa) // PAGE_4K
+                    return f"at rip 0x{int(now.rip):x}, {pages} pages written"
+
+                start = time.perf_counter()
+                reason = run_until_finished(vcpu, complete_mmio, where)
                 run_s = time.perf_counter() - start
                 after = vcpu.get_regs()
-                if reason != uapi.KVM_EXIT_HLT:
-                    raise GuestExitError(
-                        reason, int(after.rip), f"{(int(after.rdi) - gpa) // PAGE_4K} pages written"
-                    )
         finally:
             # The boot slot must go before its memory is unmapped, or KVM
             # would keep a memslot pointing at a hole.
@@ -357,6 +313,32 @@ def vm_touch_memory(
         mmio_completed=mmio_pages,
         backend=vm.backend,
     )
+
+
+@contextmanager
+def spinning_vcpu(vm: Vm) -> Iterator[Vcpu]:
+    """A vCPU of ``vm`` (real x86 KVM) set up to run ``jmp $`` forever, in long mode.
+
+    Only a kick gets it out of ``KVM_RUN``: the guest kick tests use it.  Its
+    boot memslot and vCPU fd go away on exit.
+    """
+    if vm.backend != "kvm" or vm.arch != "x86_64":
+        raise UsageError(f"the spinning guest needs a real x86 KVM, not {vm.arch}/{vm.backend}")
+    map_end = max((int(r.guest_phys_addr + r.memory_size) for r in vm.memslots.values()), default=0)
+    lay = _layout(map_end)
+    boot_slot = max(vm.memslots, default=-1) + 1
+    vcpu_id = max((v.id for v in vm.vcpus), default=-1) + 1
+    with GuestMemory(lay.boot_size) as boot:
+        _write_page_tables(boot, lay, SPIN_CODE)
+        vm.mem_add(boot, slot=boot_slot, gpa=lay.boot_gpa)
+        try:
+            with vm.vcpu_add(vcpu_id) as vcpu:
+                _set_cpuid(vcpu)
+                _enter_long_mode(vcpu, lay.boot_gpa)
+                vcpu.set_regs(uapi.kvm_regs(rip=lay.boot_gpa + lay.code_off, rflags=0x2))
+                yield vcpu
+        finally:
+            vm.mem_remove(boot_slot, check=False)
 
 
 def _complete_mmio(vcpu: Vcpu, memory: GuestMemory, gpa: int) -> bool:
@@ -388,3 +370,13 @@ def count_written(
         return view[::PAGE_4K].tobytes().count(bytes([byte]))
     finally:
         view.release()
+
+
+__all__ = [
+    "GuestExitError",
+    "GuestTouchResult",
+    "count_written",
+    "exit_name",
+    "spinning_vcpu",
+    "vm_touch_memory",
+]

@@ -33,6 +33,7 @@ from kvmpv.cli import main
 from kvmpv.errors import Interrupted
 from kvmpv.report.cases import Status
 from kvmpv.report.results import load_schema
+from kvmpv.runner import start_vcpu
 from kvmpv.scenarios import check as chk
 from kvmpv.syscalls import IoctlArg, Syscalls
 
@@ -466,10 +467,16 @@ def test_sigterm_with_a_vcpu_in_run_kicks_and_joins(monkeypatch: pytest.MonkeyPa
 
     def fn(ctx: chk.CheckContext) -> None:
         guest = chk.make_vm(ctx)
-        chk.boot(ctx, guest)
         vcpu = guest.vcpus[0]
+        start_vcpu(vcpu, protected=True)
+        ctx.sim.pause_at("run:slice")  # the booting guest stays inside KVM_RUN
+
+        def kick() -> None:
+            vcpu.kick()
+            ctx.sim.resume("run:slice")
+
         worker = ctx.thread(lambda: chk._run_once(vcpu), "vcpu0")
-        worker.kick = lambda: ctx.sim.kick(vcpu.fd)
+        worker.kick = kick
         chk._wait_in_run(ctx, vcpu)
         seen.update(worker=worker, host=ctx.sys)
         raise Interrupted(signal.SIGTERM)
@@ -543,3 +550,32 @@ def test_worker_waits_use_done_not_join() -> None:
         else:
             w.join_or_fail()
         assert finished, f"Worker.{method} returned while the thread was still running"
+
+
+@needs_sim
+@pytest.mark.parametrize("host_class", ["HaltingHost", "LenientHost"])
+def test_s390_vcpu_protocol_fails_on_a_wrong_simulator(host_class: str) -> None:
+    """The protocol check fails against a simulator that answers HLT or runs a STOPPED vCPU."""
+    import _deviating
+
+    from kvmpv.sim import SimulatedHost
+
+    wrong = getattr(_deviating, host_class)
+
+    def factory(config: chk.SimConfig) -> Syscalls:
+        host: Syscalls = wrong(SimulatedHost(**config.kwargs()))
+        return host
+
+    select = ("s390_vcpu_protocol",)
+    right = chk.run_checks(chk.CheckRequest(backend="sim", select=select, facts=FACTS))
+    assert [c.status for c in right.results] == [Status.PASS]
+    req = chk.CheckRequest(backend="sim", select=select, sim_factory=factory, facts=FACTS)
+    result = chk.run_checks(req, stream=io.StringIO())
+    statuses = {c.name: c.status for c in result.results}
+    assert statuses["s390_vcpu_protocol"] is Status.FAIL, result.ktap()
+    assert result.exit_code == 1
+    reasons = " ".join(c.reason for c in result.results)
+    if host_class == "HaltingHost":
+        assert "KVM_EXIT_HLT" in reasons
+    else:
+        assert "KVM_RUN on a STOPPED vCPU after a PV command" in reasons

@@ -39,12 +39,13 @@ from kvmpv.pv import (
     thread_comm,
 )
 from kvmpv.report.results import load_schema
+from kvmpv.runner import run_until_finished, start_vcpu
 from kvmpv.scenarios.reboot import RebootRequest, run_reboot
 from kvmpv.sim import SimulatedHost
 from kvmpv.syscalls import IoctlArg
 from kvmpv.uapi import (
     KVM_CREATE_VM,
-    KVM_EXIT_HLT,
+    KVM_EXIT_S390_SIEIC,
     KVM_S390_PV_COMMAND,
     UVC_CMD_DESTROY_SEC_CONF,
     UVC_CMD_DESTROY_SEC_CPU,
@@ -93,7 +94,8 @@ def pvm() -> Iterator[tuple[SimulatedHost, Vm]]:
             vm.set_user_memory_region(1, 2 * GiB, mems[1].size, mems[1].addr)
             vcpu = vm.vcpu_add(0)
             pv_enable(vm)
-            assert vcpu.run() == KVM_EXIT_HLT
+            start_vcpu(vcpu, protected=True)
+            assert run_until_finished(vcpu) == KVM_EXIT_S390_SIEIC
             yield host, vm
             vm.close()
         finally:
@@ -631,34 +633,27 @@ def test_sigint_cli_exits_130_and_leaves_nothing() -> None:
         assert not os.path.exists(d)
 
 
-def test_vcpu_runner_exit_waits_for_the_thread_not_for_join() -> None:
-    """``_VcpuRunner.exit()`` returns only once the vCPU thread is done.
+def test_reboot_fails_on_a_simulator_that_answers_hlt() -> None:
+    """The reboot scenario's vCPU threads take x86's HLT from an s390 guest for the error it is."""
+    from _deviating import HaltingHost
 
-    It must not trust ``Thread.join()``/``is_alive()``: after a Ctrl-C
-    interrupted a join (gh-90882, CPython 3.9.8-3.12) they report a running
-    thread as stopped.  That state is imposed here on the thread object, and
-    the thread is held in its body for 0.3 s: an exit() built on join or
-    is_alive returns at once, before the thread is done.
-    """
-    from types import SimpleNamespace
+    from kvmpv.runner import GuestExitError
 
-    from kvmpv.scenarios.reboot import _VcpuRunner
+    host = HaltingHost(SimulatedHost())
+    req = RebootRequest(backend="sim", layout=SMALL, cycles=1, mode="async", host=host)  # type: ignore[arg-type]
+    with pytest.raises(GuestExitError, match="KVM_EXIT_HLT"):
+        run_reboot(req)
+    assert host.open_fds() == 0
 
-    vcpu = SimpleNamespace(id=0, fd=-1, run_struct=SimpleNamespace(immediate_exit=0))
-    runner = _VcpuRunner(vcpu, kick=lambda fd: None)  # type: ignore[arg-type]
-    gate = threading.Event()
-    finished: list[float] = []
 
-    def held_body() -> None:
-        gate.wait(10)
-        finished.append(time.monotonic())
+def test_reboot_needs_pgste_one_line_exit_3() -> None:
+    """A process without PGSTEs: the first KVM_CREATE_VM fails with both remedies, exit 3."""
+    from kvmpv.errors import EXIT_ENV, HostError
 
-    runner._serve = held_body  # type: ignore[method-assign]
-    runner.start()
-    runner._thread.is_alive = lambda: False  # type: ignore[method-assign]
-    runner._thread.join = lambda timeout=None: None  # type: ignore[method-assign]
-    threading.Timer(0.3, gate.set).start()
-    runner.exit()
-    returned = time.monotonic()
-    assert finished, "exit() returned while the vCPU thread was still running"
-    assert finished[0] <= returned
+    host = SimulatedHost(pgste=False)
+    with pytest.raises(HostError) as info:
+        run_reboot(RebootRequest(backend="sim", layout=SMALL, cycles=1, host=host))
+    msg = str(info.value)
+    assert info.value.exit_code == EXIT_ENV and "\n" not in msg
+    assert "PGSTE" in msg and "kvmpv-pgste" in msg and "vm.allocate_pgste=1" in msg
+    assert host.open_fds() == 0

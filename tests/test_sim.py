@@ -29,12 +29,13 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from kvmpv import uapi
+from kvmpv import s390guest, uapi
 from kvmpv.errors import KvmError
 from kvmpv.kvm import Kvm, Vcpu, Vm
 from kvmpv.memory import GuestMemory
 from kvmpv.pv import PvResult, pv_cmd
 from kvmpv.sim import (
+    PAYLOAD_DONE_PSW,
     UVC_CMD_CREATE_SEC_CONF,
     UVC_CMD_CREATE_SEC_CPU,
     UVC_CMD_VERIFY_IMG,
@@ -61,6 +62,26 @@ class Env:
 
     def info(self) -> Any:
         return self.host.vm_info(self.vm.fd)
+
+
+def run_to_end(vcpu: Vcpu) -> bool:
+    """Start the vCPU as QEMU does and run it to the guest's end; True if it ended as s390 does.
+
+    LOAD loads a protected guest's initial PSW; an unprotected CPU (LOAD is
+    ENXIO there) gets the payload's entry PSW through kvm_run instead.
+    OPERATING lets KVM_RUN run it.  The end is the payload's disabled wait at
+    0xfff: KVM_EXIT_S390_SIEIC, icptcode 0x1c.
+    """
+    if vcpu.set_mp_state(uapi.KVM_MP_STATE_LOAD, check=False) == -errno.ENXIO:
+        vcpu.s390_run().psw_mask, vcpu.s390_run().psw_addr = s390guest.PSW_MASK_64, 0x10000
+    vcpu.set_mp_state(uapi.KVM_MP_STATE_OPERATING)
+    reason = vcpu.run()
+    run = vcpu.s390_run()
+    return (
+        reason == uapi.KVM_EXIT_S390_SIEIC
+        and run.s390_sieic.icptcode == uapi.ICPT_WAIT
+        and run.psw_addr == 0xFFF
+    )
 
 
 def zero(mem: GuestMemory) -> bool:
@@ -98,9 +119,11 @@ def pv_vm(
         env = Env(host, kvm, vm, cpus, low, hi)
         if enable:
             assert pv_cmd(vm, P.KVM_PV_ENABLE).rc == 1
+            for c in cpus:  # ENABLE gave userspace the CPU state: start them
+                c.s390_start(protected=True)
             if boot:
                 for c in cpus:
-                    assert c.run() == uapi.KVM_EXIT_HLT
+                    assert run_to_end(c)
         yield env
     finally:
         host.resume_all()
@@ -349,7 +372,7 @@ def test_enable_twice_and_vcpus_created_protected() -> None:
         assert env.vm.ioctl(uapi.KVM_CREATE_VCPU, 248, check=False) == -errno.EINVAL
         env.host.inject_uv_failure(UVC_CMD_CREATE_SEC_CPU, 0x0102, 3)
         assert env.vm.ioctl(uapi.KVM_CREATE_VCPU, 6, check=False) == -errno.EIO
-        assert v.run() == uapi.KVM_EXIT_HLT
+        assert run_to_end(v)
 
 
 def test_enable_uv_failures() -> None:
@@ -495,15 +518,18 @@ def test_prepare_allocation_failure(site: str, fast: bool) -> None:
 
 
 def test_prepare_blocks_while_vcpu_in_kvm_run() -> None:
-    with pv_vm() as env:
+    with pv_vm(boot=False, run_slice_bytes=MiB) as env:
         vcpu = env.vcpus[0]
+        env.host.pause_at("run:slice")  # the booting guest, held inside KVM_RUN
         runner = Bg(lambda: vcpu.run(retry_eintr=False))
-        assert wait_for(lambda: env.host.vcpu_in_run(vcpu.fd))
+        assert env.host.wait_paused("run:slice")
+        assert env.host.vcpu_in_run(vcpu.fd)
         prep = Bg(lambda: cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE))
         assert wait_for(lambda: env.info().vcpu_mutex_waiters >= 1)
         time.sleep(0.05)
         assert not prep.done and not env.info().set_aside
         env.host.kick(vcpu.fd)
+        env.host.resume("run:slice")
         with pytest.raises(KvmError) as ei:
             runner.join()
         assert ei.value.errno == errno.EINTR
@@ -575,7 +601,7 @@ def test_perform_destroy_page_failure_is_ignored() -> None:
         assert c.state == "destroyed" and c.secure_bytes == 4096
         # The next guest takes the stale page over (destroy, then import).
         assert cmd(env.vm, P.KVM_PV_ENABLE).ret == 0
-        assert env.vcpus[0].run() == uapi.KVM_EXIT_HLT
+        assert run_to_end(env.vcpus[0])
         assert [x.handle for x in host.configs()] == [env.info().handle]
 
 
@@ -592,7 +618,7 @@ def test_new_enable_and_prepare_while_perform_runs() -> None:
         # ENABLE and the new guest run while the old configuration is torn down.
         assert cmd(vm, P.KVM_PV_ENABLE).ret == 0
         new = env.info().handle
-        assert vcpu.run() == uapi.KVM_EXIT_HLT
+        assert run_to_end(vcpu)
         info = env.info()
         assert info.secure_bytes == 2 * SLOT and info.old_secure_bytes == 0
         # Secure-storage violations: the new guest destroyed old pages itself.
@@ -616,7 +642,7 @@ def test_perform_leaves_the_running_configuration_alone() -> None:
         host, vm = env.host, env.vm
         assert cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE).ret == 0
         assert cmd(vm, P.KVM_PV_ENABLE).ret == 0  # new config has the vCPU
-        assert env.vcpus[0].run() == uapi.KVM_EXIT_HLT
+        assert run_to_end(env.vcpus[0])
         assert env.high is not None
         env.high.fill(0x33)
         assert cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PERFORM).ret == 0
@@ -746,7 +772,7 @@ def test_close_after_guest_memory_unmapped_does_not_crash() -> None:
         vm.mem_add(mem)
         vcpu = vm.vcpu_add(0)
         pv_cmd(vm, P.KVM_PV_ENABLE)
-        assert vcpu.run() == uapi.KVM_EXIT_HLT
+        assert run_to_end(vcpu)
         mem.close()  # wrong order; the kernel would cope, so must the simulator
     assert host.protected_count == 0
 
@@ -775,7 +801,7 @@ def test_munmap_while_perform_paused_mid_walk() -> None:
             vm.mem_add(b, slot=2, gpa=HIGH_GPA + SLOT)
             vcpu = vm.vcpu_add(0)
             assert cmd(vm, P.KVM_PV_ENABLE).ret == 0
-            assert vcpu.run() == uapi.KVM_EXIT_HLT  # all 48 MiB secure
+            assert run_to_end(vcpu)  # all 48 MiB secure
             old = host.vm_info(vm.fd).handle
             assert cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE).ret == 0  # low destroyed
             assert host.secure_bytes() == {old: 2 * SLOT}
@@ -814,6 +840,7 @@ def test_munmap_while_perform_paused_mid_walk() -> None:
             assert host.secure_bytes() == {new: MiB}  # the running one is left alone
             assert zero(a)  # destroyed for real; b was never written after the unmap
             # The guest touching memslot memory that is gone: EFAULT, as UNPACK.
+            vcpu.s390_start(protected=True)
             with pytest.raises(KvmError) as ei:
                 vcpu.run()
             assert ei.value.errno == errno.EFAULT
@@ -871,17 +898,23 @@ def test_run_immediate_exit_and_kicks() -> None:
         with pytest.raises(KvmError):
             vcpu.run(retry_eintr=False)
         assert run.exit_reason == uapi.KVM_EXIT_INTR and env.info().secure_bytes == 0
-        assert vcpu.run() == uapi.KVM_EXIT_HLT  # boot: every page secure
-        assert env.info().secure_bytes == 2 * SLOT
-        # After boot the guest keeps running until kicked or immediate_exit is set.
+        # A guest inside KVM_RUN (held after a slice of its boot) leaves
+        # when immediate_exit is set, with KVM_EXIT_INTR.
+        host.pause_at("run:slice")
         t = Bg(lambda: vcpu.run(retry_eintr=False))
-        time.sleep(0.05)
+        assert host.wait_paused("run:slice")
         assert not t.done and host.vcpu_in_run(vcpu.fd)
         run.immediate_exit = 1
+        host.resume("run:slice")
         with pytest.raises(KvmError):
             t.join()
         assert run.exit_reason == uapi.KVM_EXIT_INTR
         run.immediate_exit = 0
+        assert run_to_end(vcpu)  # the rest of the boot: every page secure, disabled wait
+        assert env.info().secure_bytes == 2 * SLOT
+        # A finished guest stays in its disabled wait: KVM_RUN returns at once.
+        assert vcpu.run() == uapi.KVM_EXIT_S390_SIEIC
+        assert vcpu.s390_run().s390_sieic.icptcode == uapi.ICPT_WAIT
         with pytest.raises(OSError):
             host.kick(env.vm.fd)  # not a vCPU fd
 
@@ -897,7 +930,7 @@ def test_run_imports_in_slices_and_clears() -> None:
         assert host.wait_paused("run:slice")
         assert env.info().secure_bytes == MiB
         host.resume("run:slice")
-        assert t.join() == uapi.KVM_EXIT_HLT
+        assert t.join() == uapi.KVM_EXIT_S390_SIEIC
         assert zero(env.low) and zero(env.high) and host.stats().imported_bytes == 2 * SLOT
 
 
@@ -906,9 +939,9 @@ def test_run_non_protected_guest_exports_and_halts() -> None:
         host, vcpu = env.host, env.vcpus[0]
         assert cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE).ret == 0
         assert env.info().old_secure_bytes == SLOT  # the high slot
-        assert vcpu.run() == uapi.KVM_EXIT_HLT
+        assert run_to_end(vcpu)
         assert env.info().old_secure_bytes == 0 and host.stats().exported_bytes == SLOT
-        assert vcpu.run() == uapi.KVM_EXIT_HLT  # halts every time
+        assert run_to_end(vcpu)  # the disabled wait ends every KVM_RUN at once
         assert cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PERFORM).ret == 0
 
 
@@ -1033,7 +1066,7 @@ def test_16g_guest_fits_as_ranges() -> None:
         try:
             pv_cmd(vm, P.KVM_PV_ENABLE)
             for v in vcpus:
-                assert v.run() == uapi.KVM_EXIT_HLT
+                assert run_to_end(v)
             assert host.vm_info(vm.fd).secure_bytes == size
             pv_cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE)
             assert host.vm_info(vm.fd).old_secure_bytes == size - 2 * GiB
@@ -1056,15 +1089,77 @@ def test_repeated_async_reboots_leave_nothing_behind() -> None:
                     vm.mem_add(high, slot=1, gpa=HIGH_GPA)
                     vcpu = vm.vcpu_add(0)
                     pv_cmd(vm, P.KVM_PV_ENABLE)
-                    assert vcpu.run() == uapi.KVM_EXIT_HLT
+                    assert run_to_end(vcpu)
                     for _ in range(2):
                         pv_cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE)
                         perform = Bg(lambda: pv_cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PERFORM))
                         pv_cmd(vm, P.KVM_PV_ENABLE)
-                        assert vcpu.run() == uapi.KVM_EXIT_HLT
+                        assert run_to_end(vcpu)
                         assert perform.join().ret == 0
             assert host.open_fds() == 1
     assert host.open_fds() == 0 and host.vms() == [] and host.configs() == []
     assert host.protected_count == 0 and host.secure_bytes() == {}
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert len(host.uv_calls()) <= 4096
+
+
+# --------------------------------------------------------------------------
+# What a real s390x host requires of the process and the vCPU protocol (spec 10)
+# --------------------------------------------------------------------------
+
+
+def test_create_vm_needs_pgste() -> None:
+    """s390_enable_sie(): no PGSTEs, no VM -- after the machine-type checks, EINVAL."""
+    host = SimulatedHost(pgste=False)
+    with Kvm(sys=host) as kvm:
+        assert kvm.ioctl(uapi.KVM_CREATE_VM, 0, check=False) == -errno.EINVAL
+        assert kvm.ioctl(uapi.KVM_CREATE_VM, 2, check=False) == -errno.EINVAL
+    assert host.open_fds() == 0
+    with Kvm(sys=SimulatedHost()) as kvm:  # the default models a process that has them
+        kvm.vm_create().close()
+
+
+def test_a_pv_command_leaves_stopped_vcpus_stopped() -> None:
+    """Any PV command, even a failing one, gives userspace CPU state control (spec 10.2)."""
+    for prot_virt_host in (True, False):
+        with pv_vm(enable=False, prot_virt_host=prot_virt_host) as env:
+            vcpu = env.vcpus[0]
+            assert vcpu.get_mp_state() == uapi.KVM_MP_STATE_STOPPED  # a new vCPU
+            r = cmd(env.vm, 99)
+            assert r.errno in (errno.EINVAL, errno.ENOTTY)
+            assert vcpu.ioctl(uapi.KVM_RUN, check=False) == -errno.EINVAL
+            assert vcpu.set_mp_state(uapi.KVM_MP_STATE_LOAD, check=False) == -errno.ENXIO
+            assert vcpu.set_mp_state(uapi.KVM_MP_STATE_CHECK_STOP, check=False) == -errno.ENXIO
+            vcpu.set_mp_state(uapi.KVM_MP_STATE_OPERATING)
+            assert vcpu.get_mp_state() == uapi.KVM_MP_STATE_OPERATING
+            assert run_to_end(vcpu)
+            vcpu.s390_stop()
+            assert vcpu.ioctl(uapi.KVM_RUN, check=False) == -errno.EINVAL
+
+
+def test_without_user_control_kvm_run_starts_the_vcpu() -> None:
+    """No PV command, no KVM_SET_MP_STATE: KVM_RUN starts a STOPPED vCPU itself."""
+    with pv_vm(enable=False) as env:
+        vcpu = env.vcpus[0]
+        assert vcpu.get_mp_state() == uapi.KVM_MP_STATE_STOPPED
+        reason = vcpu.run()  # PSW 0 in kvm_run: not a wait, so the guest runs
+        assert reason == uapi.KVM_EXIT_S390_SIEIC and reason != uapi.KVM_EXIT_HLT
+        assert vcpu.get_mp_state() == uapi.KVM_MP_STATE_OPERATING
+        vcpu.s390_normal_reset()  # a normal reset stops it (no user control)
+        assert vcpu.get_mp_state() == uapi.KVM_MP_STATE_STOPPED
+
+
+def test_cpu_resets() -> None:
+    """Initial and clear reset zero the PSW; a protected CPU's resets are UV calls."""
+    with pv_vm() as env:
+        host, vcpu = env.host, env.vcpus[0]
+        run = vcpu.s390_run()
+        assert (run.psw_mask, run.psw_addr) == (PAYLOAD_DONE_PSW[0], 0xFFF)
+        vcpu.s390_normal_reset()
+        assert run.psw_addr == 0xFFF  # a normal reset keeps the PSW
+        vcpu.s390_initial_reset()
+        assert (run.psw_mask, run.psw_addr) == (0, 0)
+        vcpu.s390_clear_reset()
+        names = [c.name for c in host.uv_calls() if c.cmd in (0x0310, 0x0311, 0x0321)]
+        assert names == ["CPU Reset", "CPU Reset Initial", "CPU Reset Clear"]
+        assert vcpu.get_mp_state() == uapi.KVM_MP_STATE_OPERATING  # user control: no stop

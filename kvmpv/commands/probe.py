@@ -2,7 +2,9 @@
 """kvmpv probe: what this host supports, and which kvmpv scenarios can run here for real.
 
 Reads procfs/sysfs and asks /dev/kvm (API version, KVM_CHECK_EXTENSION of the
-s390 PV capabilities 180/217/224; no VM is created).  --root reads another
+s390 PV capabilities 180/217/224) and creates and closes one throwaway VM: on
+s390x a process without PGSTE page tables gets EINVAL for every VM, and then
+"KVM usable" is no, whatever the caps say.  --root reads another
 tree instead (the synthetic s390x trees in fixtures/sysfs/); what files
 cannot say about such a tree (the KVM answers) is "not probed" unless given
 with --inject-kvm, and is then labelled "injected".  The device node is
@@ -37,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-guest",
         metavar="SIZE",
-        help="also run the tiny real x86 guest over SIZE of memory (e.g. 64M) and check its writes",
+        help="also run kvmpv's tiny real guest (x86_64, or the s390x payload) over SIZE "
+        "of memory (e.g. 64M) and check its writes",
     )
     parser.add_argument(
         "--require",

@@ -120,12 +120,18 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
     keep: list[Any] = [memory]
     if args.vm:
         from ..kvm import Kvm
-        from ..x86guest import vm_touch_memory
 
         kvm = Kvm()
         vm = kvm.vm_create()
         keep += [kvm, vm]
-        vm_touch_memory(vm, memory)
+        if vm.arch == "s390x":
+            from ..s390guest import vm_touch_memory as s390_touch
+
+            s390_touch(vm, memory)  # the s390x payload over the whole memory
+        else:
+            from ..x86guest import vm_touch_memory
+
+            vm_touch_memory(vm, memory)
     else:
         memory.populate()
     emit(

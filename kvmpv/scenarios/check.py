@@ -53,14 +53,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TextIO
 
-from .. import uapi
+from .. import s390guest, uapi
 from ..closing import signals_held
-from ..errors import Interrupted, KvmpvError, UsageError
+from ..errors import HostError, Interrupted, KvmpvError, UsageError
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
 from ..pv import PvResult, pv_cmd
 from ..report import junit, ktap
 from ..report.cases import CaseResult, RunResult, Status
+from ..runner import exit_name, guest_finished, run_until_finished, start_vcpu
 from ..syscalls import LINUX, Syscalls
 from ..uapi import KvmCap, pv_cmd_id
 
@@ -645,8 +646,10 @@ def boot(ctx: CheckContext, guest: PvVm) -> bool:
     if not ctx.is_sim:
         return False
     for vcpu in guest.vcpus[:1]:
-        reason = vcpu.run()
-        ctx.check_eq(reason, uapi.KVM_EXIT_HLT, "exit reason after boot (KVM_EXIT_HLT)")
+        # ENABLE left the CPU state to userspace: start the vCPU as QEMU
+        # does, then run until the guest's disabled wait (SIEIC 0x1c).
+        start_vcpu(vcpu, protected=True)
+        run_until_finished(vcpu)
     return True
 
 
@@ -747,6 +750,61 @@ def check_no_pv_host(ctx: CheckContext) -> None:
         ret, rc, rrc = ctx.pv_raw(vm, int(cmd))
         ctx.check_eq(errno_text(-ret), errno_text(expected), f"cmd {int(cmd)} result")
         ctx.check_eq((hex(rc), hex(rrc)), (hex(RC_SENTINEL), hex(RRC_SENTINEL)), "rc/rrc untouched")
+
+
+@check("s390_vcpu_protocol", spec="10.2", needs=(Need.S390,))
+def check_s390_vcpu_protocol(ctx: CheckContext) -> None:
+    """After a PV command a STOPPED vCPU cannot run (EINVAL) until KVM_SET_MP_STATE OPERATING;
+    a finished guest comes back as KVM_EXIT_S390_SIEIC, never KVM_EXIT_HLT.
+
+    A new vCPU is STOPPED.  Any KVM_S390_PV_COMMAND -- even one that fails,
+    as the unknown command 99 does on every host -- hands CPU state to
+    userspace ("protvirt means user cpu state", kvm_arch_vm_ioctl()), so
+    KVM_RUN no longer starts the vCPU (kvm_arch_vcpu_ioctl_run(): "can't run
+    stopped vcpu").  LOAD is for protected CPUs only (ENXIO).  Started, the
+    unprotected guest runs kvmpv's s390x payload (written to gpa 0: the host
+    may write an unprotected guest) to its disabled wait at 0xfff (icptcode
+    0x1c).  Runs on any s390x KVM host, PV or not.
+    """
+    vm = ctx.vm()
+    mem = ctx.memory(LOW_SIZE)
+    vm.mem_add(mem, slot=0, gpa=LOW_GPA)
+    img = s390guest.image()
+    ctypes.memmove(mem.addr, img, len(img))
+    vcpu = vm.vcpu_add(0)
+    ctx.check_eq(vcpu.get_mp_state(), uapi.KVM_MP_STATE_STOPPED, "state of a new vCPU")
+    ret, _, _ = ctx.pv_raw(vm, 99)
+    ctx.diag(f"PV command 99 (unknown): {errno_text(-ret)}")
+    ctx.check_true(ret < 0, "PV command 99 fails")
+    err = vcpu.ioctl(uapi.KVM_RUN, check=False)
+    ctx.check_eq(errno_text(-err), "EINVAL", "KVM_RUN on a STOPPED vCPU after a PV command")
+    err = vcpu.set_mp_state(uapi.KVM_MP_STATE_LOAD, check=False)
+    ctx.check_eq(errno_text(-err), "ENXIO", "KVM_MP_STATE_LOAD on an unprotected vCPU")
+    run = vcpu.s390_run()
+    run.psw_mask, run.psw_addr = s390guest.PSW_MASK_64, s390guest.ENTRY
+    start_vcpu(vcpu, protected=False)
+    ctx.check_eq(vcpu.get_mp_state(), uapi.KVM_MP_STATE_OPERATING, "state after OPERATING")
+    reason = vcpu.run()
+    ctx.diag(
+        f"KVM_RUN after OPERATING: exit {reason}, icptcode "
+        f"{int(run.s390_sieic.icptcode):#x}, psw {int(run.psw_mask):#x} {int(run.psw_addr):#x}"
+    )
+    ctx.check_eq(exit_name(reason), "KVM_EXIT_S390_SIEIC", "exit of a finished guest")
+    ctx.check_true(guest_finished(vcpu, reason), "icptcode is a disabled wait or a stop")
+    ctx.check_eq(int(run.psw_addr), s390guest.DONE_PSW_ADDR, "PSW address of the payload's end")
+    if not ctx.is_sim:
+        # The simulated guest touches memory but does not execute the payload.
+        view = mem.view(0, mem.size)
+        try:
+            pages = s390guest.pages_with_own_address(view)
+        finally:
+            view.release()
+        want = (mem.size - s390guest.FIRST_PAGE) // 4096
+        ctx.check_eq(pages, want, "pages holding their own address")
+    vcpu.s390_stop()
+    ctx.check_eq(vcpu.get_mp_state(), uapi.KVM_MP_STATE_STOPPED, "state after STOPPED")
+    err = vcpu.ioctl(uapi.KVM_RUN, check=False)
+    ctx.check_eq(errno_text(-err), "EINVAL", "KVM_RUN after KVM_SET_MP_STATE STOPPED")
 
 
 # ---------------------------------------------------------------------------
@@ -1124,10 +1182,21 @@ def check_prepare_blocks(ctx: CheckContext) -> None:
     """PREPARE waits for a vCPU inside KVM_RUN (it takes vcpu->mutex), and completes once the vCPU
     is kicked."""
     guest = make_vm(ctx)
-    boot(ctx, guest)
     vcpu = guest.vcpus[0]
+    start_vcpu(vcpu, protected=True)
+    # Hold the booting guest inside KVM_RUN (after its first slice of
+    # memory), as a running guest is: a finished one would leave at once.
+    gate = "run:slice"
+    ctx.sim.pause_at(gate)
+    ctx.defer(ctx.sim.resume, gate)
+
+    def kick() -> None:
+        vcpu.kick()  # immediate_exit + the signal, as QEMU kicks a vCPU
+        ctx.sim.resume(gate)  # and let the held slice end, so the kick is seen
+
     runner = ctx.thread(lambda: _run_once(vcpu), "vcpu0")
-    runner.kick = lambda: ctx.sim.kick(vcpu.fd)
+    runner.kick = kick
+    ctx.require(ctx.sim.wait_paused(gate, timeout=10.0), "the vCPU never entered KVM_RUN")
     _wait_in_run(ctx, vcpu)
     preparer = ctx.thread(lambda: pv_cmd(guest.vm, PREPARE, check=False), "prepare")
     preparer.kick = runner.kick  # a PREPARE stuck on the vCPU mutex needs the vCPU out
@@ -1139,7 +1208,7 @@ def check_prepare_blocks(ctx: CheckContext) -> None:
         f"waiters on a vCPU mutex {info.vcpu_mutex_waiters}"
     )
     ctx.check_eq(info.vcpu_mutex_waiters, 1, "threads waiting for the vCPU mutex (PREPARE)")
-    ctx.sim.kick(vcpu.fd)
+    kick()
     exit_reason = runner.wait(30)
     ctx.check_eq(exit_reason, uapi.KVM_EXIT_INTR, "vCPU exit after the kick")
     res = preparer.wait(30)
@@ -1551,6 +1620,10 @@ def run_one(chk: Check, backend: str, facts: HostFacts, req: CheckRequest) -> Ca
             status, reason = Status.SKIP, str(skip)
         except CheckFailed as failed:
             status, reason = Status.FAIL, str(failed)
+        except HostError:
+            # The host cannot run checks at all (s390x without PGSTE: no VM
+            # can be created): stop the run with exit 3, no FAIL verdict.
+            raise
         except (KvmpvError, AssertionError) as err:
             if isinstance(err, Interrupted):
                 raise

@@ -31,7 +31,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from .. import uapi
+from .. import pgste, uapi
 from ..errors import KvmpvError, UsageError, errno_name, require_linux
 from ..kvm import Kvm, kvm_dev_path
 
@@ -60,6 +60,9 @@ class KvmFacts:
     error: str = ""
     api_version: Optional[int] = None
     caps: dict[int, int] = field(default_factory=dict)  # cap number -> KVM_CHECK_EXTENSION
+    #: One throwaway KVM_CREATE_VM: "ok", or why it failed (s390x without
+    #: PGSTE: EINVAL); "not tried" where the device was not asked.
+    create_vm: str = "not tried"
 
     @classmethod
     def injected(
@@ -112,7 +115,15 @@ def probe_kvm(path: Optional[str] = None) -> KvmFacts:
     try:
         with Kvm(path=path) as kvm:
             caps = {int(c): kvm.check_cap(c) for c in PV_CAPS}
-            return KvmFacts("ioctl", path, True, "ok", "", kvm.get_api_version(), caps)
+            version = kvm.get_api_version()
+            # Caps say what the kernel offers, not that this process can use
+            # it: on s390x a process without PGSTEs gets EINVAL for every VM.
+            try:
+                kvm.vm_create().close()
+                created = "ok"
+            except KvmpvError as err:
+                created = f"failed: {err}"
+            return KvmFacts("ioctl", path, True, "ok", "", version, caps, created)
     except OSError as err:  # KvmpvOpenError, KvmError: both OSError
         access = {
             errno.ENOENT: "absent",
@@ -342,6 +353,8 @@ class HostProbe:
     thp_mode: Optional[str]
     native_cleaner: dict[str, Any]
     accounting: dict[str, Any]
+    #: how this process got the PGSTEs s390 KVM needs (kvmpv.pgste)
+    pgste: dict[str, Any] = field(default_factory=dict)
     kvm_usable: bool = False
     kvm_reason: str = ""
     pv_async_usable: bool = False
@@ -371,6 +384,8 @@ def _kvm_verdict(kvm: KvmFacts) -> tuple[bool, str]:
         return False, kvm.error or f"{kvm.path}: {kvm.access}"
     if kvm.api_version != uapi.KVM_API_VERSION:
         return False, f"API version {kvm.api_version}, expected {uapi.KVM_API_VERSION}"
+    if kvm.source == "ioctl" and kvm.create_vm != "ok":
+        return False, f"KVM_CREATE_VM {kvm.create_vm}"
     where = "injected values" if kvm.source == "injected" else kvm.path
     return True, f"{where}: API version {kvm.api_version}"
 
@@ -421,9 +436,11 @@ def _scenarios(p: HostProbe) -> dict[str, ScenarioVerdict]:
     )
     if not p.kvm_usable:
         out["shutdown --vm"] = ScenarioVerdict("no", f"KVM not usable: {p.kvm_reason}")
+    elif p.arch == "s390x":
+        out["shutdown --vm"] = ScenarioVerdict("real", "real s390x payload on /dev/kvm")
     elif p.arch != "x86_64":
         out["shutdown --vm"] = ScenarioVerdict(
-            "no", f"the tiny guest is x86_64 code, arch {p.arch}"
+            "no", f"kvmpv has guests for x86_64 and s390x, not for {p.arch}"
         )
     else:
         out["shutdown --vm"] = ScenarioVerdict("real", "real x86 guest on /dev/kvm")
@@ -516,6 +533,7 @@ def probe_host(
             if host
             else {"available": False, "reason": "not probed: synthetic root (host cgroups)"}
         ),
+        pgste=pgste.status(arch or "").to_dict() if host else {"how": "not probed"},
     )
     p.kvm_usable, p.kvm_reason = _kvm_verdict(kvm)
     p.pv_async_usable, p.pv_reason = _pv_verdict(p)
@@ -527,19 +545,30 @@ def probe_host(
 
 
 def run_guest(p: HostProbe, size: int, kvm_dev: Optional[str] = None) -> dict[str, Any]:
-    """Run the tiny x86 guest over ``size`` bytes: proof that a real guest runs here."""
+    """Run kvmpv's tiny guest over ``size`` bytes: proof that a real guest runs here."""
     if p.synthetic or not p.kvm_usable or p.kvm.source != "ioctl":
         return {"ran": False, "reason": f"KVM not usable: {p.kvm_reason}"}
-    if p.arch != "x86_64":
-        return {"ran": False, "reason": f"the tiny guest is x86_64 code, arch {p.arch}"}
     from ..memory import GuestMemory
+
+    if p.arch == "s390x":
+        from .. import s390guest
+
+        with Kvm(path=kvm_dev) as kvm, kvm.vm_create() as vm, GuestMemory(size) as mem:
+            s390 = s390guest.vm_touch_memory(vm, mem)
+        out = s390.to_dict()
+        expected = (size - s390guest.FIRST_PAGE) // 4096
+        out.update(ran=True, guest="s390x", pages_verified=s390.pages_written)
+        out.update(pages_expected=expected)
+        return out
+    if p.arch != "x86_64":
+        return {"ran": False, "reason": f"kvmpv has guests for x86_64 and s390x, not {p.arch}"}
     from ..x86guest import count_written, vm_touch_memory
 
     with Kvm(path=kvm_dev) as kvm, kvm.vm_create() as vm, GuestMemory(size) as mem:
         result = vm_touch_memory(vm, mem)
         verified = count_written(mem, 0xA5)
     out = result.to_dict()
-    out.update(ran=True, pages_verified=verified, pages_expected=size // 4096)
+    out.update(ran=True, guest="x86_64", pages_verified=verified, pages_expected=size // 4096)
     return out
 
 
@@ -567,6 +596,8 @@ def format_table(p: HostProbe) -> str:
         ("KVM device", f"{kvm.path or '-'}: {kvm.access}" + (f" ({kvm.error})" * bool(kvm.error))),
         ("KVM API version", show(kvm.api_version)),
         ("caps 180/217/224", caps),
+        ("KVM_CREATE_VM", kvm.create_vm),
+        ("PGSTE", p.pgste.get("how", "-")),
         ("prot_virt_host", show(p.prot_virt_host)),
         ("UV facilities", " ".join(p.uv_facilities) if p.uv_facilities else "-"),
         ("Destroy-Fast UVC", show(p.destroy_fast)),
@@ -589,13 +620,13 @@ def format_table(p: HostProbe) -> str:
         if g.get("ran"):
             rows.append(
                 (
-                    "x86 guest",
+                    f"{g.get('guest', 'x86_64')} guest",
                     f"{g['exit_name']}, {g['pages_written']} pages written, "
                     f"{g['pages_verified']} verified, {g['run_s']:.3f} s",
                 )
             )
         else:
-            rows.append(("x86 guest", f"not run: {g.get('reason', '')}"))
+            rows.append(("guest", f"not run: {g.get('reason', '')}"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines.append(f"verdict: {p.verdict}")

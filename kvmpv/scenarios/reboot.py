@@ -29,7 +29,6 @@ What one cycle measures (all ``time.monotonic_ns``):
 
 from __future__ import annotations
 
-import errno
 import statistics
 import threading
 import time
@@ -47,8 +46,8 @@ from ..accounting import (
     skip_verdict,
 )
 from ..closing import signals_held
-from ..errors import HostError, KvmError, KvmpvError, UsageError
-from ..kvm import Kvm, Vcpu, Vm
+from ..errors import HostError, KvmpvError, UsageError
+from ..kvm import Kvm, Vm
 from ..memory import GuestMemory, mem_available
 from ..pv import (
     AsyncCleanup,
@@ -57,10 +56,10 @@ from ..pv import (
     join_all_cleanups,
     pv_enable,
     s390_machine_unprotect,
-    set_thread_name,
 )
+from ..runner import VcpuGroup, reset_vcpus, start_vcpu
 from ..syscalls import LINUX, IoctlArg, Syscalls
-from ..uapi import KVM_EXIT_HLT, KVM_EXIT_INTR, S390_MEMSLOT_ALIGN, KvmCap
+from ..uapi import S390_MEMSLOT_ALIGN, KvmCap
 from ..units import GiB, format_size
 
 Progress = Optional[Callable[[str], None]]
@@ -77,8 +76,6 @@ MAX_VCPUS = 248
 #: tick-based user/system split is involved), so the slack is small: the few
 #: microseconds of cgroupfs writes the placement itself costs, and rounding.
 TOTALS_TOLERANCE_NS = 2_000_000
-#: How long a vCPU may take to leave KVM_RUN after a kick.
-KICK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -402,209 +399,6 @@ def select_backend(req: RebootRequest) -> tuple[Syscalls, str]:
 
 
 # --------------------------------------------------------------------------
-# vCPU threads
-# --------------------------------------------------------------------------
-
-
-class _VcpuRunner:
-    """A vCPU thread (QEMU's ``CPU n/KVM``): KVM_RUN while told to run.
-
-    Stopping follows the KVM protocol: set ``kvm_run.immediate_exit``, then
-    kick (the simulator's ``kick``, standing for the signal QEMU sends): a
-    vCPU about to enter sees the flag, one inside is kicked out with EINTR.
-    Each KVM_RUN interval is logged so the overlap with PERFORM can be
-    computed afterwards, without touching the hot path.
-    """
-
-    def __init__(self, vcpu: Vcpu, kick: Callable[[int], None]) -> None:
-        self.vcpu = vcpu
-        self._kick = kick
-        self._cond = threading.Condition()
-        self._want = "idle"  # idle | run | exit
-        self._active = False
-        self._lock = threading.Lock()
-        self.intervals: list[tuple[int, int]] = []
-        self._current: Optional[int] = None
-        self.cpu_ns = 0
-        self.halted = threading.Event()
-        self.error: Optional[BaseException] = None
-        # Set when _main returns; exit() waits on it, never on join()/is_alive():
-        # a Ctrl-C that interrupts Thread.join() on CPython 3.9.8-3.12 makes a
-        # running thread look stopped (gh-90882, see AsyncCleanup), and the
-        # caller would then close the vCPU fd under a running KVM_RUN.
-        self._exited = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=f"CPU {vcpu.id}/KVM", daemon=True)
-
-    def start(self) -> None:
-        with signals_held():  # SIGINT goes to the main thread only
-            self._thread.start()
-
-    def _main(self) -> None:
-        try:
-            self._serve()
-        finally:
-            self._exited.set()
-
-    def _serve(self) -> None:
-        try:
-            set_thread_name(f"CPU {self.vcpu.id}/KVM")
-        except OSError:
-            pass  # cosmetic only
-        while True:
-            with self._cond:
-                while self._want == "idle":
-                    self._cond.wait()
-                if self._want == "exit":
-                    return
-                self._active = True
-            try:
-                self._run_loop()
-            finally:
-                with self._cond:
-                    self._active = False
-                    if self._want == "run":  # stopped by an error
-                        self._want = "idle"
-                    self._cond.notify_all()
-
-    def _run_loop(self) -> None:
-        while self._want == "run":
-            t0 = time.monotonic_ns()
-            c0 = time.thread_time_ns()
-            with self._lock:
-                self._current = t0
-            try:
-                reason = self.vcpu.run(retry_eintr=False)
-            except KvmError as exc:
-                if exc.errno != errno.EINTR:
-                    self.error = exc
-                    return
-                reason = KVM_EXIT_INTR
-            except BaseException as exc:
-                self.error = exc
-                return
-            finally:
-                t1 = time.monotonic_ns()
-                with self._lock:
-                    self.intervals.append((t0, t1))
-                    self._current = None
-                    self.cpu_ns += time.thread_time_ns() - c0
-            if reason == KVM_EXIT_HLT:
-                # Boot done: every page is secure.  Re-enter: a booted guest
-                # keeps running (and faulting on the old configuration's pages).
-                self.halted.set()
-            elif reason != KVM_EXIT_INTR:
-                self.error = KvmpvError(f"vCPU {self.vcpu.id}: unexpected KVM exit {reason}")
-                return
-
-    def snapshot(self, now: int) -> list[tuple[int, int]]:
-        with self._lock:
-            out = list(self.intervals)
-            if self._current is not None:
-                out.append((self._current, now))
-            return out
-
-    def resume(self) -> None:
-        with self._cond:
-            with self._lock:
-                self.intervals.clear()
-            self.halted.clear()
-            self.error = None
-            self.vcpu.run_struct.immediate_exit = 0
-            self._want = "run"
-            self._cond.notify_all()
-
-    def request_stop(self, want: str = "idle") -> None:
-        with self._cond:
-            self._want = want
-            self.vcpu.run_struct.immediate_exit = 1
-            self._cond.notify_all()
-        self._kick(self.vcpu.fd)
-
-    def wait_stopped(self, timeout: float = KICK_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._active:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise KvmpvError(f"vCPU {self.vcpu.id} did not leave KVM_RUN in {timeout}s")
-                self._cond.wait(min(left, 0.5))
-
-    def exit(self) -> None:
-        if self._thread.ident is None or self._exited.is_set():
-            return  # never started, or already gone
-        self.request_stop("exit")
-        if not self._exited.wait(KICK_TIMEOUT_S):
-            raise KvmpvError(f"vCPU {self.vcpu.id} thread did not exit in {KICK_TIMEOUT_S}s")
-
-
-class _Guest:
-    """The vCPU threads of the VM, paused and resumed together."""
-
-    def __init__(self, kick: Callable[[int], None]) -> None:
-        self._kick = kick
-        self.runners: list[_VcpuRunner] = []
-
-    def add(self, vcpus: Sequence[Vcpu]) -> None:
-        for vcpu in vcpus:
-            runner = _VcpuRunner(vcpu, self._kick)
-            self.runners.append(runner)  # listed before started: close() finds it
-            runner.start()
-
-    def resume(self) -> None:
-        for r in self.runners:
-            r.resume()
-
-    def pause(self) -> None:
-        """QEMU's pause_all_vcpus(): everyone out of KVM_RUN (vcpu->mutex free)."""
-        for r in self.runners:
-            r.request_stop()
-        for r in self.runners:
-            r.wait_stopped()
-
-    def wait_booted(self, timeout: float) -> None:
-        """Wait until every vCPU reported KVM_EXIT_HLT (all memory secure)."""
-        deadline = time.monotonic() + timeout
-        for r in self.runners:
-            while not r.halted.wait(0.05):
-                if r.error is not None:
-                    raise r.error
-                if time.monotonic() > deadline:
-                    raise KvmpvError(f"guest did not boot (halt) within {timeout:.0f}s")
-
-    def cpu_ns(self) -> int:
-        return sum(r.cpu_ns for r in self.runners)
-
-    def running_overlap_ns(self, start: int, end: int) -> int:
-        """Time within [start, end] during which at least one vCPU was in KVM_RUN."""
-        ivs = sorted(
-            (max(a, start), min(b, end))
-            for r in self.runners
-            for a, b in r.snapshot(end)
-            if b > start and a < end
-        )
-        total = 0
-        cur_a, cur_b = -1, -1
-        for a, b in ivs:
-            if a > cur_b:
-                total += max(0, cur_b - cur_a)
-                cur_a, cur_b = a, b
-            else:
-                cur_b = max(cur_b, b)
-        total += max(0, cur_b - cur_a)
-        return total
-
-    def close(self) -> None:
-        first: Optional[BaseException] = None
-        for r in self.runners:
-            try:
-                r.exit()
-            except BaseException as exc:
-                first = first or exc
-        if first is not None:
-            raise first
-
-
-# --------------------------------------------------------------------------
 # Accounting: who paid for the teardown?
 # --------------------------------------------------------------------------
 
@@ -735,6 +529,10 @@ class _AtomicSyscalls:
     def __init__(self, inner: Syscalls) -> None:
         self.inner = inner
         self.backend = inner.backend
+        self.arch = inner.arch
+
+    def kick(self, vcpu_fd: int, thread: int) -> None:
+        self.inner.kick(vcpu_fd, thread)
 
     def open(self, path: str, flags: int) -> int:
         with signals_held():
@@ -805,7 +603,7 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
     say(why)
     stack = ExitStack()
     cleanups: list[AsyncCleanup] = []
-    guest: Optional[_Guest] = None
+    guest: Optional[VcpuGroup] = None
     vm: Optional[Vm] = None
     try:
         acct = _Accounting(stack, req.hierarchy, req.charge_to)
@@ -838,11 +636,8 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
         for i, ((gpa, _), mem) in enumerate(zip(slots, memories)):
             vm.set_user_memory_region(i, gpa, mem.size, mem.addr)
         vcpus = [vm.vcpu_add(i) for i in range(req.vcpus)]
-        kick = getattr(sys_, "kick", None)
         if result.guest_runs:
-            if kick is None:
-                raise HostError(f"backend {backend} cannot kick a vCPU out of KVM_RUN")
-            guest = _Guest(kick)
+            guest = VcpuGroup()
             guest.add(vcpus)
         say(
             f"protected VM: {format_size(result.memory_bytes)} in {len(slots)} memslot(s), "
@@ -851,8 +646,12 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
         pv_enable(vm)
         if guest is not None:
             t0 = time.monotonic_ns()
+            # Any PV command gave userspace the CPU state: the vCPUs stay
+            # STOPPED (KVM_RUN is EINVAL) until started as QEMU starts them.
+            for vcpu in vcpus:
+                start_vcpu(vcpu, protected=True)
             guest.resume()
-            guest.wait_booted(req.boot_timeout_s)
+            guest.wait_finished(req.boot_timeout_s)
             say(f"guest booted (all memory secure) in {(time.monotonic_ns() - t0) / 1e9:.2f}s")
         for warmup, modes, records in (
             (True, req.modes(req.warmup), result.warmup_cycles),
@@ -879,7 +678,7 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
 
 
 def _teardown(
-    guest: Optional[_Guest], cleanups: list[AsyncCleanup], vm: Optional[Vm], stack: ExitStack
+    guest: Optional[VcpuGroup], cleanups: list[AsyncCleanup], vm: Optional[Vm], stack: ExitStack
 ) -> None:
     """vCPU threads out and gone, PERFORM threads joined, VM closed, memory and cgroups freed.
 
@@ -925,7 +724,7 @@ def _teardown(
 
 def _reboot_once(
     vm: Vm,
-    guest: Optional[_Guest],
+    guest: Optional[VcpuGroup],
     acct: _Accounting,
     cleanups: list[AsyncCleanup],
     index: int,
@@ -951,8 +750,15 @@ def _reboot_once(
         acct.end_sync()
     if up.cleanup is not None:
         cleanups.append(up.cleanup)
+    if guest is not None:
+        # QEMU's s390_machine_reset(): CPU resets (STOPPED, NORMAL for the IPL
+        # CPU, CLEAR for the others) after the unprotect, before the new boot.
+        reset_vcpus(guest.vcpus)
     t_enable = time.monotonic_ns()
     pv_enable(vm)
+    if guest is not None:
+        for vcpu in guest.vcpus:
+            start_vcpu(vcpu, protected=True)
     t_ready = time.monotonic_ns()
     guest_cpu0 = guest.cpu_ns() if guest is not None else 0
     # Normally the new guest runs at once, while PERFORM tears the old one
@@ -993,7 +799,7 @@ def _reboot_once(
     elif guest is not None:
         rec.overlap_ns = 0
     if guest is not None:
-        guest.wait_booted(req.boot_timeout_s)
+        guest.wait_finished(req.boot_timeout_s)
         rec.boot_ns = time.monotonic_ns() - t_ready
         rec.guest_cpu_ns = guest.cpu_ns() - guest_cpu0
     rec.verdict = acct.verdict(rec.cleanup_cpu_ns)

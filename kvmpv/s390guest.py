@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""A tiny real s390x guest: stores each page's own address into it, then stops.
+
+The payload kvmpv boots on s390x -- under ``qemu-system-s390x`` (TCG) here,
+on a real s390x KVM host as the plain guest of ``kvmpv probe --run-guest``
+and ``kvmpv shutdown --vm``, and as the kernel of a Secure Execution image
+(``pvimg create -i``) on a PV host.  It needs nothing from the host: a
+protected guest's memory cannot be written by the host, so it finds its
+memory size by itself, storing until the store faults.
+
+The code is ``SOURCE`` below (z/Architecture, 64-bit mode, DAT off;
+position independent, no relocations), kept as hand-assembled bytes in
+``CODE`` so that installing needs no cross compiler;
+``tests/test_s390guest.py`` assembles ``SOURCE`` with ``s390x-linux-gnu-as``
+and fails if the bytes differ.
+
+How it stops, and why that way (spec 10.4): the store past the end of memory
+raises an addressing exception; the program-new PSW (lowcore 0x1d0) sends it
+to ``done``, which loads a disabled-wait PSW.  QEMU treats a disabled wait
+whose address ends in 0xfff as a shutdown request (``s390_handle_wait``),
+so under TCG the run ends with status ``shutdown`` (``-no-shutdown``
+keeps it for QMP ``pmemsave``); KVM leaves a disabled wait to userspace as
+``KVM_EXIT_S390_SIEIC`` with icptcode 0x1c (``kvm_s390_handle_wait``).
+
+The image (``image()``): the layout of an s390 Linux kernel image, which is
+what both consumers read.  Offset 0 holds the short IPL PSW
+``0x00080000_80010000``; the code starts at 0x10000.  ``qemu-system-s390x
+-kernel`` loads a non-ELF image at address 0 and starts at that PSW's address
+in 64-bit mode (``s390_ipl_realize``); s390-tools' stage3b (the loader inside
+an SE image made by ``pvimg create``) moves the kernel's bytes from 0x10000
+on to 0x10000 and starts the SE header's PSW, 64-bit at 0x10000 by default.
+Its parameter area (0x10400-0x10800, written only when a command line or
+initrd is given) is beyond the code.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .kvm import Vm
+from .memory import GuestMemory
+from .runner import exit_name, run_until_finished
+
+PAGE_4K = 4096
+#: Where the code starts (s390 Linux's IMAGE_LOAD_ADDRESS / pvimg's default PSW).
+ENTRY = 0x10000
+#: The short (ESA/390) IPL PSW at offset 0 of an s390 kernel image: bit 12
+#: set (short format), 31-bit addressing, address ENTRY.
+IPL_PSW = 0x0008000080010000
+#: 64-bit mode, interrupts off: the PSW kvmpv starts the plain guest with.
+PSW_MASK_64 = 0x0000000180000000
+#: The payload's last PSW: disabled wait at 0xfff (QEMU's "special" wait).
+DONE_PSW_ADDR = 0xFFF
+
+#: The payload's assembly source (GNU as, s390x).
+SOURCE = """\
+	.text
+	.globl	_start
+_start:
+	llihl	%r1,0x0001		# r1 = 0x00000001_00000000 (EA)
+	oilh	%r1,0x8000		#    | 0x00000000_80000000 (BA): 64-bit mode
+	stg	%r1,0x1d0		# program-new PSW mask: disabled, 64-bit
+	larl	%r1,done
+	stg	%r1,0x1d8		# program-new PSW address: done
+	larl	%r2,image_end
+	aghi	%r2,4095
+	nill	%r2,0xf000		# r2 = first page above the image
+	lghi	%r3,4096
+1:	stg	%r2,0(%r2)		# the page's own address, big-endian
+	agr	%r2,%r3
+	j	1b			# until the store raises an addressing exception
+done:
+	larl	%r1,wait_psw
+	lpswe	0(%r1)			# disabled wait at 0xfff: "finished"
+	.align	8
+wait_psw:
+	.quad	0x0002000180000000,0xfff
+image_end:
+"""
+
+#: ``SOURCE``, assembled.  ``image_end`` is at ``len(CODE)``.
+CODE = bytes.fromhex(
+    "a51d0001"  # llihl %r1,1
+    "a51a8000"  # oilh  %r1,0x8000
+    "e31001d00024"  # stg   %r1,0x1d0
+    "c01000000016"  # larl  %r1,done (+0x2c)
+    "e31001d80024"  # stg   %r1,0x1d8
+    "c0200000001f"  # larl  %r2,image_end (+0x3e)
+    "a72b0fff"  # aghi  %r2,4095
+    "a527f000"  # nill  %r2,0xf000
+    "a7391000"  # lghi  %r3,4096
+    "e32020000024"  # 1: stg %r2,0(%r2)
+    "b9080023"  # agr   %r2,%r3
+    "a7f4fffb"  # j     1b
+    "c01000000007"  # done: larl %r1,wait_psw
+    "b2b21000"  # lpswe 0(%r1)
+    "07070707"  # alignment to 8 (the assembler's nopr fill)
+    "0002000180000000"  # wait_psw: mask
+    "0000000000000fff"  #           address
+)
+
+#: The first page the payload writes: the page after ENTRY + len(CODE).
+FIRST_PAGE = -(-(ENTRY + len(CODE)) // PAGE_4K) * PAGE_4K
+
+
+def image() -> bytes:
+    """The bootable image: IPL PSW at 0, zeros, the code at ENTRY."""
+    img = bytearray(ENTRY)
+    img[0:8] = IPL_PSW.to_bytes(8, "big")
+    return bytes(img) + CODE
+
+
+def write_image(path: Path) -> int:
+    """Write ``image()`` to ``path``; return its size."""
+    data = image()
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror}") from None
+    return len(data)
+
+
+def pages_with_own_address(data: memoryview, base_gpa: int = 0) -> int:
+    """Pages of ``data`` (guest memory from ``base_gpa``) whose first 8 bytes are
+    their own guest address (big-endian), counted from FIRST_PAGE up to the first
+    page that is not: the payload writes upwards without gaps.
+
+    No per-page Python loop: one strided C-level copy of the first words,
+    compared with the expected array; a mismatch is located by bisection.
+    """
+    start = FIRST_PAGE - base_gpa
+    n = (len(data) - start) // PAGE_4K if len(data) > start else 0
+    if n <= 0:
+        return 0
+    words = data[start : start + n * PAGE_4K].cast("B").cast("Q")[:: PAGE_4K // 8]
+    got = words.tobytes()
+    expected = _expected_words(FIRST_PAGE, n)
+    if got == expected:
+        return n
+    lo, hi = 0, n  # the first n' pages match for n' <= lo; not for hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if got[: mid * 8] == expected[: mid * 8]:
+            lo = mid
+        else:
+            hi = mid
+    return lo if got[:8] == expected[:8] else 0
+
+
+def _expected_words(first: int, n: int) -> bytes:
+    """The addresses of ``n`` pages from ``first``, as big-endian u64 (one C-level build)."""
+    arr = array.array("Q", range(first, first + n * PAGE_4K, PAGE_4K))
+    if sys.byteorder != "big":
+        arr.byteswap()
+    return arr.tobytes()
+
+
+@dataclass(frozen=True)
+class S390TouchResult:
+    """What ``vm_touch_memory`` observed on a real (non-protected) s390x KVM."""
+
+    exit_reason: int
+    exit_name: str
+    icptcode: int
+    psw_addr: int
+    pages_written: int
+    size_bytes: int
+    run_s: float
+    mode: str = "s390x payload, 64-bit, DAT off"
+    backend: str = "kvm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def vm_touch_memory(vm: Vm, memory: GuestMemory) -> S390TouchResult:
+    """Run the payload on ``vm`` (real s390x KVM, no PV) over ``memory`` at gpa 0.
+
+    The host may write a non-protected guest's memory: the image goes to gpa
+    0, the vCPU gets an initial reset and the 64-bit PSW at ENTRY through
+    ``kvm_run`` (synced into the SIE block on entry).  KVM starts the vCPU
+    itself as long as userspace has not taken CPU-state control.
+    """
+    if vm.arch != "s390x" or vm.backend != "kvm":
+        raise UsageError(f"the s390x payload needs a real s390x KVM, not {vm.arch}/{vm.backend}")
+    if memory.size < FIRST_PAGE + PAGE_4K:
+        raise UsageError(f"guest memory must be larger than {FIRST_PAGE + PAGE_4K} bytes")
+    if 0 not in vm.memslots:
+        vm.mem_add(memory, slot=0, gpa=0)
+    img = image()
+    ctypes.memmove(memory.addr, img, len(img))
+    vcpu_id = max((v.id for v in vm.vcpus), default=-1) + 1
+    with vm.vcpu_add(vcpu_id) as vcpu:
+        vcpu.s390_initial_reset()
+        run = vcpu.s390_run()
+        run.psw_mask, run.psw_addr = PSW_MASK_64, ENTRY
+        start = time.perf_counter()
+        reason = run_until_finished(vcpu)
+        run_s = time.perf_counter() - start
+        icpt = int(run.s390_sieic.icptcode)
+        psw_addr = int(run.psw_addr)
+    view = memory.view(0, memory.size)
+    try:
+        pages = pages_with_own_address(view)
+    finally:
+        view.release()
+    return S390TouchResult(
+        exit_reason=reason,
+        exit_name=exit_name(reason),
+        icptcode=icpt,
+        psw_addr=psw_addr,
+        pages_written=pages,
+        size_bytes=memory.size,
+        run_s=run_s,
+    )
+
+
+__all__ = [
+    "CODE",
+    "ENTRY",
+    "FIRST_PAGE",
+    "SOURCE",
+    "S390TouchResult",
+    "image",
+    "pages_with_own_address",
+    "vm_touch_memory",
+    "write_image",
+]
