@@ -47,7 +47,7 @@ def ioctl_name(request: int) -> str:
     return uapi.IOCTL_NAMES.get(request) or f"ioctl 0x{request:08x}"
 
 
-def _close_each(children: Sequence[Closing]) -> Optional[BaseException]:
+def close_each(children: Sequence[Closing]) -> Optional[BaseException]:
     """Close every child even if some fail; return the first failure (to re-raise).
 
     Cleanup must not stop at the first broken vCPU or VM: a leaked fd would
@@ -207,7 +207,7 @@ class Kvm(_Handle, Closing):
         """
         with self._lock:
             vms, self.vms = self.vms, []
-        first = _close_each(vms)
+        first = close_each(vms)
         self._close_fd()
         if first is not None:
             raise first
@@ -340,7 +340,7 @@ class Vm(_Handle, Closing):
         """Close vCPUs, then the VM fd (``kvm_vm_release``).  Idempotent."""
         with self._lock:
             vcpus, self.vcpus = self.vcpus, []
-        first = _close_each(vcpus)
+        first = close_each(vcpus)
         self._close_fd()
         with self.kvm._lock:
             if self in self.kvm.vms:

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from typing import Callable, Optional
 
 from . import uapi
-from .closing import signals_held
+from .closing import Closing, signals_held
 from .errors import KvmError, KvmpvError
-from .kvm import Vcpu
+from .kvm import Vcpu, close_each
 from .syscalls import ensure_kick_handler, set_thread_name
 
 #: How long a vCPU may take to leave KVM_RUN after a kick.
@@ -139,7 +139,7 @@ def run_until_finished(
         raise GuestExitError(vcpu, reason, detail())
 
 
-class VcpuRunner:
+class VcpuRunner(Closing):
     """A vCPU thread (QEMU's ``CPU n/KVM``): ``KVM_RUN`` while told to run.
 
     Stopping follows the KVM protocol: ``Vcpu.kick()`` (``immediate_exit``
@@ -272,6 +272,9 @@ class VcpuRunner:
                     raise KvmpvError(f"vCPU {self.vcpu.id} did not leave KVM_RUN in {timeout}s")
                 self._cond.wait(min(left, 0.5))
 
+    def close(self) -> None:
+        self.exit()
+
     def exit(self) -> None:
         if self._thread.ident is None or self._exited.is_set():
             return  # never started, or already gone
@@ -340,12 +343,8 @@ class VcpuGroup:
         return total
 
     def close(self) -> None:
-        first: Optional[BaseException] = None
-        for r in self.runners:
-            try:
-                r.exit()
-            except BaseException as exc:
-                first = first or exc
+        """Every runner's thread out and gone, even if one fails (the first failure re-raised)."""
+        first = close_each(self.runners)
         if first is not None:
             raise first
 

@@ -401,6 +401,20 @@ class kvm_run_io(ctypes.Structure):
     ]
 
 
+#: The part of ``struct kvm_run`` before the arch-specific fields (both layouts).
+_KVM_RUN_HEADER: list[tuple[str, Any]] = [
+    ("request_interrupt_window", ctypes.c_uint8),
+    ("immediate_exit", ctypes.c_uint8),
+    ("padding1", ctypes.c_uint8 * 6),
+    ("exit_reason", ctypes.c_uint32),
+    ("ready_for_interrupt_injection", ctypes.c_uint8),
+    ("if_flag", ctypes.c_uint8),
+    ("flags", ctypes.c_uint16),
+    ("cr8", ctypes.c_uint64),
+    ("apic_base", ctypes.c_uint64),
+]
+
+
 class kvm_run(ctypes.Structure):
     """Header of ``struct kvm_run`` up to the start of the exit union, plus ``io``.
 
@@ -411,15 +425,7 @@ class kvm_run(ctypes.Structure):
     """
 
     _fields_ = [
-        ("request_interrupt_window", ctypes.c_uint8),
-        ("immediate_exit", ctypes.c_uint8),
-        ("padding1", ctypes.c_uint8 * 6),
-        ("exit_reason", ctypes.c_uint32),
-        ("ready_for_interrupt_injection", ctypes.c_uint8),
-        ("if_flag", ctypes.c_uint8),
-        ("flags", ctypes.c_uint16),
-        ("cr8", ctypes.c_uint64),
-        ("apic_base", ctypes.c_uint64),
+        *_KVM_RUN_HEADER,
         ("io", kvm_run_io),  # first member of the exit union, at offset 32
     ]
 
@@ -445,15 +451,7 @@ class kvm_run_s390(ctypes.Structure):
     """
 
     _fields_ = [
-        ("request_interrupt_window", ctypes.c_uint8),
-        ("immediate_exit", ctypes.c_uint8),
-        ("padding1", ctypes.c_uint8 * 6),
-        ("exit_reason", ctypes.c_uint32),
-        ("ready_for_interrupt_injection", ctypes.c_uint8),
-        ("if_flag", ctypes.c_uint8),
-        ("flags", ctypes.c_uint16),
-        ("cr8", ctypes.c_uint64),
-        ("apic_base", ctypes.c_uint64),
+        *_KVM_RUN_HEADER,
         ("psw_mask", ctypes.c_uint64),  # #ifdef __KVM_S390
         ("psw_addr", ctypes.c_uint64),
         ("s390_sieic", kvm_run_s390_sieic),  # first member of the exit union used, at 48
