@@ -61,7 +61,8 @@ exit codes:
   {EXIT_OK}    success
   {EXIT_FAIL}    a check failed, a verdict was wrong, or a regression was found
   {EXIT_USAGE}    bad command line or input file
-  {EXIT_ENV}    the host cannot do it (no /dev/kvm, no permission, not Linux, too little memory)
+  {EXIT_ENV}    the host cannot do it (no /dev/kvm, no permission, not Linux, too little memory,
+       s390x: no PGSTE page tables, so no VM can be created)
   {EXIT_SKIP}    everything was skipped (kselftest convention)
   {EXIT_INTERRUPTED}  interrupted by SIGINT, after cleanup
   {EXIT_TERMINATED}  terminated by SIGTERM, after cleanup

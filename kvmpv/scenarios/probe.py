@@ -533,7 +533,8 @@ def probe_host(
             if host
             else {"available": False, "reason": "not probed: synthetic root (host cgroups)"}
         ),
-        pgste=pgste.status(arch or "").to_dict() if host else {"how": "not probed"},
+        # the process's own architecture (uname), which is what its page tables are about
+        pgste=pgste.status().to_dict() if host else {"how": "not probed"},
     )
     p.kvm_usable, p.kvm_reason = _kvm_verdict(kvm)
     p.pv_async_usable, p.pv_reason = _pv_verdict(p)

@@ -3,10 +3,12 @@
 
 The scenario behind ``kvmpv reboot`` and ``kvmpv exercise``: set up a
 protected VM the way QEMU does on s390x (memory limit = RAM size before the
-first vCPU, memslots, vCPUs, ``KVM_PV_ENABLE``), let the guest make its memory
-secure by running its vCPUs until it halts, then reboot it K times with
-``kvmpv.pv.s390_machine_unprotect()`` -- QEMU 10's algorithm -- followed by a
-new ``KVM_PV_ENABLE``, measuring each reboot.  It may touch: the KVM backend
+first vCPU, memslots, vCPUs, ``KVM_PV_ENABLE``, the vCPUs started with LOAD and
+OPERATING), let the guest make its memory secure by running its vCPUs until it
+finishes (``kvmpv.runner``: on s390 a disabled-wait SIEIC exit), then reboot it
+K times with ``kvmpv.pv.s390_machine_unprotect()`` -- QEMU 10's algorithm --,
+the CPU resets of QEMU's ``s390_machine_reset()`` and a new ``KVM_PV_ENABLE``,
+measuring each reboot.  It may touch: the KVM backend
 it selects (real ``/dev/kvm`` or ``kvmpv.sim.SimulatedHost``), anonymous
 guest memory, threads it starts and joins (one per vCPU, named ``CPU n/KVM``
 as in QEMU, plus ``async_cleanup``), and private cgroups below our own
