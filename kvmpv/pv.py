@@ -37,12 +37,15 @@ import errno
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .closing import signals_held
-from .errors import KvmError, PvCmdError, SyscallError
-from .kvm import Vm
+from .errors import KvmError, KvmpvError, PvCmdError, SyscallError, errno_name
+from .kvm import Vcpu, Vm
+from .runner import start_vcpu
+from .seimage import SeImage
 from .syscalls import set_thread_name, thread_comm
 from .uapi import (
     IOCTL_NAMES,
@@ -51,6 +54,7 @@ from .uapi import (
     KVM_S390_PV_COMMAND,
     PV_ASYNC_MIN_LIMIT,
     UV_FACILITY_DESTROY_SEC_CONF_FAST_MASK,
+    UVC_RC_INV_STATE,
     KvmCap,
     kvm_pv_cmd,
     kvm_s390_pv_dmp,
@@ -675,3 +679,160 @@ def s390_machine_unprotect(
         out.sync_ns += time.monotonic_ns() - t0
         out.sync_cpu_ns += time.thread_time_ns() - c0
     return out
+
+
+# --------------------------------------------------------------------------
+# The protected boot (QEMU's s390_machine_protect(), spec 10.3)
+# --------------------------------------------------------------------------
+
+#: What an Ultravisor rc means at a boot step, where the sources say
+#: (or, marked, where it is inferred).
+BOOT_RC_MEANING: dict[tuple[str, int], str] = {
+    ("SET_SEC_PARMS", 0x0108): "the SE header was not made for this host's host-key document "
+    "(rc as QEMU's hint reads it; inference)",
+    ("UNPACK", UVC_RC_INV_STATE): "no secure parameters set yet: SET_SEC_PARMS must come first",
+    ("VERIFY", UVC_RC_INV_STATE): "no secure parameters set yet: SET_SEC_PARMS must come first",
+    ("VERIFY", 0x0102): "the unpacked image does not match the header's digests "
+    "(a component missing, or unpacked with another address or tweak; rc inferred)",
+}
+BOOT_ERRNO_MEANING: dict[tuple[str, int], str] = {
+    ("SET_SEC_PARMS", errno.ENOMEM): "a zero-length header (the kernel's vmalloc(0)), "
+    "refused before any UV call",
+    ("SET_SEC_PARMS", errno.EINVAL): "a header above the kernel's size limit, or refused by the UV",
+    ("UNPACK", errno.EFAULT): "the component is not in guest memory (outside the memslots)",
+}
+
+
+@dataclass
+class BootStep:
+    """One step of a protected boot: its PV command result (if any) and its time."""
+
+    step: str
+    result: Optional[PvResult]
+    seconds: float
+    meaning: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is None or self.result.ok
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"step": self.step, "ok": self.ok, "s": round(self.seconds, 6)}
+        if self.result is not None:
+            out.update(errno=self.result.errno, rc=self.result.rc, rrc=self.result.rrc)
+        if self.meaning:
+            out["meaning"] = self.meaning
+        return out
+
+
+@dataclass
+class ProtectedBoot:
+    """What ``s390_machine_protect`` did: every step, and whether the image verified."""
+
+    image: str
+    synthetic: bool
+    steps: list[BootStep] = field(default_factory=list)
+    verified: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "image": self.image,
+            "synthetic": self.synthetic,
+            "verified": self.verified,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+class BootError(KvmError):
+    """A protected boot failed at one step; the message names it, with rc/rrc and the meaning."""
+
+    def __init__(self, boot: ProtectedBoot, step: BootStep) -> None:
+        self.boot = boot
+        res = step.result
+        err = res.errno if res is not None else errno.EIO
+        super().__init__(f"protected boot of {boot.image}: {step.step}", err)
+        uv = f"UV rc {res.rc:#06x} rrc {res.rrc:#06x}" if res is not None and res.rc else "no UV rc"
+        self.detail = f"{uv}" + (f": {step.meaning}" if step.meaning else "")
+
+    def __str__(self) -> str:
+        return (
+            f"{self.call} failed: errno {self.errno} ({errno_name(self.errno or 0)}) "
+            f"{self.strerror}; {self.detail}"
+        )
+
+
+def load_image(vm: Vm, image: SeImage) -> None:
+    """Write the SE image into guest memory at address 0, as QEMU's IPL loads ``-kernel``.
+
+    The host may write guest memory only while it is not protected: this
+    runs before ``KVM_PV_ENABLE`` (on a reboot, after the unprotect; the
+    pages below 2 GiB were destroyed by PREPARE or DISABLE already).
+    """
+    size = len(image.data)
+    for region in vm.memslots.values():
+        if region.guest_phys_addr == 0 and region.memory_size >= size:
+            ctypes.memmove(int(region.userspace_addr), image.data, size)
+            return
+    raise KvmpvError(
+        f"{image.label}: needs {size} bytes of guest memory at address 0 (one memslot)"
+    )
+
+
+def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> ProtectedBoot:
+    """The host side of a protected boot, step by step as QEMU's ``s390_machine_protect()``.
+
+    ``KVM_PV_ENABLE`` (kvm_s390_pv_init_vm + cpus_to_pv), ``KVM_PV_SET_SEC_PARMS``
+    with the header (QEMU reads it from guest memory: ``s390_ipl_prepare_pv_header``),
+    one ``KVM_PV_UNPACK`` per IPL-block component (``s390_ipl_pv_unpack``: address,
+    page-aligned size, tweak prefix), ``KVM_PV_PREP_RESET``, ``KVM_PV_VERIFY``, then
+    each vCPU LOAD and OPERATING (``s390_cpu_load_normal``; QEMU starts the IPL CPU
+    only, the guest starts the others with SIGP: kvmpv's payload runs on every CPU).
+    The caller has reset the CPUs first, as QEMU does before protecting.
+
+    On a failing step the configuration is torn down again (``KVM_PV_DISABLE``,
+    as QEMU's error path) and ``BootError`` names the step, its rc/rrc and what
+    it means where the sources say.
+    """
+    boot = ProtectedBoot(image.label, image.synthetic)
+    header = ctypes.create_string_buffer(image.header, image.header_size)
+
+    def step(name: str, run: Callable[[], Optional[PvResult]]) -> None:
+        t0 = time.monotonic()
+        res = run()
+        rec = BootStep(name, res, time.monotonic() - t0)
+        if res is not None and not res.ok:
+            key = name.split()[0]
+            rec.meaning = BOOT_RC_MEANING.get((key, res.rc), "") or BOOT_ERRNO_MEANING.get(
+                (key, res.errno), ""
+            )
+        boot.steps.append(rec)
+        if not rec.ok:
+            if name != "ENABLE":
+                pv_disable(vm, check=False)
+            raise BootError(boot, rec)
+
+    step("ENABLE", lambda: pv_enable(vm, check=False))
+    step(
+        "SET_SEC_PARMS",
+        lambda: pv_set_sec_parms(vm, ctypes.addressof(header), image.header_size, check=False),
+    )
+    for i, comp in enumerate(image.components):
+        step(
+            f"UNPACK {i}",
+            lambda c=comp: pv_unpack(vm, c.addr, c.size, c.tweak, check=False),  # type: ignore[misc]
+        )
+    step("PREP_RESET", lambda: pv_prep_reset(vm, check=False))
+    step("VERIFY", lambda: pv_verify(vm, check=False))
+    boot.verified = True
+
+    def start() -> Optional[PvResult]:
+        for vcpu in vcpus:
+            start_vcpu(vcpu, protected=True)
+        return None
+
+    step("LOAD+OPERATING", start)
+    return boot

@@ -157,7 +157,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import uapi
+from . import seimage, uapi
 from .syscalls import IoctlArg, buffer_address, libc, raise_errno
 
 # --------------------------------------------------------------------------
@@ -228,6 +228,11 @@ UV_GUEST_CPU_STOR_LEN = 0x1000
 UV_CONF_DUMP_STORAGE_STATE_LEN = 0x80  # per 1 MiB of guest storage
 UV_CONF_DUMP_FINALIZE_LEN = 0x1000
 SE_HDR_MAX = 2 * PAGE_SIZE  # KVM_PV_SET_SEC_PARMS limit in the 6.x kernels (spec 2.3)
+#: SET_SEC_PARMS with a header not made for this host's key: the rc QEMU's
+#: hint calls "not for this host" (inference, spec 10.3).
+UV_RC_HDR_NOT_FOR_HOST = 0x0108
+#: VERIFY of an image that does not match its header (inference: not in the sources read).
+UV_RC_VERIFY_MISMATCH = 0x0102
 
 #: Names of the debugging gates (``pause_at``).
 PAUSE_POINTS = frozenset(
@@ -558,6 +563,10 @@ class _Config:
         self.sec_parms = False
         self.verified = False
         self.dumping = False
+        # SET_SEC_PARMS: the synthetic header's fields (None for any other header)
+        self.header: Optional[seimage.SyntheticHeader] = None
+        # UNPACK calls in order: (gpa, size, tweak) -- a handful per boot
+        self.unpacked: list[tuple[int, int, int]] = []
 
 
 @dataclass
@@ -1404,7 +1413,11 @@ class SimulatedHost:
                 raise _err(errno.ENXIO)
             if self._uv(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
                 raise _err(errno.EINVAL)
-            vcpu.psw = SE_DEFAULT_PSW
+            # The UV loads the initial PSW of the verified image's header.
+            # Whether it refuses to load a CPU of an unverified configuration
+            # is not in the sources read: not modelled, the payload's entry is used.
+            header = cfg.header if cfg.verified else None
+            vcpu.psw = header.psw if header is not None else SE_DEFAULT_PSW
             return 0
         raise _err(errno.ENXIO)  # CHECK_STOP and the x86 states are not supported
 
@@ -1933,30 +1946,45 @@ class SimulatedHost:
     # ----------------------------------------------- image commands (minimal)
 
     def _pv_set_sec_parms(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_handle_pv(KVM_PV_SET_SEC_PARMS) + kvm_s390_pv_set_sec_parms(), spec 10.3."""
         cfg = vm.config
         if cfg is None:
             return -errno.EINVAL
         parms = self._copy_in(data, uapi.kvm_s390_pv_sec_parm)
         length, origin = int(parms.length), int(parms.origin)
+        # "Currently restricted to 8KB" (raised to 1 MiB in 7.0), before anything else
         if length > SE_HDR_MAX:
             return -errno.EINVAL
-        if origin == 0 and length:
-            return -errno.EFAULT
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle)
+        # vmalloc(0) is NULL: a zero-length header is ENOMEM, no UV call
+        if length == 0:
+            return -errno.ENOMEM
+        if origin == 0:
+            return -errno.EFAULT  # copy_from_user of the header
+        header = ctypes.string_at(origin, length)
+        # The simulated UV accepts only kvmpv's synthetic header (it has no host
+        # key to open a real one).  A real header is refused as one made for
+        # another host: rc 0x108, which QEMU reports as "not for this host"
+        # (inference from QEMU's hint text, spec 10.3).
+        fields = seimage.synthetic_header_fields(header)
+        fail = None if fields is not None else UV_RC_HDR_NOT_FOR_HOST
+        cc, out.rc, out.rrc = self._uv(UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail)
         if cc:
             return -errno.EINVAL  # kvm_s390_pv_set_sec_parms(): cc ? -EINVAL : 0
         cfg.sec_parms = True
+        cfg.header = fields
         return 0
 
     def _pv_unpack(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_pv_unpack(): page by page, tweak = {prefix, offset}; EFAULT off the memslots."""
         cfg = vm.config
         if cfg is None or self.protected_count == 0:
             return -errno.EINVAL
         unp = self._copy_in(data, uapi.kvm_s390_pv_unp)
-        addr, size = int(unp.addr), int(unp.size)
+        addr, size, tweak = int(unp.addr), int(unp.size), int(unp.tweak)
         if addr % PAGE_SIZE or not size or size % PAGE_SIZE:
             return -errno.EINVAL
         if not cfg.sec_parms:
+            # The UV refuses an unpack into a configuration without parameters.
             cc, out.rc, out.rrc = self._uv(
                 UVC_CMD_UNPACK_IMG, cfg.handle, fail_rc=uapi.UVC_RC_INV_STATE
             )
@@ -1969,19 +1997,45 @@ class SimulatedHost:
             return -errno.EINVAL
         # Unpacking imports the image pages: they become secure for the configuration.
         for s, e in ranges:
-            self._import_range(cfg, s, e)
+            self._import_range(cfg, s, e, clear=False)
+        cfg.unpacked.append((addr, size, tweak))
         return 0
 
     def _pv_verify(self, vm: _Vm, data: int, out: _Out) -> int:
+        """KVM_PV_VERIFY: the UV checks the unpacked image against the header's digests.
+
+        What the simulator can check of a synthetic header: the page count
+        and the digests of the unpacked pages' contents, addresses and
+        tweaks, in the order they were unpacked -- so a VERIFY before every
+        component was unpacked, or after one was unpacked with a wrong
+        tweak or address, fails.  The rc for a mismatch is not in the sources
+        read (inference: rc 0x0102, the UV's generic "verification failed").
+        """
         cfg = vm.config
         if cfg is None:
             return -errno.EINVAL
         fail = None if cfg.sec_parms else uapi.UVC_RC_INV_STATE
+        if fail is None and cfg.header is not None and not self._image_matches(vm, cfg):
+            fail = UV_RC_VERIFY_MISMATCH
         cc, out.rc, out.rrc = self._uv(UVC_CMD_VERIFY_IMG, cfg.handle, fail_rc=fail)
         if cc:
             return -errno.EINVAL  # uv_cmd_nodata(): cc ? -EINVAL : 0
         cfg.verified = True
         return 0
+
+    def _image_matches(self, vm: _Vm, cfg: _Config) -> bool:
+        hdr = cfg.header
+        assert hdr is not None
+        parts: list[tuple[bytes, int, int]] = []
+        for gpa, size, tweak in cfg.unpacked:
+            ranges = self._gpa_to_host(vm, gpa, size)
+            if ranges is None:
+                return False
+            content = b"".join(ctypes.string_at(s, e - s) for s, e in ranges)
+            parts.append((content, gpa, tweak))
+        pages = sum(size for _, size, _ in cfg.unpacked) // PAGE_SIZE
+        digests = seimage.page_digests(parts)
+        return pages == hdr.pages and digests == (hdr.pld, hdr.ald, hdr.tld)
 
     def _pv_prep_reset(self, vm: _Vm, data: int, out: _Out) -> int:
         cfg = vm.config
@@ -2206,16 +2260,19 @@ class SimulatedHost:
                     self._destroyed += done
         return cursor, True
 
-    def _import_range(self, cfg: _Config, s: int, e: int) -> None:
-        """Make [s, e) secure for ``cfg`` (UNPACK): destroy other owners' pages, clear, mark.
+    def _import_range(self, cfg: _Config, s: int, e: int, *, clear: bool = True) -> None:
+        """Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
 
-        EFAULT if userspace unmapped part of the range (a gmap fault that
-        cannot be resolved).  Under ``mmap_lock`` for reading throughout.
+        UNPACK passes ``clear=False``: the Ultravisor decrypts the image page
+        in place (a synthetic image is plaintext, pcf "no decryption"), so the
+        content stays.  EFAULT if userspace unmapped part of the range (a
+        gmap fault that cannot be resolved).  Under ``mmap_lock`` for reading
+        throughout.
         """
         with self._mmap_lock.read():
-            self._import_range_locked(cfg, s, e)
+            self._import_range_locked(cfg, s, e, clear)
 
-    def _import_range_locked(self, cfg: _Config, s: int, e: int) -> None:
+    def _import_range_locked(self, cfg: _Config, s: int, e: int, clear: bool = True) -> None:
         with self._mm:
             if self._unmapped.intersect(s, e):
                 raise _err(errno.EFAULT)
@@ -2227,8 +2284,9 @@ class SimulatedHost:
             cfg.secure.remove(s, e)
             self._busy.add(s, e)
         try:
-            self._clear(s, e - s)
-            self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
+            if clear:
+                self._clear(s, e - s)
+                self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
         finally:
             with self._mm:
                 self._busy.remove(s, e)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from kvmpv import s390guest, uapi
+from kvmpv import s390guest, seimage, uapi
 from kvmpv.errors import KvmError
 from kvmpv.kvm import Kvm, Vcpu, Vm
 from kvmpv.memory import GuestMemory
@@ -44,6 +44,8 @@ from kvmpv.sim import (
 from kvmpv.uapi import pv_cmd_id as P
 
 MiB = 1 << 20
+#: kvmpv's synthetic SE image: a header the simulated Ultravisor accepts.
+SYNTHETIC = seimage.parse(seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64), "synth")
 GiB = 1 << 30
 SLOT = 16 * MiB
 HIGH_GPA = 4 * GiB
@@ -809,8 +811,8 @@ def test_munmap_while_perform_paused_mid_walk() -> None:
             # takes them from the old one).
             assert cmd(vm, P.KVM_PV_ENABLE).ret == 0
             new = host.vm_info(vm.fd).handle
-            hdr = ctypes.create_string_buffer(4096)
-            parm = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(hdr), length=4096)
+            hdr = ctypes.create_string_buffer(SYNTHETIC.header)
+            parm = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(hdr), length=len(hdr.raw))
             assert cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm)).ret == 0
             for gpa in (0, HIGH_GPA + SLOT):
                 unp = uapi.kvm_s390_pv_unp(addr=gpa, size=MiB, tweak=0)
@@ -975,11 +977,18 @@ def test_image_commands() -> None:
         assert cmd(vm, P.KVM_PV_ENABLE).ret == 0
         r = cmd(vm, P.KVM_PV_VERIFY)
         assert (r.errno, r.rc) == (errno.EINVAL, uapi.UVC_RC_INV_STATE)
-        hdr = ctypes.create_string_buffer(4096)
+        hdr = ctypes.create_string_buffer(SYNTHETIC.header, 3 * 4096)
         parm = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(hdr), length=3 * 4096)
         assert cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm)).errno == errno.EINVAL
         assert cmd(vm, P.KVM_PV_SET_SEC_PARMS, 0).errno == errno.EFAULT
-        parm.length = 4096
+        parm.length = 0  # vmalloc(0): ENOMEM before any UV call
+        r = cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm))
+        assert (r.errno, r.rc) == (errno.ENOMEM, 0)
+        zeros = ctypes.create_string_buffer(4096)  # a header not made for this host
+        bad = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(zeros), length=4096)
+        r = cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(bad))
+        assert (r.errno, r.rc) == (errno.EINVAL, 0x0108)
+        parm.length = len(SYNTHETIC.header)
         assert cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm)).rc == 1
         unp = uapi.kvm_s390_pv_unp(addr=1, size=4096, tweak=0)
         assert cmd(vm, P.KVM_PV_UNPACK, ctypes.addressof(unp)).errno == errno.EINVAL
@@ -991,7 +1000,10 @@ def test_image_commands() -> None:
         host.inject_uv_failure(UVC_CMD_VERIFY_IMG, 0x0102, 0x0001)
         r = cmd(vm, P.KVM_PV_VERIFY)
         assert (r.errno, r.rc, r.rrc) == (errno.EINVAL, 0x0102, 1)
-        for c in (P.KVM_PV_VERIFY, P.KVM_PV_PREP_RESET, P.KVM_PV_UNSHARE_ALL):
+        # 2 MiB of zeros are not the image the header describes: VERIFY refuses it.
+        r = cmd(vm, P.KVM_PV_VERIFY)
+        assert (r.errno, r.rc) == (errno.EINVAL, 0x0102)
+        for c in (P.KVM_PV_PREP_RESET, P.KVM_PV_UNSHARE_ALL):
             assert (cmd(vm, c).ret, cmd(vm, c).rc) == (0, 1)
 
 

@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--boot-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--se-image",
+        metavar="FILE",
+        help="a Secure Execution image (pvimg create) to boot on every cycle, as QEMU does; "
+        "on a real PV host without it no guest memory is secure (every output says so). "
+        "The simulator boots kvmpv's synthetic image by default",
+    )
+    parser.add_argument(
         "--no-overlap",
         action="store_true",
         help="keep the new guest paused until PERFORM has finished (measures the cleanup's own "
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         charge_to=args.debug_charge_to,
         boot_timeout_s=args.boot_timeout,
         guest_during_perform=not args.no_overlap,
+        se_image=args.se_image,
     )
     if args.json and args.json != "-":
         # Fail on an unwritable path before minutes of measuring.

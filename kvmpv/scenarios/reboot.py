@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..accounting import (
@@ -53,13 +54,19 @@ from ..kvm import Kvm, Vm
 from ..memory import GuestMemory, mem_available
 from ..pv import (
     AsyncCleanup,
+    ProtectedBoot,
     PvResult,
     Unprotect,
     join_all_cleanups,
+    load_image,
     pv_enable,
+    s390_machine_protect,
     s390_machine_unprotect,
 )
-from ..runner import VcpuGroup, reset_vcpus, start_vcpu
+from ..runner import VcpuGroup, reset_vcpus
+from ..s390guest import CODE as PAYLOAD_CODE
+from ..s390guest import PSW_MASK_64
+from ..seimage import SeImage, load, parse, synthetic_image
 from ..syscalls import LINUX, IoctlArg, Syscalls
 from ..uapi import S390_MEMSLOT_ALIGN, KvmCap
 from ..units import GiB, format_size
@@ -118,6 +125,9 @@ class RebootRequest:
     charge_to: str = "vm"
     boot_timeout_s: float = 600.0
     guest_during_perform: bool = True
+    #: an SE image (``pvimg create`` output) to boot on every cycle; on the
+    #: simulator, None boots the synthetic image (``kvmpv.seimage``)
+    se_image: Optional[str] = None
     host: Optional[Syscalls] = field(default=None, compare=False, repr=False)
 
     def slots(self) -> tuple[tuple[int, int], ...]:
@@ -205,6 +215,10 @@ class CycleRecord:
     overlap_ns: Optional[int] = None
     boot_ns: Optional[int] = None
     guest_cpu_ns: Optional[int] = None
+    #: the protected boot of this cycle (None: no image is booted)
+    boot: Optional[ProtectedBoot] = None
+    #: the verified image's guest ran to its end, making its memory secure
+    secure_memory: bool = False
     verdict: Verdict = field(default_factory=lambda: skip_verdict("not measured"))
     prepare: Optional[PvResult] = None
     disable: Optional[PvResult] = None
@@ -238,6 +252,8 @@ class CycleRecord:
             "perform_s": _s(self.perform_ns),
             "overlap_s": _s(self.overlap_ns),
             "boot_s": _s(self.boot_ns),
+            "boot": self.boot.to_dict() if self.boot is not None else None,
+            "secure_memory": self.secure_memory,
             "cleanup_cpu_s": _s(self.cleanup_cpu_ns),
             "sync_cpu_s": _s(self.sync_cpu_ns),
             "perform_cpu_s": _s(self.perform_cpu_ns),
@@ -277,6 +293,7 @@ class RebootResult:
     warmup_cycles: list[CycleRecord] = field(default_factory=list)
     accounting: dict[str, Any] = field(default_factory=dict)
     guest_runs: bool = True
+    image: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -343,6 +360,7 @@ class RebootResult:
             "mode": self.requested_mode,
             "memslots": [{"gpa": g, "size": s} for g, s in self.slots],
             "guest_runs": self.guest_runs,
+            "image": self.image,
             "accounting": dict(self.accounting),
             "cycles": [c.to_dict() for c in self.cycles],
             "warmup_cycles": [c.to_dict() for c in self.warmup_cycles],
@@ -560,6 +578,21 @@ class _AtomicSyscalls:
         return getattr(self.inner, name)
 
 
+def _image_for(req: RebootRequest, backend: str) -> Optional[SeImage]:
+    """The image every cycle boots: ``--se-image``, else the synthetic one on the simulator."""
+    if req.se_image:
+        return load(Path(req.se_image))
+    if backend == "sim":
+        return parse(synthetic_image(PAYLOAD_CODE, PSW_MASK_64), "synthetic")
+    return None
+
+
+def _steps_line(boot: ProtectedBoot) -> str:
+    return ", ".join(
+        f"{s.step} {'ok' if s.ok else 'FAILED'} {s.seconds * 1e3:.2f} ms" for s in boot.steps
+    )
+
+
 def _check_memory(req: RebootRequest) -> None:
     need = req.memory_bytes()
     avail = mem_available()
@@ -594,14 +627,18 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
         vcpus=req.vcpus,
         requested_mode=req.mode,
         slots=slots,
-        guest_runs=backend == "sim",
     )
-    if not result.guest_runs:
+    image = _image_for(req, backend)
+    result.guest_runs = image is not None
+    result.image = image.to_dict() if image is not None else None
+    if image is None:
         result.notes.append(
-            "real KVM: no Secure Execution image is loaded (SET_SEC_PARMS/UNPACK need one), "
-            "so the vCPUs are not run and guest memory is not made secure; latency and "
-            "PERFORM cover the configuration only, overlap is not measured"
+            "real KVM without --se-image: no Secure Execution image is booted, so the vCPUs "
+            "are not run and NO guest memory is secure; latency and PERFORM cover the "
+            "configuration only (secure_memory: false in every cycle), overlap is not measured"
         )
+    elif image.synthetic:
+        result.notes.append(f"every cycle boots the {image.label} (kvmpv's, not pvimg's)")
     say(why)
     stack = ExitStack()
     cleanups: list[AsyncCleanup] = []
@@ -645,22 +682,26 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             f"protected VM: {format_size(result.memory_bytes)} in {len(slots)} memslot(s), "
             f"limit {format_size(limit)}, {req.vcpus} vCPU(s)"
         )
-        pv_enable(vm)
-        if guest is not None:
+        if guest is not None and image is not None:
             t0 = time.monotonic_ns()
-            # Any PV command gave userspace the CPU state: the vCPUs stay
-            # STOPPED (KVM_RUN is EINVAL) until started as QEMU starts them.
-            for vcpu in vcpus:
-                start_vcpu(vcpu, protected=True)
+            # The protected boot as QEMU does it; it ends with the vCPUs started
+            # (LOAD, OPERATING): any PV command left them STOPPED to userspace.
+            load_image(vm, image)
+            first = s390_machine_protect(vm, image, vcpus)
+            say(f"protected boot of the {image.label}: {_steps_line(first)}")
             guest.resume()
             guest.wait_finished(req.boot_timeout_s)
             say(f"guest booted (all memory secure) in {(time.monotonic_ns() - t0) / 1e9:.2f}s")
+        else:
+            pv_enable(vm)
         for warmup, modes, records in (
             (True, req.modes(req.warmup), result.warmup_cycles),
             (False, req.modes(), result.cycles),
         ):
             for index, mode in enumerate(modes, 1):
-                rec = _reboot_once(vm, guest, acct, cleanups, index, mode, backend, limit, req)
+                rec = _reboot_once(
+                    vm, guest, image, acct, cleanups, index, mode, backend, limit, req
+                )
                 rec.warmup = warmup
                 records.append(rec)
                 say(format_cycle(rec, len(modes)))
@@ -727,6 +768,7 @@ def _teardown(
 def _reboot_once(
     vm: Vm,
     guest: Optional[VcpuGroup],
+    image: Optional[SeImage],
     acct: _Accounting,
     cleanups: list[AsyncCleanup],
     index: int,
@@ -752,15 +794,16 @@ def _reboot_once(
         acct.end_sync()
     if up.cleanup is not None:
         cleanups.append(up.cleanup)
-    if guest is not None:
-        # QEMU's s390_machine_reset(): CPU resets (STOPPED, NORMAL for the IPL
-        # CPU, CLEAR for the others) after the unprotect, before the new boot.
-        reset_vcpus(guest.vcpus)
     t_enable = time.monotonic_ns()
-    pv_enable(vm)
-    if guest is not None:
-        for vcpu in guest.vcpus:
-            start_vcpu(vcpu, protected=True)
+    if guest is not None and image is not None:
+        # QEMU's s390_machine_reset(): CPU resets (STOPPED, NORMAL for the IPL
+        # CPU, CLEAR for the others) after the unprotect, the image loaded
+        # again, then the protected boot -- all on the reboot path, as in QEMU.
+        reset_vcpus(guest.vcpus)
+        load_image(vm, image)
+        rec.boot = s390_machine_protect(vm, image, guest.vcpus)
+    else:
+        pv_enable(vm)
     t_ready = time.monotonic_ns()
     guest_cpu0 = guest.cpu_ns() if guest is not None else 0
     # Normally the new guest runs at once, while PERFORM tears the old one
@@ -802,6 +845,7 @@ def _reboot_once(
         rec.overlap_ns = 0
     if guest is not None:
         guest.wait_finished(req.boot_timeout_s)
+        rec.secure_memory = rec.boot is not None and rec.boot.verified
         rec.boot_ns = time.monotonic_ns() - t_ready
         rec.guest_cpu_ns = guest.cpu_ns() - guest_cpu0
     rec.verdict = acct.verdict(rec.cleanup_cpu_ns)
@@ -819,8 +863,12 @@ def format_cycle(rec: CycleRecord, total: int) -> str:
         parts.append(f"perform {d['perform_s']:.3f}s")
     if d["overlap_s"] is not None:
         parts.append(f"overlap {d['overlap_s']:.3f}s")
+    if rec.boot is not None:
+        parts.append(f"boot {rec.boot.seconds * 1e3:.1f}ms")
     parts.append(f"cleanup cpu {d['cleanup_cpu_s']:.3f}s")
     parts.append(f"verdict {d['verdict']}")
+    if not rec.secure_memory:
+        parts.append("NO secure guest memory (no SE image booted)")
     if rec.fallback_reason:
         parts.append(f"(sync fallback: {rec.fallback_reason})")
     if rec.perform_error:
