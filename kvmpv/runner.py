@@ -49,6 +49,9 @@ EXIT_NAMES = {
     and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")
 }
 
+#: ICPT_PV_INSTR: an instruction of a protected guest left to userspace (SIDA operands).
+S390_ICPT_PV_INSTR = 0x68
+
 #: s390 intercept codes that mean "the guest finished".
 S390_FINISHED_ICPT = {uapi.ICPT_WAIT: "disabled wait", uapi.ICPT_STOP: "stop"}
 
@@ -81,6 +84,11 @@ class GuestExitError(KvmpvError):
                     f" icptcode {self.icptcode:#x} ipa {int(sie.ipa):#06x} "
                     f"ipb {int(sie.ipb):#010x}" + where
                 )
+        if self.icptcode == S390_ICPT_PV_INSTR and (int(vcpu.s390_run().s390_sieic.ipa) == 0xB220):
+            detail = (detail + "; " if detail else "") + (
+                "an SCLP service call of a protected guest (a pvimg image's stage3b sets up its "
+                "console): kvmpv does not serve SCLP through the SIDA yet"
+            )
         extra = f"; {detail}" if detail else ""
         super().__init__(
             f"{vcpu.arch} guest, vCPU {vcpu.id}: KVM_RUN returned {exit_name(reason)} "

@@ -1983,15 +1983,17 @@ class SimulatedHost:
         addr, size, tweak = int(unp.addr), int(unp.size), int(unp.tweak)
         if addr % PAGE_SIZE or not size or size % PAGE_SIZE:
             return -errno.EINVAL
+        # unpack_one() resolves the guest page (a gmap fault) before it issues
+        # the UV call: outside the memslots that is EFAULT, whatever the UV state.
+        ranges = self._gpa_to_host(vm, addr, size)
+        if ranges is None:
+            return -errno.EFAULT
         if not cfg.sec_parms:
             # The UV refuses an unpack into a configuration without parameters.
             cc, out.rc, out.rrc = self._uv(
                 UVC_CMD_UNPACK_IMG, cfg.handle, fail_rc=uapi.UVC_RC_INV_STATE
             )
             return -errno.EINVAL
-        ranges = self._gpa_to_host(vm, addr, size)
-        if ranges is None:
-            return -errno.EFAULT  # gmap fault outside the memslots
         cc, out.rc, out.rrc = self._uv(UVC_CMD_UNPACK_IMG, cfg.handle, pages=size // PAGE_SIZE)
         if cc:
             return -errno.EINVAL

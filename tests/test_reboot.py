@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -656,4 +657,35 @@ def test_reboot_needs_pgste_one_line_exit_3() -> None:
     msg = str(info.value)
     assert info.value.exit_code == EXIT_ENV and "\n" not in msg
     assert "PGSTE" in msg and "kvmpv-pgste" in msg and "vm.allocate_pgste=1" in msg
+    assert host.open_fds() == 0
+
+
+def test_every_cycle_boots_the_synthetic_image_and_says_so() -> None:
+    """On the simulator every reboot is a protected boot as QEMU's: steps, rc/rrc, secure memory."""
+    res = run_reboot(RebootRequest(backend="sim", layout=SMALL, cycles=1, mode="both"))
+    assert res.image is not None and res.image["synthetic"]
+    assert any("SYNTHETIC SE image" in n for n in res.notes)
+    for cyc in res.to_dict()["cycles"]:
+        steps = [s["step"] for s in cyc["boot"]["steps"]]
+        assert steps == [
+            "ENABLE", "SET_SEC_PARMS", "UNPACK 0", "UNPACK 1", "PREP_RESET", "VERIFY",
+            "LOAD+OPERATING",
+        ]  # fmt: skip
+        assert all(s["ok"] for s in cyc["boot"]["steps"])
+        assert {s["rc"] for s in cyc["boot"]["steps"] if "rc" in s} == {1}
+        assert cyc["secure_memory"] is True and cyc["boot"]["synthetic"] is True
+
+
+def test_an_image_the_uv_refuses_fails_the_run_naming_the_step(tmp_path: Path) -> None:
+    from kvmpv import s390guest, seimage
+    from kvmpv.pv import BootError
+
+    data = bytearray(seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64))
+    data[0x15008] ^= 0xFF  # a payload byte: the digests no longer match
+    bad = tmp_path / "bad-se.img"
+    bad.write_bytes(bytes(data))
+    host = SimulatedHost()
+    req = RebootRequest(backend="sim", layout=SMALL, cycles=1, se_image=str(bad), host=host)
+    with pytest.raises(BootError, match=r"VERIFY failed.*rc 0x0102"):
+        run_reboot(req)
     assert host.open_fds() == 0

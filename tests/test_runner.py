@@ -212,3 +212,15 @@ def test_runner_exit_waits_for_the_thread_not_for_join() -> None:
     returned = time.monotonic()
     assert finished, "exit() returned while the vCPU thread was still running"
     assert finished[0] <= returned
+
+
+def test_an_sclp_call_of_a_protected_guest_is_named() -> None:
+    """SIEIC 0x68 / ipa 0xb220 (stage3b's SCLP console setup) says what it is and that
+    kvmpv does not serve it, instead of a bare exit number."""
+    with _sim_vm(SimulatedHost()) as (_vm, vcpu):
+        run = vcpu.s390_run()
+        run.s390_sieic.icptcode, run.s390_sieic.ipa = 0x68, 0xB220
+        msg = str(GuestExitError(vcpu, uapi.KVM_EXIT_S390_SIEIC))
+        assert "icptcode 0x68 ipa 0xb220" in msg and "SCLP" in msg
+        run.s390_sieic.ipa = 0xB2B0  # another PV instruction: no SCLP hint
+        assert "SCLP" not in str(GuestExitError(vcpu, uapi.KVM_EXIT_S390_SIEIC))

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from .. import seimage
 from ..errors import UsageError
 from ..report.cases import write_text
 from ..scenarios.check import BACKENDS, CheckRequest, describe_checks, probe_facts, run_checks
@@ -48,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="run only checks whose name contains PATTERN (or matches it as a glob); repeatable",
     )
+    parser.add_argument(
+        "--se-image",
+        metavar="FILE",
+        help="a Secure Execution image made for this host (pvimg create): the boot checks "
+        "run on the real kernel with it (without it they SKIP there); the simulator boots "
+        "kvmpv's synthetic image",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except (AttributeError, ValueError):
         pass
-    req = CheckRequest(backend=args.backend, select=tuple(args.select))
+    image = seimage.load(Path(args.se_image)) if args.se_image else None
+    req = CheckRequest(backend=args.backend, select=tuple(args.select), se_image=image)
     result = run_checks(req, stream=sys.stdout)
     if args.junit:
         write_text(args.junit, result.junit())

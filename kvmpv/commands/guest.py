@@ -12,6 +12,12 @@ kernel image (IPL PSW at 0, code at 0x10000), so
   pvimg create -i FILE -k HKD.crt ... -o SE  makes it a Secure Execution image.
 
 On KVM the end is KVM_EXIT_S390_SIEIC with icptcode 0x1c.
+
+--se-synthetic writes a SYNTHETIC Secure Execution image instead: the layout
+pvimg makes (stage3a's arguments, the IPL block of type PV, the SE header, the
+components) with the payload as its code component and a header only kvmpv's
+simulated Ultravisor accepts (plaintext, with digests it can recompute at
+VERIFY).  A real host refuses it; use pvimg with the host's key document there.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import s390guest
-from ..errors import EXIT_OK
+from .. import s390guest, seimage
+from ..errors import EXIT_OK, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the payload's architecture (the x86 guest is built in memory, not as an image)",
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the image")
+    parser.add_argument(
+        "--se-synthetic",
+        action="store_true",
+        help="write a SYNTHETIC SE image around the payload (for the simulator, not real hosts)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.se_synthetic:
+        data = seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64)
+        image = seimage.parse(data, args.out)
+        try:
+            Path(args.out).write_bytes(data)
+        except OSError as err:
+            raise UsageError(f"cannot write {args.out}: {err.strerror}") from None
+        print(f"kvmpv guest: {image.label}; the simulator boots it, a real host refuses it")
+        return EXIT_OK
     size = s390guest.write_image(Path(args.out))
     print(
         f"kvmpv guest: s390x payload, {size} bytes, entry {s390guest.ENTRY:#x}, writes pages "

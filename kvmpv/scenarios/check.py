@@ -51,17 +51,19 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Optional, TextIO
 
-from .. import s390guest, uapi
+from .. import s390guest, seimage, uapi
 from ..closing import signals_held
 from ..errors import HostError, Interrupted, KvmpvError, UsageError
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
-from ..pv import PvResult, pv_cmd
+from ..pv import ProtectedBoot, PvResult, load_image, pv_cmd, s390_machine_protect
 from ..report import junit, ktap
 from ..report.cases import CaseResult, RunResult, Status
-from ..runner import exit_name, guest_finished, run_until_finished, start_vcpu
+from ..runner import exit_name, guest_finished, reset_vcpus, run_until_finished, start_vcpu
+from ..seimage import SeImage
 from ..syscalls import LINUX, Syscalls
 from ..uapi import KvmCap, pv_cmd_id
 
@@ -287,6 +289,8 @@ class Check:
     sim: SimConfig = field(default_factory=SimConfig)
     #: Non-empty: cannot run on a real kernel, and why (fault injection, ...).
     sim_only: str = ""
+    #: boots an SE image: on the real kernel only with ``--se-image``
+    needs_image: bool = False
 
 
 _REGISTRY: list[Check] = []
@@ -299,6 +303,7 @@ def check(
     needs: Sequence[str] = (),
     sim: Optional[SimConfig] = None,
     sim_only: str = "",
+    needs_image: bool = False,
 ) -> Callable[[Callable[[CheckContext], None]], Callable[[CheckContext], None]]:
     """Register ``fn`` as check ``name``; its docstring's first paragraph is what it proves."""
 
@@ -307,7 +312,9 @@ def check(
         proves = " ".join(doc.split("\n\n")[0].split())
         if any(c.name == name for c in _REGISTRY):
             raise ValueError(f"duplicate check {name}")
-        _REGISTRY.append(Check(name, fn, proves, spec, tuple(needs), sim or SimConfig(), sim_only))
+        _REGISTRY.append(
+            Check(name, fn, proves, spec, tuple(needs), sim or SimConfig(), sim_only, needs_image)
+        )
         return fn
 
     return register
@@ -370,9 +377,11 @@ class CheckContext:
         facts: HostFacts,
         *,
         perform_memory: int = 128 * MiB,
+        image: Optional[SeImage] = None,
     ) -> None:
         self.check = chk
         self.perform_memory = perform_memory
+        self.image = image
         self.backend = backend
         self.sys = sys
         self.facts = facts
@@ -527,14 +536,21 @@ class CheckContext:
             raise CheckFailed(f"{res.name} failed")
 
     def pv_raw(
-        self, vm: Vm, cmd: int, *, flags: int = 0, rc: int = RC_SENTINEL, rrc: int = RRC_SENTINEL
+        self,
+        vm: Vm,
+        cmd: int,
+        *,
+        data: int = 0,
+        flags: int = 0,
+        rc: int = RC_SENTINEL,
+        rrc: int = RRC_SENTINEL,
     ) -> tuple[int, int, int]:
         """One raw ``KVM_S390_PV_COMMAND`` with rc/rrc preloaded: (-errno or ret, rc, rrc).
 
         No zeroing, no EINTR retry: this is how a check sees whether the kernel
         wrote rc/rrc at all.
         """
-        arg = uapi.kvm_pv_cmd(cmd=cmd, flags=flags, rc=rc, rrc=rrc)
+        arg = uapi.kvm_pv_cmd(cmd=cmd, data=data, flags=flags, rc=rc, rrc=rrc)
         ret = vm.pv_ioctl(arg)
         self.diag(f"raw cmd {cmd} flags={flags:#x}: ret {ret}, rc {arg.rc:#x} rrc {arg.rrc:#x}")
         return ret, int(arg.rc), int(arg.rrc)
@@ -805,6 +821,195 @@ def check_s390_vcpu_protocol(ctx: CheckContext) -> None:
     ctx.check_eq(vcpu.get_mp_state(), uapi.KVM_MP_STATE_STOPPED, "state after STOPPED")
     err = vcpu.ioctl(uapi.KVM_RUN, check=False)
     ctx.check_eq(errno_text(-err), "EINVAL", "KVM_RUN after KVM_SET_MP_STATE STOPPED")
+
+
+# ---------------------------------------------------------------------------
+# The protected boot (spec 10.3): QEMU's order, and what the kernel and UV refuse
+# ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def synthetic_se_image() -> SeImage:
+    """kvmpv's synthetic SE image (the simulator's; a real host refuses its header)."""
+    return seimage.parse(
+        seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64), "synthetic"
+    )
+
+
+def image_vm(ctx: CheckContext, *, vcpus: int = 1) -> PvVm:
+    """A VM as for a protected boot, not yet protected, the SE image loaded at address 0."""
+    guest = make_vm(ctx, vcpus=vcpus, enable=False)
+    assert ctx.image is not None
+    load_image(guest.vm, ctx.image)
+    return guest
+
+
+def protected_boot(ctx: CheckContext, guest: PvVm) -> ProtectedBoot:
+    """The boot as QEMU does it (resets, ENABLE ... VERIFY, LOAD, OPERATING), run to its end."""
+    assert ctx.image is not None
+    reset_vcpus(guest.vcpus)
+    booted = s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
+    for step in booted.steps:
+        ctx.diag(f"boot {step.step}: {step.to_dict()}")
+    run_until_finished(guest.vcpus[0])
+    return booted
+
+
+def _sec_parms(ctx: CheckContext, vm: Vm, length: int) -> Any:
+    """Raw SET_SEC_PARMS of ``length`` bytes: the image's header (zeros without an image;
+    the length refusals come before the kernel reads it)."""
+    header = ctx.image.header if ctx.image is not None else b""
+    hdr = ctypes.create_string_buffer(header, max(len(header), min(length, 8192), 1))
+    parm = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(hdr), length=length)
+    return ctx.pv_raw(vm, int(pv_cmd_id.KVM_PV_SET_SEC_PARMS), data=ctypes.addressof(parm))
+
+
+def _unpack(ctx: CheckContext, vm: Vm, addr: int, size: int, tweak: int) -> Any:
+    unp = uapi.kvm_s390_pv_unp(addr=addr, size=size, tweak=tweak)
+    return ctx.pv_raw(vm, int(pv_cmd_id.KVM_PV_UNPACK), data=ctypes.addressof(unp))
+
+
+@check("protected_boot", spec="10.3", needs=(Need.PV_HOST,), needs_image=True)
+def check_protected_boot(ctx: CheckContext) -> None:
+    """An SE image boots as QEMU boots it: ENABLE, SET_SEC_PARMS, UNPACK each component,
+    PREP_RESET, VERIFY, LOAD, OPERATING; the guest runs to its end and its memory is secure.
+    """
+    guest = image_vm(ctx)
+    booted = protected_boot(ctx, guest)
+    ctx.check_true(booted.verified, "the image verified")
+    names = [s.step for s in booted.steps]
+    comps = [f"UNPACK {i}" for i in range(len(ctx.image.components))] if ctx.image else []
+    want = ["ENABLE", "SET_SEC_PARMS", *comps, "PREP_RESET", "VERIFY", "LOAD+OPERATING"]
+    ctx.check_eq(names, want, "boot steps in QEMU's order")
+    run = guest.vcpus[0].s390_run()
+    ctx.check_eq(int(run.psw_addr), s390guest.DONE_PSW_ADDR, "the payload's end (disabled wait)")
+    if ctx.is_sim:
+        info = sim_vm(ctx, guest.vm)
+        ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")
+
+
+@check("unpack_before_sec_parms_einval", spec="10.3", needs=(Need.PV_HOST,))
+def check_unpack_first(ctx: CheckContext) -> None:
+    """UNPACK before SET_SEC_PARMS is refused by the Ultravisor: EINVAL with its rc."""
+    guest = make_vm(ctx)
+    ret, rc, _ = _unpack(ctx, guest.vm, LOW_GPA + 0x15000, 4096, 1 << 48)
+    ctx.check_eq(errno_text(-ret), "EINVAL", "UNPACK before SET_SEC_PARMS")
+    ctx.check_true(rc not in (0, RC_SENTINEL), f"a UV call ran and set rc (rc {rc:#x})")
+    if ctx.is_sim:
+        ctx.check_eq(rc, uapi.UVC_RC_INV_STATE, "rc: invalid state")
+
+
+@check("verify_before_every_component_fails", spec="10.3", needs=(Need.PV_HOST,), needs_image=True)
+def check_verify_early(ctx: CheckContext) -> None:
+    """VERIFY before every component was unpacked fails; after the last one it succeeds."""
+    guest = image_vm(ctx)
+    assert ctx.image is not None
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ret, rc, _ = _sec_parms(ctx, guest.vm, ctx.image.header_size)
+    ctx.require(ret == 0, f"SET_SEC_PARMS of the image's header (rc {rc:#x})")
+    comps = ctx.image.components
+    for comp in comps[:-1]:
+        ctx.require(_unpack(ctx, guest.vm, comp.addr, comp.size, comp.tweak)[0] == 0, "UNPACK")
+    ret, rc, _ = ctx.pv_raw(guest.vm, int(pv_cmd_id.KVM_PV_VERIFY))
+    ctx.check_eq(errno_text(-ret), "EINVAL", f"VERIFY with {len(comps) - 1} of {len(comps)}")
+    ctx.check_true(rc not in (0, RC_SENTINEL), f"the UV refused it (rc {rc:#x})")
+    last = comps[-1]
+    ctx.require(_unpack(ctx, guest.vm, last.addr, last.size, last.tweak)[0] == 0, "last UNPACK")
+    ctx.check_eq(ctx.pv_raw(guest.vm, int(pv_cmd_id.KVM_PV_VERIFY))[0], 0, "VERIFY after all")
+
+
+@check("sec_parms_zero_length_enomem", spec="2.3, 10.3", needs=(Need.PV_HOST,))
+def check_sec_parms_zero(ctx: CheckContext) -> None:
+    """A zero-length SE header is ENOMEM (the kernel's vmalloc(0)) before any UV call."""
+    guest = make_vm(ctx)
+    ret, rc, rrc = _sec_parms(ctx, guest.vm, 0)
+    ctx.check_eq(errno_text(-ret), "ENOMEM", "SET_SEC_PARMS with length 0")
+    ctx.check_eq((hex(rc), hex(rrc)), (hex(RC_SENTINEL), hex(RRC_SENTINEL)), "rc/rrc untouched")
+
+
+@check("sec_parms_too_large_einval", spec="2.3, 10.3", needs=(Need.PV_HOST,))
+def check_sec_parms_large(ctx: CheckContext) -> None:
+    """An SE header above the kernel's limit (8 KiB up to 6.19, 1 MiB from 7.0) is EINVAL,
+    checked before the header is read: no UV call."""
+    guest = make_vm(ctx)
+    ret, rc, rrc = _sec_parms(ctx, guest.vm, (1 << 20) + 4096)
+    ctx.check_eq(errno_text(-ret), "EINVAL", "SET_SEC_PARMS of 1 MiB + 4 KiB")
+    ctx.check_eq((hex(rc), hex(rrc)), (hex(RC_SENTINEL), hex(RRC_SENTINEL)), "rc/rrc untouched")
+
+
+@check("unpack_outside_memslots_efault", spec="10.3", needs=(Need.PV_HOST,), needs_image=True)
+def check_unpack_outside(ctx: CheckContext) -> None:
+    """UNPACK of guest memory that no memslot backs is EFAULT (the gmap fault of
+    kvm_s390_pv_unpack), before any UV call for that page."""
+    guest = image_vm(ctx)
+    assert ctx.image is not None
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    ret, rc, _ = _sec_parms(ctx, guest.vm, ctx.image.header_size)
+    ctx.require(ret == 0, f"SET_SEC_PARMS of the image's header (rc {rc:#x})")
+    hole = LOW_GPA + LOW_SIZE  # between the low slot and the 2 GiB one
+    ret, _, _ = _unpack(ctx, guest.vm, hole, 4096, 1 << 48)
+    ctx.check_eq(errno_text(-ret), "EFAULT", f"UNPACK at {hole:#x}, outside the memslots")
+
+
+@check(
+    "boot_again_while_perform_runs",
+    spec="3.8, 10.3",
+    sim_only="holds PERFORM between batches (a simulator gate) while the new guest boots",
+)
+def check_boot_while_perform(ctx: CheckContext) -> None:
+    """A reboot as QEMU does it: boot, PREPARE, and the next protected boot runs to its end
+    while PERFORM still tears the old configuration down."""
+    guest = image_vm(ctx)
+    protected_boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    gate = "perform:batch"
+    ctx.sim.pause_at(gate)
+    ctx.defer(ctx.sim.resume, gate)
+    performer = ctx.thread(lambda: pv_cmd(guest.vm, PERFORM, check=False), "async_cleanup")
+    performer.kick = lambda: ctx.sim.resume(gate)
+    ctx.require(ctx.sim.wait_paused(gate, timeout=30.0), "PERFORM never reached a batch")
+    assert ctx.image is not None
+    load_image(guest.vm, ctx.image)
+    booted = protected_boot(ctx, guest)  # the new guest, while PERFORM holds the old one
+    ctx.check_true(booted.verified, "the new boot verified while PERFORM runs")
+    ctx.check_true(not performer.done.is_set(), "PERFORM was still running during the boot")
+    ctx.sim.resume(gate)
+    ctx.expect(performer.wait(60))
+    check_secure = sim_vm(ctx, guest.vm)
+    ctx.check_eq(check_secure.old_secure_bytes, 0, "old secure bytes after PERFORM")
+
+
+@check(
+    "second_reboot_while_perform_runs",
+    spec="5 (QEMU race), 10.3",
+    needs=(Need.PV_ASYNC,),
+    needs_image=True,
+)
+def check_reboot_race_with_image(ctx: CheckContext) -> None:
+    """QEMU's race with a booted image: the second reboot's PREPARE is EINVAL while the first
+    PERFORM has not run, the fallback DISABLE tears down both, and the image boots again."""
+    guest = image_vm(ctx)
+    protected_boot(ctx, guest)
+    ctx.require_ok(ctx.pv(guest.vm, PREPARE))
+    go = threading.Event()
+
+    def late_perform() -> PvResult:
+        go.wait(60)
+        return pv_cmd(guest.vm, PERFORM, check=False)
+
+    late = ctx.thread(late_perform, "async_cleanup")
+    late.kick = go.set
+    assert ctx.image is not None
+    load_image(guest.vm, ctx.image)
+    protected_boot(ctx, guest)
+    ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    go.set()
+    ctx.expect(late.wait(60), err=errno.EINVAL, rc=0, rrc=0)
+    if ctx.is_sim:
+        check_nothing_left(ctx, "after the fallback DISABLE")
+    load_image(guest.vm, ctx.image)
+    ctx.check_true(protected_boot(ctx, guest).verified, "the third boot verified")
 
 
 # ---------------------------------------------------------------------------
@@ -1454,6 +1659,9 @@ class CheckRequest:
     sim_factory: Optional[SimFactory] = None
     perform_memory: int = 128 * MiB
     facts: Optional[HostFacts] = None
+    #: an SE image for the boot checks on the real kernel (``--se-image``);
+    #: the simulator always boots kvmpv's synthetic image
+    se_image: Optional[SeImage] = None
 
 
 @dataclass
@@ -1608,7 +1816,12 @@ def run_one(chk: Check, backend: str, facts: HostFacts, req: CheckRequest) -> Ca
         except ImportError as err:
             case.status, case.reason = Status.ERROR, f"simulator unavailable: {err}"
             return case
-    ctx = CheckContext(chk, backend, sys_, facts, perform_memory=req.perform_memory)
+    image = synthetic_se_image() if backend == "sim" else req.se_image
+    if chk.needs_image and image is None:
+        case.status = Status.SKIP
+        case.reason = "needs an SE image made for this host: kvmpv check --se-image FILE"
+        return case
+    ctx = CheckContext(chk, backend, sys_, facts, perform_memory=req.perform_memory, image=image)
     if backend == "sim":
         ctx._settle.append((_sim_no_leftovers, (ctx,)))
     t0 = time.monotonic()
