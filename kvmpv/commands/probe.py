@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from ..errors import EXIT_OK, HostError
+from .. import seimage
+from ..errors import EXIT_OK, HostError, UsageError
 from ..scenarios.probe import KvmFacts, format_table, probe_host
 from ..units import parse_size
 
@@ -43,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of memory (e.g. 64M) and check its writes",
     )
     parser.add_argument(
+        "--se-image",
+        metavar="FILE",
+        help="with --run-guest on a Secure Execution host: boot this SE image (pvimg create) "
+        "protected instead, as QEMU does, and report its boot steps",
+    )
+    parser.add_argument(
         "--require",
         choices=("kvm", "pv-async"),
         action="append",
@@ -54,7 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     guest_size = parse_size(args.run_guest) if args.run_guest is not None else None
     kvm = KvmFacts.parse_injection(args.inject_kvm) if args.inject_kvm is not None else None
-    probe = probe_host(args.root, kvm=kvm, guest_size=guest_size)
+    if args.se_image and guest_size is None:
+        raise UsageError("--se-image goes with --run-guest SIZE")
+    image = seimage.load(Path(args.se_image)) if args.se_image else None
+    probe = probe_host(args.root, kvm=kvm, guest_size=guest_size, se_image=image)
     if args.json:
         json.dump(probe.to_dict(), sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")

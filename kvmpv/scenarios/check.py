@@ -64,7 +64,7 @@ from ..report import junit, ktap
 from ..report.cases import CaseResult, RunResult, Status
 from ..runner import exit_name, guest_finished, reset_vcpus, run_until_finished, start_vcpu
 from ..seimage import SeImage
-from ..syscalls import LINUX, Syscalls
+from ..syscalls import LINUX, Syscalls, ensure_kick_handler
 from ..uapi import KvmCap, pv_cmd_id
 
 MiB = 1 << 20
@@ -1378,45 +1378,74 @@ def check_rc_rrc(ctx: CheckContext) -> None:
 # ---------------------------------------------------------------------------
 
 
+#: Guest memory above 2 GiB for the real-kernel run of prepare_blocks_while_vcpu_in_run:
+#: enough that the protected guest is still importing pages when PREPARE comes.
+REAL_RUNNING_GUEST = 1 << 30
+
+
 @check(
     "prepare_blocks_while_vcpu_in_run",
     spec="3.3 step 2 (vcpu->mutex), 3.10",
-    sim_only="needs a running protected guest; kvmpv ships no Secure Execution image",
+    needs=(Need.PV_ASYNC,),
+    needs_image=True,
 )
 def check_prepare_blocks(ctx: CheckContext) -> None:
     """PREPARE waits for a vCPU inside KVM_RUN (it takes vcpu->mutex), and completes once the vCPU
-    is kicked."""
-    guest = make_vm(ctx)
+    is kicked.
+
+    The booted image's guest is kept inside KVM_RUN: on the simulator at a gate
+    after its first slice of memory, on a real host by giving it 1 GiB above
+    2 GiB to import (if it still finishes before PREPARE starts, the check
+    says SKIP: it could not observe the wait).  The kick is QEMU's:
+    ``immediate_exit`` and a signal to the vCPU thread.
+    """
+    high = HIGH_SIZE if ctx.is_sim else REAL_RUNNING_GUEST
+    guest = make_vm(ctx, high_size=high, enable=False)
+    assert ctx.image is not None
+    load_image(guest.vm, ctx.image)
     vcpu = guest.vcpus[0]
-    start_vcpu(vcpu, protected=True)
-    # Hold the booting guest inside KVM_RUN (after its first slice of
-    # memory), as a running guest is: a finished one would leave at once.
+    reset_vcpus(guest.vcpus)
+    s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
     gate = "run:slice"
-    ctx.sim.pause_at(gate)
-    ctx.defer(ctx.sim.resume, gate)
+    if ctx.is_sim:
+        ctx.sim.pause_at(gate)
+        ctx.defer(ctx.sim.resume, gate)
+    else:
+        ensure_kick_handler()  # the signal must find a handler (main thread)
 
     def kick() -> None:
         vcpu.kick()  # immediate_exit + the signal, as QEMU kicks a vCPU
-        ctx.sim.resume(gate)  # and let the held slice end, so the kick is seen
+        if ctx.is_sim:
+            ctx.sim.resume(gate)  # and let the held slice end, so the kick is seen
 
-    runner = ctx.thread(lambda: _run_once(vcpu), "vcpu0")
+    def run() -> int:
+        vcpu.thread = threading.get_ident()  # where vcpu.kick() sends the signal
+        return _run_once(vcpu)
+
+    runner = ctx.thread(run, "vcpu0")
     runner.kick = kick
-    ctx.require(ctx.sim.wait_paused(gate, timeout=10.0), "the vCPU never entered KVM_RUN")
-    _wait_in_run(ctx, vcpu)
+    if ctx.is_sim:
+        ctx.require(ctx.sim.wait_paused(gate, timeout=10.0), "the vCPU never entered KVM_RUN")
+        _wait_in_run(ctx, vcpu)
+    else:
+        time.sleep(0.05)
+        if runner.done.is_set():
+            ctx.skip("the guest finished before PREPARE could be started; nothing to observe")
     preparer = ctx.thread(lambda: pv_cmd(guest.vm, PREPARE, check=False), "prepare")
     preparer.kick = runner.kick  # a PREPARE stuck on the vCPU mutex needs the vCPU out
     blocked = not preparer.done.wait(0.3)
     ctx.check_true(blocked, "PREPARE returned while a vCPU was in KVM_RUN")
-    info = sim_vm(ctx, guest.vm)
-    ctx.diag(
-        f"after 0.3 s: PREPARE blocked {blocked}, vCPUs in KVM_RUN {info.vcpus_in_run}, "
-        f"waiters on a vCPU mutex {info.vcpu_mutex_waiters}"
-    )
-    ctx.check_eq(info.vcpu_mutex_waiters, 1, "threads waiting for the vCPU mutex (PREPARE)")
+    if ctx.is_sim:
+        info = sim_vm(ctx, guest.vm)
+        ctx.diag(
+            f"after 0.3 s: PREPARE blocked {blocked}, vCPUs in KVM_RUN {info.vcpus_in_run}, "
+            f"waiters on a vCPU mutex {info.vcpu_mutex_waiters}"
+        )
+        ctx.check_eq(info.vcpu_mutex_waiters, 1, "threads waiting for the vCPU mutex (PREPARE)")
     kick()
     exit_reason = runner.wait(30)
-    ctx.check_eq(exit_reason, uapi.KVM_EXIT_INTR, "vCPU exit after the kick")
-    res = preparer.wait(30)
+    ctx.check_eq(exit_name(exit_reason), "KVM_EXIT_INTR", "vCPU exit after the kick")
+    res = preparer.wait(120)
     ctx.diag(f"PREPARE (after the kick): {describe(res)}")
     ctx.expect(res, rc=SYNTH_RC, rrc=SYNTH_RRC)
     ctx.check_true(preparer.finished_at >= runner.finished_at, "PREPARE finished after KVM_RUN")
