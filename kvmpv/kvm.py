@@ -290,6 +290,11 @@ class Vm(_Handle, Closing):
         gpa = region.guest_phys_addr if region is not None else 0
         return self.set_user_memory_region(slot, gpa, 0, 0, check=check)
 
+    def s390_interrupt(self, type_: int, parm: int = 0, parm64: int = 0) -> None:
+        """``KVM_S390_INTERRUPT`` on the VM fd: inject a floating interrupt."""
+        irq = uapi.kvm_s390_interrupt(type=type_, parm=parm, parm64=parm64)
+        self.ioctl(uapi.KVM_S390_INTERRUPT, irq)
+
     def s390_set_mem_limit(self, limit: int, *, check: bool = True) -> int:
         """Set ``KVM_S390_VM_MEM_LIMIT_SIZE`` (only before the first vCPU, else EBUSY).
 
@@ -424,6 +429,23 @@ class Vcpu(_Handle, Closing):
 
     def s390_stop(self) -> None:
         self.set_mp_state(uapi.KVM_MP_STATE_STOPPED)
+
+    def s390_sida_read(self, offset: int, size: int) -> bytes:
+        """``KVM_S390_MEM_OP`` SIDA_READ: the operands of a protected CPU's intercepted
+        instruction, which the Ultravisor copies into the SIDA (the host cannot read
+        the guest's memory)."""
+        buf = ctypes.create_string_buffer(size)
+        self._sida(uapi.KVM_S390_MEMOP_SIDA_READ, offset, buf)
+        return buf.raw
+
+    def s390_sida_write(self, offset: int, data: bytes) -> None:
+        """``KVM_S390_MEM_OP`` SIDA_WRITE: the answer, copied back by the Ultravisor."""
+        self._sida(uapi.KVM_S390_MEMOP_SIDA_WRITE, offset, ctypes.create_string_buffer(data))
+
+    def _sida(self, op: int, offset: int, buf: ctypes.Array[ctypes.c_char]) -> None:
+        mop = uapi.kvm_s390_mem_op(size=len(buf.raw), op=op, buf=ctypes.addressof(buf))
+        mop.sida_offset = offset
+        self.ioctl(uapi.KVM_S390_MEM_OP, mop)
 
     def s390_initial_reset(self) -> None:
         self.ioctl(uapi.KVM_S390_INITIAL_RESET)

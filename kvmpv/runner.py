@@ -84,16 +84,60 @@ class GuestExitError(KvmpvError):
                     f" icptcode {self.icptcode:#x} ipa {int(sie.ipa):#06x} "
                     f"ipb {int(sie.ipb):#010x}" + where
                 )
-        if self.icptcode == S390_ICPT_PV_INSTR and (int(vcpu.s390_run().s390_sieic.ipa) == 0xB220):
-            detail = (detail + "; " if detail else "") + (
-                "an SCLP service call of a protected guest (a pvimg image's stage3b sets up its "
-                "console): kvmpv does not serve SCLP through the SIDA yet"
-            )
         extra = f"; {detail}" if detail else ""
         super().__init__(
             f"{vcpu.arch} guest, vCPU {vcpu.id}: KVM_RUN returned {exit_name(reason)} "
             f"({reason}){where}, expected {finished_exit(vcpu.arch)}{extra}"
         )
+
+
+# SCLP, as far as a loader needs it (QEMU hw/s390x/sclp.c, event-facility.c)
+SCLP_CMD_WRITE_EVENT_MASK = 0x00780005
+SCLP_RC_NORMAL_COMPLETION = 0x0020
+SCLP_RC_INVALID_SCLP_COMMAND = 0x01F0
+#: QEMU's SCLP_PV_DUMMY_ADDR: the service signal of a protected guest carries
+#: no real SCCB address (the UV delivers the guest's own)
+SCLP_PV_DUMMY_ADDR = 0x4000
+_SCCB_HEADER = 8
+
+
+def serve_pv_sclp(vcpu: Vcpu, reason: int) -> bool:
+    """Answer a protected guest's SCLP service call (``servc``), as QEMU does; False if
+    the exit is something else.
+
+    A pvimg image's loader, stage3b, sets up the SCLP console before it starts
+    the kernel.  For a protected CPU ``servc`` comes to userspace as
+    ``KVM_EXIT_S390_SIEIC`` with icptcode 0x68 (ICPT_PV_INSTR), ipa 0xb220; the
+    command code is in the general register named by the high nibble of ipb's
+    first halfword (``kvm_run.s.regs.gprs``), the SCCB in the SIDA.  QEMU's
+    ``sclp_service_call_protected()``: read the SCCB from the SIDA, run the
+    command, write the SCCB back, raise the service signal (the UV sets the
+    condition code).  kvmpv's event facility offers no events: a write-event-
+    mask completes normally with empty host masks (the loader then prints
+    nothing), anything else is "invalid SCLP command".
+    """
+    if vcpu.arch != "s390x" or reason != uapi.KVM_EXIT_S390_SIEIC:
+        return False
+    run = vcpu.s390_run()
+    sie = run.s390_sieic
+    if int(sie.icptcode) != S390_ICPT_PV_INSTR or int(sie.ipa) != 0xB220:
+        return False
+    ipbh0 = (int(sie.ipb) >> 16) & 0xFFFF
+    code = int(run.s.regs.gprs[(ipbh0 & 0xF0) >> 4])
+    length = int.from_bytes(vcpu.s390_sida_read(0, _SCCB_HEADER)[:2], "big")
+    sccb = bytearray(vcpu.s390_sida_read(0, max(length, _SCCB_HEADER)))
+    if code == SCLP_CMD_WRITE_EVENT_MASK and length >= 12:
+        # masks after the header: cp receive, cp send, then the host's (sclp)
+        # receive and send masks, each mask_length bytes: the host's are empty
+        n = int.from_bytes(sccb[10:12], "big")
+        host = slice(12 + 2 * n, 12 + 4 * n)
+        sccb[host] = bytes(len(sccb[host]))
+        sccb[6:8] = SCLP_RC_NORMAL_COMPLETION.to_bytes(2, "big")
+    else:
+        sccb[6:8] = SCLP_RC_INVALID_SCLP_COMMAND.to_bytes(2, "big")
+    vcpu.s390_sida_write(0, bytes(sccb))
+    vcpu.vm.s390_interrupt(uapi.KVM_S390_INT_SERVICE, SCLP_PV_DUMMY_ADDR)
+    return True
 
 
 def guest_finished(vcpu: Vcpu, reason: int) -> bool:
@@ -142,7 +186,7 @@ def run_until_finished(
         reason = vcpu.run()
         if guest_finished(vcpu, reason):
             return reason
-        if handle is not None and handle(reason):
+        if serve_pv_sclp(vcpu, reason) or (handle is not None and handle(reason)):
             continue
         raise GuestExitError(vcpu, reason, detail())
 
@@ -240,6 +284,8 @@ class VcpuRunner(Closing):
             if guest_finished(self.vcpu, reason):
                 self.finished.set()
                 return
+            if serve_pv_sclp(self.vcpu, reason):
+                continue
             self.error = GuestExitError(self.vcpu, reason)
             return
 

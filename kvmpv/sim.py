@@ -591,6 +591,10 @@ class _Vcpu:
         self.stopped = True
         # the SIE block's guest PSW (gpsw); kvm_run's copy is synced in and out
         self.psw = (0, 0)
+        # the loader's SCLP console setup: "" none, "call" to be issued, "waiting"
+        # for the service signal, "done"
+        self.sclp = ""
+        self.sida = bytearray(PAGE_SIZE)  # secure instruction data area
         self.run_addr = 0
         self.run: Optional[uapi.kvm_run_s390] = None
         self.memfd = -1
@@ -625,6 +629,7 @@ class _Vm:
         # kvm->arch.user_cpu_state_ctrl: set by KVM_SET_MP_STATE and by every
         # KVM_S390_PV_COMMAND; from then on KVM_RUN no longer starts a STOPPED vCPU.
         self.user_cpu_state_ctrl = False
+        self.service_signal = False  # a KVM_S390_INT_SERVICE is pending
 
 
 class _File:
@@ -692,6 +697,9 @@ class SimulatedHost:
     * ``dump``: the UV offers the dump calls (cap 217).
     * ``ucontrol``, ``cap_sys_admin``: CONFIG_KVM_S390_UCONTROL and the
       caller's capability, for KVM_CREATE_VM type 1 (EINVAL without either).
+    * ``stage3b_sclp``: a booted SE image's guest first sets up the SCLP
+      console, as pvimg's loader (stage3b) does, and waits for the service
+      signal: userspace must answer through the SIDA (``kvmpv.runner``).
     * ``pgste``: the calling process's page tables have PGSTEs (spec 10.1);
       without them every KVM_CREATE_VM is EINVAL, as on a real s390x host
       for a process that is not started through ``kvmpv-pgste``.
@@ -717,6 +725,7 @@ class SimulatedHost:
         ucontrol: bool = False,
         cap_sys_admin: bool = True,
         pgste: bool = True,
+        stage3b_sclp: bool = True,
         host_mem_limit: int = 1 << 42,
         max_vcpus: int = 248,
         clear_memory: bool = True,
@@ -734,6 +743,8 @@ class SimulatedHost:
         self.ucontrol = ucontrol
         self.cap_sys_admin = cap_sys_admin
         self.pgste = pgste
+        self.stage3b_sclp = stage3b_sclp
+        self.sclp_answers: list[int] = []  # response codes userspace wrote into SCCBs
         self.host_mem_limit = host_mem_limit
         self.max_vcpus = max_vcpus
         self.clear_memory = clear_memory
@@ -1232,6 +1243,12 @@ class SimulatedHost:
         if request == uapi.KVM_ENABLE_CAP:
             self._copy_in(arg, uapi.kvm_enable_cap)
             raise _err(errno.EINVAL)  # no capability is enabled per VM in the simulator
+        if request == uapi.KVM_S390_INTERRUPT:
+            irq = self._copy_in(arg, uapi.kvm_s390_interrupt)
+            if int(irq.type) != uapi.KVM_S390_INT_SERVICE or not irq.parm:
+                raise _err(errno.EINVAL)  # only the SCLP service signal is modelled
+            vm.service_signal = True
+            return 0
         raise _err(errno.ENOTTY)
 
     def _set_memory_region(self, vm: _Vm, arg: int) -> int:
@@ -1380,6 +1397,9 @@ class SimulatedHost:
             mp = self._copy_in(arg, uapi.kvm_mp_state)
             with self._vcpu_locked(vcpu):
                 return self._set_mp_state(vcpu, int(mp.mp_state))
+        if request == uapi.KVM_S390_MEM_OP:
+            with self._vcpu_locked(vcpu):
+                return self._mem_op(vcpu, arg)
         if request in (
             uapi.KVM_S390_INITIAL_RESET,
             uapi.KVM_S390_NORMAL_RESET,
@@ -1388,6 +1408,48 @@ class SimulatedHost:
             with self._vcpu_locked(vcpu):
                 return self._cpu_reset(vcpu, request)
         raise _err(errno.ENOTTY)
+
+    def _mem_op(self, vcpu: _Vcpu, arg: int) -> int:
+        """kvm_s390_vcpu_sida_op(): only the SIDA of a protected CPU is modelled."""
+        mop = self._copy_in(arg, uapi.kvm_s390_mem_op)
+        op, size, offset, buf = int(mop.op), int(mop.size), int(mop.sida_offset), int(mop.buf)
+        if op not in (uapi.KVM_S390_MEMOP_SIDA_READ, uapi.KVM_S390_MEMOP_SIDA_WRITE):
+            raise _err(errno.EINVAL)  # the logical/absolute ops are not modelled
+        if mop.flags or vcpu.config is None:
+            raise _err(errno.EINVAL)  # "if (!kvm_s390_pv_cpu_is_protected(vcpu)) return -EINVAL"
+        if size == 0 or size + offset > len(vcpu.sida):
+            raise _err(errno.E2BIG)
+        if op == uapi.KVM_S390_MEMOP_SIDA_READ:
+            ctypes.memmove(buf, bytes(vcpu.sida[offset : offset + size]), size)
+        else:
+            vcpu.sida[offset : offset + size] = ctypes.string_at(buf, size)
+        return 0
+
+    def _sclp_call(self, vcpu: _Vcpu) -> int:
+        """The loader's ``servc`` of a write-event-mask SCCB: an ICPT_PV_INSTR exit.
+
+        The UV puts the SCCB into the SIDA and the two registers ``servc``
+        names into ``kvm_run.s.regs`` (QEMU reads the code from the register
+        in the high nibble of ipb's first halfword); then the guest waits,
+        enabled, for the service signal.
+        """
+        run = vcpu.run
+        assert run is not None
+        mask_len = 4
+        sccb = bytearray(12 + 4 * mask_len)
+        sccb[0:2] = len(sccb).to_bytes(2, "big")
+        sccb[10:12] = mask_len.to_bytes(2, "big")
+        sccb[12 + 2 * mask_len :] = b"\xff" * (2 * mask_len)  # until the host answers
+        vcpu.sida[: len(sccb)] = sccb
+        run.s.regs.gprs[1] = 0x00780005  # SCLP_CMD_WRITE_EVENT_MASK
+        run.s.regs.gprs[2] = 0x10000  # the SCCB (a guest address the host never sees)
+        run.psw_mask, run.psw_addr = vcpu.psw
+        run.s390_sieic.icptcode = 0x68  # ICPT_PV_INSTR
+        run.s390_sieic.ipa = 0xB220  # servc
+        run.s390_sieic.ipb = 0x00120000  # r1: the command code, r2: the SCCB
+        run.exit_reason = uapi.KVM_EXIT_S390_SIEIC
+        vcpu.sclp = "waiting"
+        return 0
 
     def _set_mp_state(self, vcpu: _Vcpu, state: int) -> int:
         """kvm_arch_vcpu_ioctl_set_mpstate()."""
@@ -1418,6 +1480,7 @@ class SimulatedHost:
             # is not in the sources read: not modelled, the payload's entry is used.
             header = cfg.header if cfg.verified else None
             vcpu.psw = header.psw if header is not None else SE_DEFAULT_PSW
+            vcpu.sclp = "call" if header is not None and self.stage3b_sclp else ""
             return 0
         raise _err(errno.ENXIO)  # CHECK_STOP and the x86 states are not supported
 
@@ -1515,6 +1578,16 @@ class SimulatedHost:
                         continue
                     vcpu.psw = PAYLOAD_DONE_PSW
                     continue
+                if vcpu.sclp == "call":
+                    return self._sclp_call(vcpu)
+                if vcpu.sclp == "waiting":
+                    if not vcpu.vm.service_signal:
+                        vcpu.kick.wait(0.01)  # an enabled wait: until the signal (or a kick)
+                        continue
+                    vcpu.vm.service_signal = False
+                    vcpu.sclp = "done"
+                    with self._lock:
+                        self.sclp_answers.append(int.from_bytes(vcpu.sida[6:8], "big"))
                 progress = self._guest_import_slice(vcpu.vm, cfg)
                 if progress == "more":
                     self._pause_point("run:slice")

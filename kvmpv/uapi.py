@@ -440,6 +440,25 @@ class kvm_run_s390_sieic(ctypes.Structure):
     ]
 
 
+class kvm_sync_regs(ctypes.Structure):
+    """s390 ``struct kvm_sync_regs``, up to ``gprs``: ``kvm_run.s.regs`` (the
+    registers KVM shares with userspace on every exit; for a protected CPU
+    the Ultravisor fills in only the ones an intercepted instruction uses)."""
+
+    _fields_ = [
+        ("prefix", ctypes.c_uint64),
+        ("gprs", ctypes.c_uint64 * 16),
+    ]
+
+
+class _kvm_run_s390_exit(ctypes.Union):
+    _fields_ = [("s390_sieic", kvm_run_s390_sieic), ("padding", ctypes.c_uint8 * 256)]
+
+
+class _kvm_run_s390_s(ctypes.Union):
+    _fields_ = [("regs", kvm_sync_regs), ("padding", ctypes.c_uint8 * 2048)]
+
+
 class kvm_run_s390(ctypes.Structure):
     """``struct kvm_run`` as s390 lays it out, up to ``s390_sieic``.
 
@@ -454,8 +473,12 @@ class kvm_run_s390(ctypes.Structure):
         *_KVM_RUN_HEADER,
         ("psw_mask", ctypes.c_uint64),  # #ifdef __KVM_S390
         ("psw_addr", ctypes.c_uint64),
-        ("s390_sieic", kvm_run_s390_sieic),  # first member of the exit union used, at 48
+        ("exit", _kvm_run_s390_exit),  # the exit union, at 48: s390_sieic
+        ("kvm_valid_regs", ctypes.c_uint64),
+        ("kvm_dirty_regs", ctypes.c_uint64),
+        ("s", _kvm_run_s390_s),  # s.regs: struct kvm_sync_regs
     ]
+    _anonymous_ = ("exit",)
 
 
 # s390 intercept codes userspace sees in s390_sieic.icptcode
@@ -473,6 +496,45 @@ KVM_MP_STATE_STOPPED = 5
 KVM_MP_STATE_CHECK_STOP = 6
 KVM_MP_STATE_OPERATING = 7
 KVM_MP_STATE_LOAD = 8
+
+
+#: kvm_s390_mem_op.op: the SIDA (secure instruction data area) of a
+#: protected CPU, where the Ultravisor puts an intercepted instruction's
+#: operands (spec 10.2)
+KVM_S390_MEMOP_SIDA_READ = 2
+KVM_S390_MEMOP_SIDA_WRITE = 3
+
+
+class _kvm_s390_mem_op_u(ctypes.Union):
+    _fields_ = [("sida_offset", ctypes.c_uint32), ("reserved", ctypes.c_uint8 * 32)]
+
+
+class kvm_s390_mem_op(ctypes.Structure):
+    """``struct kvm_s390_mem_op`` (64 bytes): ``KVM_S390_MEM_OP`` on a vCPU fd."""
+
+    _anonymous_ = ("u",)
+    _fields_ = [
+        ("gaddr", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("size", ctypes.c_uint32),  # bytes
+        ("op", ctypes.c_uint32),
+        ("buf", ctypes.c_uint64),  # userspace buffer
+        ("u", _kvm_s390_mem_op_u),  # sida_offset (the ar/key/old_addr struct is unused here)
+    ]
+
+
+#: kvm_s390_interrupt.type of the SCLP service-signal external interrupt
+KVM_S390_INT_SERVICE = 0xFFFF2401
+
+
+class kvm_s390_interrupt(ctypes.Structure):
+    """``struct kvm_s390_interrupt`` (16 bytes): ``KVM_S390_INTERRUPT`` on the VM fd."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("parm", ctypes.c_uint32),
+        ("parm64", ctypes.c_uint64),
+    ]
 
 
 class kvm_mp_state(ctypes.Structure):
@@ -533,9 +595,11 @@ KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
 KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)  # x86
+KVM_S390_INTERRUPT = _IOW(KVMIO, 0x94, kvm_s390_interrupt)  # VM fd: floating interrupts
 KVM_S390_INITIAL_RESET = _IO(KVMIO, 0x97)
 KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+KVM_S390_MEM_OP = _IOW(KVMIO, 0xB1, kvm_s390_mem_op)
 KVM_S390_NORMAL_RESET = _IO(KVMIO, 0xC3)
 KVM_S390_CLEAR_RESET = _IO(KVMIO, 0xC4)
 KVM_S390_PV_CPU_COMMAND = _IOWR(KVMIO, 0xD0, kvm_pv_cmd)
@@ -612,6 +676,8 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
         kvm_dtable,
         kvm_sregs,
         kvm_mp_state,
+        kvm_s390_mem_op,
+        kvm_s390_interrupt,
         kvm_cpuid_entry2,
         kvm_cpuid2,
     )
@@ -697,6 +763,8 @@ _ARG_OF = {
     KVM_GET_SREGS: kvm_sregs,
     KVM_SET_SREGS: kvm_sregs,
     KVM_GET_MP_STATE: kvm_mp_state,
+    KVM_S390_MEM_OP: kvm_s390_mem_op,
+    KVM_S390_INTERRUPT: kvm_s390_interrupt,
     KVM_SET_MP_STATE: kvm_mp_state,
     KVM_GET_SUPPORTED_CPUID: kvm_cpuid2,
     KVM_SET_CPUID2: kvm_cpuid2,

@@ -214,13 +214,52 @@ def test_runner_exit_waits_for_the_thread_not_for_join() -> None:
     assert finished[0] <= returned
 
 
-def test_an_sclp_call_of_a_protected_guest_is_named() -> None:
-    """SIEIC 0x68 / ipa 0xb220 (stage3b's SCLP console setup) says what it is and that
-    kvmpv does not serve it, instead of a bare exit number."""
-    with _sim_vm(SimulatedHost()) as (_vm, vcpu):
-        run = vcpu.s390_run()
-        run.s390_sieic.icptcode, run.s390_sieic.ipa = 0x68, 0xB220
-        msg = str(GuestExitError(vcpu, uapi.KVM_EXIT_S390_SIEIC))
-        assert "icptcode 0x68 ipa 0xb220" in msg and "SCLP" in msg
-        run.s390_sieic.ipa = 0xB2B0  # another PV instruction: no SCLP hint
-        assert "SCLP" not in str(GuestExitError(vcpu, uapi.KVM_EXIT_S390_SIEIC))
+def _booted_synthetic(host: SimulatedHost) -> Iterator[Vcpu]:
+    from kvmpv import s390guest, seimage
+    from kvmpv.pv import load_image, s390_machine_protect
+
+    image = seimage.parse(seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64), "s")
+    with Kvm(host) as kvm, kvm.vm_create() as vm, GuestMemory(8 * MiB, sys=host) as mem:
+        vm.mem_add(mem)
+        vcpu = vm.vcpu_add(0)
+        load_image(vm, image)
+        s390_machine_protect(vm, image, [vcpu])
+        yield vcpu
+
+
+def test_the_loader_sclp_call_is_served_through_the_sida() -> None:
+    """A booted image's loader sets up the SCLP console (stage3b): served as QEMU serves it."""
+    host = SimulatedHost()
+    for vcpu in _booted_synthetic(host):
+        assert run_until_finished(vcpu) == uapi.KVM_EXIT_S390_SIEIC
+        assert vcpu.s390_run().psw_addr == 0xFFF  # the payload ran after the SCLP call
+        assert host.sclp_answers == [0x0020]
+        sccb = vcpu.s390_sida_read(0, 28)
+        assert sccb[20:28] == bytes(8)  # the host's event masks: empty
+
+
+def test_an_unserved_sclp_call_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kvmpv.runner as runner
+
+    monkeypatch.setattr(runner, "serve_pv_sclp", lambda vcpu, reason: False)
+    for vcpu in _booted_synthetic(SimulatedHost()):
+        with pytest.raises(GuestExitError, match="icptcode 0x68 ipa 0xb220"):
+            run_until_finished(vcpu)
+
+
+def test_without_the_service_signal_the_loader_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SCCB answer alone is not enough: the guest waits for the service interrupt."""
+    from kvmpv.kvm import Vm
+
+    monkeypatch.setattr(Vm, "s390_interrupt", lambda self, *a, **k: None)
+    host = SimulatedHost()
+    for vcpu in _booted_synthetic(host):
+        group = VcpuGroup()
+        try:
+            group.add([vcpu])
+            group.resume()
+            with pytest.raises(KvmpvError, match="did not finish"):
+                group.wait_finished(0.5)
+            assert host.sclp_answers == [] and host.vcpu_in_run(vcpu.fd)
+        finally:
+            group.close()

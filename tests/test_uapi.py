@@ -80,6 +80,7 @@ PARTIAL_STRUCTS = {"kvm_run": uapi.kvm_run, "kvm_run.io": uapi.kvm_run_io}
 S390_PARTIAL_STRUCTS = {
     "kvm_run_s390": uapi.kvm_run_s390,
     "kvm_run.s390_sieic": uapi.kvm_run_s390_sieic,
+    "kvm_sync_regs": uapi.kvm_sync_regs,
 }
 
 
@@ -94,6 +95,7 @@ def test_kvm_run_s390_layout() -> None:
     assert "kvm_run_s390" not in load("x86_64")["structs"]
     assert uapi.kvm_run_s390.psw_mask.offset == 32
     assert uapi.kvm_run_s390.s390_sieic.offset == 48
+    assert uapi.kvm_run_s390.s.offset == 320  # kvm_run.s.regs: prefix, then gprs at 328
 
 
 def test_every_binding_constant_is_covered() -> None:

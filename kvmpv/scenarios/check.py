@@ -62,7 +62,14 @@ from ..memory import GuestMemory
 from ..pv import ProtectedBoot, PvResult, load_image, pv_cmd, s390_machine_protect
 from ..report import junit, ktap
 from ..report.cases import CaseResult, RunResult, Status
-from ..runner import exit_name, guest_finished, reset_vcpus, run_until_finished, start_vcpu
+from ..runner import (
+    exit_name,
+    guest_finished,
+    reset_vcpus,
+    run_until_finished,
+    serve_pv_sclp,
+    start_vcpu,
+)
 from ..seimage import SeImage
 from ..syscalls import LINUX, Syscalls, ensure_kick_handler
 from ..uapi import KvmCap, pv_cmd_id
@@ -1406,6 +1413,11 @@ def check_prepare_blocks(ctx: CheckContext) -> None:
     vcpu = guest.vcpus[0]
     reset_vcpus(guest.vcpus)
     s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
+    # The image's loader comes first and calls SCLP (stage3b's console):
+    # serve it here, so that the thread below runs the guest proper.
+    first = vcpu.run()
+    if not serve_pv_sclp(vcpu, first):
+        ctx.skip(f"the guest's first exit was {exit_name(first)}, not its loader's SCLP call")
     gate = "run:slice"
     if ctx.is_sim:
         ctx.sim.pause_at(gate)
