@@ -195,6 +195,8 @@ BOOT_CHECKS = (
     "unpack_before_sec_parms_einval",
     "verify_before_every_component_fails",
     "sec_parms_zero_length_enomem",
+    "sec_parms_too_large_einval",
+    "unpack_outside_memslots_efault",
 )
 
 
