@@ -986,6 +986,19 @@ def check_boot_while_perform(ctx: CheckContext) -> None:
     ctx.check_eq(check_secure.old_secure_bytes, 0, "old secure bytes after PERFORM")
 
 
+def _late_perform(ctx: CheckContext, vm: Vm) -> tuple[Worker, threading.Event]:
+    """QEMU's ``async_cleanup`` thread, started but held before PERFORM until ``go`` is set."""
+    go = threading.Event()
+
+    def late_perform() -> PvResult:
+        go.wait(60)
+        return pv_cmd(vm, PERFORM, check=False)
+
+    late = ctx.thread(late_perform, "async_cleanup")
+    late.kick = go.set
+    return late, go
+
+
 @check(
     "second_reboot_while_perform_runs",
     spec="5 (QEMU race), 10.3",
@@ -998,14 +1011,7 @@ def check_reboot_race_with_image(ctx: CheckContext) -> None:
     guest = image_vm(ctx)
     protected_boot(ctx, guest)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
-    go = threading.Event()
-
-    def late_perform() -> PvResult:
-        go.wait(60)
-        return pv_cmd(guest.vm, PERFORM, check=False)
-
-    late = ctx.thread(late_perform, "async_cleanup")
-    late.kick = go.set
+    late, go = _late_perform(ctx, guest.vm)
     assert ctx.image is not None
     load_image(guest.vm, ctx.image)
     protected_boot(ctx, guest)
@@ -1556,14 +1562,7 @@ def check_reboot_race(ctx: CheckContext) -> None:
     guest = make_vm(ctx)
     boot(ctx, guest)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
-    go = threading.Event()
-
-    def late_perform() -> PvResult:
-        go.wait(60)
-        return pv_cmd(guest.vm, PERFORM, check=False)
-
-    late = ctx.thread(late_perform, "async_cleanup")
-    late.kick = go.set
+    late, go = _late_perform(ctx, guest.vm)
     ctx.require_ok(ctx.pv(guest.vm, ENABLE))
     boot(ctx, guest)
     ctx.expect(ctx.pv(guest.vm, PREPARE), err=errno.EINVAL, rc=0, rrc=0)
