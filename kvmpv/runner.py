@@ -335,6 +335,10 @@ class VcpuRunner(Closing):
         self.request_stop("exit")
         if not self._exited.wait(KICK_TIMEOUT_S):
             raise KvmpvError(f"vCPU {self.vcpu.id} thread did not exit in {KICK_TIMEOUT_S}s")
+        # Its body is done (the event says so, whatever join() would claim):
+        # a short join now only lets the thread itself finish, so that callers
+        # counting threads see it gone.
+        self._thread.join(1.0)
 
 
 class VcpuGroup:
