@@ -970,11 +970,7 @@ def check_boot_while_perform(ctx: CheckContext) -> None:
     protected_boot(ctx, guest)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
     gate = "perform:batch"
-    ctx.sim.pause_at(gate)
-    ctx.defer(ctx.sim.resume, gate)
-    performer = ctx.thread(lambda: pv_cmd(guest.vm, PERFORM, check=False), "async_cleanup")
-    performer.kick = lambda: ctx.sim.resume(gate)
-    ctx.require(ctx.sim.wait_paused(gate, timeout=30.0), "PERFORM never reached a batch")
+    performer = _held_perform(ctx, guest.vm, gate)
     assert ctx.image is not None
     load_image(guest.vm, ctx.image)
     booted = protected_boot(ctx, guest)  # the new guest, while PERFORM holds the old one
@@ -984,6 +980,17 @@ def check_boot_while_perform(ctx: CheckContext) -> None:
     ctx.expect(performer.wait(60))
     check_secure = sim_vm(ctx, guest.vm)
     ctx.check_eq(check_secure.old_secure_bytes, 0, "old secure bytes after PERFORM")
+
+
+def _held_perform(ctx: CheckContext, vm: Vm, gate: str) -> Worker:
+    """PERFORM on QEMU's ``async_cleanup`` thread, held at simulator gate ``gate``
+    (released by ``ctx.sim.resume(gate)``, the thread's kick, or the cleanup)."""
+    ctx.sim.pause_at(gate)
+    ctx.defer(ctx.sim.resume, gate)
+    performer = ctx.thread(lambda: pv_cmd(vm, PERFORM, check=False), "async_cleanup")
+    performer.kick = lambda: ctx.sim.resume(gate)
+    ctx.require(ctx.sim.wait_paused(gate, timeout=30.0), f"PERFORM never reached {gate}")
+    return performer
 
 
 def _late_perform(ctx: CheckContext, vm: Vm) -> tuple[Worker, threading.Event]:
@@ -1595,11 +1602,7 @@ def check_prepare_again(ctx: CheckContext) -> None:
     boot(ctx, guest)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
     gate = "perform:detached"
-    ctx.sim.pause_at(gate)
-    ctx.defer(ctx.sim.resume, gate)
-    first = ctx.thread(lambda: pv_cmd(guest.vm, PERFORM, check=False), "async_cleanup")
-    first.kick = lambda: ctx.sim.resume(gate)
-    ctx.require(ctx.sim.wait_paused(gate, timeout=30), "PERFORM never detached its record")
+    first = _held_perform(ctx, guest.vm, gate)
     ctx.require_ok(ctx.pv(guest.vm, ENABLE))
     boot(ctx, guest)
     ctx.expect(ctx.pv(guest.vm, PREPARE), rc=SYNTH_RC, rrc=SYNTH_RRC)
