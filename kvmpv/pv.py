@@ -789,9 +789,10 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
     with the header (QEMU reads it from guest memory: ``s390_ipl_prepare_pv_header``),
     one ``KVM_PV_UNPACK`` per IPL-block component (``s390_ipl_pv_unpack``: address,
     page-aligned size, tweak prefix), ``KVM_PV_PREP_RESET``, ``KVM_PV_VERIFY``, then
-    each vCPU LOAD and OPERATING (``s390_cpu_load_normal``; QEMU starts the IPL CPU
-    only, the guest starts the others with SIGP: kvmpv's payload runs on every CPU).
-    The caller has reset the CPUs first, as QEMU does before protecting.
+    the IPL CPU (the first of ``vcpus``) LOAD and OPERATING (``s390_cpu_load_normal``).
+    The other CPUs stay STOPPED, as in QEMU, until the guest starts them with SIGP
+    (kvmpv's payload does not): the image's loader must run on one CPU.  The
+    caller has reset the CPUs first, as QEMU does before protecting.
 
     On a failing step the configuration is torn down again (``KVM_PV_DISABLE``,
     as QEMU's error path) and ``BootError`` names the step, its rc/rrc and what
@@ -830,8 +831,7 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
     boot.verified = True
 
     def start() -> Optional[PvResult]:
-        for vcpu in vcpus:
-            start_vcpu(vcpu, protected=True)
+        start_vcpu(vcpus[0], protected=True)
         return None
 
     step("LOAD+OPERATING", start)

@@ -1480,7 +1480,12 @@ class SimulatedHost:
             # is not in the sources read: not modelled, the payload's entry is used.
             header = cfg.header if cfg.verified else None
             vcpu.psw = header.psw if header is not None else SE_DEFAULT_PSW
-            vcpu.sclp = "call" if header is not None and self.stage3b_sclp else ""
+            # The loader runs on the IPL CPU only (the first one); kvmpv starts
+            # every CPU at the image's entry, so the others skip it.  One pending
+            # service signal (a floating interrupt is a bit, not a count) is
+            # then never shared by two waiting loaders.
+            loader = header is not None and self.stage3b_sclp and vcpu is vcpu.vm.vcpus[0]
+            vcpu.sclp = "call" if loader else ""
             return 0
         raise _err(errno.ENXIO)  # CHECK_STOP and the x86 states are not supported
 

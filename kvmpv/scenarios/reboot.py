@@ -676,8 +676,10 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             vm.set_user_memory_region(i, gpa, mem.size, mem.addr)
         vcpus = [vm.vcpu_add(i) for i in range(req.vcpus)]
         if result.guest_runs:
+            # Only the IPL CPU runs: the protected boot starts it alone, as QEMU
+            # does; the others stay STOPPED (the payload starts no CPU).
             guest = VcpuGroup()
-            guest.add(vcpus)
+            guest.add(vcpus[:1])
         say(
             f"protected VM: {format_size(result.memory_bytes)} in {len(slots)} memslot(s), "
             f"limit {format_size(limit)}, {req.vcpus} vCPU(s)"
@@ -686,6 +688,7 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             t0 = time.monotonic_ns()
             # The protected boot as QEMU does it; it ends with the vCPUs started
             # (LOAD, OPERATING): any PV command left them STOPPED to userspace.
+            reset_vcpus(vcpus)
             load_image(vm, image)
             first = s390_machine_protect(vm, image, vcpus)
             say(f"protected boot of the {image.label}: {_steps_line(first)}")
@@ -799,9 +802,9 @@ def _reboot_once(
         # QEMU's s390_machine_reset(): CPU resets (STOPPED, NORMAL for the IPL
         # CPU, CLEAR for the others) after the unprotect, the image loaded
         # again, then the protected boot -- all on the reboot path, as in QEMU.
-        reset_vcpus(guest.vcpus)
+        reset_vcpus(vm.vcpus)
         load_image(vm, image)
-        rec.boot = s390_machine_protect(vm, image, guest.vcpus)
+        rec.boot = s390_machine_protect(vm, image, vm.vcpus)
     else:
         pv_enable(vm)
     t_ready = time.monotonic_ns()
