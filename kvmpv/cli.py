@@ -6,7 +6,9 @@ Each subcommand lives in ``kvmpv/commands/<name>.py`` with two functions,
 up, so it stays small and nobody has to edit it to change a command.
 
 Errors: a ``KvmpvError`` becomes one line on stderr ("kvmpv: error: ...") and
-its exit code; anything else is a bug and keeps its traceback.  SIGINT and
+its exit code; anything else is a bug: one line ("kvmpv: internal error: ...",
+naming the innermost kvmpv frame) and exit 70, so that a CI job can tell a
+crash from "a check failed".  SIGINT and
 SIGTERM raise in the main thread, so every ``with``/``finally`` on the way out
 runs (VM fds, cleanup threads, cleaner processes, cgroups) before exit.
 """
@@ -26,6 +28,7 @@ from . import __version__, pgste
 from .errors import (
     EXIT_ENV,
     EXIT_FAIL,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SKIP,
@@ -64,6 +67,7 @@ exit codes:
   {EXIT_ENV}    the host cannot do it (no /dev/kvm, no permission, not Linux, too little memory,
        s390x: no PGSTE page tables, so no VM can be created)
   {EXIT_SKIP}    everything was skipped (kselftest convention)
+  {EXIT_INTERNAL}   internal error: a bug in kvmpv, reported on one line (never a verdict)
   {EXIT_INTERRUPTED}  interrupted by SIGINT, after cleanup
   {EXIT_TERMINATED}  terminated by SIGTERM, after cleanup
 
@@ -130,6 +134,18 @@ def _selected_command(argv: Sequence[str]) -> str:
     return ""
 
 
+def _where(err: BaseException) -> str:
+    """`` (at file.py:123)``: the innermost kvmpv frame, for the bug report."""
+    tb = err.__traceback__
+    last = ""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "kvmpv" in code.co_filename:
+            last = f" (at {code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name})"
+        tb = tb.tb_next
+    return last
+
+
 def _raise_terminated(signo: int, frame: Optional[FrameType]) -> None:
     raise Interrupted(signo)
 
@@ -160,6 +176,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MemoryError:
         print("kvmpv: error: out of memory", file=sys.stderr)
         return EXIT_ENV
+    except Exception as err:  # a bug: one line and its own code, never "a check failed" (1)
+        where = _where(err)
+        print(f"kvmpv: internal error: {type(err).__name__}: {err}{where}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def _verbose(argv: Sequence[str]) -> bool:

@@ -21,6 +21,7 @@ EXIT_FAIL = 1  # a check failed, a verdict is wrong, a regression was found
 EXIT_USAGE = 2  # bad command line or bad input file
 EXIT_ENV = 3  # the host cannot do it: no /dev/kvm, no permission, not Linux
 EXIT_SKIP = 4  # everything was skipped (kselftest KSFT_SKIP)
+EXIT_INTERNAL = 70  # a bug in kvmpv (sysexits EX_SOFTWARE): never a verdict
 EXIT_INTERRUPTED = 130  # SIGINT (128 + 2), after cleanup
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), after cleanup
 

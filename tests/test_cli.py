@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -205,3 +205,39 @@ def test_permission_denied_unprivileged(which: str, request: pytest.FixtureReque
     assert "EACCES" in line and "permission denied" in line
     # The probe still reported the facts it could get.
     assert "denied" in proc.stdout
+
+
+def test_a_bug_is_one_line_and_exit_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unexpected exception is no traceback and no exit 1 ("a check failed")."""
+    from kvmpv.commands import probe as probe_cmd
+
+    def boom(args: Any) -> int:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(probe_cmd, "run", boom)
+    assert main(["probe"]) == 70
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("kvmpv: internal error: ZeroDivisionError: division by zero")
+    assert "test_cli.py" not in line  # the innermost *kvmpv* frame is named
+    assert "(at cli.py:" in line
+
+
+@pytest.mark.parametrize("bad", [None, ["a", "b"], "x", [{"mode": "async"}]])
+def test_compare_on_a_wrong_typed_warmup_cycles_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: Any
+) -> None:
+    import json
+
+    good = REPO / "fixtures" / "results" / "baseline.json"
+    doc = json.loads(good.read_text())
+    doc["reboot"][0]["warmup_cycles"] = bad
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(doc))
+    for argv in (["compare", str(good), str(broken)], ["report", str(broken)]):
+        assert main(argv) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "warmup_cycles" in line and "invalid results file" in line
