@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import jsonschema
@@ -57,8 +58,10 @@ def test_junit_parses_and_counts() -> None:
     assert "\\x01" in failure.text  # control character made printable, XML stays valid
     assert cases["bug"].find("error") is not None
     assert cases["caps"].find("failure") is None and cases["caps"].find("skipped") is None
-    case_props = {p.get("name"): p.get("value") for p in cases["perform"].findall(".//property")}
-    assert case_props == {"backend": "sim", "spec": "3.9"}
+    assert cases["perform"].find("properties") is None  # junit-10.xsd allows none there
+    out = cases["perform"].find("system-out")
+    assert out is not None and out.text is not None
+    assert out.text.splitlines()[:2] == ["backend: sim", "spec: 3.9"]
 
 
 def test_junit_bail_out_is_an_error() -> None:
@@ -81,3 +84,84 @@ def test_json_form_matches_results_schema() -> None:
     schema = load_schema()
     check_schema = {"$defs": schema["$defs"], **schema["$defs"]["check"]}
     jsonschema.validate(doc, check_schema)
+
+
+# --------------------------------------------------------------------------
+# The rules of Jenkins' xunit junit-10.xsd, written down from the schema
+# (jenkinsci/xunit-plugin, src/main/resources/.../model/xsd/junit-10.xsd)
+# --------------------------------------------------------------------------
+
+#: element -> (children it may have, attributes it may have, attributes it must have)
+JUNIT10: dict[str, tuple[frozenset[str], frozenset[str], frozenset[str]]] = {
+    "testsuites": (
+        frozenset({"testsuite"}),
+        frozenset({"name", "time", "tests", "failures", "errors"}),
+        frozenset(),
+    ),
+    "testsuite": (
+        frozenset({"testsuite", "properties", "testcase", "system-out", "system-err"}),
+        frozenset(
+            {"name", "tests", "failures", "errors", "group", "time", "skipped", "timestamp",
+             "hostname", "id", "package", "file", "log", "url"}
+        ),
+        frozenset({"name", "tests", "failures", "errors"}),
+    ),
+    "testcase": (
+        frozenset(
+            {"skipped", "error", "failure", "rerunFailure", "rerunError", "flakyFailure",
+             "flakyError", "system-out", "system-err"}
+        ),
+        frozenset({"name", "time", "classname", "group"}),
+        frozenset({"name"}),
+    ),
+    "properties": (frozenset({"property"}), frozenset(), frozenset()),
+    "property": (frozenset(), frozenset({"name", "value"}), frozenset({"name", "value"})),
+    "failure": (frozenset(), frozenset({"type", "message"}), frozenset()),
+    "error": (frozenset(), frozenset({"type", "message"}), frozenset()),
+    "skipped": (frozenset(), frozenset({"type", "message"}), frozenset()),
+    "system-out": (frozenset(), frozenset(), frozenset()),
+    "system-err": (frozenset(), frozenset(), frozenset()),
+}
+#: SUREFIRE_TIME, the type of ``time`` on testsuites and testsuite
+SUREFIRE_TIME = re.compile(r"(([0-9]{0,3},)*[0-9]{3}|[0-9]{0,3})*(\.[0-9]*)?")
+
+
+def junit10_violations(xml_text: str) -> list[str]:
+    """Everything in a JUnit document that junit-10.xsd does not allow."""
+    root = ET.fromstring(xml_text)
+    out = []
+    if root.tag != "testsuites":
+        out.append(f"root is <{root.tag}>")
+    for node in root.iter():
+        rule = JUNIT10.get(node.tag)
+        if rule is None:
+            out.append(f"<{node.tag}> is not in the schema")
+            continue
+        children, allowed, required = rule
+        out += [f"<{c.tag}> inside <{node.tag}>" for c in node if c.tag not in children]
+        out += [f"{a}= on <{node.tag}>" for a in node.attrib if a not in allowed]
+        out += [f"<{node.tag}> lacks {a}=" for a in required if a not in node.attrib]
+        if node.tag in ("testsuites", "testsuite") and "time" in node.attrib:
+            if not SUREFIRE_TIME.fullmatch(node.attrib["time"]):
+                out.append(f"time={node.attrib['time']!r} on <{node.tag}>")
+    return out
+
+
+def test_every_junit_kvmpv_writes_keeps_the_junit10_rules() -> None:
+    from kvmpv.scenarios import check as chk
+
+    real = chk.run_checks(chk.CheckRequest(backend="both", facts=chk.probe_facts()))
+    for run in (sample(), RunResult(suite="s", planned=3, bail_out="signal 2"), real.run):
+        assert junit10_violations(junit.render(run)) == []
+
+
+def test_the_junit10_rules_can_say_no() -> None:
+    bad = (
+        '<testsuites skipped="1"><testsuite name="s" tests="1" failures="0" errors="0" '
+        'time="-1"><testcase name="a"><properties/></testcase></testsuite></testsuites>'
+    )
+    assert junit10_violations(bad) == [
+        "skipped= on <testsuites>",
+        "time='-1' on <testsuite>",
+        "<properties> inside <testcase>",
+    ]

@@ -1,14 +1,17 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """JUnit XML for a ``RunResult``, in the dialect CI systems agree on.
 
-One ``<testsuites>`` with one ``<testsuite>`` (``tests``, ``failures``,
-``errors``, ``skipped``, ``time``, ``timestamp``, ``hostname``), run-wide
-``<properties>``, and one ``<testcase classname=... name=... time=...>`` per
-case.  Skips are ``<skipped message="reason"/>``, failures
-``<failure message=... type="fail">diagnostics</failure>``, errors
-``<error ...>``; the diagnostics also go to ``<system-out>``.  This is the
-subset GitLab, Jenkins (junit plugin), GitHub test reporters and
-``junitparser`` all read.
+One ``<testsuites>`` (``name``, ``tests``, ``failures``, ``errors``,
+``time``) with one ``<testsuite>`` (those plus ``skipped``, ``timestamp``,
+``hostname``), run-wide ``<properties>``, and one ``<testcase classname=...
+name=... time=...>`` per case.  Skips are ``<skipped message="reason"/>``,
+failures ``<failure message=... type="fail">diagnostics</failure>``, errors
+``<error ...>``; a case's own properties (its spec row, its backend) and
+diagnostics go to its ``<system-out>``.  That is what the strictest common
+consumer allows, the JUnit schema of Jenkins' xunit plugin (``junit-10.xsd``):
+no ``skipped`` on ``<testsuites>``, no ``<properties>`` inside a
+``<testcase>``; GitLab, the Jenkins junit plugin, GitHub test reporters and
+``junitparser`` read it too.
 
 The backend is part of ``classname`` (``kvmpv.check.sim``) and a property of
 each case, so a simulated result never looks like a real one in a CI report.
@@ -54,8 +57,8 @@ def _testcase(parent: ET.Element, suite: str, case: CaseResult) -> None:
     props = dict(case.properties)
     if case.backend:
         props.setdefault("backend", case.backend)
-    _properties(node, props)
     text = _xml_safe("\n".join(case.diagnostics))
+    head = "\n".join(f"{k}: {v}" for k, v in sorted(props.items()))
     reason = _xml_safe(case.reason)
     if case.status is Status.SKIP:
         ET.SubElement(node, "skipped", message=reason)
@@ -67,8 +70,9 @@ def _testcase(parent: ET.Element, suite: str, case: CaseResult) -> None:
     elif case.status is Status.ERROR:
         err = ET.SubElement(node, "error", message=reason or "error", type="error")
         err.text = text
-    if text:
-        ET.SubElement(node, "system-out").text = text
+    out = "\n".join(part for part in (_xml_safe(head), text) if part)
+    if out:
+        ET.SubElement(node, "system-out").text = out
 
 
 def render(run: RunResult, *, hostname: str = "", timestamp: str = "") -> str:
@@ -81,7 +85,6 @@ def render(run: RunResult, *, hostname: str = "", timestamp: str = "") -> str:
         tests=str(counts.total),
         failures=str(counts.failed + counts.xpass),
         errors=str(counts.errors + (1 if run.bail_out else 0)),
-        skipped=str(counts.skipped),
         time=_seconds(run.duration_s),
     )
     suite = ET.SubElement(
