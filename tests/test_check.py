@@ -231,7 +231,7 @@ def test_cli_kvm_backend_files(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code = main(["check", "--backend", "kvm", "--junit", str(junit_path), "--json", str(json_path)])
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == "KTAP version 1"
+    assert lines[0] == "TAP version 13"
     assert lines[1] == f"1..{len(chk.registry())}"
     results = [ln for ln in lines if ln.startswith(("ok ", "not ok "))]
     assert len(results) == len(chk.registry())

@@ -76,7 +76,7 @@ def test_exercise_runs_and_leaves_the_files(tmp_path: Path, capsys: Any) -> None
     strategies = {r["strategy"] for r in doc["shutdown"]["records"]}
     assert {"sync", "cleaner", "elsewhere", "reaper"} <= strategies
     ktap = (out / "check.ktap").read_text()
-    assert ktap.startswith("KTAP version 1\n") and "# Totals:" in ktap
+    assert ktap.startswith("TAP version 13\n") and "# Totals:" in ktap
     assert (out / "check.junit.xml").read_text().lstrip().startswith("<?xml")
     pytest.importorskip("matplotlib", reason="plots are the optional [plot] extra")
     assert (out / "teardown.png").stat().st_size > 1000

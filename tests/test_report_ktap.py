@@ -112,7 +112,7 @@ def test_streaming_equals_render(name: str) -> None:
 
 
 LINE = re.compile(
-    r"^(KTAP version 1|1\.\.\d+( # SKIP .+)?"
+    r"^(TAP version 13|1\.\.\d+( # SKIP .+)?"
     r"|(not )?ok \d+ [^#\n]+( # (SKIP|XFAIL|XPASS|ERROR)( .*)?)?"
     r"|#( .*)?|Bail out! .+)$"
 )
@@ -121,7 +121,7 @@ LINE = re.compile(
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_line_is_ktap(name: str) -> None:
     text = ktap.render(CASES[name][0]())
-    assert text.startswith("KTAP version 1\n")
+    assert text.startswith("TAP version 13\n")
     for line in text.splitlines():
         assert LINE.match(line), line
 
@@ -134,7 +134,7 @@ def test_multiline_diag_and_reason_stay_in_their_lines() -> None:
     w.diag("first\nok 2 not a result\n\nlast")
     w.result(CaseResult("x", Status.SKIP, reason="two\nlines", backend="sim"))
     assert buf.getvalue().splitlines() == [
-        "KTAP version 1",
+        "TAP version 13",
         "1..1",
         "# first",
         "# ok 2 not a result",
@@ -196,3 +196,38 @@ def test_exit_codes(statuses: list[Status], code: int) -> None:
     for st in statuses:
         counts.add(st)
     assert counts.exit_code() == code
+
+
+def test_xpass_is_ok_with_the_directive_as_kselftest() -> None:
+    case = CaseResult("x", Status.XPASS, reason="bug fixed", backend="sim")
+    assert ktap.result_line(3, case) == "ok 3 sim: x # XPASS bug fixed"
+    assert ktap.result_line(4, CaseResult("y", Status.XFAIL, backend="kvm")).startswith("ok 4")
+
+
+def test_diagnostics_cannot_break_the_stream() -> None:
+    buf = io.StringIO()
+    w = ktap.KtapWriter(buf)
+    w.diag("Subtest: fake\nbell \x07 and \x1b[31mcolour")
+    lines = buf.getvalue().splitlines()
+    assert lines == ["# | Subtest: fake", "# bell \\x07 and \\x1b[31mcolour"]
+    assert all(ch == "\t" or ch >= " " for line in lines for ch in line)
+
+
+def test_tap_consumer_reads_a_real_check_run_with_its_totals() -> None:
+    """tap.py (a generic TAP consumer) accepts kvmpv check's output; its counts are # Totals."""
+    tap_parser = pytest.importorskip("tap.parser", reason="tap.py is a test dependency")
+    from kvmpv.scenarios import check as chk
+
+    out = io.StringIO()
+    run = chk.run_checks(chk.CheckRequest(backend="both", facts=chk.probe_facts()), stream=out)
+    text = out.getvalue()
+    lines = list(tap_parser.Parser().parse_text(text))
+    assert [ln.category for ln in lines].count("version") == 1
+    tests = [ln for ln in lines if ln.category == "test"]
+    plan = [ln for ln in lines if ln.category == "plan"]
+    assert len(plan) == 1 and plan[0].expected_tests == len(tests)
+    counts = run.run.counts
+    assert len(tests) == counts.total
+    assert sum(1 for t in tests if t.skip) == counts.skipped
+    assert sum(1 for t in tests if not t.ok) == counts.failed + counts.errors
+    assert f"skip:{counts.skipped}" in text.splitlines()[-1]

@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""KTAP output as kselftest prints it (``kselftest.h``, ``net/lib/py/ksft.py``).
+"""TAP output as kselftest prints it (``kselftest.h``, ``net/lib/py/ksft.py``).
 
 ``KtapWriter`` streams one line at a time and flushes each one, so a run that
 is killed still leaves every finished result on the terminal or in the CI
 log (kselftest forces stdout to line buffering for the same reason)::
 
-    KTAP version 1
+    TAP version 13
     1..3
     # diagnostics of the run
     ok 1 kvm: pv_caps_report_host
@@ -14,10 +14,18 @@ log (kselftest forces stdout to line buffering for the same reason)::
     ok 3 sim: perform_fast # SKIP needs Destroy-Fast
     # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:0
 
+The header is kselftest's ``TAP version 13``: the kernel's ``kunit_parser.py``
+reads it as it reads ``KTAP version 1``, and generic TAP consumers (``tap.py``,
+``prove``) accept only it (with a ``KTAP`` first line they find the plan
+"not at the beginning").  XPASS is ``ok ... # XPASS`` and XFAIL ``ok ... #
+XFAIL``, as ``ksft_test_result_xpass()``/``_xfail()`` print them.
+
 A whole-run skip before any case is ``1..0 # SKIP reason`` (kselftest's
 ``ksft_exit_skip()``); an abort is ``Bail out! reason`` followed by the totals
 (``ksft_exit_fail_msg()``).  Free text goes through ``diag()``, which
-prefixes every line with ``#`` so that it can never be read as a result.
+prefixes every line with ``#`` so that it can never be read as a result; control
+characters become ``\\xNN`` and a line that would read as kunit's ``# Subtest:``
+header is defused, so no diagnostic can break a parser.
 
 The state (counters, plan) lives in the writer object, never in module
 globals, so several runs can share a process (``kvmpv exercise``, pytest).
@@ -32,17 +40,26 @@ from typing import Optional, TextIO
 
 from .cases import CaseResult, Counts, RunResult, Status
 
-KTAP_VERSION_LINE = "KTAP version 1"
+KTAP_VERSION_LINE = "TAP version 13"
+
+
+def _printable(text: str) -> str:
+    """Control characters (which TAP parsers choke on) as ``\\xNN``; tabs stay."""
+    return "".join(
+        ch if ch == "\t" or (" " <= ch and ch != "\x7f") else f"\\x{ord(ch):02x}" for ch in text
+    )
 
 
 def _one_line(text: str) -> str:
     """Directive reasons and names must stay on their result line."""
-    return " ".join(text.split())
+    return _printable(" ".join(text.split()))
 
 
 def result_line(number: int, case: CaseResult) -> str:
     """``ok 3 sim: name``, ``ok 4 kvm: name # SKIP reason``, ``not ok 5 ...``."""
-    prefix = "ok" if case.status.ok else "not ok"
+    # kselftest prints an unexpected pass as "ok ... # XPASS": the directive
+    # carries the news, the line is not a failure to a TAP consumer.
+    prefix = "ok" if case.status.ok or case.status is Status.XPASS else "not ok"
     line = f"{prefix} {number} {_one_line(case.label).replace('#', '_')}"
     directive = {
         Status.SKIP: "SKIP",
@@ -81,6 +98,9 @@ class KtapWriter:
     def diag(self, text: str) -> None:
         """Print ``text`` as diagnostics, ``#`` before every line (``ksft_pr``)."""
         for line in text.splitlines() or [""]:
+            line = _printable(line)
+            if line.lstrip().startswith("Subtest:"):
+                line = "| " + line  # "# Subtest:" opens a subtest for kunit_parser
             self._line(f"# {line}".rstrip())
 
     def result(self, case: CaseResult) -> int:
