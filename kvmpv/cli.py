@@ -2,8 +2,10 @@
 """The ``kvmpv`` command line: argparse, dispatch, and the exit-code contract.
 
 Each subcommand lives in ``kvmpv/commands/<name>.py`` with two functions,
-``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them
-up, so it stays small and nobody has to edit it to change a command.
+``add_arguments(parser)`` and ``run(args) -> int``, and optionally
+``on_interrupt(args, exc)``, which writes the command's report files when
+SIGINT/SIGTERM stops it; this file only wires them up, so it stays small and
+nobody has to edit it to change a command.
 
 Errors: a ``KvmpvError`` becomes one line on stderr ("kvmpv: error: ...") and
 its exit code; anything else is a bug: one line ("kvmpv: internal error: ...",
@@ -25,6 +27,7 @@ from types import FrameType
 from typing import Optional
 
 from . import __version__, pgste
+from .closing import signals_held
 from .errors import (
     EXIT_ENV,
     EXIT_FAIL,
@@ -122,7 +125,7 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _on_interrupt=getattr(module, "on_interrupt", None))
     return parser
 
 
@@ -153,20 +156,33 @@ def _raise_terminated(signo: int, frame: Optional[FrameType]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run kvmpv with ``argv`` (without the program name); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    args: Optional[argparse.Namespace] = None
     try:
-        parser = build_parser(_selected_command(argv))
+        # SIGINT/SIGTERM wait until the command is known: one that arrives
+        # while the modules load is delivered right after, where the command's
+        # on_interrupt() can still write its (bail-out) reports.
         try:
-            args = parser.parse_args(argv)
-        except _UsageExit as err:
-            print(err, file=sys.stderr)
-            return EXIT_USAGE
-        if not getattr(args, "command", None):
-            parser.print_help(sys.stderr)
-            return EXIT_USAGE
-        # kvmpv speaks Linux uapi only: say so once, before any command runs.
-        require_linux()
-        code: int = args._run(args)
-        return code
+            with signals_held():
+                parser = build_parser(_selected_command(argv))
+                try:
+                    parsed = parser.parse_args(argv)
+                except _UsageExit as err:
+                    print(err, file=sys.stderr)
+                    return EXIT_USAGE
+                if not getattr(parsed, "command", None):
+                    parser.print_help(sys.stderr)
+                    return EXIT_USAGE
+                args = parsed
+            # (a signal held above is raised here, as the block ends)
+            # kvmpv speaks Linux uapi only: say so once, before any command runs.
+            require_linux()
+            code: int = args._run(args)
+            return code
+        except (KeyboardInterrupt, Interrupted) as exc:
+            hook = getattr(args, "_on_interrupt", None) if args is not None else None
+            if hook is not None:
+                hook(args, exc)
+            raise
     except KeyboardInterrupt:
         print("kvmpv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

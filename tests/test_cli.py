@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -241,3 +242,81 @@ def test_compare_on_a_wrong_typed_warmup_cycles_is_exit_2(
         assert main(argv) == 2
         line = one_error_line(capsys.readouterr().err)
         assert "warmup_cycles" in line and "invalid results file" in line
+
+
+# --------------------------------------------------------------------------
+# Reports on every way out (a CI timeout is a SIGTERM or SIGINT)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signo, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_check_interrupted_mid_run_still_writes_both_reports(
+    tmp_path: Path, signo: int, code: int
+) -> None:
+    import json
+    import xml.etree.ElementTree as ET
+
+    junit_path, json_path = tmp_path / "check.xml", tmp_path / "check.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmpv", "check", "--backend", "both",
+         "--junit", str(junit_path), "--json", str(json_path)],
+        cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # until three results are out
+        if line.startswith(("ok 3 ", "not ok 3 ")):
+            break
+    proc.send_signal(signo)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    doc = json.loads(json_path.read_text())
+    assert doc["interrupted"] is True and "interrupted by signal" in doc["bail_out"]
+    assert len(doc["results"]) >= 3 and doc["plan"] > len(doc["results"])
+    suite = ET.fromstring(junit_path.read_text()).find("testsuite")
+    assert suite is not None
+    props = {p.get("name"): p.get("value") for p in suite.findall("properties/property")}
+    assert props["interrupted"] == "true" and int(suite.get("tests", "0")) >= 3
+    assert "Bail out! interrupted by signal" in rest
+
+
+def test_check_interrupted_before_the_first_check_writes_empty_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from kvmpv.scenarios import check as chk
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kvmpv.commands.check.run_checks", interrupted)
+    monkeypatch.setattr(chk, "run_checks", interrupted)
+    j, x = tmp_path / "c.json", tmp_path / "c.xml"
+    assert main(["check", "--json", str(j), "--junit", str(x)]) == 130
+    doc = json.loads(j.read_text())
+    assert doc["interrupted"] and doc["results"] == []
+    assert "before the first check" in doc["bail_out"] and x.exists()
+
+
+def test_check_refuses_an_unwritable_report_path_before_any_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--junit", str(tmp_path / "missing" / "c.xml")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no check ran
+    assert "cannot write" in one_error_line(captured.err)
+
+
+def test_a_string_schema_version_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    doc = json.loads((REPO / "fixtures" / "results" / "baseline.json").read_text())
+    doc["schema_version"] = "1"
+    bad = tmp_path / "v.json"
+    bad.write_text(json.dumps(doc))
+    assert main(["report", str(bad)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "schema_version must be a number, not str '1'" in line

@@ -20,13 +20,21 @@ Exit code 0 when every result passed, 1 when one failed, 4 when all were skipped
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from .. import seimage
-from ..errors import UsageError
-from ..report.cases import write_text
-from ..scenarios.check import BACKENDS, CheckRequest, describe_checks, probe_facts, run_checks
+from ..errors import Interrupted, UsageError
+from ..report.cases import RunResult, ensure_writable, write_text
+from ..scenarios.check import (
+    BACKENDS,
+    CheckRequest,
+    CheckRun,
+    describe_checks,
+    probe_facts,
+    run_checks,
+)
 from ..scenarios.check import select as select_checks
 
 
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.junit, args.json):
         if path == "-":
             raise UsageError("--junit/--json need a file name; KTAP goes to stdout")
+        if path:
+            ensure_writable(path)  # before minutes of checks, not after
     if args.list:
         for line in describe_checks(probe_facts(), selected):
             print(line)
@@ -76,8 +86,34 @@ def run(args: argparse.Namespace) -> int:
     image = seimage.load(Path(args.se_image)) if args.se_image else None
     req = CheckRequest(backend=args.backend, select=tuple(args.select), se_image=image)
     result = run_checks(req, stream=sys.stdout)
+    _write_reports(args, result)
+    return result.exit_code
+
+
+def _write_reports(args: argparse.Namespace, result: CheckRun) -> None:
     if args.junit:
         write_text(args.junit, result.junit())
     if args.json:
         write_text(args.json, result.to_json())
-    return result.exit_code
+
+
+def on_interrupt(args: argparse.Namespace, exc: BaseException) -> None:
+    """SIGINT/SIGTERM: write the reports anyway, marked interrupted, counting what ran.
+
+    A CI timeout stops a run exactly like this; a report that says so beats
+    none.  Before the first check there is nothing to count: the reports say
+    that (an empty run, bailed out).
+    """
+    if not (args.junit or args.json):
+        return
+    partial = getattr(exc, "check_run", None)
+    if partial is None:
+        signo = exc.signo if isinstance(exc, Interrupted) else signal.SIGINT
+        run = RunResult(
+            suite="kvmpv.check",
+            planned=0,
+            bail_out=f"interrupted by signal {int(signo)} before the first check",
+            interrupted=True,
+        )
+        partial = CheckRun(run, args.backend, probe_facts())
+    _write_reports(args, partial)

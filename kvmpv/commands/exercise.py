@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
 
 
+def on_interrupt(args: argparse.Namespace, exc: BaseException) -> None:
+    """SIGINT/SIGTERM: the files were written with what ran; say which."""
+    for path in getattr(exc, "exercise_files", []):
+        print(f"wrote {path} (interrupted)")
+
+
 def run(args: argparse.Namespace) -> int:
     req = ExerciseRequest(
         out_dir=args.out,

@@ -79,7 +79,7 @@ def format_text(result: ShutdownResult) -> str:
     head = (
         f"kvmpv shutdown: {'KVM VM' if result.request.vm else 'native'} worker, "
         f"{'THP' if result.request.thp else '4 KiB pages'}, repeat {result.request.repeat}, "
-        f"cgroup {result.hierarchy or 'unavailable'}; host {doc['host']['kernel']}, "
+        f"cgroup {result.hierarchy or 'unavailable'}; host {doc['host']['kernel_release']}, "
         f"{doc['host']['cpus']} CPUs, load {doc['host']['loadavg_start']:.2f}->"
         f"{doc['host']['loadavg_end']:.2f}, CPUs busy {doc['host']['cpu_busy_fraction']:.0%}"
     )

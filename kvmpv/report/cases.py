@@ -151,6 +151,8 @@ class RunResult:
     bail_out: str = ""
     properties: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+    #: the run was stopped by SIGINT/SIGTERM: the report counts what ran
+    interrupted: bool = False
 
     @property
     def counts(self) -> Counts:
@@ -184,6 +186,7 @@ class RunResult:
             "totals": self.counts.to_dict(),
             "skip_all": self.skip_all or None,
             "bail_out": self.bail_out or None,
+            "interrupted": self.interrupted,
             "exit_code": self.exit_code,
             "duration_s": round(self.duration_s, 6),
             "properties": dict(self.properties),
@@ -191,6 +194,23 @@ class RunResult:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def ensure_writable(path: str) -> None:
+    """Refuse an output path that cannot be written, before any work (``UsageError``).
+
+    Creates nothing that stays: a test file in the target directory,
+    removed at once (``write_text`` later replaces the target atomically).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {path}: is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".kvmpv-probe-", dir=directory)
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror}") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def write_text(path: str, text: str) -> None:

@@ -105,6 +105,8 @@ def render(run: RunResult, *, hostname: str = "", timestamp: str = "") -> str:
         props["skip_all"] = run.skip_all
     if run.bail_out:
         props["bail_out"] = run.bail_out
+    if run.interrupted:
+        props["interrupted"] = "true"
     if not_run:
         props["not_run"] = str(not_run)
     _properties(suite, props)

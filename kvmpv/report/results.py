@@ -69,6 +69,10 @@ def validate(doc: Any, source: str = "results") -> None:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
         raise UsageError(f'{source}: not a kvmpv results file (no "schema": "{SCHEMA_NAME}")')
     version = doc.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UsageError(
+            f"{source}: schema_version must be a number, not {type(version).__name__} {version!r}"
+        )
     if version != SCHEMA_VERSION:
         raise UsageError(
             f"{source}: results schema version {version!r}, this kvmpv reads {SCHEMA_VERSION}"

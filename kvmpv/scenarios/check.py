@@ -180,7 +180,7 @@ class HostFacts:
     def to_dict(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
-            "kernel": self.kernel,
+            "kernel_release": self.kernel,
             "kvm_error": self.kvm_error or None,
             "cap_180": self.cap_protected,
             "cap_217": self.cap_dump,
@@ -1810,7 +1810,7 @@ def run_checks(
         properties={
             "backend_mode": req.backend,
             "arch": facts.arch,
-            "kernel": facts.kernel,
+            "kernel_release": facts.kernel,
             "pv_reason": facts.pv_reason() or "none: PV async usable",
         },
     )
@@ -1832,10 +1832,13 @@ def run_checks(
     except (Interrupted, KeyboardInterrupt) as exc:
         signo = exc.signo if isinstance(exc, Interrupted) else 2
         result.bail_out = f"interrupted by signal {signo}, cleanup done"
+        result.interrupted = True
         result.duration_s = time.monotonic() - started
         if writer is not None:
             writer.bail_out(result.bail_out)
             writer.totals()
+        # What ran so far travels with the signal, for the report files.
+        exc.check_run = CheckRun(result, req.backend, facts)  # type: ignore[union-attr]
         raise
     result.duration_s = time.monotonic() - started
     if writer is not None:

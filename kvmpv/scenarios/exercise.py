@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..errors import EXIT_FAIL, EXIT_OK, HostError, UsageError
+from ..errors import EXIT_FAIL, EXIT_OK, HostError, Interrupted, UsageError
 from ..memory import mem_available
 from ..report import results, tables
+from ..report.cases import write_text
 from ..units import GiB, MiB, format_size
 from . import check as check_mod
 from . import probe as probe_mod
@@ -106,19 +108,23 @@ def plan_sizes(req: ExerciseRequest, available: int) -> list[int]:
 def _check_step(
     out_dir: str, doc: dict[str, Any], res: ExerciseResult, say: Callable[[str], None]
 ) -> None:
-    ktap = io.StringIO()
-    run = check_mod.run_checks(check_mod.CheckRequest(), stream=ktap, progress=say)
-    ktap_path = os.path.join(out_dir, "check.ktap")
-    with open(ktap_path, "w", encoding="utf-8") as f:
-        f.write(ktap.getvalue())
-    junit_path = os.path.join(out_dir, "check.junit.xml")
-    with open(junit_path, "w", encoding="utf-8") as f:
-        f.write(run.junit())
-    res.files += [ktap_path, junit_path]
-    doc["check"] = run.to_dict()
+    run = check_mod.run_checks(check_mod.CheckRequest(), stream=io.StringIO(), progress=say)
+    _write_check_files(out_dir, run, doc, res)
     failed = [r["name"] for r in doc["check"]["results"] if r["status"] in ("fail", "error")]
     if failed:
         res.problems.append(f"check: {len(failed)} failed: {', '.join(failed[:5])}")
+
+
+def _write_check_files(
+    out_dir: str, run: check_mod.CheckRun, doc: dict[str, Any], res: ExerciseResult
+) -> None:
+    """check.ktap and check.junit.xml of a (possibly interrupted) check run."""
+    ktap_path = os.path.join(out_dir, "check.ktap")
+    write_text(ktap_path, run.ktap())
+    junit_path = os.path.join(out_dir, "check.junit.xml")
+    write_text(junit_path, run.junit())
+    res.files += [ktap_path, junit_path]
+    doc["check"] = run.to_dict()
 
 
 def _reboot_step(
@@ -184,24 +190,41 @@ def run_exercise(req: ExerciseRequest, progress: Optional[Any] = None) -> Exerci
     res = ExerciseResult(doc)
     done(host.verdict)
 
-    step("check: conformance of the PV async-cleanup interface")
-    _check_step(req.out_dir, doc, res, say)
-    done()
+    current = "check"
+    try:
+        step("check: conformance of the PV async-cleanup interface")
+        _check_step(req.out_dir, doc, res, say)
+        done()
 
-    if MIN_REBOOT_MEMORY > available // 2:
-        doc.setdefault("skipped", []).append(
-            {"step": "reboot", "reason": f"needs {format_size(MIN_REBOOT_MEMORY)} of guest"
-             f" memory, only {format_size(available)} available"}
-        )  # fmt: skip
-    else:
-        for memory in reboot_sizes:
-            step(f"reboot: async vs sync at {format_size(memory)}")
-            _reboot_step(req, memory, doc, res, say)
-            done()
+        current = "reboot"
+        if MIN_REBOOT_MEMORY > available // 2:
+            doc.setdefault("skipped", []).append(
+                {"step": "reboot", "reason": f"needs {format_size(MIN_REBOOT_MEMORY)} of guest"
+                 f" memory, only {format_size(available)} available"}
+            )  # fmt: skip
+        else:
+            for memory in reboot_sizes:
+                step(f"reboot: async vs sync at {format_size(memory)}")
+                _reboot_step(req, memory, doc, res, say)
+                done()
 
-    step(f"shutdown: {', '.join(req.strategies)} at {', '.join(map(format_size, sizes))}")
-    _shutdown_step(req, sizes, doc, res, say)
-    done()
+        current = "shutdown"
+        step(f"shutdown: {', '.join(req.strategies)} at {', '.join(map(format_size, sizes))}")
+        _shutdown_step(req, sizes, doc, res, say)
+        done()
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # A CI timeout stops the job exactly like this: the files are written
+        # anyway, with what was measured so far, and say that it was cut short.
+        signo = exc.signo if isinstance(exc, Interrupted) else int(signal.SIGINT)
+        doc["interrupted"] = {"signal": int(signo), "step": current}
+        partial = getattr(exc, "check_run", None)
+        if partial is not None:
+            _write_check_files(req.out_dir, partial, doc, res)
+        path = os.path.join(req.out_dir, "results.json")
+        results.write(doc, path)
+        res.files.insert(0, path)
+        exc.exercise_files = list(res.files)  # type: ignore[union-attr]
+        raise
 
     path = os.path.join(req.out_dir, "results.json")
     results.write(doc, path)

@@ -960,7 +960,7 @@ def run_shutdown(req: ShutdownRequest, progress: Progress = None) -> ShutdownRes
 
     busy1, total1 = _cpu_busy_jiffies()
     host = {
-        "kernel": os.uname().release,
+        "kernel_release": os.uname().release,
         "cpus": os.cpu_count(),
         "thp_mode": _thp_mode(),
         "loadavg_start": load0,
