@@ -231,3 +231,42 @@ def test_tap_consumer_reads_a_real_check_run_with_its_totals() -> None:
     assert sum(1 for t in tests if t.skip) == counts.skipped
     assert sum(1 for t in tests if not t.ok) == counts.failed + counts.errors
     assert f"skip:{counts.skipped}" in text.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_avocado_runs_each_check_as_its_own_result(tmp_path: Path) -> None:
+    """avocado (the KVM-on-Z test teams' runner) runs kvmpv check unchanged: one TAP test per
+    check and backend, with the pass/skip/fail counts of kvmpv's own # Totals."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from kvmpv.scenarios import check as chk
+
+    avocado = shutil.which("avocado")
+    if avocado is None:
+        pytest.skip("avocado not installed (pip install avocado-framework; tox installs it)")
+    repo = Path(__file__).resolve().parent.parent
+    kvmpv = tmp_path / "kvmpv"  # what `command -v kvmpv` is on an installed host
+    kvmpv.write_text(f'#!/bin/sh\nexec {sys.executable} -m kvmpv "$@"\n')
+    kvmpv.chmod(0o755)
+    select = "prepare"
+    cmd = [
+        avocado, "run", "--job-results-dir", str(tmp_path / "jobs"),
+        "--resolver-run-executables", "--resolver-exec-arguments",
+        f"check --backend both -k {select} --avocado-recipe", str(kvmpv),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = json.loads(next((tmp_path / "jobs").glob("job-*/results.json")).read_text())
+    ours = chk.run_checks(
+        chk.CheckRequest(backend="both", select=(select,), facts=chk.probe_facts())
+    ).run.counts
+    assert job["total"] == ours.total > 2
+    assert (job["pass"], job["skip"]) == (ours.passed, ours.skipped)
+    assert (job["failures"], job["errors"]) == (ours.failed, ours.errors)
+    names = {t["name"] for t in job["tests"]}
+    assert "kvmpv.check.sim.prepare_success" in names

@@ -20,19 +20,25 @@ Exit code 0 when every result passed, 1 when one failed, 4 when all were skipped
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import seimage
 from ..errors import Interrupted, UsageError
 from ..report.cases import RunResult, ensure_writable, write_text
 from ..scenarios.check import (
     BACKENDS,
+    Check,
     CheckRequest,
     CheckRun,
     describe_checks,
+    plan,
     probe_facts,
+    registry,
     run_checks,
 )
 from ..scenarios.check import select as select_checks
@@ -59,6 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only checks whose name contains PATTERN (or matches it as a glob); repeatable",
     )
     parser.add_argument(
+        "--exact",
+        metavar="NAME",
+        help="run only the check called NAME (no pattern matching)",
+    )
+    parser.add_argument(
+        "--avocado-recipe",
+        action="store_true",
+        help="print, instead of running anything, avocado runnables: one TAP test per "
+        "check and backend, so that 'avocado run --resolver-run-executables "
+        '--resolver-exec-arguments "check --avocado-recipe" $(command -v kvmpv)\' reports '
+        "each check as its own result",
+    )
+    parser.add_argument(
         "--se-image",
         metavar="FILE",
         help="a Secure Execution image made for this host (pvimg create): the boot checks "
@@ -68,7 +87,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.exact:
+        if args.exact not in {c.name for c in registry()}:
+            raise UsageError(f"--exact {args.exact}: no such check (kvmpv check --list)")
+        args.select = [args.exact]
     selected = select_checks(tuple(args.select))
+    if args.exact:
+        selected = tuple(c for c in selected if c.name == args.exact)
+        args.select = [f"[{args.exact[0]}]{args.exact[1:]}"]  # a glob matching only it
+    if args.avocado_recipe:
+        print(json.dumps(avocado_recipe(args, selected)))
+        return 0
     for path in (args.junit, args.json):
         if path == "-":
             raise UsageError("--junit/--json need a file name; KTAP goes to stdout")
@@ -88,6 +117,23 @@ def run(args: argparse.Namespace) -> int:
     result = run_checks(req, stream=sys.stdout)
     _write_reports(args, result)
     return result.exit_code
+
+
+def avocado_recipe(args: argparse.Namespace, checks: Sequence[Check]) -> list[dict[str, Any]]:
+    """avocado "runnables recipe" (the exec-runnables-recipe resolver): one ``tap``
+    runnable per check and backend, each ``kvmpv check --exact NAME``, so that every
+    check is its own avocado result with its own status (TAP pass, skip, fail)."""
+    facts = probe_facts()
+    extra = ["--se-image", args.se_image] if args.se_image else []
+    return [
+        {
+            "kind": "tap",
+            "identifier": f"kvmpv.check.{backend}.{chk.name}",  # what avocado names the test
+            "uri": sys.executable,
+            "args": ["-m", "kvmpv", "check", "--backend", backend, "--exact", chk.name, *extra],
+        }
+        for chk, backend in plan(checks, args.backend, facts)
+    ]
 
 
 def _write_reports(args: argparse.Namespace, result: CheckRun) -> None:
