@@ -139,11 +139,12 @@ def _selected_command(argv: Sequence[str]) -> str:
 
 def _where(err: BaseException) -> str:
     """`` (at file.py:123)``: the innermost kvmpv frame, for the bug report."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     tb = err.__traceback__
     last = ""
     while tb is not None:
         code = tb.tb_frame.f_code
-        if "kvmpv" in code.co_filename:
+        if os.path.abspath(code.co_filename).startswith(package):
             last = f" (at {code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name})"
         tb = tb.tb_next
     return last
