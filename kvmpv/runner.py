@@ -8,8 +8,10 @@ What "the guest finished" looks like depends on the architecture (spec 10.2):
   ``kvm_s390_handle_wait()`` leaves to userspace; kvmpv's s390x payload
   ends with one) or 0x28 (the CPU stopped itself).  s390 never returns HLT.
 
-Anything else is an error that names the exit (and, on s390, the intercept
-code, instruction and PSW), never a silent retry.
+One exit is served on the way, as QEMU serves it: a protected guest's SCLP
+call (``serve_pv_sclp``), which the loader of a pvimg image makes before
+its kernel runs.  Anything else is an error that names the exit (and, on
+s390, the intercept code, instruction and PSW), never a silent retry.
 
 Starting a vCPU also differs: on s390, once userspace controls CPU state
 (``KVM_SET_MP_STATE`` or any PV command), a STOPPED vCPU makes ``KVM_RUN``
