@@ -320,3 +320,25 @@ def test_a_string_schema_version_says_so(
     assert main(["report", str(bad)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "schema_version must be a number, not str '1'" in line
+
+
+def test_reboot_interrupted_still_writes_its_json(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "reboot.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmpv", "reboot", "--backend", "sim", "--memory", "1G",
+         "--cycles", "500", "--json", str(out)],
+        cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if " cycle 3/" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] == 2 and 3 <= len(doc["cycles"]) < 1000
+    assert doc["simulated"] is True

@@ -18,6 +18,7 @@ import sys
 from typing import Optional
 
 from ..report import results, tables
+from ..report.cases import ensure_writable
 from ..report.progress import Progress
 from ..scenarios.bench import BenchRequest, run_bench
 from ..units import parse_size, parse_sizes
@@ -39,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def on_interrupt(args: argparse.Namespace, exc: BaseException) -> None:
+    """SIGINT/SIGTERM: --json still gets what was measured, ``"interrupted"``."""
+    doc = getattr(exc, "bench_doc", None)
+    if args.json and doc is not None:
+        results.write(doc, args.json)
+        print(f"wrote {args.json} (interrupted)")
+
+
 def run(args: argparse.Namespace) -> int:
     reboot_sizes: Optional[tuple[int, ...]] = None
     if args.no_reboot:
@@ -54,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         reboot_sizes=reboot_sizes,
         command="kvmpv " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
+    if args.json:
+        ensure_writable(args.json)  # before minutes of measuring, not after
     doc = run_bench(req, Progress())
     if args.json:
         results.write(doc, args.json)

@@ -16,8 +16,15 @@ import argparse
 import json
 import sys
 
-from ..errors import UsageError
-from ..scenarios.reboot import BACKENDS, CHARGE_TO, MODES, RebootRequest, run_reboot
+from ..report.cases import ensure_writable, write_text
+from ..scenarios.reboot import (
+    BACKENDS,
+    CHARGE_TO,
+    MODES,
+    RebootRequest,
+    RebootResult,
+    run_reboot,
+)
 from ..units import parse_size
 
 
@@ -93,12 +100,7 @@ def run(args: argparse.Namespace) -> int:
         se_image=args.se_image,
     )
     if args.json and args.json != "-":
-        # Fail on an unwritable path before minutes of measuring.
-        try:
-            with open(args.json, "a"):
-                pass
-        except OSError as err:
-            raise UsageError(f"--json {args.json}: {err.strerror}") from None
+        ensure_writable(args.json)  # before minutes of measuring, not after
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
@@ -130,11 +132,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label} accounting verdict SKIP: {acct.get('reason')}", file=out)
     for failure in result.failures:
         print(f"{label} FAIL {failure}", file=out)
-    if args.json:
-        text = json.dumps(result.to_dict(), indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+    _write_json(args, result)
     return result.exit_code
+
+
+def _write_json(args: argparse.Namespace, result: RebootResult) -> None:
+    if not args.json:
+        return
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    if args.json == "-":
+        print(text, end="")
+    else:
+        write_text(args.json, text)
+
+
+def on_interrupt(args: argparse.Namespace, exc: BaseException) -> None:
+    """SIGINT/SIGTERM: --json still gets the cycles that finished, ``"interrupted": N``."""
+    partial = getattr(exc, "reboot_result", None)
+    if partial is not None:
+        _write_json(args, partial)

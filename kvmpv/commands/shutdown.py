@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from ..errors import UsageError
+from ..report.cases import ensure_writable, write_text
 from ..scenarios.shutdown import (
     DEFAULT_STRATEGIES,
     STRATEGIES,
@@ -141,9 +141,7 @@ def run(args: argparse.Namespace) -> int:
     )
     req.validate()
     if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise UsageError(f"--json {args.json}: no such directory {folder}")
+        ensure_writable(args.json)  # before minutes of measuring, not after
 
     def progress(msg: str) -> None:
         if not args.quiet:
@@ -151,11 +149,13 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_shutdown(req, progress)
     if args.json:
-        try:
-            with open(args.json, "w") as f:
-                json.dump(result.to_dict(), f, indent=2)
-                f.write("\n")
-        except OSError as err:
-            raise UsageError(f"--json {args.json}: {err.strerror}") from None
+        write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
     print(format_text(result))
     return result.exit_code
+
+
+def on_interrupt(args: argparse.Namespace, exc: BaseException) -> None:
+    """SIGINT/SIGTERM: --json still gets the samples taken, ``"interrupted": N``."""
+    partial = getattr(exc, "shutdown_result", None)
+    if args.json and partial is not None:
+        write_text(args.json, json.dumps(partial.to_dict(), indent=2) + "\n")

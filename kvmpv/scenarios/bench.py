@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..errors import HostError, UsageError
+from ..errors import HostError, Interrupted, UsageError
 from ..memory import mem_available
 from ..report import results
 from ..units import GiB, format_size
@@ -126,6 +126,41 @@ def run_bench(req: BenchRequest, progress: Optional[Any] = None) -> dict[str, An
 
     doc = results.new_document(probe_mod.probe_host().to_dict(), req.command)
     teardown: list[dict[str, Any]] = []
+    curve: list[dict[str, Any]] = []
+    try:
+        _measure(req, sizes, reboot_sizes, teardown, curve, step, done, say)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # What was measured travels with the signal: --json still gets a file.
+        partial = getattr(exc, "shutdown_result", None)
+        if partial is not None:
+            teardown += partial.to_dict()["records"]
+        doc["bench"] = {"teardown": teardown, "extrapolation": [], "reboot_curve": curve}
+        signo = exc.signo if isinstance(exc, Interrupted) else 2
+        doc["interrupted"] = {"signal": int(signo), "step": "bench"}
+        exc.bench_doc = doc  # type: ignore[union-attr]
+        raise
+    doc["bench"] = {
+        "teardown": teardown,
+        "extrapolation": extrapolate(teardown),
+        "reboot_curve": curve,
+    }
+    if not curve:
+        doc["skipped"] = [
+            {"step": "reboot curve", "reason": "no guest size >= 3G fits in half of MemAvailable"}
+        ]
+    return doc
+
+
+def _measure(
+    req: BenchRequest,
+    sizes: list[int],
+    reboot_sizes: Sequence[int],
+    teardown: list[dict[str, Any]],
+    curve: list[dict[str, Any]],
+    step: Callable[[str], None],
+    done: Callable[..., None],
+    say: Callable[[str], None],
+) -> None:
     for thp in req.page_sizes:
         pages = "THP" if thp else "4 KiB pages"
         step(f"teardown table, {pages}: {', '.join(map(format_size, sizes))}")
@@ -137,7 +172,6 @@ def run_bench(req: BenchRequest, progress: Optional[Any] = None) -> dict[str, An
         )
         teardown += sr.to_dict()["records"]
         done()
-    curve = []
     for memory in reboot_sizes:
         if memory < MIN_REBOOT_MEMORY:
             continue
@@ -150,16 +184,6 @@ def run_bench(req: BenchRequest, progress: Optional[Any] = None) -> dict[str, An
         )
         curve.append(rr.to_dict())
         done()
-    doc["bench"] = {
-        "teardown": teardown,
-        "extrapolation": extrapolate(teardown),
-        "reboot_curve": curve,
-    }
-    if not curve:
-        doc["skipped"] = [
-            {"step": "reboot curve", "reason": "no guest size >= 3G fits in half of MemAvailable"}
-        ]
-    return doc
 
 
 __all__ = ["EXTRAPOLATE_TO", "BenchRequest", "extrapolate", "fit_rate", "plan", "run_bench"]

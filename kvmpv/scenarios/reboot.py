@@ -49,7 +49,7 @@ from ..accounting import (
     skip_verdict,
 )
 from ..closing import signals_held
-from ..errors import HostError, KvmpvError, UsageError
+from ..errors import HostError, Interrupted, KvmpvError, UsageError
 from ..kvm import Kvm, Vm
 from ..memory import GuestMemory, mem_available
 from ..pv import (
@@ -294,6 +294,8 @@ class RebootResult:
     accounting: dict[str, Any] = field(default_factory=dict)
     guest_runs: bool = True
     image: Optional[dict[str, Any]] = None
+    #: stopped by this signal (the cycles are those that finished before it)
+    interrupted: Optional[int] = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -361,6 +363,7 @@ class RebootResult:
             "memslots": [{"gpa": g, "size": s} for g, s in self.slots],
             "guest_runs": self.guest_runs,
             "image": self.image,
+            "interrupted": self.interrupted,
             "accounting": dict(self.accounting),
             "cycles": [c.to_dict() for c in self.cycles],
             "warmup_cycles": [c.to_dict() for c in self.warmup_cycles],
@@ -717,6 +720,10 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
                 _teardown(guest, cleanups, vm, stack)
             except BaseException as cleanup_exc:
                 say(f"cleanup after {type(exc).__name__} also failed: {cleanup_exc}")
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            # What ran travels with the signal, for --json (commands/reboot.py).
+            result.interrupted = exc.signo if isinstance(exc, Interrupted) else 2
+            exc.reboot_result = result  # type: ignore[union-attr]
         raise
     with _cleanup_guard():
         _teardown(guest, cleanups, vm, stack)

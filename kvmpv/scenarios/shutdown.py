@@ -97,7 +97,7 @@ from ..accounting import (
     judge_charged,
 )
 from ..closing import signals_held
-from ..errors import HostError, KvmpvError, UsageError
+from ..errors import HostError, Interrupted, KvmpvError, UsageError
 from ..memory import mem_available
 from ..syscalls import libc
 from ..units import MiB, format_size
@@ -368,6 +368,8 @@ class ShutdownResult:
     accounting_reason: str
     host: dict[str, Any]
     elapsed_s: float
+    #: stopped by this signal: the samples are those taken before it
+    interrupted: Optional[int] = None
 
     @property
     def exit_code(self) -> int:
@@ -393,6 +395,7 @@ class ShutdownResult:
             "accounting": "ok" if not self.accounting_reason else self.accounting_reason,
             "host": self.host,
             "elapsed_s": round(self.elapsed_s, 3),
+            "interrupted": self.interrupted,
             "records": [r.to_dict() for r in self.records],
         }
 
@@ -936,20 +939,40 @@ def run_shutdown(req: ShutdownRequest, progress: Progress = None) -> ShutdownRes
                 records[(s, size)].skip_reason = why
 
     runnable = [s for s in req.strategies if s not in skips]
-    for repeat in range(req.repeat):
-        # Rotate the order each repeat: no strategy always runs first (cold
-        # caches, a neighbour's job starting) or right after another's teardown.
-        k = repeat % max(1, len(runnable))
-        order = runnable[k:] + runnable[:k]
-        for size in req.sizes:
-            for strategy in order:
-                rec = records[(strategy, size)]
-                if rec.skip_reason:
-                    continue
-                _check_memory([size])
-                say(f"repeat {repeat + 1}/{req.repeat}: {strategy} {format_size(size)}")
-                rec.samples.append(_run_once(strategy, size, req, repeat, not accounting_reason))
+    try:
+        for repeat in range(req.repeat):
+            # Rotate the order each repeat: no strategy always runs first (cold
+            # caches, a neighbour's job starting) or right after another's teardown.
+            k = repeat % max(1, len(runnable))
+            order = runnable[k:] + runnable[:k]
+            for size in req.sizes:
+                for strategy in order:
+                    rec = records[(strategy, size)]
+                    if rec.skip_reason:
+                        continue
+                    _check_memory([size])
+                    say(f"repeat {repeat + 1}/{req.repeat}: {strategy} {format_size(size)}")
+                    sample = _run_once(strategy, size, req, repeat, not accounting_reason)
+                    rec.samples.append(sample)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # The samples taken so far travel with the signal, for --json.
+        partial = _result(req, records, hierarchy, accounting_reason, start, load0)
+        partial.interrupted = exc.signo if isinstance(exc, Interrupted) else 2
+        exc.shutdown_result = partial  # type: ignore[union-attr]
+        raise
+    return _result(req, records, hierarchy, accounting_reason, start, load0, (busy0, total0))
 
+
+def _result(
+    req: ShutdownRequest,
+    records: dict[tuple[str, int], ShutdownRecord],
+    hierarchy: Optional[str],
+    accounting_reason: str,
+    start: float,
+    load0: Any,
+    busy: Optional[tuple[int, int]] = None,
+) -> ShutdownResult:
+    """Judge the records against the sync baseline and wrap them with the host's facts."""
     for size in req.sizes:
         sync = records.get(("sync", size))
         baseline = None
@@ -958,16 +981,17 @@ def run_shutdown(req: ShutdownRequest, progress: Progress = None) -> ShutdownRes
         for s in req.strategies:
             _judge(records[(s, size)], baseline, accounting_reason)
 
-    busy1, total1 = _cpu_busy_jiffies()
-    host = {
+    host: dict[str, Any] = {
         "kernel_release": os.uname().release,
         "cpus": os.cpu_count(),
         "thp_mode": _thp_mode(),
         "loadavg_start": load0,
         "loadavg_end": _loadavg(),
-        # All CPUs, everyone's work (ours included): how busy the machine was.
-        "cpu_busy_fraction": round((busy1 - busy0) / max(1, total1 - total0), 3),
     }
+    if busy is not None:
+        busy1, total1 = _cpu_busy_jiffies()
+        # All CPUs, everyone's work (ours included): how busy the machine was.
+        host["cpu_busy_fraction"] = round((busy1 - busy[0]) / max(1, total1 - busy[1]), 3)
     return ShutdownResult(
         request=req,
         records=list(records.values()),
