@@ -122,7 +122,7 @@ def test_payload_boots_under_qemu_tcg_and_writes_every_page(tmp_path: Path) -> N
     sock, dump = str(tmp_path / "qmp.sock"), tmp_path / "mem.bin"
     cmd = [
         str(QEMU), "-machine", "s390-ccw-virtio", "-accel", "tcg", "-m", str(GUEST_MIB),
-        "-kernel", str(img), "-nographic", "-nodefaults", "-no-shutdown",
+        "-kernel", str(img), "-nographic", "-nodefaults", "-no-shutdown", "-S",
         "-qmp", f"unix:{sock},server=on,wait=off",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -133,6 +133,9 @@ def test_payload_boots_under_qemu_tcg_and_writes_every_page(tmp_path: Path) -> N
             assert time.monotonic() < deadline, "QEMU did not open its QMP socket"
             time.sleep(0.05)
         qmp = Qmp(sock)
+        # Started paused (-S): the guest runs only once QMP listens, so its
+        # SHUTDOWN event cannot fire before the capabilities handshake.
+        qmp.cmd("cont")
         t0 = time.monotonic()
         while (status := qmp.cmd("query-status"))["status"] == "running":
             assert time.monotonic() - t0 < 120, "the payload did not stop within 120 s"
