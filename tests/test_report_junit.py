@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import jsonschema
 
@@ -165,3 +166,20 @@ def test_the_junit10_rules_can_say_no() -> None:
         "time='-1' on <testsuite>",
         "<properties> inside <testcase>",
     ]
+
+
+def test_report_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """Written atomically, yet not 0600: others (a CI artifact collector) can read them."""
+    import os
+
+    from kvmpv.report.cases import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(str(tmp_path / "r.xml"), "<x/>")
+        os.umask(0o077)
+        write_text(str(tmp_path / "private.xml"), "<x/>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.xml").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.xml").stat().st_mode & 0o777 == 0o600

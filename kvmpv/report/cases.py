@@ -224,6 +224,9 @@ def write_text(path: str, text: str) -> None:
     except OSError as err:
         raise UsageError(f"cannot write {path}: {err.strerror}") from None
     try:
+        # mkstemp makes the file 0600; a report is for others too (a CI
+        # artifact collector, a colleague): the mode open() would have given.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -233,6 +236,18 @@ def write_text(path: str, text: str) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask() would, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _unlink_quietly(path: str) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..errors import UsageError
+from .cases import write_text
 
 SCHEMA_NAME = "kvmpv-results"
 SCHEMA_VERSION = 1
@@ -102,8 +102,4 @@ def read(path: str) -> Doc:
 def write(doc: Doc, path: str) -> None:
     """Validate, then write atomically (a reader never sees half a file)."""
     validate(doc, path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
