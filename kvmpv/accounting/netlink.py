@@ -10,15 +10,21 @@ callers, never a hang.  Requests are matched to replies by sequence number
 ``nlmsg_pid`` of replies and acks, and sends multicast/listener traffic with
 port 0), so unrelated traffic on the same socket is skipped.
 
-Why not pyroute2 (it was used here before): its synchronous API runs an
-asyncio loop until a per-sequence queue yields the reply, with no deadline.
-A reply that never arrives -- dropped because the receive queue overran
-(ENOBUFS), or never sent, as cn_proc does not ack a request when no
-listener is left (``cn_proc_ack()``: ``proc_event_num_listeners < 1``) --
-leaves it in ``epoll_wait`` forever; reproduced here with a TASKSTATS GET
-after the socket's queue had filled (see the issue 3 notes).  Its lazy
-imports also raced when two threads imported it first (``_DeadlockError``,
-threads blocked for the whole run).
+Why not pyroute2 (it was used here before; checked against 0.9.7 and its
+master): (1) its synchronous requests run an asyncio loop until a
+per-sequence queue yields the reply, with no deadline; (2) a receive-queue
+overrun (ENOBUFS) is filed under sequence 0, so the request whose reply was
+dropped never hears of it and waits in ``epoll_wait`` forever (reproduced
+here with a TASKSTATS GET after the socket's queue had filled); (3)
+``ProcEventSocket.control(IGNORE)`` waits for an ack that kernels with
+``cn_filter()`` (6.6+) never send for it, and ``cn_proc_ack()`` sends none
+when no listener is left; (4) its taskstats decoder reads every version but
+15 only up to ``cpu_scaled_run_real_total``, so a v16 record is cut short
+(see ``taskstats.py``).  pyroute2 stays a test dependency, as a second
+reading of ``struct taskstats`` (tests/test_accounting_pyroute2.py).  The
+import deadlock seen then (``_DeadlockError``, threads blocked for a whole
+run) came from kvmpv's own lazy imports racing with pyroute2's eager
+``__init__`` in another thread, not from pyroute2's imports.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ as non-root both fail with EPERM and we raise ``AccountingUnavailable``.
 
 Why our own decoder: struct taskstats is sent in host byte order and its
 layout depends on the version.  pyroute2 0.9.7 (for reference) knows v15 as a special case
-and decodes every other version with the pre-v15 layout, i.e. only up to
-``cpu_scaled_run_real_total`` (v14 fields minus the tail); this kernel says
-v16.  The v16 layout is ``include/uapi/linux/taskstats.h`` after "taskstats:
+and reads every other version only up to ``cpu_scaled_run_real_total``:
+this kernel's v16 record (560 bytes) is cut short there, not misread -- the
+40 fields both decode agree (tests/test_accounting_pyroute2.py).  The v16
+layout is ``include/uapi/linux/taskstats.h`` after "taskstats:
 fix struct taskstats breaks backward compatibility since version 15" (Wang
 Yaxin, May 2025): the v15 ``*_delay_max``/``*_delay_min`` pairs that v15 had
 put in the middle moved to the end, after ``irq_delay_total``.  v17 appends
