@@ -15,6 +15,7 @@ from kvmpv.accounting import (
     AccountingUnavailable,
     Outcome,
     judge_charged,
+    judge_split,
     skip_verdict,
     tick_ns,
 )
@@ -55,6 +56,23 @@ def test_verdict_too_small_work_is_inconclusive_not_a_pass() -> None:
     assert judge_charged(0, 5 * MS).outcome is Outcome.INCONCLUSIVE
     with pytest.raises(ValueError):
         judge_charged(MS, MS, tolerance_ns=-1)
+
+
+def test_split_verdict_needs_both_cgroups_to_pay_a_share() -> None:
+    names = ("worker", "reaper")
+    half = judge_split(40 * MS, 38 * MS, names=names, tolerance_ns=MS)
+    assert half.outcome is Outcome.SPLIT
+    assert half.work_ns == 78 * MS and half.charged_ns == 40 * MS
+    assert "worker 40.0 ms (51%)" in half.reason and "reaper 38.0 ms (49%)" in half.reason
+    # One side paid (nearly) everything: not a split, whichever side it was.
+    assert judge_split(78 * MS, MS, names=names, tolerance_ns=MS).outcome is Outcome.CHARGED
+    alone = judge_split(MS, 78 * MS, names=names, tolerance_ns=MS)
+    assert alone.outcome is Outcome.NOT_CHARGED and "reaper paid it all" in alone.reason
+    # Too little work to tell is still inconclusive, never a split.
+    tiny = judge_split(3 * MS, 3 * MS, tolerance_ns=4 * MS)
+    assert tiny.outcome is Outcome.INCONCLUSIVE and "too small" in tiny.reason
+    with pytest.raises(ValueError):
+        judge_split(-1, MS)
 
 
 def test_verdict_default_tolerance_is_two_ticks_of_config_hz() -> None:

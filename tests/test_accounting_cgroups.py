@@ -22,6 +22,7 @@ import pytest
 from conftest import mem_available, needs_root
 
 from kvmpv.accounting import (
+    AccountingUnavailable,
     CgroupLeftover,
     Outcome,
     cgroup_scope,
@@ -95,15 +96,16 @@ def test_scope_creates_below_own_cgroup_and_removes(hierarchy: str) -> None:
         p.wait()
 
 
-def test_auto_picks_v1_on_this_hybrid_host() -> None:
+def test_auto_picks_v1_on_this_hybrid_host(monkeypatch: pytest.MonkeyPatch) -> None:
     _hierarchy_or_skip("v1")
+    monkeypatch.delenv(cgmod.HIERARCHY_ENV, raising=False)  # "auto" as on a user's host
     with cgroup_scope("auto") as scope:
         scope.create("vm")
         assert scope.hierarchy == "v1"
 
 
 def test_single_thread_placement_v1() -> None:
-    """v1 ``tasks``: only the moved thread is counted; v2 refuses single threads."""
+    """v1 ``tasks``: only the moved thread is counted (v2: see thread_cgroups)."""
     _hierarchy_or_skip("v1")
     go = threading.Event()
     done = threading.Event()
@@ -248,6 +250,54 @@ def test_cleanup_after_a_failing_pytest_test(tmp_path: Path) -> None:
         assert not os.path.exists(d), f"{d} left behind by a failing test"
 
 
+def _spin_in(cg: cgmod.Cgroup, seconds: float) -> int:
+    """Run ``seconds`` of CPU on a new thread placed in ``cg``; its tid."""
+    tids: list[int] = []
+
+    def body() -> None:
+        tids.append(threading.get_native_id())
+        cg.add_thread(tids[0])
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < seconds:
+            pass
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    return tids[0]
+
+
+def test_thread_cgroups_place_single_threads(hierarchy: str) -> None:
+    # The reboot check's placement on both hierarchies: each thread's CPU in
+    # the cgroup it was moved to, none in its sibling (the check can say no).
+    own = Path("/proc/self/cgroup").read_text()
+    with cgroup_scope(hierarchy) as scope:
+        groups = scope.thread_cgroups("vmm", ["vm", "elsewhere"])
+        vm, other = groups["vm"], groups["elsewhere"]
+        before = vm.cpu().total_ns, other.cpu().total_ns
+        _spin_in(vm, 0.15)
+        after_vm = vm.cpu().total_ns - before[0], other.cpu().total_ns - before[1]
+        _spin_in(other, 0.15)
+        after_other = other.cpu().total_ns - before[1]
+        print(f"\n{hierarchy}: vm {after_vm[0] / 1e6:.1f} ms, sibling {after_vm[1] / 1e6:.1f} ms")
+        assert after_vm[0] >= 140_000_000 and after_vm[1] < 5_000_000
+        assert after_other >= 140_000_000
+        if hierarchy == "v2":
+            home = scope.thread_home
+            assert home is not None and vm.threaded and other.threaded
+            assert Path(vm.path, "cgroup.type").read_text().strip() == "threaded"
+            assert Path(home.path, "cgroup.type").read_text().strip() == "domain threaded"
+            assert home.name in Path("/proc/self/cgroup").read_text()
+            # A domain cgroup still refuses single threads, with the reason.
+            with pytest.raises(AccountingUnavailable, match="threaded subtree"):
+                scope.create("domain").add_thread(threading.get_native_id())
+        else:
+            assert scope.thread_home is None
+        paths = [d for c in scope.cgroups for d in c.paths.values()]
+    assert not [d for d in paths if os.path.exists(d)]
+    assert Path("/proc/self/cgroup").read_text() == own, "process not moved back home"
+
+
 SIGNAL_SCRIPT = """
 import json, subprocess, sys, threading, time
 from kvmpv.accounting import cgroup_scope
@@ -258,10 +308,10 @@ sleeper = subprocess.Popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=su
 try:
     with cgroup_scope(h) as scope:
         vm = scope.create("vm")
-        cleaner = scope.create("cleaner")
         vm.add_process(sleeper.pid)
-        if h == "v1":
-            cleaner.add_thread(threading.get_native_id())  # our main thread alone
+        # v2: this whole process in a threaded domain, the main thread alone in a child
+        cleaner = scope.thread_cgroups("vmm", ["cleaner"])["cleaner"]
+        cleaner.add_thread(threading.get_native_id())
         print(json.dumps({"sleeper": sleeper.pid,
                           "paths": [d for c in scope.cgroups for d in c.paths.values()]}),
               flush=True)
@@ -292,6 +342,7 @@ def test_cleanup_on_signal(hierarchy: str, signo: int, code: int) -> None:
         assert not left, f"left behind after {signal.Signals(signo).name}: {left}"
         with open(f"/proc/{sleeper}/cgroup") as f:
             assert "kvmpv" not in f.read(), "task must be moved back to the parent first"
+        assert len(info["paths"]) >= 3 if hierarchy == "v2" else 2
     finally:
         try:
             os.kill(sleeper, signal.SIGKILL)
@@ -421,7 +472,8 @@ def test_capabilities_as_root_are_probed_for_real() -> None:
     if d["v1"]["usable"]:
         assert "cpuacct.usage" in d["v1"]["cpu_counters"] and d["v1"]["thread_placement"]
     if d["v2"]["usable"]:
-        assert d["v2"]["cpu_counters"] == ["cpu.stat"] and not d["v2"]["thread_placement"]
+        # threaded subtree made and removed by the probe
+        assert d["v2"]["cpu_counters"] == ["cpu.stat"] and d["v2"]["thread_placement"]
     assert d["hierarchy"] in ("v1", "v2")
     if d["taskstats_usable"]:
         assert d["taskstats_version"] >= 1

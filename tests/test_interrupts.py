@@ -216,20 +216,34 @@ def _tasks_file(path: str, *rest: Any) -> bool:
 
 
 @needs_root
-def test_reboot_run_interrupted_at_a_cgroup_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CI failure, made deterministic: SIGINT right after a cgroup file opened."""
+@pytest.mark.parametrize("nth", [1, 2, 5])
+def test_reboot_run_interrupted_at_a_cgroup_write(
+    monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    """The CI failure, made deterministic: SIGINT right after the nth cgroup file
+    opened (on cgroup2 the first is this process moving into its own cgroup)."""
     try:
         with cgroup_scope() as scope:
-            scope.create("probe").add_thread(threading.get_native_id())
+            scope.thread_cgroups("vmm", ["probe"])["probe"].add_thread(threading.get_native_id())
     except AccountingUnavailable as exc:
         pytest.skip(f"per-thread cgroup accounting unavailable: {exc.reason}")
+    own = Path("/proc/self/cgroup").read_text()
     req = RebootRequest(
         backend="sim", layout=((0, 16 * MiB), (2 * GiB, 48 * MiB)), cycles=3, mode="both"
     )
     run_reboot(req)  # imports and caches warm: they open files of their own
     before = _fds()
     threads = threading.active_count()
-    wrapped, fired = _interrupt_after(os.open, _tasks_file)
+    seen: list[str] = []
+
+    def nth_write(path: Any, *_: Any) -> bool:
+        # The main thread's writes only: the async_cleanup thread blocks SIGINT,
+        # and a signal raised there would stay pending on it and vanish.
+        if _tasks_file(path) and threading.current_thread() is threading.main_thread():
+            seen.append(str(path))
+        return len(seen) == nth
+
+    wrapped, fired = _interrupt_after(os.open, nth_write)
     monkeypatch.setattr(cg_mod.os, "open", wrapped)
     with pytest.raises(KeyboardInterrupt):
         run_reboot(req)
@@ -239,6 +253,7 @@ def test_reboot_run_interrupted_at_a_cgroup_write(monkeypatch: pytest.MonkeyPatc
     assert threading.active_count() == threads
     mine = [c for c in cg_mod.iter_kvmpv_cgroups() if f"-p{os.getpid()}" in c]
     assert not mine, f"cgroups left: {mine}"
+    assert Path("/proc/self/cgroup").read_text() == own, "process not moved back home"
 
 
 def test_check_worker_threads_block_sigint_and_sigterm() -> None:

@@ -69,10 +69,10 @@ def sim_req(**kw: Any) -> RebootRequest:
     return RebootRequest(**base)
 
 
-def accounting_or_skip() -> None:
+def accounting_or_skip(hierarchy: str = "auto") -> None:
     try:
-        with cgroup_scope() as scope:
-            cg = scope.create("probe")
+        with cgroup_scope(hierarchy) as scope:
+            cg = scope.thread_cgroups("vmm", ["probe"])["probe"]
             cg.add_thread(threading.get_native_id())
     except AccountingUnavailable as exc:
         pytest.skip(f"per-thread cgroup accounting unavailable: {exc.reason}")
@@ -359,36 +359,32 @@ def test_bad_input() -> None:
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("hierarchy", ["v1", "v2"])
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_verdict_charged_and_not_charged(mode: str) -> None:
-    accounting_or_skip()
+def test_verdict_charged_and_not_charged(mode: str, hierarchy: str) -> None:
+    accounting_or_skip(hierarchy)
     # One warm-up each: the first reboot after boot sometimes costs 3-7x here
     # (first pass over memory first touched on the other CPU; 41.6 ms against
     # 8-13 ms seen), which made the work comparison below fail about 1 run in 6.
-    good = run_reboot(sim_req(layout=VERDICT, mode=mode, hierarchy="v1", warmup=1))
+    good = run_reboot(sim_req(layout=VERDICT, mode=mode, hierarchy=hierarchy, warmup=1))
     bad = run_reboot(
-        sim_req(layout=VERDICT, mode=mode, hierarchy="v1", charge_to="elsewhere", warmup=1)
+        sim_req(layout=VERDICT, mode=mode, hierarchy=hierarchy, charge_to="elsewhere", warmup=1)
     )
     (g,), (b,) = good.cycles, bad.cycles
+    assert good.accounting["hierarchy"] == bad.accounting["hierarchy"] == hierarchy
     assert g.mode == b.mode == mode
     assert g.verdict.outcome.value == "charged", g.verdict.reason
     assert b.verdict.outcome.value == "not charged", b.verdict.reason
     # both runs did the same teardown work; only where it was charged differs
-    assert b.verdict.work_ns > 0.5 * g.verdict.work_ns
+    # (a quarter, not a half: one sync cycle's CPU once came out at 0.45x the
+    # other's in a full-suite run on 2 CPUs; "not charged" of no work would be
+    # far below that, and judge_charged calls too little work inconclusive)
+    assert b.verdict.work_ns > 0.25 * g.verdict.work_ns
     assert good.exit_code == 0 and bad.exit_code == 1
-
-
-def test_verdict_skip_on_v2() -> None:
-    try:
-        with cgroup_scope("v2"):
-            pass
-    except AccountingUnavailable as exc:
-        pytest.skip(f"no cgroup2 here: {exc.reason}")
-    res = run_reboot(sim_req(hierarchy="v2"))
-    (c,) = res.cycles
-    assert c.verdict.outcome.value == "skip" and c.verdict.reason
-    assert res.accounting["usable"] is False
-    assert res.exit_code == 0  # measured, verdict skipped: never a pass, never a fail
+    if hierarchy == "v2":
+        # cgroup2: the process sat in its own threaded domain, back home now
+        assert good.accounting["process_cgroup"].startswith("kvmpv-vmm-")
+        assert "kvmpv" not in Path("/proc/self/cgroup").read_text()
 
 
 # --------------------------------------------------------------------------

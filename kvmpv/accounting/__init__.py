@@ -10,7 +10,8 @@ each module's docstring.  The public contract (brief, "Accounting"):
   ``cpu() -> CpuUsage``, ``memory() -> Optional[MemUsage]``, ``name``;
   ``scope.hierarchy`` is "v1" or "v2".
 * ``judge_charged(work_ns, charged_ns, *, tolerance_ns=None) -> Verdict``
-  with ``Outcome`` CHARGED / NOT_CHARGED / INCONCLUSIVE / SKIP.
+  with ``Outcome`` CHARGED / NOT_CHARGED / INCONCLUSIVE / SKIP;
+  ``judge_split(first_ns, second_ns)`` -> SPLIT when two cgroups shared it.
 * ``AccountingUnavailable(reason)``: SKIP, never a pass.
 * ``thread_cpu_ns()``, ``ExitWatcher`` / ``pidfd_open`` / ``wait_pidfd`` /
   ``reap`` for exit times and rusage, taskstats via ``TaskStatsClient`` and
@@ -26,6 +27,7 @@ from .cgroups import (
     Cgroup,
     CgroupScope,
     CpuUsage,
+    MemoryTrace,
     MemUsage,
     cgroup_scope,
     find_leftovers,
@@ -50,6 +52,7 @@ from .verdict import (
     Verdict,
     default_tolerance_ns,
     judge_charged,
+    judge_split,
     kernel_hz,
     skip_verdict,
     tick_ns,
@@ -69,6 +72,7 @@ __all__ = [
     "ExitWatcher",
     "HierarchyCaps",
     "MemUsage",
+    "MemoryTrace",
     "Outcome",
     "ProcConnector",
     "TaskStatsClient",
@@ -82,6 +86,7 @@ __all__ = [
     "find_leftovers",
     "iter_kvmpv_cgroups",
     "judge_charged",
+    "judge_split",
     "kernel_hz",
     "pidfd_open",
     "reap",

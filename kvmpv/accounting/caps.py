@@ -105,10 +105,18 @@ def _probe_hierarchy(name: str, found: dict[str, Any]) -> HierarchyCaps:
             if mem_dir is not None:
                 mdir = cg.paths.get("memory", cg.path)
                 mem = [f for f in mem_files if os.path.exists(os.path.join(mdir, f))]
+            threads, why = True, ""
+            if name == "v2":
+                # v1 places any thread; v2 only inside a threaded subtree (the
+                # reboot check's layout), which some delegations forbid.
+                try:
+                    scope.create_threaded(cg, "thread")
+                except AccountingUnavailable as err:
+                    threads, why = False, f"; single threads: {err.reason}"
         dirs = ", ".join(f"{k}={v}" for k, v in lay.dirs.items())
         return HierarchyCaps(
-            name, True, True, f"private cgroups below {dirs}", dict(lay.dirs), cpu, mem,
-            name == "v1",
+            name, True, True, f"private cgroups below {dirs}{why}", dict(lay.dirs), cpu, mem,
+            threads,
         )  # fmt: skip
     except (AccountingUnavailable, CgroupLeftover, OSError) as err:
         reason = err.reason if isinstance(err, AccountingUnavailable) else str(err)

@@ -19,7 +19,13 @@ Hierarchies:
 * ``v2``: the unified hierarchy; ``cpu.stat`` exists in every cgroup2
   cgroup even without the cpu controller, ``memory.current``/``memory.peak``
   only where the parent enables the memory controller (not here: hugetlb
-  only).  Only whole processes can be placed in a domain cgroup.
+  only).  Only whole processes can be placed in a domain cgroup; single
+  threads move between the *threaded* children of a threaded domain
+  (``cgroup.type`` = threaded, ``cgroup.threads``), which is how libvirt
+  gives QEMU's vCPU and emulator threads their own groups on cgroup2.
+  ``CgroupScope.thread_cgroups`` builds that subtree; the memory
+  controller (a domain controller) then charges the whole process to the
+  threaded domain.
 
 ``auto`` prefers v1 on hybrid hosts (it has memory counters and per-thread
 placement) and v2 on pure cgroup2 hosts; if creating the first cgroup in the
@@ -45,7 +51,7 @@ from types import FrameType, TracebackType
 from typing import Any, Callable, Optional, Union
 
 from ..closing import signals_held
-from ..errors import Interrupted, SyscallError
+from ..errors import Interrupted, SyscallError, UsageError
 from .common import AccountingUnavailable, CgroupLeftover, oserror_text
 
 HIERARCHY_CHOICES = ("auto", "v1", "v2")
@@ -251,6 +257,28 @@ def discover_layouts(proc: str = "/proc/self") -> dict[str, Union[Layout, str]]:
     return layouts_from_text(mountinfo, cgroup)
 
 
+#: environment variable that turns every "auto" hierarchy choice into v1 or v2
+HIERARCHY_ENV = "KVMPV_CGROUP"
+
+
+def resolve_hierarchy(hierarchy: str) -> str:
+    """``hierarchy``, or for "auto" the value of ``$KVMPV_CGROUP`` if set.
+
+    One switch for the whole process tree: a CI job forces cgroup2 on a
+    hybrid host and every scenario (and test) that asked for "auto" uses it.
+    """
+    if hierarchy != "auto":
+        return hierarchy
+    forced = os.environ.get(HIERARCHY_ENV, "").strip()
+    if not forced:
+        return hierarchy
+    if forced not in HIERARCHY_CHOICES:
+        raise UsageError(
+            f"{HIERARCHY_ENV} must be one of {', '.join(HIERARCHY_CHOICES)}, not {forced!r}"
+        )
+    return forced
+
+
 def candidate_order(hierarchy: str, found: dict[str, Union[Layout, str]]) -> list[Layout]:
     """Layouts to try for ``hierarchy`` ("auto"|"v1"|"v2"), best first.
 
@@ -339,16 +367,28 @@ def own_pidns() -> Optional[int]:
 class Cgroup:
     """One private cgroup (a directory per hierarchy kind) created by a scope."""
 
-    def __init__(self, name: str, role: str, layout: Layout, dirs: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        role: str,
+        layout: Layout,
+        dirs: dict[str, str],
+        *,
+        threaded: bool = False,
+    ) -> None:
         self.name = name
         self.role = role
         self.hierarchy = layout.hierarchy
         self._layout = layout
         self.paths = dict(dirs)
+        #: a cgroup2 threaded cgroup (``cgroup.type`` = threaded): holds single
+        #: threads of the processes in its threaded domain, no memory counters
+        self.threaded = threaded
         self.removed = False
 
     def __repr__(self) -> str:
-        return f"Cgroup({self.name!r}, {self.hierarchy}, {self.path!r})"
+        kind = ", threaded" if self.threaded else ""
+        return f"Cgroup({self.name!r}, {self.hierarchy}{kind}, {self.path!r})"
 
     @property
     def path(self) -> str:
@@ -377,19 +417,23 @@ class Cgroup:
         self._place("cgroup.procs", pid, list(self.paths))
 
     def add_thread(self, tid: int) -> None:
-        """Move one thread here (cgroup v1 only, CPU hierarchy only).
+        """Move one thread here (v1: the CPU hierarchy; v2: threaded cgroups).
 
-        Memory is charged per mm, not per thread, so the memory hierarchy is
-        left alone.  cgroup2 domain cgroups refuse single threads
+        Memory is charged per mm, not per thread, so the v1 memory hierarchy
+        is left alone.  cgroup2 domain cgroups refuse single threads
         (``cgroup.threads`` -> EOPNOTSUPP, ``cgroup.procs`` moves the whole
-        process), hence AccountingUnavailable there.
+        process): on v2 only a cgroup from ``CgroupScope.thread_cgroups``
+        takes one, and only a thread of a process in its threaded domain.
         """
-        if self.hierarchy != "v1":
+        if self.hierarchy == "v1":
+            self._place("tasks", tid, ["cpuacct"])
+        elif self.threaded:
+            self._place("cgroup.threads", tid, ["unified"])
+        else:
             raise AccountingUnavailable(
-                "cgroup v2 cannot place a single thread in a domain cgroup "
-                "(threaded cgroups exclude the memory controller); use hierarchy v1"
+                "cgroup v2 cannot place a single thread in a domain cgroup; "
+                "use CgroupScope.thread_cgroups (a threaded subtree)"
             )
-        self._place("tasks", tid, ["cpuacct"])
 
     def spawn_argv(self, argv: list[str]) -> list[str]:
         """``argv`` wrapped so that the new process enters this cgroup before
@@ -406,7 +450,8 @@ class Cgroup:
         return ["/bin/sh", "-c", f'{writes} && exec "$@"', "kvmpv-cgexec", *argv]
 
     def pids(self) -> list[int]:
-        """Thread group ids currently in the CPU cgroup."""
+        """Thread group ids currently in the CPU cgroup (a threaded cgroup
+        refuses to list them: EOPNOTSUPP)."""
         return _ids(os.path.join(self.path, "cgroup.procs"))
 
     def tids(self) -> list[int]:
@@ -437,6 +482,28 @@ class Cgroup:
                 f"cgroup {self.hierarchy}: cannot read CPU counters in {self.path}: {err}"
             ) from err
 
+    def memory_file(self) -> Optional[str]:
+        """The file holding the memory charged now; None where there is none."""
+        if self.hierarchy == "v1":
+            d = self.paths.get("memory")
+            name = "memory.usage_in_bytes"
+        else:
+            d = None if self.threaded else self.paths["unified"]
+            name = "memory.current"
+        if d is None:
+            return None
+        path = os.path.join(d, name)
+        return path if os.path.exists(path) else None
+
+    def memory_missing_reason(self) -> str:
+        """Why ``memory_file`` is None (one line)."""
+        if self.hierarchy == "v1":
+            return "no cgroup v1 memory hierarchy mounted for this process"
+        if self.threaded:
+            return "a threaded cgroup has no memory counter (memory is a domain controller)"
+        parent = os.path.dirname(self.path)
+        return f"memory controller not enabled in {parent}/cgroup.subtree_control"
+
     def memory(self) -> Optional[MemUsage]:
         """Memory charged now and its peak; None where the host has no counter."""
         if self.hierarchy == "v1":
@@ -444,6 +511,8 @@ class Cgroup:
             if d is None:
                 return None
             cur_f, peak_f = "memory.usage_in_bytes", "memory.max_usage_in_bytes"
+        elif self.threaded:
+            return None  # memory is a domain controller: see the threaded domain
         else:
             d = self.paths["unified"]
             cur_f, peak_f = "memory.current", "memory.peak"
@@ -465,6 +534,9 @@ class Cgroup:
         if self.hierarchy == "v1":
             # Per thread: a process may have single threads in here (add_thread).
             src, dst = "tasks", "tasks"
+        elif self.threaded:
+            # Back to the threaded domain above (threads cannot leave the subtree).
+            src, dst = "cgroup.threads", "cgroup.threads"
         else:
             src, dst = "cgroup.procs", "cgroup.procs"
         for ident in _ids(os.path.join(d, src)):
@@ -499,6 +571,86 @@ class Cgroup:
                     delay = min(delay * 2, 0.05)
         self.removed = not left
         return left
+
+
+class MemoryTrace:
+    """``memory.current`` (v1: ``memory.usage_in_bytes``) of a cgroup, sampled
+    on a thread while a teardown runs (context manager).
+
+    Why: memory stays charged to its cgroup until it is really freed, so the
+    counter falling is the teardown as the memory controller sees it.  The
+    sampler thread runs at nice 19 and sleeps ``interval_s`` between reads
+    (a read is ~10 us): on a 2-CPU machine it must not take CPU from the
+    teardown it watches.  ``samples`` are (CLOCK_MONOTONIC ns, bytes);
+    ``reason`` says why there are none (no memory counter in this cgroup).
+    """
+
+    def __init__(self, cgroup: Cgroup, interval_s: float = 0.002, max_samples: int = 20_000):
+        self.cgroup = cgroup
+        self.interval_s = interval_s
+        self.max_samples = max_samples
+        self.samples: list[tuple[int, int]] = []
+        self.reason = ""
+        self._file = cgroup.memory_file()
+        if self._file is None:
+            self.reason = cgroup.memory_missing_reason()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _run(self) -> None:
+        assert self._file is not None
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass  # still correct, only less polite
+        try:
+            fd = os.open(self._file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            self.reason = f"cannot open {self._file}: {oserror_text(err)}"
+            return
+        try:
+            while len(self.samples) < self.max_samples:
+                value = int(os.pread(fd, 64, 0))
+                self.samples.append((time.monotonic_ns(), value))
+                if self._stop.wait(self.interval_s):
+                    break
+            # One last reading after the stop: the state the teardown left.
+            self.samples.append((time.monotonic_ns(), int(os.pread(fd, 64, 0))))
+        except (OSError, ValueError) as err:
+            self.reason = f"reading {self._file}: {err}"
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> MemoryTrace:
+        if self._file is not None:
+            self._thread = threading.Thread(target=self._run, name="kvmpv-memtrace", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self, t0_ns: int, keep: int = 12) -> dict[str, Any]:
+        """First, peak-after-t0, last and up to ``keep`` evenly spaced points,
+        times relative to ``t0_ns`` (the teardown's start)."""
+        if not self.samples:
+            return {"available": False, "reason": self.reason or "no samples"}
+        pts = self.samples
+        step = max(1, len(pts) // keep)
+        picked = pts[::step]
+        if picked[-1] is not pts[-1]:
+            picked.append(pts[-1])
+        at_start = max((b for t, b in pts if t <= t0_ns), default=pts[0][1])
+        return {
+            "available": True,
+            "file": os.path.basename(self._file or ""),
+            "bytes_at_start": at_start,
+            "bytes_at_end": pts[-1][1],
+            "samples": len(pts),
+            "points": [[round((t - t0_ns) / 1e9, 6), b] for t, b in picked],
+        }
 
 
 _live_scopes: weakref.WeakSet[CgroupScope] = weakref.WeakSet()
@@ -543,12 +695,15 @@ class CgroupScope:
     ) -> None:
         if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", prefix):
             raise ValueError(f"bad cgroup prefix {prefix!r}")
+        hierarchy = resolve_hierarchy(hierarchy)
         self.requested = hierarchy
         self.prefix = prefix if NAME_MARK in prefix else f"{NAME_MARK}-{prefix}"
         self._candidates = candidate_order(hierarchy, discover_layouts(proc))
         self._fallback_reasons: list[str] = []
         self.layout = self._candidates[0]
         self.cgroups: list[Cgroup] = []
+        #: v2: the threaded domain this process moved into (thread_cgroups)
+        self.thread_home: Optional[Cgroup] = None
         self._handle_sigterm = handle_sigterm
         self._saved_sigterm: SignalHandler = None
         self._installed = False
@@ -562,10 +717,13 @@ class CgroupScope:
     def __repr__(self) -> str:
         return f"CgroupScope({self.hierarchy}, {len(self.cgroups)} cgroups)"
 
-    def _mkdirs(self, layout: Layout, name: str) -> dict[str, str]:
+    def _mkdirs(
+        self, layout: Layout, name: str, parents: Optional[dict[str, str]] = None
+    ) -> dict[str, str]:
         made: dict[str, str] = {}
+        parent = ""
         try:
-            for kind, parent in layout.dirs.items():
+            for kind, parent in (parents or layout.dirs).items():
                 d = os.path.join(parent, name)
                 os.mkdir(d)
                 made[kind] = d
@@ -583,18 +741,21 @@ class CgroupScope:
             raise SyscallError("mkdir", err.errno or 0, target) from err
         return made
 
-    def create(self, role: str) -> Cgroup:
-        """A new private cgroup for ``role`` (e.g. "vm", "cleaner", "reaper")."""
+    def _name(self, role: str) -> str:
         if not _ROLE_RE.match(role):
             raise ValueError(f"bad cgroup role {role!r} (letters, digits, _)")
+        ns = own_pidns()
+        creator = f"p{os.getpid()}" + (f"n{ns}" if ns is not None else "")
+        return f"{self.prefix}-{role}-{creator}-{secrets.token_hex(3)}"
+
+    def create(self, role: str) -> Cgroup:
+        """A new private cgroup for ``role`` (e.g. "vm", "cleaner", "reaper")."""
+        name = self._name(role)
         # Signals held from mkdir to the bookkeeping: a Ctrl-C in between would
         # leave a directory that close() does not know about.
         with self._lock, signals_held():
             if self._closed:
                 raise RuntimeError("cgroup scope already closed")
-            ns = own_pidns()
-            creator = f"p{os.getpid()}" + (f"n{ns}" if ns is not None else "")
-            name = f"{self.prefix}-{role}-{creator}-{secrets.token_hex(3)}"
             while True:
                 try:
                     dirs = self._mkdirs(self.layout, name)
@@ -612,6 +773,49 @@ class CgroupScope:
             with _live_lock:
                 _live_scopes.add(self)
             return cg
+
+    def thread_cgroups(self, home_role: str, roles: list[str]) -> dict[str, Cgroup]:
+        """Cgroups that single threads of *this process* can move between.
+
+        v1: one cgroup per role (``tasks`` takes any thread).  v2: a domain
+        cgroup ``home_role`` that this whole process moves into, made a
+        threaded domain by threaded children, one per role: the layout
+        libvirt gives QEMU on cgroup2 (its ``emulator`` and ``vcpuN``
+        groups).  Threads not placed stay in the home cgroup; memory is
+        charged there, from the move on (v2 never moves old charges), so
+        call this before allocating what should count; ``thread_home`` is
+        that cgroup (None on v1).  Closing the scope moves the process back
+        to the cgroup it came from.
+        """
+        if self.hierarchy == "v1":
+            return {role: self.create(role) for role in roles}
+        home = self.create(home_role)
+        home.add_process(os.getpid())
+        self.thread_home = home
+        return {role: self.create_threaded(home, role) for role in roles}
+
+    def create_threaded(self, home: Cgroup, role: str) -> Cgroup:
+        """A cgroup2 threaded child of ``home`` (which becomes a threaded domain)."""
+        if self.hierarchy != "v2":
+            raise ValueError("threaded cgroups exist on cgroup2 only")
+        name = self._name(role)
+        with self._lock, signals_held():
+            if self._closed:
+                raise RuntimeError("cgroup scope already closed")
+            dirs = self._mkdirs(self.layout, name, home.paths)
+            cg = Cgroup(name, role, self.layout, dirs, threaded=True)
+            # Registered before the type is set: close() removes it either way.
+            self.cgroups.append(cg)
+        type_file = os.path.join(cg.path, "cgroup.type")
+        try:
+            _write(type_file, "threaded")
+        except OSError as err:
+            # EOPNOTSUPP: the parent cannot be a threaded domain (domain
+            # controllers enabled in its subtree_control, or domain children).
+            raise AccountingUnavailable(
+                f"cgroup v2: cannot make {cg.path} threaded ({type_file}): {oserror_text(err)}"
+            ) from err
+        return cg
 
     # -- context manager ------------------------------------------------------
 
@@ -774,6 +978,7 @@ __all__ = [
     "Layout",
     "LeftoverReport",
     "MemUsage",
+    "MemoryTrace",
     "candidate_order",
     "cgroup_scope",
     "creator_pid",
@@ -784,4 +989,5 @@ __all__ = [
     "layouts_from_text",
     "parse_mountinfo",
     "parse_proc_cgroup",
+    "resolve_hierarchy",
 ]

@@ -14,6 +14,11 @@ a ``Verdict``:
 * INCONCLUSIVE otherwise, or when the work is so small that the two bands
   overlap once widened by the tolerance (then nothing can be told apart).
 
+A design that divides the work between two cgroups on purpose (a reaper
+calling ``process_mrelease`` while the victim's own exit frees too) is judged
+by ``judge_split``: SPLIT when neither cgroup got the whole of it by those
+same bands, CHARGED/NOT_CHARGED when the first/second got it all.
+
 Why a tolerance, and why ticks: with ``CONFIG_TICK_CPU_ACCOUNTING`` (this
 machine: HZ=250, no VIRT_CPU_ACCOUNTING_GEN) the kernel samples user vs
 system time at each timer tick and only later scales the precise scheduler
@@ -52,6 +57,8 @@ class Outcome(str, enum.Enum):
     CHARGED = "charged"
     NOT_CHARGED = "not charged"
     INCONCLUSIVE = "inconclusive"
+    #: two cgroups each paid a real share (``judge_split``)
+    SPLIT = "split"
     SKIP = "skip"
 
     def __str__(self) -> str:
@@ -162,6 +169,46 @@ def judge_charged(work_ns: int, charged_ns: int, *, tolerance_ns: Optional[int] 
     return Verdict(Outcome.INCONCLUSIVE, work, charged, fraction, f"partly charged {numbers}", tol)
 
 
+def judge_split(
+    first_ns: int,
+    second_ns: int,
+    *,
+    names: tuple[str, str] = ("first", "second"),
+    tolerance_ns: Optional[int] = None,
+) -> Verdict:
+    """Did two cgroups share the work (``first_ns + second_ns``)?
+
+    The bands of ``judge_charged`` applied to the first cgroup's share:
+    CHARGED when it paid at least 80% (the second did next to nothing),
+    NOT_CHARGED when at most 20% (the second paid it all), SPLIT in
+    between, INCONCLUSIVE when the work is too small to tell.  The verdict's
+    ``charged_ns`` and ``fraction`` are the first cgroup's.
+    """
+    first, second = int(first_ns), int(second_ns)
+    if first < 0 or second < 0:
+        raise ValueError(f"negative CPU share: {first}, {second}")
+    v = judge_charged(first + second, first, tolerance_ns=tolerance_ns)
+    work = first + second
+    if work <= 0:
+        return v
+    shares = (
+        f"{names[0]} {first / 1e6:.1f} ms ({first / work:.0%}), "
+        f"{names[1]} {second / 1e6:.1f} ms ({second / work:.0%}) "
+        f"of {work / 1e6:.1f} ms (tolerance {v.tolerance_ns / 1e6:.1f} ms)"
+    )
+    if v.outcome is Outcome.INCONCLUSIVE and v.reason.startswith("partly"):
+        return Verdict(Outcome.SPLIT, work, first, v.fraction, f"split: {shares}", v.tolerance_ns)
+    if v.outcome is Outcome.CHARGED:
+        return Verdict(
+            v.outcome, work, first, v.fraction, f"{names[0]} paid it all: {shares}", v.tolerance_ns
+        )
+    if v.outcome is Outcome.NOT_CHARGED:
+        return Verdict(
+            v.outcome, work, first, v.fraction, f"{names[1]} paid it all: {shares}", v.tolerance_ns
+        )
+    return Verdict(v.outcome, work, first, v.fraction, f"{v.reason}; {shares}", v.tolerance_ns)
+
+
 def skip_verdict(reason: str, work_ns: int = 0) -> Verdict:
     """A SKIP verdict (accounting unavailable); never a pass."""
     return Verdict(Outcome.SKIP, int(work_ns), 0, 0.0, reason, 0)
@@ -174,6 +221,7 @@ __all__ = [
     "Verdict",
     "default_tolerance_ns",
     "judge_charged",
+    "judge_split",
     "kernel_hz",
     "skip_verdict",
     "tick_ns",

@@ -22,11 +22,13 @@ from ..report.cases import ensure_writable
 from ..report.progress import Progress
 from ..scenarios.bench import BenchRequest, run_bench
 from ..units import parse_size, parse_sizes
+from ._options import add_cgroup_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-size", metavar="SIZE", help="largest size (default MemAvailable/2)")
     parser.add_argument("--sizes", metavar="LIST", help="explicit sizes, e.g. 1G,2G,4G")
+    add_cgroup_option(parser)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--strategy", default="sync,cleaner,parallel", help="comma-separated shutdown strategies"
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         max_size=parse_size(args.max_size) if args.max_size else None,
         sizes=tuple(parse_sizes(args.sizes)) if args.sizes else None,
         repeat=args.repeat,
+        hierarchy=args.cgroup,
         strategies=tuple(s.strip() for s in args.strategy.split(",") if s.strip()),
         page_sizes=(False,) if args.no_thp else (False, True),
         reboot_sizes=reboot_sizes,

@@ -22,6 +22,7 @@ import sys
 from ..report.progress import Progress
 from ..scenarios.exercise import ExerciseRequest, run_exercise
 from ..units import parse_size
+from ._options import add_cgroup_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest worker (default: a quarter of MemAvailable); refused if the host "
         "cannot hold it",
     )
+    add_cgroup_option(parser)
     parser.add_argument("--repeat", type=int, default=3, help="shutdown repeats per size")
     parser.add_argument("--cycles", type=int, default=3, help="reboot cycles per mode")
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         max_size=parse_size(args.max_size) if args.max_size else None,
         repeat=args.repeat,
+        hierarchy=args.cgroup,
         cycles=args.cycles,
         plots=not args.no_plots,
         command="kvmpv " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -26,6 +26,7 @@ from ..scenarios.reboot import (
     run_reboot,
 )
 from ..units import parse_size
+from ._options import add_cgroup_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="async (PREPARE+PERFORM), sync (DISABLE), or both interleaved (default)",
     )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout)")
-    parser.add_argument(
-        "--cgroup",
-        choices=("auto", "v1", "v2"),
-        default="auto",
-        help="cgroup hierarchy for the accounting verdict (v2: verdict SKIP, see README)",
-    )
+    add_cgroup_option(parser)
     parser.add_argument(
         "--mem-limit",
         metavar="SIZE",

@@ -28,6 +28,7 @@ from ..scenarios.shutdown import (
     run_shutdown,
 )
 from ..units import format_size, parse_sizes
+from ._options import add_cgroup_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,12 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="tasks of the parallel strategy (default: CPUs of the cpuset, capped)",
     )
-    parser.add_argument(
-        "--hierarchy",
-        choices=("auto", "v1", "v2"),
-        default="auto",
-        help="cgroup hierarchy for the accounting (default: %(default)s)",
-    )
+    add_cgroup_option(parser, old_name="--hierarchy")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -103,6 +99,14 @@ def format_text(result: ShutdownResult) -> str:
     lines.append("")
     for rec, raw in zip(doc["records"], result.records):
         lines.append(_detail(rec, raw))
+    missing = {
+        r["memory_trace"].get("reason")
+        for rec in doc["records"]
+        for r in rec.get("repeats", [])
+        if r.get("memory_trace") and not r["memory_trace"].get("available")
+    }
+    for why in sorted(w for w in missing if w):
+        lines.append(f"  worker cgroup memory not sampled: {why}")
     return "\n".join(lines)
 
 
@@ -124,7 +128,23 @@ def _detail(rec: dict[str, Any], raw: ShutdownRecord) -> str:
         text += f"; process_mrelease reaped in {rec['mrelease_reaped']} repeats"
     if rec.get("mrelease_errors"):
         text += f" (others: {','.join(rec['mrelease_errors'])}: the victim had left exit_mm)"
-    return text
+    return text + _memory_line(rec)
+
+
+def _memory_line(rec: dict[str, Any]) -> str:
+    """The worker cgroup's memory counter across the last repeat's teardown."""
+    traces = [r["memory_trace"] for r in rec.get("repeats", []) if r.get("memory_trace")]
+    if not traces:
+        return ""
+    tr = traces[-1]
+    if not tr.get("available"):
+        return ""  # said once, under the table
+    end_s = tr["points"][-1][0]
+    return (
+        f"\n    worker cgroup memory ({tr['file']}): {tr['bytes_at_start'] / 2**20:.0f} MiB -> "
+        f"{tr['bytes_at_end'] / 2**20:.0f} MiB within {end_s * 1000:.0f} ms of the exit request "
+        f"({tr['samples']} samples)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         vm=args.vm,
         parallel=args.parallel,
-        hierarchy=args.hierarchy,
+        hierarchy=args.cgroup,
     )
     req.validate()
     if args.json:

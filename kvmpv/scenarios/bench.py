@@ -47,6 +47,8 @@ class BenchRequest:
     reboot_sizes: Optional[tuple[int, ...]] = None
     reboot_cycles: int = 3
     command: str = ""
+    #: cgroup hierarchy of every accounting verdict ("auto", "v1", "v2")
+    hierarchy: str = "auto"
 
 
 def plan(req: BenchRequest, available: int) -> tuple[list[int], list[int]]:
@@ -166,7 +168,11 @@ def _measure(
         step(f"teardown table, {pages}: {', '.join(map(format_size, sizes))}")
         sr = shutdown_mod.run_shutdown(
             shutdown_mod.ShutdownRequest(
-                sizes=sizes, strategies=list(req.strategies), thp=thp, repeat=req.repeat
+                sizes=sizes,
+                strategies=list(req.strategies),
+                thp=thp,
+                repeat=req.repeat,
+                hierarchy=req.hierarchy,
             ),
             say,
         )
@@ -178,7 +184,11 @@ def _measure(
         step(f"reboot curve at {format_size(memory)}")
         rr = reboot_mod.run_reboot(
             reboot_mod.RebootRequest(
-                memory=memory, cycles=req.reboot_cycles, warmup=1, mode="both"
+                memory=memory,
+                cycles=req.reboot_cycles,
+                warmup=1,
+                mode="both",
+                hierarchy=req.hierarchy,
             ),
             say,
         )

@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional
 
 from ..accounting import (
     AccountingUnavailable,
+    Cgroup,
     Outcome,
     Verdict,
     cgroup_scope,
@@ -429,24 +430,34 @@ def select_backend(req: RebootRequest) -> tuple[Syscalls, str]:
 class _Accounting:
     """The "charged to the VM's cgroup" check, per cycle.
 
-    Design (cgroup v1, per-thread placement through ``tasks``): the scenario
-    is one process, so the "vm" cgroup is made to hold exactly the tasks that
-    do teardown work, while they do it: the control thread is moved in for
-    the synchronous part (PREPARE, or DISABLE) and back to a "ctl" sibling
-    after it; the ``async_cleanup`` thread is created while the control
-    thread is inside and places itself in "vm" before PERFORM.  The vCPU
-    threads never enter it, so the new guest running concurrently does not
-    blur the number.  The work is measured independently, inside the threads
-    (CLOCK_THREAD_CPUTIME_ID around the synchronous part, and over the whole
-    cleanup thread), the charge is the "vm" cgroup's ``cpuacct.usage`` delta
-    from before the synchronous part to after the cleanup thread was joined.
+    Design: per-thread placement, the same on both hierarchies.  The
+    scenario is one process, so the "vm" cgroup is made to hold exactly the
+    tasks that do teardown work, while they do it: the control thread is
+    moved in for the synchronous part (PREPARE, or DISABLE) and back to a
+    "ctl" sibling after it; the ``async_cleanup`` thread is created while
+    the control thread is inside and places itself in "vm" before PERFORM.
+    The vCPU threads never enter it, so the new guest running concurrently
+    does not blur the number.  The work is measured independently, inside
+    the threads (CLOCK_THREAD_CPUTIME_ID around the synchronous part, and
+    over the whole cleanup thread); the charge is the "vm" cgroup's CPU
+    counter delta (v1 ``cpuacct.usage``, v2 ``cpu.stat`` usage_usec) from
+    before the synchronous part to after the cleanup thread was joined.
+
+    v1 moves threads through ``tasks``.  cgroup2 moves only whole processes
+    between domain cgroups, so there the process first enters a "vmm"
+    cgroup of its own, and "vm", "ctl" (and "elsewhere") are its *threaded*
+    children, threads moving through ``cgroup.threads``: the layout libvirt
+    gives QEMU on cgroup2 (``emulator``, ``vcpuN``), where QEMU's own
+    ``async_cleanup`` thread lands in ``emulator``.  Placing the whole
+    process instead would mean subtracting the vCPU threads' CPU (up to
+    half of the cleanup's at 12G with the guest running) from a counter
+    that also holds it: a difference of two large numbers instead of a
+    direct reading.
 
     ``charge_to="elsewhere"`` (the negative control) places the same threads
-    in an "elsewhere" cgroup instead; the check must then say "not charged".
-
-    cgroup2 cannot place single threads in a domain cgroup (and threaded
-    cgroups exclude the memory controller), so there the verdict is SKIP with
-    that reason; no pass is ever reported without a measurement.
+    in an "elsewhere" sibling instead; the check must then say "not
+    charged".  On v2 that sibling is inside the "vmm" threaded domain: a
+    thread cannot leave its process's threaded subtree.
     """
 
     def __init__(self, stack: ExitStack, hierarchy: str, charge_to: str) -> None:
@@ -456,12 +467,15 @@ class _Accounting:
         self.tid = threading.get_native_id()
         self._before = 0
         self._moved = False
+        self.home: Optional[Cgroup] = None
         try:
             scope = stack.enter_context(cgroup_scope(hierarchy))
             self.hierarchy = scope.hierarchy
-            self.vm = scope.create("vm")
-            self.ctl = scope.create("ctl")
-            self.target = scope.create("elsewhere") if charge_to == "elsewhere" else self.vm
+            roles = ["vm", "ctl"] + (["elsewhere"] if charge_to == "elsewhere" else [])
+            groups = scope.thread_cgroups("vmm", roles)
+            self.home = scope.thread_home
+            self.vm, self.ctl = groups["vm"], groups["ctl"]
+            self.target = groups.get("elsewhere", self.vm)
             # Proves per-thread placement works here before any cycle relies on it.
             self.ctl.add_thread(self.tid)
         except AccountingUnavailable as exc:
@@ -478,11 +492,16 @@ class _Accounting:
             "usable": self.usable,
             "reason": self.reason or None,
             "charge_to": self.charge_to,
-            "method": "per-thread cgroup v1 placement; cpuacct.usage delta vs "
-            "CLOCK_THREAD_CPUTIME_ID of the teardown threads",
+            "method": (
+                "per-thread placement (v1 tasks; v2 cgroup.threads in a threaded subtree); "
+                "CPU counter delta vs CLOCK_THREAD_CPUTIME_ID of the teardown threads"
+            ),
         }
         if self.usable:
             out["vm_cgroup"] = self.vm.name
+            out["target_cgroup"] = self.target.name
+            if self.home is not None:
+                out["process_cgroup"] = self.home.name
         return out
 
     def begin(self) -> None:
