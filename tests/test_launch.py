@@ -60,10 +60,10 @@ def need(programs: dict[str, Optional[str]], *names: str) -> None:
 
 
 class Launched:
-    """``kvmpv launch --exec -- CMD``: the waited-for pid is CMD itself."""
+    """``kvmpv launch -- CMD`` (exec in place): the waited-for pid is CMD itself."""
 
     def __init__(self, argv: list[str], parallel: Optional[int], **popen: object) -> None:
-        opts = ["--exec"] + (["--parallel", str(parallel)] if parallel else [])
+        opts = ["--parallel", str(parallel)] if parallel else []
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             kvmpv_cmd(*opts, "--", *argv),
@@ -117,15 +117,37 @@ def test_exit_status_is_the_programs() -> None:
     assert r.stderr == ""
 
 
-def test_killed_by_signal_gives_128_plus_n() -> None:
+def test_killed_by_signal_is_seen_as_such() -> None:
+    # Exec in place (the default): the waiter sees the program's own death by
+    # the signal; --wait: kvmpv's exit status says 128 + N, as a shell would.
     r = run_launch("--", "sh", "-c", "kill -KILL $$")
+    assert r.returncode == -signal.SIGKILL
+    r = run_launch("--wait", "--", "sh", "-c", "kill -KILL $$")
     assert r.returncode == 128 + signal.SIGKILL
 
 
-def test_sigterm_is_forwarded_to_the_program() -> None:
+def test_exec_in_place_by_default_wait_keeps_a_parent() -> None:
+    code = "import os; print(os.getpid(), os.getppid())"
+    for opts, same in (((), True), (("--exec",), True), (("--wait",), False)):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(
+            kvmpv_cmd(*opts, "--", PYTHON3 or sys.executable, "-c", code),
+            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, _ = proc.communicate(timeout=60)
+        pid, ppid = map(int, out.split())
+        assert (pid == proc.pid) is same, (opts, pid, proc.pid)
+        assert (ppid == proc.pid) is not same, (opts, ppid, proc.pid)
+    r = run_launch("--wait", "--exec", "--", "true")
+    assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["exec", "wait"])
+def test_sigterm_reaches_the_program(wait: bool) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    opts = ["--wait"] if wait else []
     proc = subprocess.Popen(
-        kvmpv_cmd("-v", "--", "sleep", "30"),
+        kvmpv_cmd(*opts, "-v", "--", "sleep", "30"),
         cwd=str(ROOT),
         env=env,
         stderr=subprocess.PIPE,
@@ -135,7 +157,9 @@ def test_sigterm_is_forwarded_to_the_program() -> None:
         assert proc.stderr is not None
         assert "armed" in proc.stderr.readline()  # the program runs
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        # --wait forwards it and reports 128 + N; exec'd, sleep itself got it
+        want = 128 + signal.SIGTERM if wait else -signal.SIGTERM
+        assert proc.wait(timeout=10) == want
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -434,6 +458,22 @@ def test_preload_reports_a_failed_clone(pids_cgroup_of_one: Path) -> None:
     assert r.returncode == 4 and r.stdout == "ran\n"
     assert "kvmpv: cleaner not armed in" in r.stderr
     assert "clone failed: Resource temporarily unavailable" in r.stderr
+
+
+def test_launch_runs_the_program_when_the_cleaner_cannot_be_armed(
+    pids_cgroup_of_one: Path,
+) -> None:
+    # The same through `kvmpv launch` (exec in place: kvmpv itself is the one
+    # task the cgroup allows): the program runs, one line on stderr says why.
+    cmd = " ".join(kvmpv_cmd("--", "sh", "-c", "'echo ran; exit 4'"))
+    script = f"echo $$ > {pids_cgroup_of_one}/cgroup.procs && exec {cmd}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=60, cwd=str(ROOT), env=env
+    )
+    assert r.returncode == 4 and r.stdout == "ran\n", r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "cleaner not armed" in lines[0] and "clone failed" in lines[0]
 
 
 def test_parallel_without_n_uses_the_cpuset() -> None:

@@ -13,6 +13,9 @@
  *                                (absent: unset LD_PRELOAD)
  *   KVMPV_CLEANER_REPORT_FD=fd   write "armed <pid> <parallel>" or
  *                                "error <step> <errno>" there, then close it
+ *   KVMPV_CLEANER_VERBOSE=1      say on stderr that the cleaner is armed
+ *                                (`kvmpv launch -v` exec'd in place: no
+ *                                kvmpv process is left to say it)
  * Unless children are wanted, the constructor removes all of this from the
  * environment, so CMD's own children are neither armed nor preloaded.
  *
@@ -34,7 +37,7 @@ __attribute__((constructor)) static void kvmpv_preload_init(void)
 {
 	const char *armv = getenv("KVMPV_CLEANER_ARM");
 	const char *s;
-	int parallel = 1, children, report_fd = -1, ret, pid, par = 0;
+	int parallel = 1, children, report_fd = -1, ret, pid, par = 0, verbose;
 	char msg[160];
 	int len;
 
@@ -49,6 +52,9 @@ __attribute__((constructor)) static void kvmpv_preload_init(void)
 	if (s)
 		report_fd = atoi(s);
 	unsetenv("KVMPV_CLEANER_REPORT_FD");
+	s = getenv("KVMPV_CLEANER_VERBOSE");
+	verbose = s && strcmp(s, "1") == 0;
+	unsetenv("KVMPV_CLEANER_VERBOSE");
 	if (!children) {
 		s = getenv("KVMPV_CLEANER_LD_PRELOAD");
 		if (s)
@@ -74,6 +80,13 @@ __attribute__((constructor)) static void kvmpv_preload_init(void)
 		len = snprintf(msg, sizeof(msg), "error %s %d\n", step_names[step], err);
 	} else {
 		pid = kvmpv_cleaner_status(&par);
+		if (verbose) {
+			len = snprintf(msg, sizeof(msg),
+				       "kvmpv: cleaner cleanup/%d armed (pid %d, parallel %d)\n",
+				       (int)getpid(), pid, par);
+			if (len > 0)
+				(void)!write(2, msg, (size_t)len);
+		}
 		len = snprintf(msg, sizeof(msg), "armed %d %d %d\n", (int)getpid(), pid, par);
 	}
 	if (report_fd >= 0) {

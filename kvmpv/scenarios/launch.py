@@ -6,12 +6,18 @@ constructor arms the cleaner before ``main()`` (see ``kvmpv/native/preload.c``)
 and, by default, removes itself from the environment so the program's own
 children are neither preloaded nor armed.  This module checks that the program
 can be preloaded at all (dynamically linked, same ELF class and machine, not
-set-user-ID), builds the environment, runs the program as a child and returns
-its exit status (128 + N when killed by signal N), or ``exec``\\ s it in place.
+set-user-ID), builds the environment, and either ``exec``\\ s the program in
+place (``exec_``: the pid a supervisor started becomes the program's, as with
+``nice`` or ``taskset``; libvirt tracks QEMU by that pid) or runs it as a child
+and returns its exit status (128 + N when killed by signal N).
 
 What it touches: the program's file (ELF header and program headers, or the
 ``#!`` line of a script), the environment of the child, signal handlers of
-the calling process while the child runs (restored afterwards).
+the calling process while the child runs (restored afterwards); before an
+exec, the dispositions Python changed at startup (SIGPIPE, SIGXFSZ ignored).
+File descriptors the caller inherited (not close-on-exec) reach the program
+in both modes: a supervisor hands the program fds (libvirt: QEMU's monitor,
+taps, ``-add-fd``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import signal
 import stat
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -175,8 +182,12 @@ class LaunchRequest:
     argv: list[str]
     parallel: Optional[int] = None  # None: plain cleaner; 0: cpuset CPUs; N: N tasks
     children: bool = False  # arm exec'd and forked children too
-    exec_: bool = False  # replace this process by the program
+    #: replace this process by the program (``kvmpv launch`` does by default;
+    #: the library default keeps the caller alive)
+    exec_: bool = False
     env: Optional[dict[str, str]] = None  # default: os.environ
+    #: the preload says on stderr when the cleaner is armed (exec mode)
+    verbose: bool = False
 
 
 @dataclass
@@ -207,7 +218,11 @@ def parallel_tasks(parallel: Optional[int]) -> int:
 
 
 def preload_environment(
-    base: dict[str, str], parallel: int, children: bool, report_fd: Optional[int] = None
+    base: dict[str, str],
+    parallel: int,
+    children: bool,
+    report_fd: Optional[int] = None,
+    verbose: bool = False,
 ) -> dict[str, str]:
     """Environment that makes the dynamic loader arm the cleaner in the program."""
     lib = library_path()
@@ -227,7 +242,53 @@ def preload_environment(
         env["KVMPV_CLEANER_REPORT_FD"] = str(report_fd)
     else:
         env.pop("KVMPV_CLEANER_REPORT_FD", None)
+    if verbose:
+        env["KVMPV_CLEANER_VERBOSE"] = "1"
+    else:
+        env.pop("KVMPV_CLEANER_VERBOSE", None)
     return env
+
+
+def inherited_fds() -> list[int]:
+    """Descriptors above stderr that an exec would pass on (no FD_CLOEXEC).
+
+    Python opens everything close-on-exec (PEP 446), so these are the ones
+    kvmpv itself inherited: what its own supervisor meant for the program.
+    """
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                out.append(fd)
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    return sorted(out)
+
+
+#: Signals Python ignores at startup; an exec would hand that on (subprocess
+#: resets the same ones in its children, restore_signals=True).
+PYTHON_IGNORED = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
+
+
+def _exec(path: str, argv: list[str], env: dict[str, str]) -> None:
+    """Become the program: streams flushed, Python's signal changes undone."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    for sig in PYTHON_IGNORED:
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.execve(path, argv, env)
+    except OSError as err:
+        raise CommandError(f"{argv[0]}: {err.strerror}", EXIT_NOT_EXECUTABLE) from None
 
 
 def exit_status_of(returncode: int) -> int:
@@ -257,11 +318,7 @@ def launch(req: LaunchRequest, on_start: Optional[Callable[[str], None]] = None)
     check_preloadable(path, base)
     tasks = parallel_tasks(req.parallel)
     if req.exec_:
-        env = preload_environment(base, tasks, req.children)
-        try:
-            os.execve(path, req.argv, env)
-        except OSError as err:
-            raise CommandError(f"{req.argv[0]}: {err.strerror}", EXIT_NOT_EXECUTABLE) from None
+        _exec(path, req.argv, preload_environment(base, tasks, req.children, verbose=req.verbose))
     # Signals held from pipe() into the try (see signals_held), not across
     # Popen: CMD would inherit the blocked mask.
     with signals_held():
@@ -275,7 +332,9 @@ def launch(req: LaunchRequest, on_start: Optional[Callable[[str], None]] = None)
     report: list[str] = []
     previous: dict[int, Any] = {}
     try:
-        child = subprocess.Popen(req.argv, executable=path, env=env, pass_fds=(wfd,))
+        # The fds our own caller gave us go on to the program, as an exec would.
+        passed = (wfd, *inherited_fds())
+        child = subprocess.Popen(req.argv, executable=path, env=env, pass_fds=passed)
     except BaseException as err:
         os.close(rfd)
         os.close(wfd)
@@ -346,6 +405,7 @@ __all__ = [
     "LaunchResult",
     "check_preloadable",
     "exit_status_of",
+    "inherited_fds",
     "launch",
     "parallel_tasks",
     "preload_environment",
