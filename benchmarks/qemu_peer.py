@@ -34,7 +34,7 @@ QEMU's own release (means: QEMU's release is bimodal, see ``summarize``;
 and no kvmpv release later than plain QEMU's median release plus a margin
 well below QEMU's one-second poll.  ``--accel tcg`` runs QEMU without KVM:
 with KVM, every exit that leaves the mm to a cleaner (QEMU's own or
-kvmpv's) takes either ~1 ms or ~8-12 ms here, which TCG does not show.  Exit 0 when every judged ratio
+kvmpv's) takes ~1 ms or ~8-12 ms here; TCG does not show that.  Exit 0 when every judged ratio
 holds, 1 when one does not, 3 without memory, 4 (SKIP, with the reason)
 without a usable ``qemu-system-x86_64``.
 """
