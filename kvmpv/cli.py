@@ -23,11 +23,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 from typing import Optional
 
 from . import __version__, pgste
-from .closing import signals_held
+from .closing import raise_interrupted, signals_held
 from .errors import (
     EXIT_ENV,
     EXIT_FAIL,
@@ -150,10 +149,6 @@ def _where(err: BaseException) -> str:
     return last
 
 
-def _raise_terminated(signo: int, frame: Optional[FrameType]) -> None:
-    raise Interrupted(signo)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run kvmpv with ``argv`` (without the program name); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -240,7 +235,7 @@ def entry_point() -> None:
     _restart_for_pgste(sys.argv[1:])
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         sys.exit(main(sys.argv[1:]))
     except BrokenPipeError:

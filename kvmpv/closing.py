@@ -11,10 +11,13 @@ concerned.  No I/O here.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Optional, TypeVar
+from types import FrameType, TracebackType
+from typing import Any, Optional, TypeVar
+
+from .errors import Interrupted
 
 _T = TypeVar("_T", bound="Closing")
 
@@ -43,26 +46,59 @@ MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 @contextmanager
 def signals_held() -> Iterator[None]:
-    """Block SIGINT/SIGTERM in the calling thread for the duration; they run after it.
+    """Hold SIGINT/SIGTERM back for the duration; they take effect after it.
 
-    Two uses.  *Creating a resource*: CPython runs a pending signal's Python
-    handler at the next bytecode boundary, which includes the one right after
-    ``os.open()``/``ioctl(KVM_CREATE_VM)`` returned and before the fd is stored
-    anywhere ``close()`` will find it; that fd then leaks (seen in CI: an fd
-    on a cgroup's ``tasks`` file after a Ctrl-C).  Holding the signals from the
+    The one way kvmpv defers these signals.  Three uses.  *Creating a
+    resource*: CPython runs a pending signal's Python handler at the next
+    bytecode boundary, which includes the one right after ``os.open()`` /
+    ``ioctl(KVM_CREATE_VM)`` returned and before the fd is stored anywhere
+    ``close()`` will find it; that fd then leaks (seen in CI: an fd on a
+    cgroup's ``tasks`` file after a Ctrl-C).  Holding the signals from the
     system call to the bookkeeping makes the pair atomic, as the kernel's own
-    syscalls are: the handler runs when the block ends.  *Starting a thread*:
-    threads inherit the creating thread's mask, so a thread started inside
-    the block never takes the process-directed SIGINT, and the kernel delivers
-    it to the main thread (QEMU blocks signals in its helper threads for the
-    same reason).  The two uses depend on each other: a block in the main
-    thread holds a process-directed signal only if no other thread takes it,
-    so every thread kvmpv starts is started inside one.
+    syscalls are.  *Starting a thread*: threads inherit the creating thread's
+    mask, so a thread started inside the block never takes the
+    process-directed SIGINT, and the kernel delivers it to the main thread
+    (QEMU blocks signals in its helper threads for the same reason).
+    *Cleaning up*: a second Ctrl-C must not leave a VM fd, a running PERFORM,
+    a child process or a cgroup behind.
+
+    Two mechanisms, because each covers what the other cannot.  The signal
+    mask of the calling thread (the first two uses).  And, in the main thread,
+    the Python-level handlers swapped for a recorder: a thread kvmpv did not
+    start (a library's) may not block the signals and take one, and CPython
+    would then run the real handler in the main thread in the middle of the
+    block.  On leaving, the handlers come back first, then the mask (what the
+    kernel kept pending is delivered to the real handlers), then whatever the
+    recorder saw is raised again.  Nested blocks hand everything to the
+    outermost one.
 
     Keep the block short: a Ctrl-C waits for it.
     """
+    pending: list[int] = []
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def record(signo: int, frame: Optional[FrameType]) -> None:
+            pending.append(signo)
+
+        for signo in MAIN_THREAD_SIGNALS:
+            prev = signal.getsignal(signo)
+            if prev not in (signal.SIG_IGN, None):
+                saved[signo] = prev
+                signal.signal(signo, record)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
     try:
         yield
     finally:
+        for held, prev in saved.items():
+            signal.signal(held, prev)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+def raise_interrupted(signo: int, frame: Optional[FrameType]) -> None:
+    """A SIGTERM handler: turn the signal into ``Interrupted`` in the main
+    thread, so that ``finally`` blocks and context managers clean up (the
+    default action would end the process with nothing removed)."""
+    raise Interrupted(signo)

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Callable, Optional, Union
 
-from ..closing import signals_held
+from ..closing import raise_interrupted, signals_held
 from ..errors import Interrupted, SyscallError, UsageError
 from .common import AccountingUnavailable, CgroupLeftover, oserror_text
 
@@ -671,10 +671,6 @@ def _atexit_cleanup() -> None:
 atexit.register(_atexit_cleanup)
 
 
-def _raise_terminated(signo: int, frame: Optional[FrameType]) -> None:
-    raise Interrupted(signo)
-
-
 SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
 
 
@@ -825,7 +821,7 @@ class CgroupScope:
             if prev in (signal.SIG_DFL, None):
                 # Without this, SIGTERM would kill us before __exit__ could rmdir.
                 self._saved_sigterm = prev
-                signal.signal(signal.SIGTERM, _raise_terminated)
+                signal.signal(signal.SIGTERM, raise_interrupted)
                 self._installed = True
         return self
 
@@ -857,32 +853,22 @@ class CgroupScope:
             if self._closed:
                 return
             self._closed = True
-        pending: list[int] = []
-        saved: dict[int, SignalHandler] = {}
-        if threading.current_thread() is threading.main_thread():
-
-            def hold(signo: int, frame: Optional[FrameType]) -> None:
-                pending.append(signo)
-
-            for signo in (signal.SIGINT, signal.SIGTERM):
-                prev = signal.getsignal(signo)
-                if prev not in (signal.SIG_IGN, None):
-                    saved[signo] = prev
-                    signal.signal(signo, hold)
-        left: list[str] = []
         try:
-            for cg in reversed(self.cgroups):
-                left.extend(cg.remove())
-        finally:
-            for held, prev in saved.items():
-                signal.signal(held, prev)
-            with _live_lock:
-                _live_scopes.discard(self)
-        if left:
-            raise CgroupLeftover(left, "tasks would not leave or rmdir was refused")
-        if pending:
-            # Deliver what was held back, now that nothing is left behind.
-            signal.raise_signal(pending[0])
+            with signals_held():
+                left: list[str] = []
+                try:
+                    for cg in reversed(self.cgroups):
+                        left.extend(cg.remove())
+                finally:
+                    with _live_lock:
+                        _live_scopes.discard(self)
+                if left:
+                    raise CgroupLeftover(left, "tasks would not leave or rmdir was refused")
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # A signal held during the removal wins; never lose the leftover.
+            if isinstance(exc.__context__, CgroupLeftover):
+                print(f"kvmpv: {exc.__context__}", file=sys.stderr)
+            raise
 
     def leftovers(self) -> list[str]:
         """Directories of this scope that still exist."""

@@ -9,7 +9,7 @@ reason instead of guessing, and callers turn it into a SKIP.
 
 from __future__ import annotations
 
-from ..errors import EXIT_FAIL, EXIT_SKIP, KvmpvError
+from ..errors import EXIT_FAIL, EXIT_SKIP, KvmpvError, errno_name
 
 
 class AccountingUnavailable(KvmpvError):
@@ -44,10 +44,7 @@ class CgroupLeftover(KvmpvError):
 
 def oserror_text(err: OSError) -> str:
     """``Permission denied`` style text of an OSError, with the errno name."""
-    import errno as _errno
-
-    name = _errno.errorcode.get(err.errno or 0, f"errno {err.errno}")
-    return f"{name} {err.strerror or err}"
+    return f"{errno_name(err.errno or 0)} {err.strerror or err}"
 
 
 __all__ = ["AccountingUnavailable", "CgroupLeftover", "oserror_text"]

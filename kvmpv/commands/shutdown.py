@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from ..accounting import Outcome
 from ..errors import UsageError
 from ..report.cases import ensure_writable, write_text
 from ..scenarios.shutdown import (
@@ -27,6 +28,7 @@ from ..scenarios.shutdown import (
     parse_strategies,
     run_shutdown,
 )
+from ..stats import median_of
 from ..units import format_size, parse_sizes
 from ._options import add_cgroup_option
 
@@ -65,10 +67,6 @@ def _fmt(v: Any, unit: str = "s") -> str:
     return str(v)
 
 
-def _median(stats: Any) -> Any:
-    return stats.get("median") if isinstance(stats, dict) else None
-
-
 def format_text(result: ShutdownResult) -> str:
     """The human-readable report (one table, then one line per verdict)."""
     doc = result.to_dict()
@@ -86,8 +84,8 @@ def format_text(result: ShutdownResult) -> str:
             [
                 rec["strategy"],
                 format_size(rec["size_bytes"]),
-                _fmt(_median(rec["exit_latency_s"])),
-                _fmt(_median(rec["release_s"])),
+                _fmt(median_of(rec["exit_latency_s"])),
+                _fmt(median_of(rec["release_s"])),
                 _fmt(rec["teardown_cpu_s"]),
                 _fmt(rec["charged_to_worker_cgroup_s"]),
                 rec["verdict"],
@@ -118,6 +116,8 @@ def _detail(rec: dict[str, Any], raw: ShutdownRecord) -> str:
     text = f"  {name}: {rec['verdict']}"
     if raw.failed and raw.expected is not None:
         text += f" (FAIL: expected {raw.expected.value})"
+    elif raw.expected is not None and raw.outcome not in (raw.expected, Outcome.SKIP):
+        text += f" (expected {raw.expected.value}; the race went one way at this size)"
     text += f" -- {detail.get('reason', '')}; work = {rec.get('work_source', '')}"
     split = rec.get("split")
     if split:

@@ -10,11 +10,11 @@ to fail or a verdict leaving "charged" is a regression like a slower teardown.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ..stats import median
 from ..units import format_size
 
 Value = Union[float, str]
@@ -37,11 +37,6 @@ def _num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _median(values: Iterable[Any]) -> Union[float, None]:
-    nums = [float(v) for v in values if _num(v)]
-    return statistics.median(nums) if nums else None
-
-
 def _pages(thp: Any) -> str:
     return "thp" if thp else "4k"
 
@@ -58,7 +53,7 @@ def _reboot(prefix: str, runs: Iterable[dict[str, Any]]) -> Iterator[Metric]:
                 continue
             base = f"{prefix}/{backend}/{mem}/{mode}"
             for field in ("reboot_latency_s", "perform_s", "overlap_s", "cleanup_cpu_s"):
-                med = _median(c.get(field) for c in mine)
+                med = median(c.get(field) for c in mine)
                 if med is not None:
                     yield Metric(f"{base}/{field}", med, "s", "lower", sim)
             # A warm-up reboot's timings stay out (RebootRequest.warmup), its verdict does not.

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import HostError
+from ..stats import median_of
 
 PALETTE = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
@@ -48,12 +49,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def _median(stats: Any) -> Optional[float]:
-    if isinstance(stats, dict) and isinstance(stats.get("median"), (int, float)):
-        return float(stats["median"])
-    return None
-
-
 def teardown_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
     bench = doc.get("bench") or {}
     records = list(bench.get("teardown") or [])
@@ -78,7 +73,7 @@ def plot_teardown(doc: dict[str, Any], path: str) -> PlotInfo:
         xs = [int(r["size_bytes"]) / GiB for r in recs]
         style = "--" if thp else "-"
         for ax, key in ((ax_exit, "exit_latency_s"), (ax_rel, "release_s")):
-            pts = [(x, _median(r.get(key))) for x, r in zip(xs, recs)]
+            pts = [(x, median_of(r.get(key))) for x, r in zip(xs, recs)]
             pts_ok = [(x, y) for x, y in pts if y is not None]
             if pts_ok:
                 ax.plot(*zip(*pts_ok), style, marker="o", color=colour, label=label, linewidth=2)

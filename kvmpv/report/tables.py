@@ -8,8 +8,9 @@ a mail to a kernel list.  Simulated rows say ``sim`` in their backend column.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
+from ..stats import median, median_of
 from ..units import format_size
 
 GB = 1e9
@@ -32,12 +33,6 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _median(stats: Any) -> Optional[float]:
-    if isinstance(stats, dict) and isinstance(stats.get("median"), (int, float)):
-        return float(stats["median"])
-    return None
-
-
 def shutdown_table(records: Sequence[dict[str, Any]], with_rate: bool = False) -> str:
     headers = ["strategy", "size", "pages", "exit latency s", "release s"]
     if with_rate:
@@ -45,12 +40,12 @@ def shutdown_table(records: Sequence[dict[str, Any]], with_rate: bool = False) -
     headers += ["teardown cpu s", "charged to worker s", "verdict"]
     rows = []
     for rec in records:
-        release = _median(rec.get("release_s"))
+        release = median_of(rec.get("release_s"))
         row: list[Any] = [
             rec.get("strategy"),
             format_size(int(rec.get("size_bytes", 0))),
             "thp" if rec.get("thp") else "4k",
-            _median(rec.get("exit_latency_s")),
+            median_of(rec.get("exit_latency_s")),
             release,
         ]
         if with_rate:
@@ -63,11 +58,6 @@ def shutdown_table(records: Sequence[dict[str, Any]], with_rate: bool = False) -
         ]
         rows.append(row)
     return format_table(headers, rows)
-
-
-def _avg(values: list[Any]) -> Optional[float]:
-    nums = sorted(float(v) for v in values if isinstance(v, (int, float)))
-    return nums[len(nums) // 2] if nums else None
 
 
 def reboot_table(runs: Sequence[dict[str, Any]]) -> str:
@@ -87,10 +77,10 @@ def reboot_table(runs: Sequence[dict[str, Any]]) -> str:
                     format_size(int(run.get("memory_bytes", 0))),
                     mode,
                     len(cycles),
-                    _avg([c.get("reboot_latency_s") for c in cycles]),
-                    _avg([c.get("perform_s") for c in cycles]),
-                    _avg([c.get("overlap_s") for c in cycles]),
-                    _avg([c.get("cleanup_cpu_s") for c in cycles]),
+                    median([c.get("reboot_latency_s") for c in cycles]),
+                    median([c.get("perform_s") for c in cycles]),
+                    median([c.get("overlap_s") for c in cycles]),
+                    median([c.get("cleanup_cpu_s") for c in cycles]),
                     ",".join(sorted({str(c.get("verdict")) for c in cycles})),
                 ]
             )

@@ -153,6 +153,7 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
 
 
 def run_reaper(args: argparse.Namespace) -> NoReturn:
+    from ..errors import errno_name
     from ..syscalls import libc
 
     pidfd = os.pidfd_open(args.pid)
@@ -202,7 +203,7 @@ def run_reaper(args: argparse.Namespace) -> NoReturn:
         kill_errno=kill_err,
         ret=ret,
         errno=err,
-        errno_name=errno.errorcode.get(err, str(err)) if err else "",
+        errno_name=errno_name(err) if err else "",
         ru_cpu_ns=cpu_ns,
     )
     wait_command()

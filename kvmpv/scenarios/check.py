@@ -56,7 +56,7 @@ from typing import Any, Callable, Optional, TextIO
 
 from .. import s390guest, seimage, uapi
 from ..closing import signals_held
-from ..errors import HostError, Interrupted, KvmpvError, UsageError
+from ..errors import HostError, Interrupted, KvmpvError, UsageError, errno_name
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
 from ..pv import ProtectedBoot, PvResult, load_image, pv_cmd, s390_machine_protect
@@ -564,7 +564,7 @@ class CheckContext:
 
 
 def errno_text(err: int) -> str:
-    return "success" if err == 0 else errno.errorcode.get(err, f"errno {err}")
+    return "success" if err == 0 else errno_name(err)
 
 
 def describe(res: PvResult) -> str:

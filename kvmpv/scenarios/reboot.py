@@ -31,11 +31,9 @@ What one cycle measures (all ``time.monotonic_ns``):
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -68,6 +66,7 @@ from ..runner import VcpuGroup, reset_vcpus
 from ..s390guest import CODE as PAYLOAD_CODE
 from ..s390guest import PSW_MASK_64
 from ..seimage import SeImage, load, parse, synthetic_image
+from ..stats import median
 from ..syscalls import LINUX, IoctlArg, Syscalls
 from ..uapi import S390_MEMSLOT_ALIGN, KvmCap
 from ..units import GiB, format_size
@@ -274,11 +273,6 @@ class CycleRecord:
         }
 
 
-def _median(values: Sequence[Optional[float]]) -> Optional[float]:
-    nums = [v for v in values if v is not None]
-    return statistics.median(nums) if nums else None
-
-
 @dataclass
 class RebootResult:
     """Everything ``run_reboot`` measured; ``to_dict()`` is the JSON contract."""
@@ -317,7 +311,7 @@ class RebootResult:
             out[mode] = {
                 "cycles": len(recs),
                 **{
-                    key: _median([r[key] for r in recs])
+                    key: median([r[key] for r in recs])
                     for key in (
                         "reboot_latency_s",
                         "perform_s",
@@ -545,18 +539,6 @@ class _Accounting:
 # --------------------------------------------------------------------------
 
 
-@contextmanager
-def _cleanup_guard() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back while tearing down, then deliver them.
-
-    A second Ctrl-C during cleanup must not leave a VM fd, a running PERFORM
-    or a cgroup behind; every thread we start blocks these signals, so while
-    the main thread blocks them too they stay pending for the process.
-    """
-    with signals_held():
-        yield
-
-
 class _AtomicSyscalls:
     """A simulated kernel whose system calls are atomic w.r.t. SIGINT/SIGTERM.
 
@@ -734,7 +716,7 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
     except BaseException as exc:
         # Already failing (or interrupted): clean up, report what cleanup hit,
         # but let the original exception decide the exit code (130 on SIGINT).
-        with _cleanup_guard():
+        with signals_held():
             try:
                 _teardown(guest, cleanups, vm, stack)
             except BaseException as cleanup_exc:
@@ -744,7 +726,7 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             result.interrupted = exc.signo if isinstance(exc, Interrupted) else 2
             exc.reboot_result = result  # type: ignore[union-attr]
         raise
-    with _cleanup_guard():
+    with signals_held():
         _teardown(guest, cleanups, vm, stack)
     return result
 

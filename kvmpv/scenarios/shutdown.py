@@ -76,14 +76,11 @@ import os
 import resource
 import select
 import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Callable, Optional
 
 from .. import teardown
@@ -101,6 +98,7 @@ from ..accounting import (
 from ..closing import signals_held
 from ..errors import HostError, Interrupted, KvmpvError, UsageError
 from ..memory import mem_available
+from ..stats import median, spread
 from ..syscalls import libc
 from ..units import MiB, format_size
 
@@ -249,16 +247,10 @@ def _s(ns: Optional[float]) -> Optional[float]:
     return None if ns is None else round(ns / 1e9, 6)
 
 
-def stats(values: Sequence[float]) -> Optional[dict[str, float]]:
-    """``{"min", "median", "max"}`` of the values (None when there are none)."""
-    if not values:
-        return None
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
-def _median(values: Sequence[Optional[int]]) -> Optional[int]:
-    got = [v for v in values if v is not None]
-    return int(statistics.median(got)) if got else None
+def _median_int(values: Sequence[Optional[int]]) -> Optional[int]:
+    """``stats.median`` of integer counters, as an integer (ns, bytes)."""
+    m = median(values)
+    return None if m is None else int(m)
 
 
 @dataclass
@@ -284,17 +276,26 @@ class ShutdownRecord:
 
     @property
     def failed(self) -> bool:
-        """A verdict that contradicts what the strategy must get (skip never fails)."""
+        """A verdict that contradicts what the strategy must get (skip never fails).
+
+        The reaper's split is what it gets by design, not what a correct
+        kernel must give: which of the two walks of the same page tables
+        frees more is a race, and at small sizes one side can win outright
+        (128M here: the reaper paid 56% in one run, all of it in another).
+        So its other outcomes are shown beside the expectation, never a fail.
+        """
         exp = self.expected
-        return exp is not None and self.outcome is not Outcome.SKIP and self.outcome is not exp
+        if exp is None or self.outcome is Outcome.SKIP or self.outcome is exp:
+            return False
+        return self.strategy != "reaper"
 
     def teardown_cpu_ns(self) -> Optional[int]:
-        totals = _median([s.total_cgroup_ns for s in self.samples])
+        totals = _median_int([s.total_cgroup_ns for s in self.samples])
         if totals is not None:
             return totals
         # No cgroups: the worker's own rusage is the teardown CPU we can see
         # (plus the reaper's, which reports its own).
-        return _median(
+        return _median_int(
             [
                 None
                 if s.worker_rusage_ns is None
@@ -330,29 +331,30 @@ class ShutdownRecord:
 
     def to_dict(self) -> dict[str, Any]:
         samples = self.samples
-        worker = _median([s.worker_cgroup_ns for s in samples])
-        other = _median([s.other_cgroup_ns for s in samples])
+        worker = _median_int([s.worker_cgroup_ns for s in samples])
+        other = _median_int([s.other_cgroup_ns for s in samples])
         d: dict[str, Any] = {
             "strategy": self.strategy,
             "size_bytes": self.size_bytes,
             "thp": self.thp,
             "vm": self.vm,
-            "exit_latency_s": stats([s.exit_latency_s for s in samples]),
-            "release_s": stats([s.release_s for s in samples]),
+            "exit_latency_s": spread([s.exit_latency_s for s in samples]),
+            "release_s": spread([s.release_s for s in samples]),
             "teardown_cpu_s": _s(self.teardown_cpu_ns()),
             "charged_to_worker_cgroup_s": _s(worker),
             "verdict": self.outcome.value,
             "expected": self.expected.value if self.expected is not None else None,
+            "contradicts_expected": self.failed,
             "verdict_detail": None if self.verdict is None else self.verdict.to_dict(),
             "work_source": self.work_source,
-            "worker_rusage_teardown_s": _s(_median([s.worker_rusage_ns for s in samples])),
-            "anon_huge_bytes": _median([s.anon_huge_bytes for s in samples]),
+            "worker_rusage_teardown_s": _s(_median_int([s.worker_rusage_ns for s in samples])),
+            "anon_huge_bytes": _median_int([s.anon_huge_bytes for s in samples]),
             "repeats": [s.to_dict() for s in samples],
         }
         if self.strategy in OTHER_ROLE:
             d[f"{OTHER_ROLE[self.strategy]}_cgroup_s"] = _s(other)
         if self.strategy == "reaper":
-            d["reaper_rusage_s"] = _s(_median([s.reaper_rusage_ns for s in samples]))
+            d["reaper_rusage_s"] = _s(_median_int([s.reaper_rusage_ns for s in samples]))
             d["split"] = self.split()
             reaped = [s for s in samples if s.mrelease is not None and s.mrelease["ret"] == 0]
             d["mrelease_reaped"] = f"{len(reaped)}/{len(samples)}"
@@ -360,7 +362,7 @@ class ShutdownRecord:
                 {s.mrelease["errno_name"] for s in samples if s.mrelease and s.mrelease["ret"] < 0}
             )
         if self.strategy == "parallel":
-            d["parallel"] = _median([s.parallel for s in samples])
+            d["parallel"] = _median_int([s.parallel for s in samples])
         if self.skip_reason:
             d["skip_reason"] = self.skip_reason
         return d
@@ -471,36 +473,6 @@ def _skip_reasons(req: ShutdownRequest) -> dict[str, str]:
 
 # --------------------------------------------------------------------------
 # Child processes
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Defer SIGINT/SIGTERM (main thread only) while cleanup runs, then re-raise.
-
-    A second Ctrl-C must not interrupt the kill-and-wait of a worker: the
-    next step removes its cgroups, which only works once it is gone.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-
-    def hold(signo: int, frame: Optional[FrameType]) -> None:
-        pending.append(signo)
-
-    saved = {}
-    for signo in (signal.SIGINT, signal.SIGTERM):
-        prev = signal.getsignal(signo)
-        if prev not in (signal.SIG_IGN, None):
-            saved[signo] = prev
-            signal.signal(signo, hold)
-    try:
-        yield
-    finally:
-        for signo, prev in saved.items():
-            signal.signal(signo, prev)
-        if pending:
-            signal.raise_signal(pending[0])
 
 
 def _package_root() -> str:
@@ -668,7 +640,7 @@ class _Processes:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with _signals_held():
+        with signals_held():
             for c in self.children:
                 if c.role == "worker" and not select.select([c.pidfd], [], [], 0)[0]:
                     # Interrupted before it told us its cleaner's pid: find it
@@ -887,11 +859,11 @@ def _judge(record: ShutdownRecord, sync_baseline: Optional[int], accounting_reas
         record.verdict = Verdict(Outcome.SKIP, 0, 0, 0.0, accounting_reason)
         record.work_source = "none: accounting unavailable"
         return
-    charged = _median([s.worker_cgroup_ns for s in record.samples])
-    total = _median([s.total_cgroup_ns for s in record.samples])
+    charged = _median_int([s.worker_cgroup_ns for s in record.samples])
+    total = _median_int([s.total_cgroup_ns for s in record.samples])
     assert charged is not None and total is not None
     if record.strategy == "sync":
-        work = _median([s.worker_rusage_ns for s in record.samples])
+        work = _median_int([s.worker_rusage_ns for s in record.samples])
         source = "the worker's wait4 rusage across its exit"
         if work is None:
             work, source = total, "the CPU measured in the worker's cgroup"
@@ -925,7 +897,7 @@ def _judge_reaper(record: ShutdownRecord) -> None:
         f"{len(reaped)}/{len(record.samples)} repeats where process_mrelease reaped"
     )
     if not reaped:
-        work = _median([s.total_cgroup_ns for s in record.samples]) or 0
+        work = _median_int([s.total_cgroup_ns for s in record.samples]) or 0
         record.verdict = Verdict(
             Outcome.INCONCLUSIVE, work, 0, 0.0,
             "process_mrelease reaped in no repeat (the worker had passed exit_mm): "
@@ -1025,7 +997,7 @@ def _result(
         sync = records.get(("sync", size))
         baseline = None
         if sync is not None and sync.samples and not accounting_reason:
-            baseline = _median([s.worker_cgroup_ns for s in sync.samples])
+            baseline = _median_int([s.worker_cgroup_ns for s in sync.samples])
         for s in req.strategies:
             _judge(records[(s, size)], baseline, accounting_reason)
 
@@ -1072,5 +1044,4 @@ __all__ = [
     "mem_available",
     "parse_strategies",
     "run_shutdown",
-    "stats",
 ]
