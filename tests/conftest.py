@@ -35,6 +35,39 @@ needs_kvm = pytest.mark.skipif(
 )
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (cgroups, taskstats)")
 
+#: KVMPV_REQUIRE_PRIVILEGED=1 (set by .ci/run): a test skipped for want of a
+#: privilege the CI machine is meant to have (root, /dev/kvm, cgroups,
+#: netlink) fails instead, so CI cannot pass vacuously on a machine that lost
+#: one.  Skips for other reasons (not an s390x PV host, simulator-only
+#: checks, an optional extra) stay skips.
+REQUIRE_PRIVILEGED = os.environ.get("KVMPV_REQUIRE_PRIVILEGED") == "1"
+PRIVILEGE_SKIPS = (
+    "needs root",
+    "/dev/kvm",
+    "cgroup",
+    "netlink",
+    "taskstats",
+    "proc connector",
+    "EPERM",
+    "Permission denied",
+    "accounting unavailable",
+)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not (REQUIRE_PRIVILEGED and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+    if any(p in reason for p in PRIVILEGE_SKIPS):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"KVMPV_REQUIRE_PRIVILEGED=1: skipped for want of a privilege CI must have: {reason}"
+        )
+
 
 @pytest.fixture
 def kvm() -> Iterator[Kvm]:

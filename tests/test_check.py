@@ -34,6 +34,7 @@ from kvmpv.errors import Interrupted
 from kvmpv.report.cases import Status
 from kvmpv.report.results import load_schema
 from kvmpv.runner import start_vcpu
+from kvmpv.scenarios import _harness as harness
 from kvmpv.scenarios import check as chk
 from kvmpv.syscalls import IoctlArg, Syscalls
 
@@ -148,7 +149,7 @@ def test_deviating_simulator_fails_the_check() -> None:
 def test_cli_exit_1_on_deviation(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(chk, "default_sim_factory", deviating_factory)
+    monkeypatch.setattr(harness, "default_sim_factory", deviating_factory)
     code = main(["check", "--backend", "sim", "-k", "prepare_success"])
     out = capsys.readouterr().out
     assert code == 1
@@ -384,7 +385,7 @@ def test_sigterm_runs_cleanup_then_bails_out(monkeypatch: pytest.MonkeyPatch) ->
         _synthetic("second", second),
         _synthetic("third", third),
     ]
-    monkeypatch.setattr(chk, "_REGISTRY", registry)
+    monkeypatch.setattr(harness, "_REGISTRY", registry)
     buf = io.StringIO()
     with pytest.raises(Interrupted):
         chk.run_checks(
@@ -481,7 +482,7 @@ def test_sigterm_with_a_vcpu_in_run_kicks_and_joins(monkeypatch: pytest.MonkeyPa
         seen.update(worker=worker, host=ctx.sys)
         raise Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(chk, "_REGISTRY", [_synthetic("blocked", fn)])
+    monkeypatch.setattr(harness, "_REGISTRY", [_synthetic("blocked", fn)])
     before = threading.active_count()
     buf = io.StringIO()
     with pytest.raises(Interrupted):

@@ -3,6 +3,10 @@
 
 A module may import from its own layer or the ones below it, never above:
 that is what lets a reader find their room and know what they may touch.
+Every way of importing counts: relative (``from ..x import y``), absolute
+(``import kvmpv.x``, ``from kvmpv.x import y``, ``from kvmpv import x``) and
+dynamic (``importlib.import_module("kvmpv.x")`` or ``("..x", __package__)``,
+``__import__("kvmpv.x")``) with a literal module name.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ PKG = Path(__file__).resolve().parent.parent / "kvmpv"
 
 #: Top-level module or subpackage -> layer (README table, top to bottom).
 LAYER = {
-    "__init__": 0, "uapi": 0, "errors": 0, "units": 0, "closing": 0,
+    "__init__": 0, "uapi": 0, "errors": 0, "units": 0, "closing": 0, "stats": 0,
     "syscalls": 1, "sim": 1, "memory": 1, "pgste": 1, "seimage": 1,
     "kvm": 2, "runner": 2, "x86guest": 2, "s390guest": 2,
     "pv": 3, "teardown": 3, "accounting": 3,
@@ -35,21 +39,48 @@ def _layer(dotted: str) -> int:
     return LAYER.get(parts[1], 0) if len(parts) > 1 else 0
 
 
-def _relative_imports(path: Path) -> list[str]:
-    return _relative_imports_at(path, PKG)
+def _imports(path: Path) -> list[str]:
+    return _imports_at(path, PKG)
 
 
-def _relative_imports_at(path: Path, pkg: Path) -> list[str]:
+def _resolve(package: list[str], name: str) -> str:
+    """``..x`` seen from ``package`` (a relative name) as a dotted absolute one."""
+    level = len(name) - len(name.lstrip("."))
+    rest = name[level:]
+    base = package[: len(package) - level + 1]
+    return ".".join([*base, rest] if rest else base)
+
+
+def _imports_at(path: Path, pkg: Path) -> list[str]:
+    """Every kvmpv module ``path`` imports, however it spells the import."""
     rel = path.relative_to(pkg.parent).with_suffix("")
     package = list(rel.parts[:-1])  # the package this module lives in
-    out = []
+    root = pkg.name
+    out: list[str] = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package[: len(package) - node.level + 1]
-            if node.module:
-                out.append(".".join([*base, node.module]))
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _resolve(package, "." * node.level + (node.module or ""))
+            elif node.module and (node.module == root or node.module.startswith(root + ".")):
+                base = node.module
             else:
-                out += [".".join([*base, alias.name]) for alias in node.names]
+                continue
+            if node.module and base != root:
+                out.append(base)
+            else:  # from . import x / from kvmpv import x: x may be a module
+                out += [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.split(".")[0] == root]
+        elif isinstance(node, ast.Call) and node.args:
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            arg = node.args[0]
+            if name in ("import_module", "__import__") and isinstance(arg, ast.Constant):
+                target = str(arg.value)
+                if target.startswith("."):
+                    out.append(_resolve(package, target))
+                elif target.split(".")[0] == root:
+                    out.append(target)
     return out
 
 
@@ -65,14 +96,27 @@ def test_every_module_has_a_layer() -> None:
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
 def test_imports_go_downward(path: Path) -> None:
     me = _layer(".".join(path.relative_to(PKG.parent).with_suffix("").parts))
-    upward = [t for t in _relative_imports(path) if _layer(t) > me]
+    upward = [t for t in _imports(path) if _layer(t) > me]
     assert not upward, f"imports from a higher layer: {upward}"
 
 
-def test_the_check_can_fail(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from .scenarios import check\n",
+        "import kvmpv.scenarios.check\n",
+        "from kvmpv.scenarios.check import run_checks\n",
+        "from kvmpv import scenarios\n",
+        "import importlib\nimportlib.import_module('kvmpv.scenarios.check')\n",
+        "import importlib\nimportlib.import_module('.scenarios', __package__)\n",
+        "__import__('kvmpv.scenarios')\n",
+    ],
+)
+def test_the_check_can_fail(tmp_path: Path, source: str) -> None:
+    # An upward import from the lowest layer, spelled every way: each is seen.
     bad = tmp_path / "kvmpv" / "uapi.py"
     bad.parent.mkdir()
-    bad.write_text("from .scenarios import check\n")
-    imports = _relative_imports_at(bad, tmp_path / "kvmpv")
-    assert imports == ["kvmpv.scenarios"]
+    bad.write_text(source)
+    imports = _imports_at(bad, tmp_path / "kvmpv")
+    assert imports and all(t.startswith("kvmpv.scenarios") for t in imports), imports
     assert _layer(imports[0]) > _layer("kvmpv.uapi")

@@ -37,11 +37,11 @@ from ..scenarios.check import (
     CheckRun,
     describe_checks,
     plan,
-    probe_facts,
     registry,
     run_checks,
 )
 from ..scenarios.check import select as select_checks
+from ..scenarios.probe import probe_facts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

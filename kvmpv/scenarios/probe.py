@@ -36,6 +36,8 @@ from .. import pgste, uapi
 from ..errors import KvmpvError, UsageError, errno_name, require_linux
 from ..kvm import Kvm, kvm_dev_path
 from ..seimage import SeImage
+from ..syscalls import LINUX, Syscalls
+from ..uapi import KvmCap
 
 PV_CAPS = (
     uapi.KvmCap.KVM_CAP_S390_PROTECTED,
@@ -161,6 +163,14 @@ def _read_int(root: str, path: str) -> Optional[int]:
     try:
         return int(text.strip(), 0)
     except ValueError:
+        return None
+
+
+def _read_first_hex_word(root: str, path: str) -> Optional[int]:
+    text = _read(root, path)
+    try:
+        return int(text.splitlines()[0].strip(), 16) if text else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -614,6 +624,115 @@ def _run_protected(size: int, kvm_dev: Optional[str], image: SeImage) -> dict[st
     }
 
 
+# --------------------------------------------------------------------------
+# The caps-only probe (kvmpv check)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the real kernel of this host offers, for deciding where each check runs.
+
+    The probe's cheap "caps only" mode (``probe_facts``:
+    ``KVM_CHECK_EXTENSION`` on /dev/kvm for caps 180/217/224,
+    ``kvm.async_destroy``, the UV facility list), not the full
+    ``probe_host()``: that one also asks netlink, cgroups and the native
+    cleaner, none of which a conformance run needs or should wait for.
+    ``pv_reason_text`` lets a caller that has a full probe (``kvmpv
+    exercise``) pass its wording in through ``CheckRequest.facts``.
+    """
+
+    arch: str
+    kernel: str
+    kvm_error: str = ""  # why /dev/kvm cannot be used ("" if it can)
+    cap_protected: int = 0  # KVM_CAP_S390_PROTECTED (180)
+    cap_async: int = 0  # KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224)
+    cap_dump: int = 0  # KVM_CAP_S390_PROTECTED_DUMP (217)
+    async_destroy_param: Optional[int] = None  # /sys/module/kvm/parameters/async_destroy
+    destroy_fast: Optional[bool] = None  # UV facility bit 23 (None: unknown)
+    pv_reason_text: str = ""
+
+    @property
+    def kvm_usable(self) -> bool:
+        return not self.kvm_error
+
+    @property
+    def is_s390(self) -> bool:
+        return self.arch == "s390x"
+
+    @property
+    def pv_host(self) -> bool:
+        return self.kvm_usable and self.cap_protected > 0
+
+    @property
+    def pv_async(self) -> bool:
+        return self.pv_host and self.cap_async > 0
+
+    def pv_reason(self) -> str:
+        """Why the PV async checks cannot run on the real kernel ("" if they can)."""
+        if self.pv_async:
+            return ""
+        if self.pv_reason_text:
+            return self.pv_reason_text
+        if not self.kvm_usable:
+            return f"no usable /dev/kvm: {self.kvm_error}"
+        if not self.pv_host:
+            return (
+                f"not a PV host: KVM_CAP_S390_PROTECTED (180) = {self.cap_protected} "
+                f"({self.arch}, Linux {self.kernel})"
+            )
+        return (
+            f"KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224) = {self.cap_async}"
+            f" (kvm.async_destroy = {self.async_destroy_param})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "kernel_release": self.kernel,
+            "kvm_error": self.kvm_error or None,
+            "cap_180": self.cap_protected,
+            "cap_217": self.cap_dump,
+            "cap_224": self.cap_async,
+            "async_destroy": self.async_destroy_param,
+            "destroy_fast": self.destroy_fast,
+            "pv_reason": self.pv_reason() or None,
+        }
+
+
+def probe_facts(sys: Syscalls = LINUX, root: str = "/") -> HostFacts:
+    """The caps-only probe of the real kernel, without creating a VM (spec section 7)."""
+    arch = platform.machine()
+    kernel = platform.release()
+    async_param = _read_int(root, "/sys/module/kvm/parameters/async_destroy")
+    facilities = _read_first_hex_word(root, "/sys/firmware/uv/query/facilities")
+    fast = None
+    if facilities is not None:
+        fast = bool(facilities & uapi.UV_FACILITY_DESTROY_SEC_CONF_FAST_MASK)
+    try:
+        with Kvm(sys) as kvm:
+            caps = {
+                c: kvm.check_cap(c)
+                for c in (
+                    KvmCap.KVM_CAP_S390_PROTECTED,
+                    KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE,
+                    KvmCap.KVM_CAP_S390_PROTECTED_DUMP,
+                )
+            }
+    except KvmpvError as err:
+        return HostFacts(arch, kernel, kvm_error=str(err), async_destroy_param=async_param)
+    facts = HostFacts(
+        arch,
+        kernel,
+        cap_protected=caps[KvmCap.KVM_CAP_S390_PROTECTED],
+        cap_async=caps[KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE],
+        cap_dump=caps[KvmCap.KVM_CAP_S390_PROTECTED_DUMP],
+        async_destroy_param=async_param,
+        destroy_fast=fast,
+    )
+    return facts
+
+
 def format_table(p: HostProbe) -> str:
     """The human table of ``kvmpv probe``."""
 
@@ -691,12 +810,14 @@ def _acc_line(acc: dict[str, Any]) -> str:
 
 __all__ = [
     "CgroupFacts",
+    "HostFacts",
     "HostProbe",
     "KvmFacts",
     "ScenarioVerdict",
     "TaskstatsFacts",
     "format_table",
     "parse_facilities",
+    "probe_facts",
     "probe_host",
     "probe_kvm",
 ]

@@ -70,6 +70,7 @@ from ..stats import median
 from ..syscalls import LINUX, IoctlArg, Syscalls
 from ..uapi import S390_MEMSLOT_ALIGN, KvmCap
 from ..units import GiB, format_size
+from .probe import probe_host
 
 Progress = Optional[Callable[[str], None]]
 
@@ -374,28 +375,12 @@ class RebootResult:
 
 
 def _probe_pv_async() -> tuple[bool, str]:
-    """(usable, reason) from ``kvmpv probe`` (H2's ``probe_host``)."""
-    try:
-        from .probe import probe_host
-    except ImportError as exc:  # probe not built: answer the same question directly
-        return _probe_caps_directly(f"kvmpv.scenarios.probe unavailable ({exc})")
+    """(usable, reason) as ``kvmpv probe`` answers it."""
     try:
         probe = probe_host()
     except (KvmpvError, OSError) as exc:
         return False, f"kvmpv probe failed: {exc}"
     return bool(probe.pv_async_usable), str(probe.pv_reason or "")
-
-
-def _probe_caps_directly(why: str) -> tuple[bool, str]:
-    try:
-        with Kvm(LINUX) as kvm:
-            if not kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED):
-                return False, f"{why}; KVM_CAP_S390_PROTECTED (180) absent: not a PV host"
-            if not kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE):
-                return False, f"{why}; KVM_CAP_S390_PROTECTED_ASYNC_DISABLE (224) absent"
-            return True, "caps 180 and 224 present"
-    except KvmpvError as exc:
-        return False, f"{why}; {exc}"
 
 
 def select_backend(req: RebootRequest) -> tuple[Syscalls, str]:
