@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any, Optional, TypeVar
@@ -95,6 +95,47 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if pending:
             signal.raise_signal(pending[0])
+
+
+class CompletionThread(threading.Thread):
+    """A daemon thread whose end is its own flag, ``done``: the one way kvmpv
+    waits for a thread it started (a vCPU's KVM_RUN, PERFORM, a check's worker).
+
+    Never ``Thread.join()``/``is_alive()`` to decide that a thread has ended:
+    on CPython 3.9.8-3.12 a KeyboardInterrupt that interrupts ``join()``
+    marks a thread that is still running as stopped (gh-90882, from the
+    bpo-45274 fix: the interrupted join releases the tstate lock the live
+    thread holds), after which ``join()`` returns at once and ``is_alive()``
+    is False -- and the caller would close a VM fd or unmap guest memory
+    under a running ioctl.  ``done`` is set when ``target`` returns or raises,
+    whatever happens; ``result``/``error`` keep what it gave.  With
+    ``reraise`` an exception also goes to ``threading.excepthook`` (a bug in
+    a body that records its own outcome must not pass silently).
+    ``start()`` starts it with SIGINT/SIGTERM blocked, which it inherits, so
+    that the main thread takes them (see ``signals_held``).
+    """
+
+    def __init__(self, target: Callable[[], Any], name: str, *, reraise: bool = False) -> None:
+        super().__init__(name=name, daemon=True)
+        self._body = target
+        self._reraise = reraise
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+    def start(self) -> None:
+        with signals_held():
+            super().start()
+
+    def run(self) -> None:
+        try:
+            self.result = self._body()
+        except BaseException as exc:
+            self.error = exc
+            if self._reraise:
+                raise
+        finally:
+            self.done.set()
 
 
 def raise_interrupted(signo: int, frame: Optional[FrameType]) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .closing import signals_held
+from .closing import CompletionThread
 from .errors import KvmError, KvmpvError, PvCmdError, SyscallError, errno_name
 from .kvm import Vcpu, Vm
 from .runner import start_vcpu
@@ -384,21 +384,17 @@ class AsyncCleanup:
         self.outcome = CleanupOutcome()
         self._on_start = on_start
         self._started = threading.Event()
-        # Completion is our own flag, set once PERFORM has returned, never
-        # Thread.is_alive()/join(): on CPython 3.9.8-3.12 a KeyboardInterrupt
-        # that interrupts Thread.join() marks a thread that is still running as
-        # stopped (gh-90882, from the bpo-45274 fix: the interrupted join
-        # releases the tstate lock the live thread holds), after which join()
-        # returns at once and is_alive() is False -- and the caller closes the
-        # VM and unmaps guest memory under a running PERFORM.
-        self._done = threading.Event()
+        # Completion is the thread's own flag, set once PERFORM has returned,
+        # never Thread.is_alive()/join() (see CompletionThread): the caller
+        # must not close the VM and unmap guest memory under a running PERFORM.
+        self._thread = CompletionThread(self._main, name, reraise=True)
+        self._done = self._thread.done
         # "new" -> "running" (the thread took it) or "abandoned" (start() was
         # interrupted before that: the thread, should it still run, does not
         # PERFORM).  Decided under _state_lock, so exactly one side wins.
         self._state_lock = threading.Lock()
         self._state = "new"
         self._launched = False
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self) -> None:
         """Start the thread (with SIGINT/SIGTERM blocked in it) and wait for its tid.
@@ -415,8 +411,7 @@ class AsyncCleanup:
             _live.add(self)
         self._launched = True
         try:
-            with signals_held():
-                self._thread.start()
+            self._thread.start()  # with SIGINT/SIGTERM blocked in it
         except RuntimeError:  # "can't start new thread": it never ran
             self._launched = False
             with _live_lock:

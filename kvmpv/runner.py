@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Callable, Optional
 
 from . import uapi
-from .closing import Closing, signals_held
+from .closing import Closing, CompletionThread
 from .errors import KvmError, KvmpvError
 from .kvm import Vcpu, close_each
 from .syscalls import ensure_kick_handler, set_thread_name
@@ -219,23 +219,17 @@ class VcpuRunner(Closing):
         self.runs = 0
         self.finished = threading.Event()
         self.error: Optional[BaseException] = None
-        # Set when _main returns; exit() waits on it, never on join()/is_alive():
-        # a Ctrl-C that interrupts Thread.join() on CPython 3.9.8-3.12 makes a
-        # running thread look stopped (gh-90882), and the caller would then
-        # close the vCPU fd under a running KVM_RUN.
-        self._exited = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=f"CPU {vcpu.id}/KVM", daemon=True)
+        # exit() waits on the thread's own flag, never on join()/is_alive()
+        # (see CompletionThread): the vCPU fd must not close under KVM_RUN.
+        self._thread = CompletionThread(self._main, f"CPU {vcpu.id}/KVM", reraise=True)
+        self._exited = self._thread.done
 
     def start(self) -> None:
-        with signals_held():  # SIGINT goes to the main thread only
-            self._thread.start()
+        self._thread.start()  # with SIGINT/SIGTERM blocked: the main thread takes them
 
     def _main(self) -> None:
-        try:
-            self.vcpu.thread = threading.get_ident()
-            self._serve()
-        finally:
-            self._exited.set()
+        self.vcpu.thread = threading.get_ident()
+        self._serve()
 
     def _serve(self) -> None:
         try:

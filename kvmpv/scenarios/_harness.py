@@ -23,7 +23,6 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import os
-import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,7 @@ from functools import lru_cache
 from typing import Any, Callable, Optional, TextIO
 
 from .. import s390guest, seimage, uapi
-from ..closing import signals_held
+from ..closing import CompletionThread, signals_held
 from ..errors import HostError, Interrupted, KvmpvError, UsageError, errno_name
 from ..kvm import Kvm, Vm
 from ..memory import GuestMemory
@@ -405,7 +404,7 @@ def describe(res: PvResult) -> str:
     return f"{what}, rc {res.rc:#x} rrc {res.rrc:#x}"
 
 
-class Worker(threading.Thread):
+class Worker(CompletionThread):
     """A thread whose result or exception the check collects (PERFORM, KVM_RUN).
 
     ``kick`` is called before joining in cleanup, so that a thread blocked in
@@ -413,24 +412,19 @@ class Worker(threading.Thread):
     """
 
     def __init__(self, target: Callable[[], Any], name: str) -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(self._timed, name)
         self._target_fn = target
-        self.result: Any = None
-        self.error: Optional[BaseException] = None
-        self.done = threading.Event()
         self.started_at = 0.0
         self.finished_at = 0.0
         self.kick: Optional[Callable[[], None]] = None
 
-    def run(self) -> None:
+    def _timed(self) -> Any:
+        # the check reports the error; CompletionThread keeps it in .error
         self.started_at = time.monotonic()
         try:
-            self.result = self._target_fn()
-        except BaseException as exc:  # reported by the check, not lost in the thread
-            self.error = exc
+            return self._target_fn()
         finally:
             self.finished_at = time.monotonic()
-            self.done.set()
 
     # Both waits use ``done``, never Thread.join()/is_alive(): on CPython
     # 3.9.8-3.12 a Ctrl-C interrupting join() makes a running thread look
