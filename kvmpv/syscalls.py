@@ -28,8 +28,9 @@ import ctypes.util
 import os
 import signal
 import threading
-from typing import Protocol, Union
+from typing import Any, Protocol, Union
 
+from .closing import signals_held
 from .errors import SyscallError
 
 IoctlArg = Union[int, ctypes.Structure, ctypes.Union, ctypes.Array, bytearray]  # type: ignore[type-arg]
@@ -211,3 +212,46 @@ def thread_comm(tid: int) -> str:
     """The kernel name of thread ``tid`` of this process (``/proc/self/task/<tid>/comm``)."""
     with open(f"/proc/self/task/{tid}/comm") as f:
         return f.read().rstrip("\n")
+
+
+class AtomicSyscalls:
+    """A Python-implemented kernel (the simulator) made atomic w.r.t. SIGINT/SIGTERM.
+
+    A real ioctl completes (or returns EINTR) before a signal handler runs,
+    so a KeyboardInterrupt can never land half-way through KVM_PV_DISABLE.
+    The simulator runs in Python, where it could; blocking the two signals
+    for the duration of each call restores the kernel's semantics (the
+    signal is handled right after the call returns, as on return to user
+    mode).  Everything else (``kick``, fault injection) passes through.
+    """
+
+    def __init__(self, inner: Syscalls) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+        self.arch = inner.arch
+
+    def kick(self, vcpu_fd: int, thread: int) -> None:
+        self.inner.kick(vcpu_fd, thread)
+
+    def open(self, path: str, flags: int) -> int:
+        with signals_held():
+            return self.inner.open(path, flags)
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        with signals_held():
+            return self.inner.ioctl(fd, request, arg)
+
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0) -> int:
+        with signals_held():
+            return self.inner.mmap(fd, length, prot, flags, offset)
+
+    def munmap(self, addr: int, length: int) -> None:
+        with signals_held():
+            self.inner.munmap(addr, length)
+
+    def close(self, fd: int) -> None:
+        with signals_held():
+            self.inner.close(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -17,6 +17,7 @@ each module's docstring.  The public contract (brief, "Accounting"):
   ``reap`` for exit times and rusage, taskstats via ``TaskStatsClient`` and
   ``ExitRecordListener``.
 * ``capabilities() -> AccountingCaps`` for ``kvmpv probe``.
+* ``TeardownAccounting``: the reboot verdict's per-thread placement.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .observe import (
     thread_times,
     wait_pidfd,
 )
+from .placement import TOTALS_TOLERANCE_NS, TeardownAccounting
 from .taskstats import ExitRecordListener, TaskStatsClient, TaskStatsRecord, decode_taskstats
 from .verdict import (
     Outcome,
@@ -60,6 +62,7 @@ from .verdict import (
 
 __all__ = [
     "HIERARCHY_CHOICES",
+    "TOTALS_TOLERANCE_NS",
     "AccountingCaps",
     "AccountingUnavailable",
     "Cgroup",
@@ -77,6 +80,7 @@ __all__ = [
     "ProcConnector",
     "TaskStatsClient",
     "TaskStatsRecord",
+    "TeardownAccounting",
     "ThreadTimes",
     "Verdict",
     "capabilities",

@@ -39,7 +39,7 @@ from ..pv import PvResult, pv_cmd
 from ..report import junit, ktap
 from ..report.cases import CaseResult, RunResult, Status
 from ..seimage import SeImage
-from ..syscalls import LINUX, Syscalls
+from ..syscalls import LINUX, AtomicSyscalls, Syscalls
 from ..uapi import pv_cmd_id
 from .probe import HostFacts, probe_facts
 
@@ -201,8 +201,9 @@ SimFactory = Callable[[SimConfig], Syscalls]
 def default_sim_factory(config: SimConfig) -> Syscalls:
     from ..sim import SimulatedHost  # imported lazily: kvm-only runs do not need it
 
-    host: Syscalls = SimulatedHost(**config.kwargs())
-    return host
+    # Atomic like the real kernel's syscalls: a SIGTERM never lands half-way
+    # through a simulated ioctl (the reboot scenario runs it the same way).
+    return AtomicSyscalls(SimulatedHost(**config.kwargs()))
 
 
 class CheckContext:

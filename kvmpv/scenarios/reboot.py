@@ -26,12 +26,11 @@ What one cycle measures (all ``time.monotonic_ns``):
 * ``cleanup_cpu_s``: CPU time of the teardown: the synchronous part in the
   control thread (PREPARE, or DISABLE) plus the ``async_cleanup`` thread's
   CLOCK_THREAD_CPUTIME_ID measured inside that thread.
-* ``verdict``: was that CPU charged to the VM's cgroup?  See ``_Accounting``.
+* ``verdict``: was that CPU charged to the VM's cgroup?  See ``kvmpv.accounting.TeardownAccounting``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -39,12 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..accounting import (
-    AccountingUnavailable,
-    Cgroup,
     Outcome,
+    TeardownAccounting,
     Verdict,
-    cgroup_scope,
-    judge_charged,
     skip_verdict,
 )
 from ..closing import signals_held
@@ -67,7 +63,7 @@ from ..s390guest import CODE as PAYLOAD_CODE
 from ..s390guest import PSW_MASK_64
 from ..seimage import SeImage, load, parse, synthetic_image
 from ..stats import median
-from ..syscalls import LINUX, IoctlArg, Syscalls
+from ..syscalls import LINUX, AtomicSyscalls, Syscalls
 from ..uapi import S390_MEMSLOT_ALIGN, KvmCap
 from ..units import GiB, format_size
 from .probe import probe_host
@@ -81,11 +77,6 @@ MODES = ("async", "sync", "both")
 CHARGE_TO = ("vm", "elsewhere")
 #: QEMU's S390_MAX_CPUS
 MAX_VCPUS = 248
-#: Both sides of the verdict are precise totals (cpuacct.usage and
-#: CLOCK_THREAD_CPUTIME_ID both read the scheduler's sum_exec_runtime; no
-#: tick-based user/system split is involved), so the slack is small: the few
-#: microseconds of cgroupfs writes the placement itself costs, and rounding.
-TOTALS_TOLERANCE_NS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -406,165 +397,9 @@ def select_backend(req: RebootRequest) -> tuple[Syscalls, str]:
 # --------------------------------------------------------------------------
 
 
-class _Accounting:
-    """The "charged to the VM's cgroup" check, per cycle.
-
-    Design: per-thread placement, the same on both hierarchies.  The
-    scenario is one process, so the "vm" cgroup is made to hold exactly the
-    tasks that do teardown work, while they do it: the control thread is
-    moved in for the synchronous part (PREPARE, or DISABLE) and back to a
-    "ctl" sibling after it; the ``async_cleanup`` thread is created while
-    the control thread is inside and places itself in "vm" before PERFORM.
-    The vCPU threads never enter it, so the new guest running concurrently
-    does not blur the number.  The work is measured independently, inside
-    the threads (CLOCK_THREAD_CPUTIME_ID around the synchronous part, and
-    over the whole cleanup thread); the charge is the "vm" cgroup's CPU
-    counter delta (v1 ``cpuacct.usage``, v2 ``cpu.stat`` usage_usec) from
-    before the synchronous part to after the cleanup thread was joined.
-
-    v1 moves threads through ``tasks``.  cgroup2 moves only whole processes
-    between domain cgroups, so there the process first enters a "vmm"
-    cgroup of its own, and "vm", "ctl" (and "elsewhere") are its *threaded*
-    children, threads moving through ``cgroup.threads``: the layout libvirt
-    gives QEMU on cgroup2 (``emulator``, ``vcpuN``), where QEMU's own
-    ``async_cleanup`` thread lands in ``emulator``.  Placing the whole
-    process instead would mean subtracting the vCPU threads' CPU (up to
-    half of the cleanup's at 12G with the guest running) from a counter
-    that also holds it: a difference of two large numbers instead of a
-    direct reading.
-
-    ``charge_to="elsewhere"`` (the negative control) places the same threads
-    in an "elsewhere" sibling instead; the check must then say "not
-    charged".  On v2 that sibling is inside the "vmm" threaded domain: a
-    thread cannot leave its process's threaded subtree.
-    """
-
-    def __init__(self, stack: ExitStack, hierarchy: str, charge_to: str) -> None:
-        self.reason = ""
-        self.hierarchy = ""
-        self.charge_to = charge_to
-        self.tid = threading.get_native_id()
-        self._before = 0
-        self._moved = False
-        self.home: Optional[Cgroup] = None
-        try:
-            scope = stack.enter_context(cgroup_scope(hierarchy))
-            self.hierarchy = scope.hierarchy
-            roles = ["vm", "ctl"] + (["elsewhere"] if charge_to == "elsewhere" else [])
-            groups = scope.thread_cgroups("vmm", roles)
-            self.home = scope.thread_home
-            self.vm, self.ctl = groups["vm"], groups["ctl"]
-            self.target = groups.get("elsewhere", self.vm)
-            # Proves per-thread placement works here before any cycle relies on it.
-            self.ctl.add_thread(self.tid)
-        except AccountingUnavailable as exc:
-            self.reason = exc.reason
-            self.hierarchy = self.hierarchy or hierarchy
-
-    @property
-    def usable(self) -> bool:
-        return not self.reason
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "hierarchy": self.hierarchy,
-            "usable": self.usable,
-            "reason": self.reason or None,
-            "charge_to": self.charge_to,
-            "method": (
-                "per-thread placement (v1 tasks; v2 cgroup.threads in a threaded subtree); "
-                "CPU counter delta vs CLOCK_THREAD_CPUTIME_ID of the teardown threads"
-            ),
-        }
-        if self.usable:
-            out["vm_cgroup"] = self.vm.name
-            out["target_cgroup"] = self.target.name
-            if self.home is not None:
-                out["process_cgroup"] = self.home.name
-        return out
-
-    def begin(self) -> None:
-        """Before the synchronous part: read the counter, move the control thread in."""
-        if not self.usable:
-            return
-        try:
-            self._before = self.vm.cpu().total_ns
-            self.target.add_thread(self.tid)
-            self._moved = True
-        except AccountingUnavailable as exc:
-            self.reason = exc.reason
-
-    def end_sync(self) -> None:
-        """After the synchronous part: the control thread leaves the VM's cgroup."""
-        if self._moved:
-            self._moved = False
-            try:
-                self.ctl.add_thread(self.tid)
-            except AccountingUnavailable as exc:
-                self.reason = exc.reason
-
-    def place_cleanup(self, tid: int) -> None:
-        """Runs inside the ``async_cleanup`` thread, before PERFORM."""
-        if self.usable:
-            self.target.add_thread(tid)
-
-    def verdict(self, work_ns: int) -> Verdict:
-        if not self.usable:
-            return skip_verdict(self.reason, work_ns)
-        try:
-            charged = self.vm.cpu().total_ns - self._before
-        except AccountingUnavailable as exc:
-            self.reason = exc.reason
-            return skip_verdict(exc.reason, work_ns)
-        return judge_charged(work_ns, charged, tolerance_ns=TOTALS_TOLERANCE_NS)
-
-
 # --------------------------------------------------------------------------
 # The scenario
 # --------------------------------------------------------------------------
-
-
-class _AtomicSyscalls:
-    """A simulated kernel whose system calls are atomic w.r.t. SIGINT/SIGTERM.
-
-    A real ioctl completes (or returns EINTR) before a signal handler runs,
-    so a KeyboardInterrupt can never land half-way through KVM_PV_DISABLE.
-    The simulator runs in Python, where it could; blocking the two signals
-    for the duration of each call restores the kernel's semantics (the
-    signal is handled right after the call returns, as on return to user
-    mode).  Everything else (``kick``, fault injection) passes through.
-    """
-
-    def __init__(self, inner: Syscalls) -> None:
-        self.inner = inner
-        self.backend = inner.backend
-        self.arch = inner.arch
-
-    def kick(self, vcpu_fd: int, thread: int) -> None:
-        self.inner.kick(vcpu_fd, thread)
-
-    def open(self, path: str, flags: int) -> int:
-        with signals_held():
-            return self.inner.open(path, flags)
-
-    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
-        with signals_held():
-            return self.inner.ioctl(fd, request, arg)
-
-    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0) -> int:
-        with signals_held():
-            return self.inner.mmap(fd, length, prot, flags, offset)
-
-    def munmap(self, addr: int, length: int) -> None:
-        with signals_held():
-            self.inner.munmap(addr, length)
-
-    def close(self, fd: int) -> None:
-        with signals_held():
-            self.inner.close(fd)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def _image_for(req: RebootRequest, backend: str) -> Optional[SeImage]:
@@ -599,7 +434,7 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
     sys_, why = select_backend(req)
     backend = sys_.backend
     if sys_ is not LINUX:
-        sys_ = _AtomicSyscalls(sys_)
+        sys_ = AtomicSyscalls(sys_)
     label = f"[{backend}]"
 
     def say(msg: str) -> None:
@@ -634,7 +469,7 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
     guest: Optional[VcpuGroup] = None
     vm: Optional[Vm] = None
     try:
-        acct = _Accounting(stack, req.hierarchy, req.charge_to)
+        acct = TeardownAccounting(stack, req.hierarchy, req.charge_to)
         result.accounting = acct.to_dict()
         if not acct.usable:
             say(f"accounting verdict will be SKIP: {acct.reason}")
@@ -765,7 +600,7 @@ def _reboot_once(
     vm: Vm,
     guest: Optional[VcpuGroup],
     image: Optional[SeImage],
-    acct: _Accounting,
+    acct: TeardownAccounting,
     cleanups: list[AsyncCleanup],
     index: int,
     mode: str,
