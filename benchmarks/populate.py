@@ -12,7 +12,7 @@ Measures, for each page size (4 KiB, THP) and repetition, interleaved:
   set-up);
 * ``populate+guest``: ``populate()`` first, then the guest (the sum of both).
 
-and prints the medians and the ratios to the C loop (issue 2 target:
+and prints the medians and the ratios to the C loop (target:
 kvmpv populate <= 1.5x the C loop).  Times are noisy on a shared machine;
 the ratios of runs interleaved in one process are what count.
 

@@ -19,7 +19,7 @@ promises and whether the measurement shows it:
 * every verdict "charged" (to the VM's cgroup).
 
 Timing numbers are noisy on a shared machine; ratios measured in one run are
-what count.  Why 15 cycles and not the issue's 3: the simulator's cost is
+what count.  Why 15 cycles and not 3: the simulator's cost is
 memset() of guest memory, bound by the host's memory bandwidth, and one
 cycle's CPU time moves by +-15% between cycles (sync DISABLE at 4G:
 0.063..0.094 s over 15 cycles on a host that clears 62 GB/s); a profile puts
@@ -34,7 +34,7 @@ mode (12G: 0.34 s of cleanup CPU against 0.21-0.23 s for the next sync
 reboots, in a ``--mode sync`` run), and ``--mode both`` starts with async, so
 without it that one-off cost always landed on the async side.
 
-The cleanup-CPU target is judged on the ratio of the medians, as the issue
+The cleanup-CPU target is judged on the ratio of the medians, as the target
 states it; beside it the benchmark prints the paired ratio: each async cycle
 against the sync cycle that follows it (they run a fraction of a second
 apart, so the host's slower drift cancels), the median of those ratios and

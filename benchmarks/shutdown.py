@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-only
-"""Process-exit teardown at 8 GiB: all strategies side by side, against issues 5 and 8.
+"""Process-exit teardown at 8 GiB: all strategies side by side, against their targets.
 
 Runs ``kvmpv shutdown --sizes 8G --strategy sync,cleaner,elsewhere,reaper,parallel
 --repeat 15 --json FILE`` in its own process, under ``flock
@@ -9,7 +9,7 @@ checking MemAvailable, then prints one table of ratios measured in that one
 run (strategies interleaved within each repeat, so machine noise hits them
 alike):
 
-* cleaner exit latency median as % of sync's: target <= 1% (issue 5);
+* cleaner exit latency median as % of sync's: target <= 1%;
 * cleaner release time vs sync's: target within 10% (<= 110%);
 * cleaner teardown CPU charged to the worker's cgroup as % of what sync
   charges: target >= 80%; ``elsewhere`` (the cleaner moved out, standing for
@@ -17,11 +17,11 @@ alike):
 * the reaper's split (worker cgroup vs reaper cgroup) as measured, and how
   often process_mrelease got to reap before the victim left exit_mm;
 * parallel release time as % of the single cleaner's: target <= 60% on 2
-  cores (issue 8), its exit latency (% of sync) and charged CPU (% of sync).
+  cores, its exit latency (% of sync) and charged CPU (% of sync).
 
 Then the noise: min/median/max of every strategy and how busy the machine was.
 
-Why 15 repeats and not the issue's 3: on these machines one 8 GiB exit takes
+Why 15 repeats and not 3: on these machines one 8 GiB exit takes
 anywhere from 640 to 990 ms, whichever task runs it (sync worker or cleaner,
 either vCPU), so a median of a few repeats moves by more than the 10% being
 judged (cleaner/sync came out 99%, 105%, 125% and 133% in runs of 3-4; 101%,
@@ -45,7 +45,7 @@ re-prints the same numbers):
   charged CPU of parallel and sync at 0.83; a stretch of four repeats had
   every strategy 15-20% slower).  The correlation is printed as r.
 
-The verdict is the issue's (the ratio of the medians); where the paired
+The verdict is the target's own (the ratio of the medians); where the paired
 interval straddles the target, the row says so, and the run cannot call that
 target either way.  With the unpaired interval, seven repeats gave intervals
 about 35 points wide (cleaner/sync release 97-135% around a median of 122%

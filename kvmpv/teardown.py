@@ -11,7 +11,7 @@ the kernel frees the memory in the cleaner's context -- an ordinary process in
 the same cgroups, so the CPU time and the memory stay charged where they
 belong.  With ``parallel=N`` the cleaner first releases the private anonymous
 memory with ``madvise(MADV_DONTNEED)`` from N tasks sharing the address space
-(issue 8), so the release time shrinks with the cores.
+so the release time shrinks with the cores.
 
 What this module touches: it loads ``kvmpv/native/libkvmpv-cleaner.so`` (built
 by ``pip install``; no compiler at run time) with ctypes and calls its entry

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """``kvmpv shutdown``: every strategy, the verdicts both ways, bad input, cleanup after signals.
 
-Small sizes only (128M-512M, one or two repeats): the 8G numbers of issue 5
+Small sizes only (128M-512M, one or two repeats): the 8G numbers
 and 8 are measured by ``benchmarks/shutdown.py``, never asserted here.  The
 only timing check is relative and loose (cleaner exit latency < sync / 4 at
 512M, where sync needs ~30-60 ms and the cleaner well under 1 ms).

@@ -5,8 +5,8 @@ Each test runs a child Python process (tests/_cleaner_child.py) that populates
 memory, arms the cleaner and then exits, execs, forks, is killed... and
 watches the child and its cleaner from outside with pidfds.  The cleaner's
 exit is the moment its memory is freed (exit_mmap runs before the exit is
-signalled).  Every behaviour is checked in the plain and in the parallel mode
-(issue 8).  Timings are printed (``-s``) and recorded as junit properties;
+signalled).  Every behaviour is checked in the plain and in the parallel
+mode.  Timings are printed (``-s``) and recorded as junit properties;
 the only timed assertions are generous bounds that catch QEMU-style 1-second
 polling or a pinned address space, never tight numbers.
 """
@@ -42,7 +42,7 @@ AVAILABLE, WHY = teardown.native_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"native cleaner unavailable: {WHY}")
 
 #: parallel None: the plain cleaner (QEMU's design); 2: the parallel release
-#: (issue 8).  fallback "nopidfd": the getppid() path for kernels before 5.3
+#: fallback "nopidfd": the getppid() path for kernels before 5.3
 #: (forced through the native code's test hook).
 MODES = [
     pytest.param({"parallel": None, "fallback": ""}, id="plain"),

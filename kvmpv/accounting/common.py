@@ -2,7 +2,7 @@
 """Errors of the accounting layer and the one helper every part of it shares.
 
 Touches nothing: plain classes.  ``AccountingUnavailable`` is the SKIP signal
-of issue 3 ("no permission, no guess"): whenever cgroups, taskstats or the
+of the accounting ("no permission, no guess"): whenever cgroups, taskstats or the
 proc connector cannot be used here, the accounting code raises it with the
 reason instead of guessing, and callers turn it into a SKIP.
 """

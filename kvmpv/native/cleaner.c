@@ -64,7 +64,7 @@
  *    after POLLHUP (every 200 us for up to 20 ms), every 100 ms as a backstop
  *    while the pipe is watched, every 2 ms once it is lost.
  *
- * The parallel mode (issue 8) only runs after a *confirmed* complete exit
+ * The parallel mode only runs after a *confirmed* complete exit
  * (pidfd readable, or getppid changed): MADV_DONTNEED zeroes memory, so it
  * must never run while any thread of the armed process can still use it.
  */

@@ -26,7 +26,8 @@ What one cycle measures (all ``time.monotonic_ns``):
 * ``cleanup_cpu_s``: CPU time of the teardown: the synchronous part in the
   control thread (PREPARE, or DISABLE) plus the ``async_cleanup`` thread's
   CLOCK_THREAD_CPUTIME_ID measured inside that thread.
-* ``verdict``: was that CPU charged to the VM's cgroup?  See ``kvmpv.accounting.TeardownAccounting``.
+* ``verdict``: was that CPU charged to the VM's cgroup?  See
+  ``kvmpv.accounting.TeardownAccounting``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ its pidfd and reports, per strategy:
   the exit, of the worker's private cgroup and of the other role's cgroup,
   cross-checked with the worker's ``wait4`` rusage (it is our child).
 
-Strategies (issue 5 item 4, issue 8):
+Strategies:
 
 * ``sync``: plain exit; the kernel frees the memory in ``exit_mm``.
 * ``cleaner``: the worker arms the ``clone(CLONE_VM)`` cleaner
