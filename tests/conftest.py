@@ -18,6 +18,14 @@ from kvmpv.errors import KvmpvError
 from kvmpv.kvm import Kvm
 from kvmpv.memory import mem_available  # noqa: F401  (re-exported: tests size memory to it)
 
+#: the source tree under test; children started by the tests import kvmpv from it
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tree_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process that must run this tree's kvmpv."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
 
 def _kvm_unavailable_reason() -> str:
     try:

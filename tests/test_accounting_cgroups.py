@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import mem_available, needs_root
+from conftest import ROOT, mem_available, needs_root, tree_env
 
 from kvmpv.accounting import (
     AccountingUnavailable,
@@ -32,7 +32,6 @@ from kvmpv.accounting import (
 )
 from kvmpv.accounting import cgroups as cgmod
 
-ROOT = Path(__file__).resolve().parent.parent
 CHILD = str(Path(__file__).resolve().parent / "_accounting_child.py")
 GIB = 1 << 30
 TEARDOWN_BYTES = GIB
@@ -237,7 +236,7 @@ def test_cleanup_after_a_failing_pytest_test(tmp_path: Path) -> None:
             """
         )
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = tree_env()
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(test)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
@@ -325,7 +324,7 @@ except Interrupted as err:
 
 @pytest.mark.parametrize("signo,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_cleanup_on_signal(hierarchy: str, signo: int, code: int) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = tree_env()
     p = subprocess.Popen(
         [sys.executable, "-c", SIGNAL_SCRIPT, hierarchy],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import ARMED_PIDS, PYTHON3
+from conftest import ARMED_PIDS, PYTHON3, ROOT, tree_env
 
 from kvmpv import teardown
 from kvmpv.errors import HostError
 from kvmpv.scenarios import launch as launcher
 
-ROOT = Path(__file__).resolve().parent.parent
 AVAILABLE, WHY = teardown.native_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"native cleaner unavailable: {WHY}")
 MODES = [pytest.param(None, id="plain"), pytest.param(2, id="parallel2")]
@@ -42,7 +41,7 @@ def kvmpv_cmd(*args: str) -> list[str]:
 
 
 def run_launch(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = tree_env()
     return subprocess.run(
         kvmpv_cmd(*args), cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60, **kw
     )  # type: ignore[call-overload, no-any-return]
@@ -64,7 +63,7 @@ class Launched:
 
     def __init__(self, argv: list[str], parallel: Optional[int], **popen: object) -> None:
         opts = ["--parallel", str(parallel)] if parallel else []
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = tree_env()
         self.proc = subprocess.Popen(
             kvmpv_cmd(*opts, "--", *argv),
             cwd=str(ROOT),
@@ -129,7 +128,7 @@ def test_killed_by_signal_is_seen_as_such() -> None:
 def test_exec_in_place_by_default_wait_keeps_a_parent() -> None:
     code = "import os; print(os.getpid(), os.getppid())"
     for opts, same in (((), True), (("--exec",), True), (("--wait",), False)):
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = tree_env()
         proc = subprocess.Popen(
             kvmpv_cmd(*opts, "--", PYTHON3 or sys.executable, "-c", code),
             cwd=str(ROOT), env=env, stdout=subprocess.PIPE, text=True,
@@ -144,7 +143,7 @@ def test_exec_in_place_by_default_wait_keeps_a_parent() -> None:
 
 @pytest.mark.parametrize("wait", [False, True], ids=["exec", "wait"])
 def test_sigterm_reaches_the_program(wait: bool) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = tree_env()
     opts = ["--wait"] if wait else []
     proc = subprocess.Popen(
         kvmpv_cmd(*opts, "-v", "--", "sleep", "30"),
@@ -467,7 +466,7 @@ def test_launch_runs_the_program_when_the_cleaner_cannot_be_armed(
     # task the cgroup allows): the program runs, one line on stderr says why.
     cmd = " ".join(kvmpv_cmd("--", "sh", "-c", "'echo ran; exit 4'"))
     script = f"echo $$ > {pids_cgroup_of_one}/cgroup.procs && exec {cmd}"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = tree_env()
     r = subprocess.run(
         ["sh", "-c", script], capture_output=True, text=True, timeout=60, cwd=str(ROOT), env=env
     )

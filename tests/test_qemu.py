@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import ARMED_PIDS
+from conftest import ARMED_PIDS, tree_env
 
 from kvmpv import teardown
 from kvmpv.accounting import AccountingUnavailable, Cgroup, cgroup_scope
@@ -134,7 +134,7 @@ def test_exit_status_is_qemus_own(tmp_path: Path) -> None:
     qemu = _qemu_or_skip()
     bad = [qemu, "-machine", "none", "-display", "none", "-device", "kvmpv-no-such-device"]
     plain = subprocess.run(bad, capture_output=True, text=True, timeout=60)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = tree_env()
     launched = subprocess.run(
         qemu_peer.kvmpv_prefix() + bad, capture_output=True, text=True, timeout=60, env=env
     )

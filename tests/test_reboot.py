@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import ROOT, tree_env
 
 from kvmpv.accounting import AccountingUnavailable, cgroup_scope, iter_kvmpv_cgroups
 from kvmpv.accounting.cgroups import creator_pid
@@ -54,7 +55,6 @@ from kvmpv.uapi import (
 )
 from kvmpv.units import GiB, MiB
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: 16 MiB low (PREPARE destroys it) + 48 MiB above 2 GiB (PERFORM's)
 SMALL = ((0, 16 * MiB), (2 * GiB, 48 * MiB))
 #: enough teardown work (1 GiB cleared) for a verdict well above tick noise: the
@@ -612,7 +612,7 @@ def test_sigint_cli_exits_130_and_leaves_nothing() -> None:
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
+        env=tree_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, tree_env
 
 PROBE = '''
 import pytest
@@ -23,7 +22,7 @@ def test_not_a_pv_host():
 
 def _run(tmp_path: Path, require: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_probe_skips.py").write_text(PROBE)
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT}", KVMPV_REQUIRE_PRIVILEGED=require)
+    env = tree_env(PYTHONPATH=f"{ROOT / 'tests'}:{ROOT}", KVMPV_REQUIRE_PRIVILEGED=require)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "conftest",
          str(tmp_path / "test_probe_skips.py")],

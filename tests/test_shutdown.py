@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, tree_env
 
 from kvmpv import teardown
 from kvmpv.accounting import AccountingUnavailable, iter_kvmpv_cgroups
@@ -31,7 +32,6 @@ from kvmpv.errors import HostError, UsageError
 from kvmpv.scenarios import shutdown as sd
 from kvmpv.units import MiB
 
-ROOT = Path(__file__).resolve().parent.parent
 # Not imported from conftest: tests/ is a package for some runs and not for
 # others, and these three need no fixture.
 IS_ROOT = os.geteuid() == 0
@@ -340,7 +340,7 @@ def _unprivileged_run(out: Path) -> None:
     if python is None:
         pytest.skip("no system python3 for the unprivileged user")
     drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = tree_env()
     probe = subprocess.run(
         [*drop, python, "-c", "import sys, kvmpv; assert sys.version_info >= (3, 9)"],
         cwd="/", capture_output=True, text=True, timeout=60, env=env,

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import ARMED_PIDS, KVM_UNAVAILABLE
+from conftest import ARMED_PIDS, KVM_UNAVAILABLE, ROOT, tree_env
 
 from kvmpv import teardown
 from kvmpv.errors import UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).resolve().parent / "_cleaner_child.py"
 
 AVAILABLE, WHY = teardown.native_available()
@@ -72,7 +71,7 @@ class Child:
         self, scenario: str = "main", size: int = 16 * MiB, fallback: str = "", **cfg: Any
     ) -> None:
         cfg.update(scenario=scenario, size=size)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), KVMPV_CLEANER_TEST_FALLBACK=fallback)
+        env = tree_env(KVMPV_CLEANER_TEST_FALLBACK=fallback)
         self.proc = subprocess.Popen(
             [sys.executable, str(CHILD), json.dumps(cfg)],
             stdin=subprocess.PIPE,
@@ -380,7 +379,7 @@ def test_failed_clone_is_reported(pids_cgroup_of_one: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
         cwd=str(ROOT),
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=tree_env(),
     )
     try:
         (pids_cgroup_of_one / "cgroup.procs").write_text(str(proc.pid))
