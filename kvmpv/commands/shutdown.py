@@ -19,6 +19,7 @@ from typing import Any
 from ..accounting import Outcome
 from ..errors import UsageError
 from ..report.cases import ensure_writable, write_text
+from ..report.tables import format_table
 from ..scenarios.shutdown import (
     DEFAULT_STRATEGIES,
     STRATEGIES,
@@ -91,10 +92,7 @@ def format_text(result: ShutdownResult) -> str:
                 rec["verdict"],
             ]
         )
-    widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
-    lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.append("")
+    lines = [head, format_table(cols, rows), ""]
     for rec, raw in zip(doc["records"], result.records):
         lines.append(_detail(rec, raw))
     missing = {
