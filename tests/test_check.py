@@ -36,9 +36,10 @@ from kvmpv.report.results import load_schema
 from kvmpv.runner import start_vcpu
 from kvmpv.scenarios import _harness as harness
 from kvmpv.scenarios import check as chk
+from kvmpv.scenarios import probe as probe_mod
 from kvmpv.syscalls import IoctlArg, Syscalls
 
-FACTS = chk.probe_facts()
+FACTS = probe_mod.probe_facts()
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -495,7 +496,9 @@ def test_sigterm_with_a_vcpu_in_run_kicks_and_joins(monkeypatch: pytest.MonkeyPa
 
 def test_no_dev_kvm_everything_skips_with_the_reason() -> None:
     """A host without /dev/kvm (CI container): --backend kvm is all SKIP, exit 4; auto uses sim."""
-    facts = chk.HostFacts("x86_64", "6.18.0", kvm_error="open(/dev/kvm) failed: errno 2 (ENOENT)")
+    facts = probe_mod.HostFacts(
+        "x86_64", "6.18.0", kvm_error="open(/dev/kvm) failed: errno 2 (ENOENT)"
+    )
     result = chk.run_checks(chk.CheckRequest(backend="kvm", facts=facts))
     assert result.exit_code == 4
     assert {c.status for c in result.results} == {Status.SKIP}
@@ -506,7 +509,7 @@ def test_no_dev_kvm_everything_skips_with_the_reason() -> None:
 
 def test_pv_host_plan_runs_pv_checks_for_real() -> None:
     """On an s390x PV host with cap 224, auto picks the real kernel for the PV checks."""
-    facts = chk.HostFacts(
+    facts = probe_mod.HostFacts(
         "s390x", "6.8.0", cap_protected=1, cap_async=1, async_destroy_param=1, destroy_fast=False
     )
     where = {c.name: b for c, b in chk.plan(chk.registry(), "auto", facts)}

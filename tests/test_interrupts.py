@@ -33,6 +33,7 @@ from kvmpv.accounting import AccountingUnavailable, ExitWatcher, cgroup_scope, o
 from kvmpv.accounting import cgroups as cg_mod
 from kvmpv.kvm import Kvm
 from kvmpv.scenarios import check as chk
+from kvmpv.scenarios import probe as probe_mod
 from kvmpv.scenarios import shutdown as sd
 from kvmpv.scenarios.reboot import RebootRequest, run_reboot
 from kvmpv.sim import SimulatedHost
@@ -149,7 +150,7 @@ def test_check_context_kvm() -> None:
         chk.Check("t", lambda ctx: None, "synthetic", "test"),
         "sim",
         host,
-        chk.HostFacts(arch="s390x", kernel="test"),
+        probe_mod.HostFacts(arch="s390x", kernel="test"),
     )
     wrapped, fired = _interrupt_after(host.open, lambda path, *a: True)
     host.open = wrapped  # type: ignore[method-assign]
@@ -263,7 +264,7 @@ def test_check_worker_threads_block_sigint_and_sigterm() -> None:
         chk.Check("t", lambda ctx: None, "synthetic", "test"),
         "sim",
         SimulatedHost(),
-        chk.HostFacts(arch="s390x", kernel="test"),
+        probe_mod.HostFacts(arch="s390x", kernel="test"),
     )
     seen: list[set[int]] = []
     ctx.thread(lambda: seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, [])), "probe")

@@ -21,6 +21,7 @@ import pytest
 
 from kvmpv import pgste
 from kvmpv.errors import EXIT_ENV
+from kvmpv.scenarios import probe as probe_mod
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "kvmpv" / "native" / "pgste.c"
@@ -97,7 +98,10 @@ def test_sim_without_pgste_check_exits_3_not_fail() -> None:
         return SimulatedHost(pgste=False, **config.kwargs())
 
     req = chk.CheckRequest(
-        backend="sim", select=("prepare_success",), sim_factory=factory, facts=chk.probe_facts()
+        backend="sim",
+        select=("prepare_success",),
+        sim_factory=factory,
+        facts=probe_mod.probe_facts(),
     )
     with pytest.raises(HostError) as info:
         chk.run_checks(req)

@@ -150,8 +150,9 @@ def junit10_violations(xml_text: str) -> list[str]:
 
 def test_every_junit_kvmpv_writes_keeps_the_junit10_rules() -> None:
     from kvmpv.scenarios import check as chk
+    from kvmpv.scenarios import probe as probe_mod
 
-    real = chk.run_checks(chk.CheckRequest(backend="both", facts=chk.probe_facts()))
+    real = chk.run_checks(chk.CheckRequest(backend="both", facts=probe_mod.probe_facts()))
     for run in (sample(), RunResult(suite="s", planned=3, bail_out="signal 2"), real.run):
         assert junit10_violations(junit.render(run)) == []
 

@@ -16,6 +16,7 @@ import pytest
 
 from kvmpv.report import ktap
 from kvmpv.report.cases import CaseResult, Counts, RunResult, Status
+from kvmpv.scenarios import probe as probe_mod
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "ktap"
 
@@ -219,7 +220,8 @@ def test_tap_consumer_reads_a_real_check_run_with_its_totals() -> None:
     from kvmpv.scenarios import check as chk
 
     out = io.StringIO()
-    run = chk.run_checks(chk.CheckRequest(backend="both", facts=chk.probe_facts()), stream=out)
+    req = chk.CheckRequest(backend="both", facts=probe_mod.probe_facts())
+    run = chk.run_checks(req, stream=out)
     text = out.getvalue()
     lines = list(tap_parser.Parser().parse_text(text))
     assert [ln.category for ln in lines].count("version") == 1
@@ -263,7 +265,7 @@ def test_avocado_runs_each_check_as_its_own_result(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     job = json.loads(next((tmp_path / "jobs").glob("job-*/results.json")).read_text())
     ours = chk.run_checks(
-        chk.CheckRequest(backend="both", select=(select,), facts=chk.probe_facts())
+        chk.CheckRequest(backend="both", select=(select,), facts=probe_mod.probe_facts())
     ).run.counts
     assert job["total"] == ours.total > 2
     assert (job["pass"], job["skip"]) == (ours.passed, ours.skipped)

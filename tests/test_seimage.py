@@ -28,6 +28,7 @@ from kvmpv.pv import BootError, load_image, pv_enable, s390_machine_protect
 from kvmpv.report.cases import Status
 from kvmpv.runner import run_until_finished
 from kvmpv.scenarios import check as chk
+from kvmpv.scenarios import probe as probe_mod
 from kvmpv.sim import SimulatedHost
 from kvmpv.syscalls import Syscalls
 
@@ -202,7 +203,7 @@ BOOT_CHECKS = (
 
 def test_boot_checks_pass_and_fail_on_a_permissive_uv() -> None:
     right = chk.run_checks(
-        chk.CheckRequest(backend="sim", select=BOOT_CHECKS, facts=chk.probe_facts())
+        chk.CheckRequest(backend="sim", select=BOOT_CHECKS, facts=probe_mod.probe_facts())
     )
     assert [c.status for c in right.results] == [Status.PASS] * len(BOOT_CHECKS)
 
@@ -211,7 +212,7 @@ def test_boot_checks_pass_and_fail_on_a_permissive_uv() -> None:
         return host
 
     req = chk.CheckRequest(
-        backend="sim", select=BOOT_CHECKS, sim_factory=factory, facts=chk.probe_facts()
+        backend="sim", select=BOOT_CHECKS, sim_factory=factory, facts=probe_mod.probe_facts()
     )
     wrong = chk.run_checks(req, stream=io.StringIO())
     assert [c.status for c in wrong.results] == [Status.FAIL] * len(BOOT_CHECKS), wrong.ktap()

@@ -83,7 +83,6 @@ from ._harness import (
     run_one,
     select,
 )
-from .probe import HostFacts, probe_facts
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -1170,13 +1169,11 @@ __all__ = [
     "CheckRequest",
     "CheckRun",
     "CheckSkip",
-    "HostFacts",
     "Need",
     "SimConfig",
     "describe_checks",
     "kvm_skip_reason",
     "plan",
-    "probe_facts",
     "registry",
     "run_checks",
     "run_one",

@@ -183,6 +183,11 @@ def _bracketed(text: Optional[str]) -> Optional[str]:
     return text.strip() or None
 
 
+def thp_mode(root: str = "/") -> Optional[str]:
+    """The host's transparent-hugepage mode (``madvise``), None if unreadable."""
+    return _bracketed(_read(root, "/sys/kernel/mm/transparent_hugepage/enabled"))
+
+
 def parse_facilities(text: str) -> list[int]:
     """The installed-UV-call words of ``/sys/firmware/uv/query/facilities`` (``%lx`` lines)."""
     return [int(word, 16) for word in text.split()]
@@ -539,7 +544,7 @@ def probe_host(
             if host
             else TaskstatsFacts(None, None, "not probed: synthetic root (a netlink fact)")
         ),
-        thp_mode=_bracketed(_read(root, "/sys/kernel/mm/transparent_hugepage/enabled")),
+        thp_mode=thp_mode(root),
         native_cleaner=native_cleaner(),
         accounting=(
             accounting_caps()
@@ -820,4 +825,5 @@ __all__ = [
     "probe_facts",
     "probe_host",
     "probe_kvm",
+    "thp_mode",
 ]

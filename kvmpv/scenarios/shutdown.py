@@ -101,6 +101,7 @@ from ..memory import mem_available
 from ..stats import median, spread
 from ..syscalls import libc
 from ..units import MiB, format_size
+from .probe import thp_mode
 
 STRATEGIES = ("sync", "cleaner", "elsewhere", "reaper", "parallel")
 DEFAULT_STRATEGIES = ("sync", "cleaner", "elsewhere", "reaper")
@@ -426,15 +427,6 @@ def _cpu_busy_jiffies() -> tuple[int, int]:
 def _loadavg() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
-
-
-def _thp_mode() -> str:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            text = f.read()
-        return text[text.index("[") + 1 : text.index("]")]
-    except (OSError, ValueError):
-        return "unknown"
 
 
 def mrelease_unavailable() -> str:
@@ -1004,7 +996,7 @@ def _result(
     host: dict[str, Any] = {
         "kernel_release": os.uname().release,
         "cpus": os.cpu_count(),
-        "thp_mode": _thp_mode(),
+        "thp_mode": (thp_mode() or "unknown"),
         "loadavg_start": load0,
         "loadavg_end": _loadavg(),
     }
