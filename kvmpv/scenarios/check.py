@@ -167,7 +167,7 @@ def sim_vm(ctx: CheckContext, vm: Vm) -> Any:
     return ctx.sim.vm_info(vm.fd)
 
 
-#: Configuration states that still hold UV resources (kvmpv/sim.py ``SimConfigInfo``).
+#: Configuration states that still hold UV resources (``kvmpv.sim.SimConfigInfo``).
 LIVE_STATES = frozenset({"current", "set_aside", "performing", "need_cleanup"})
 
 

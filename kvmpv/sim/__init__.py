@@ -1,6 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """A simulated s390x KVM host with protected virtualization, at the syscall boundary.
 
+The package: this module (the host: kernel objects, the ioctls, the cost
+model), ``records.py`` (the read-only records tests inspect), ``ranges.py``
+(page state as interval sets), ``locks.py`` (``mm->mmap_lock``), ``uvc.py``
+(Ultravisor call numbers and names).
+
 ``SimulatedHost`` implements the ``kvmpv.syscalls.Syscalls`` protocol
 (``backend = "sim"``): ``Kvm(sys=SimulatedHost())`` opens a simulated
 ``/dev/kvm`` and everything above it -- ``Vm``, ``Vcpu``, ``kvmpv.pv.pv_cmd``
@@ -147,7 +152,6 @@ held, so a thread paused at a gate never blocks a ``munmap``.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import ctypes
 import errno
@@ -157,8 +161,31 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import seimage, uapi
-from .syscalls import IoctlArg, buffer_address, libc, raise_errno
+from .. import seimage, uapi
+from ..syscalls import IoctlArg, buffer_address, libc, raise_errno
+from .locks import MmapLock as _MmapLock
+from .ranges import Ranges as _Ranges
+from .ranges import ranges_from as _Ranges_from
+from .records import SimConfigInfo, SimStats, SimVmInfo, UvCall
+from .uvc import (
+    UVC_CMD_CONV_TO_SEC_STOR,
+    UVC_CMD_CPU_RESET,
+    UVC_CMD_CPU_RESET_CLEAR,
+    UVC_CMD_CPU_RESET_INITIAL,
+    UVC_CMD_CPU_SET_STATE,
+    UVC_CMD_CREATE_SEC_CONF,
+    UVC_CMD_CREATE_SEC_CPU,
+    UVC_CMD_DUMP_COMPLETE,
+    UVC_CMD_DUMP_CONF_STOR_STATE,
+    UVC_CMD_DUMP_CPU,
+    UVC_CMD_DUMP_INIT,
+    UVC_CMD_PREPARE_RESET,
+    UVC_CMD_SET_SEC_CONF_PARAMS,
+    UVC_CMD_SET_UNSHARE_ALL,
+    UVC_CMD_UNPACK_IMG,
+    UVC_CMD_VERIFY_IMG,
+    UVC_NAMES,
+)
 
 # --------------------------------------------------------------------------
 # Constants of the simulated machine
@@ -173,48 +200,6 @@ KVM_USER_MEM_SLOTS = 32767  # arch/s390/include/asm/kvm_host.h
 KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1
 SZ_2G = uapi.PV_ASYNC_MIN_LIMIT
 SEGMENT_ALIGN = uapi.S390_MEMSLOT_ALIGN
-
-# Ultravisor calls not in uapi (arch/s390/include/asm/uv.h).
-UVC_CMD_CREATE_SEC_CONF = 0x0100
-UVC_CMD_CREATE_SEC_CPU = 0x0120
-UVC_CMD_CONV_TO_SEC_STOR = 0x0200
-UVC_CMD_SET_SEC_CONF_PARAMS = 0x0300
-UVC_CMD_UNPACK_IMG = 0x0301
-UVC_CMD_VERIFY_IMG = 0x0302
-UVC_CMD_CPU_RESET = 0x0310
-UVC_CMD_CPU_RESET_INITIAL = 0x0311
-UVC_CMD_PREPARE_RESET = 0x0320
-UVC_CMD_CPU_RESET_CLEAR = 0x0321
-UVC_CMD_CPU_SET_STATE = 0x0330
-UVC_CMD_SET_UNSHARE_ALL = 0x0340
-UVC_CMD_DUMP_INIT = 0x0400
-UVC_CMD_DUMP_CONF_STOR_STATE = 0x0401
-UVC_CMD_DUMP_CPU = 0x0402
-UVC_CMD_DUMP_COMPLETE = 0x0403
-
-UVC_NAMES: dict[int, str] = {
-    UVC_CMD_CREATE_SEC_CONF: "Create Secure Configuration",
-    uapi.UVC_CMD_DESTROY_SEC_CONF: "Destroy Secure Configuration",
-    uapi.UVC_CMD_DESTROY_SEC_CONF_FAST: "Destroy Secure Configuration Fast",
-    UVC_CMD_CREATE_SEC_CPU: "Create Secure CPU",
-    uapi.UVC_CMD_DESTROY_SEC_CPU: "Destroy Secure CPU",
-    UVC_CMD_CONV_TO_SEC_STOR: "Convert to Secure Storage (import)",
-    uapi.UVC_CMD_CONV_FROM_SEC_STOR: "Convert from Secure Storage (export)",
-    uapi.UVC_CMD_DESTR_SEC_STOR: "Destroy Secure Storage (destroy page)",
-    UVC_CMD_SET_SEC_CONF_PARAMS: "Set Secure Configuration Parameters",
-    UVC_CMD_UNPACK_IMG: "Unpack Image",
-    UVC_CMD_VERIFY_IMG: "Verify Image",
-    UVC_CMD_PREPARE_RESET: "Prepare Reset",
-    UVC_CMD_CPU_RESET: "CPU Reset",
-    UVC_CMD_CPU_RESET_INITIAL: "CPU Reset Initial",
-    UVC_CMD_CPU_RESET_CLEAR: "CPU Reset Clear",
-    UVC_CMD_CPU_SET_STATE: "Set CPU State",
-    UVC_CMD_SET_UNSHARE_ALL: "Set Unshare All",
-    UVC_CMD_DUMP_INIT: "Dump Initialize",
-    UVC_CMD_DUMP_CONF_STOR_STATE: "Dump Configuration Storage State",
-    UVC_CMD_DUMP_CPU: "Dump CPU",
-    UVC_CMD_DUMP_COMPLETE: "Dump Complete",
-}
 
 # Installed-calls bits (MSB-0) of the simulated UV, reported by KVM_PV_INFO_VM.
 _BIT_DUMP = (24, 25, 26, 27)
@@ -274,275 +259,6 @@ def _disabled_wait(mask: int) -> bool:
     """kvm_s390_handle_wait(): a wait with I/O, external and machine-check
     interrupts all off never ends; the kernel leaves it to userspace."""
     return bool(mask & PSW_MASK_WAIT) and not mask & (PSW_MASK_IO | PSW_MASK_EXT | PSW_MASK_MCHECK)
-
-
-# --------------------------------------------------------------------------
-# Public read-only records
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UvCall:
-    """One simulated Ultravisor call; page calls on a range are one record.
-
-    ``cc`` is the condition code (0 ok, 1 failed); ``pages`` the number of
-    4 KiB pages for the page calls (0x0200/0x0201/0x0202), else 0; ``tid``
-    the native thread id of the caller.
-    """
-
-    cmd: int
-    handle: int
-    cc: int
-    rc: int
-    rrc: int
-    pages: int
-    tid: int
-
-    @property
-    def name(self) -> str:
-        return UVC_NAMES.get(self.cmd, f"UVC 0x{self.cmd:04x}")
-
-
-@dataclass(frozen=True)
-class SimConfigInfo:
-    """A secure configuration of the simulated UV (snapshot).
-
-    ``state``: ``current`` (the VM's protected configuration), ``set_aside``
-    (PREPARE done), ``performing`` (detached by a PERFORM in progress),
-    ``need_cleanup`` (PERFORM interrupted by a fatal signal), ``destroyed``
-    (UV destroyed it, pages may remain secure), ``leaked`` (its destroy UVC
-    failed: the kernel leaks it on purpose).
-    """
-
-    handle: int
-    vm_id: int
-    state: str
-    cpus: int
-    secure_bytes: int
-    fast_destroyed: bool
-
-
-@dataclass(frozen=True)
-class SimVmInfo:
-    """One simulated VM (snapshot).
-
-    ``mem_limit`` is ``kvm->arch.mem_limit`` (what KVM_GET_DEVICE_ATTR
-    returns: it is the host maximum and is *not* changed by setting
-    KVM_S390_VM_MEM_LIMIT_SIZE, which recreates the gmap instead);
-    ``gmap_limit`` the last usable guest address of the gmap and
-    ``asce_type`` its top-level table type ("segment" means PREPARE refuses,
-    spec 3.3 step 4).  ``secure_bytes``: secure for the current
-    configuration; ``old_secure_bytes``: still secure for this VM's old
-    configurations.  ``vcpu_mutex_waiters``: threads blocked on a vCPU mutex
-    (e.g. PREPARE waiting for a vCPU in KVM_RUN).
-    """
-
-    vm_id: int
-    alive: bool
-    protected: bool
-    handle: int
-    set_aside: bool
-    need_cleanup: int
-    performing: int
-    mem_limit: int
-    gmap_limit: int
-    asce_type: str
-    vcpus: int
-    protected_vcpus: int
-    vcpus_in_run: int
-    vcpu_mutex_waiters: int
-    memslot_bytes: int
-    secure_bytes: int
-    old_secure_bytes: int
-
-
-@dataclass(frozen=True)
-class SimStats:
-    """Bytes of guest memory the simulated UV cleared, by kind of work."""
-
-    imported_bytes: int
-    destroyed_bytes: int
-    exported_bytes: int
-
-
-# --------------------------------------------------------------------------
-# Interval sets
-# --------------------------------------------------------------------------
-
-
-class _Ranges:
-    """A set of disjoint half-open integer intervals, kept sorted and merged."""
-
-    __slots__ = ("_e", "_s", "total")
-
-    def __init__(self) -> None:
-        self._s: list[int] = []
-        self._e: list[int] = []
-        self.total = 0
-
-    def __len__(self) -> int:
-        return len(self._s)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(zip(self._s, self._e)))
-
-    def add(self, s: int, e: int) -> None:
-        if s >= e:
-            return
-        i = bisect.bisect_left(self._e, s)  # first interval ending at or after s
-        j = bisect.bisect_right(self._s, e)  # intervals starting at or before e
-        if i < j:
-            removed = sum(self._e[k] - self._s[k] for k in range(i, j))
-            ns, ne = min(s, self._s[i]), max(e, self._e[j - 1])
-        else:
-            removed, ns, ne = 0, s, e
-        self._s[i:j] = [ns]
-        self._e[i:j] = [ne]
-        self.total += (ne - ns) - removed
-
-    def remove(self, s: int, e: int) -> list[tuple[int, int]]:
-        """Remove [s, e); return the pieces that were in the set."""
-        if s >= e:
-            return []
-        i = bisect.bisect_right(self._e, s)  # first interval ending after s
-        j = bisect.bisect_left(self._s, e)  # intervals starting before e
-        if i >= j:
-            return []
-        pieces: list[tuple[int, int]] = []
-        keep_s: list[int] = []
-        keep_e: list[int] = []
-        for k in range(i, j):
-            a, b = self._s[k], self._e[k]
-            pieces.append((max(a, s), min(b, e)))
-            if a < s:
-                keep_s.append(a)
-                keep_e.append(s)
-            if b > e:
-                keep_s.append(e)
-                keep_e.append(b)
-        self._s[i:j] = keep_s
-        self._e[i:j] = keep_e
-        self.total -= sum(b - a for a, b in pieces)
-        return pieces
-
-    def intersect(self, s: int, e: int) -> list[tuple[int, int]]:
-        i = bisect.bisect_right(self._e, s)
-        j = bisect.bisect_left(self._s, e)
-        return [(max(self._s[k], s), min(self._e[k], e)) for k in range(i, j)]
-
-    def gaps(self, s: int, e: int) -> list[tuple[int, int]]:
-        """The parts of [s, e) not in the set."""
-        out: list[tuple[int, int]] = []
-        pos = s
-        for a, b in self.intersect(s, e):
-            if a > pos:
-                out.append((pos, a))
-            pos = b
-        if pos < e:
-            out.append((pos, e))
-        return out
-
-    def first_from(self, pos: int, hi: int) -> Optional[tuple[int, int]]:
-        """The first piece of the set in [pos, hi), or None."""
-        i = bisect.bisect_right(self._e, pos)
-        if i < len(self._s) and self._s[i] < hi:
-            return max(self._s[i], pos), min(self._e[i], hi)
-        return None
-
-
-# --------------------------------------------------------------------------
-# mm->mmap_lock
-# --------------------------------------------------------------------------
-
-
-class _MmapLock:
-    """A reader-writer lock standing for ``mm->mmap_lock`` (an rw_semaphore).
-
-    Readers: page walks (PERFORM, DISABLE, PREPARE's lower 2 GiB), guest
-    faults/imports, one batch or slice at a time.  Writer: ``munmap`` of guest
-    memory.  A waiting writer holds off new readers (as the rwsem does), so a
-    walk taking the lock per batch cannot starve an unmap; a thread that
-    already reads may read again (no self-deadlock behind a waiting writer).
-    Only a Python-level lock: holding it does not hold the GIL, the memsets
-    run in parallel.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers: dict[int, int] = {}  # thread ident -> nesting depth
-        self._writer = 0  # thread ident of the writer, 0 if none
-        self._writers_waiting = 0
-
-    def read(self) -> _MmapRead:
-        return _MmapRead(self)
-
-    def write(self) -> _MmapWrite:
-        return _MmapWrite(self)
-
-    def acquire_read(self) -> None:
-        me = threading.get_ident()
-        with self._cond:
-            if me in self._readers:
-                self._readers[me] += 1
-                return
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers[me] = 1
-
-    def release_read(self) -> None:
-        me = threading.get_ident()
-        with self._cond:
-            depth = self._readers[me] - 1
-            if depth:
-                self._readers[me] = depth
-                return
-            del self._readers[me]
-            if not self._readers:
-                self._cond.notify_all()
-
-    def acquire_write(self) -> None:
-        me = threading.get_ident()
-        with self._cond:
-            if me in self._readers or self._writer == me:
-                raise RuntimeError("mmap_lock: write while holding it (self-deadlock)")
-            self._writers_waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer = me
-
-    def release_write(self) -> None:
-        with self._cond:
-            self._writer = 0
-            self._cond.notify_all()
-
-
-class _MmapRead:
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: _MmapLock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        self._lock.acquire_read()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release_read()
-
-
-class _MmapWrite:
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: _MmapLock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        self._lock.acquire_write()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release_write()
 
 
 # --------------------------------------------------------------------------
@@ -1678,12 +1394,7 @@ class SimulatedHost:
                 self._clear(s, e - s)
                 self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
         finally:
-            with self._mm:
-                for s, e in claimed:
-                    self._busy.remove(s, e)
-                    cfg.secure.add(s, e)
-                self._gc_configs_locked()
-                self._mm.notify_all()
+            self._release_claims(claimed, lambda s, e: cfg.secure.add(s, e))
             with self._lock:
                 self._destroyed += sum(e - s for _, s, e in violations)
                 self._imported += sum(e - s for s, e in claimed)
@@ -1717,11 +1428,7 @@ class SimulatedHost:
                 self._clear(s, e - s)
                 self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
         finally:
-            with self._mm:
-                for _, s, e in claimed:
-                    self._busy.remove(s, e)
-                self._gc_configs_locked()
-                self._mm.notify_all()
+            self._release_claims([(s, e) for _, s, e in claimed])
             with self._lock:
                 self._exported += sum(e - s for _, s, e in claimed)
         return True
@@ -2328,13 +2035,13 @@ class SimulatedHost:
                     self._clear(s, e - s)
                     self._log_pages(uapi.UVC_CMD_DESTR_SEC_STOR, owner.handle, e - s)
             finally:
-                with self._mm:
-                    for i, (owner, s, e) in enumerate(pieces):
-                        self._busy.remove(s, e)
-                        if i == 0 and fail is not None:
-                            owner.secure.add(s, s + PAGE_SIZE)
-                    self._gc_configs_locked()
-                    self._mm.notify_all()
+                kept = pieces[0] if fail is not None else None
+
+                def keep_first(s: int, e: int) -> None:
+                    if kept is not None and (s, e) == kept[1:]:
+                        kept[0].secure.add(s, s + PAGE_SIZE)
+
+                self._release_claims([(s, e) for _, s, e in pieces], keep_first)
                 done = sum(e - s for _, s, e in pieces) - (PAGE_SIZE if fail is not None else 0)
                 with self._lock:
                     self._destroyed += done
@@ -2368,13 +2075,33 @@ class SimulatedHost:
                 self._clear(s, e - s)
                 self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
         finally:
-            with self._mm:
-                self._busy.remove(s, e)
-                cfg.secure.add(s, e)
-                self._gc_configs_locked()
-                self._mm.notify_all()
+            self._release_claims([(s, e)], lambda s, e: cfg.secure.add(s, e))
             with self._lock:
                 self._imported += e - s
+
+    def _release_claims(
+        self,
+        claimed: list[tuple[int, int]],
+        then: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
+        """The second half of every "claim, clear, release" of guest pages.
+
+        Each page walk claims its ranges under ``_mm`` (out of their owner,
+        into ``_busy``), clears them without ``_mm`` (the memset releases the
+        GIL), and comes here: back out of ``_busy``, ``then(s, e)`` for each
+        range still under ``_mm`` (where the range goes: secure for an
+        import, nowhere for an export or destroy), configurations without
+        pages collected, and waiters (a walk blocked on busy pages, munmap)
+        woken.  Always in a ``finally``: a failed clear must not leave pages
+        busy forever.
+        """
+        with self._mm:
+            for s, e in claimed:
+                self._busy.remove(s, e)
+                if then is not None:
+                    then(s, e)
+            self._gc_configs_locked()
+            self._mm.notify_all()
 
     def _clear(self, addr: int, length: int) -> None:
         """The real work: clear guest memory, GIL released, in the calling thread.
@@ -2535,13 +2262,6 @@ class _VcpuLock:
 
     def __exit__(self, *exc: object) -> None:
         self.vcpu.mutex.release()
-
-
-def _Ranges_from(pieces: list[tuple[int, int]]) -> _Ranges:
-    r = _Ranges()
-    for s, e in pieces:
-        r.add(s, e)
-    return r
 
 
 __all__ = [
