@@ -42,6 +42,7 @@ without a usable ``qemu-system-x86_64``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -66,6 +67,7 @@ from _run import LOCK, need_memory  # noqa: E402
 
 from kvmpv import teardown  # noqa: E402
 from kvmpv.accounting import AccountingUnavailable, Cgroup, cgroup_scope  # noqa: E402
+from kvmpv.memory import anon_huge_bytes  # noqa: E402
 from kvmpv.units import format_size, parse_size  # noqa: E402
 
 VARIANTS = ("plain", "qemu-async", "kvmpv", "kvmpv-par2")
@@ -199,17 +201,6 @@ def _thp_off() -> None:
         os._exit(125)
 
 
-def anon_huge_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Run:
     variant: str
@@ -300,6 +291,11 @@ def stop(run: Started) -> int:
     return rc
 
 
+def _unlink_if_there(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+
+
 def one_run(
     qemu: str, variant: str, size: int, thp: bool, async_args: list[str], tmp: str
 ) -> Run:
@@ -307,25 +303,19 @@ def one_run(
     extra = async_args if variant == "qemu-async" else []
     prefix = {"kvmpv": kvmpv_prefix(), "kvmpv-par2": kvmpv_prefix(2)}.get(variant, [])
     argv = prefix + qemu_argv(qemu, size, qmp_path, extra)
-    try:
-        scope = cgroup_scope()
-        scope.__enter__()
-    except AccountingUnavailable as exc:
-        print(f"  (no cgroup: {exc.reason}; charged CPU not measured)", flush=True)
-        scope = None
-    try:
-        cg = scope.create("vm") if scope is not None else None
+    with contextlib.ExitStack() as stack:
+        stack.callback(_unlink_if_there, qmp_path)
+        cg: Optional[Cgroup] = None
+        try:
+            cg = stack.enter_context(cgroup_scope()).create("vm")
+        except AccountingUnavailable as exc:
+            print(f"  (no cgroup: {exc.reason}; charged CPU not measured)", flush=True)
         run = start(argv, qmp_path, thp, cg)
         try:
             huge = anon_huge_bytes(run.proc.pid)
             exit_s, release_s, charged = quit_and_measure(run, variant != "plain")
         finally:
             rc = stop(run)
-    finally:
-        if scope is not None:
-            scope.__exit__(None, None, None)
-        if os.path.exists(qmp_path):
-            os.unlink(qmp_path)
     return Run(variant, thp, exit_s, release_s, charged, huge, variant != "plain", rc)
 
 

@@ -18,7 +18,7 @@ import ctypes
 import errno
 import mmap as _mmap
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from .closing import Closing
 from .errors import HostError, SyscallError, UsageError
@@ -87,6 +87,18 @@ def process_rss() -> int:
     """Resident set size of this process in bytes (``/proc/self/statm``)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE_SIZE
+
+
+def anon_huge_bytes(pid: Union[int, str] = "self") -> int:
+    """THP-backed anonymous memory of a whole process (``smaps_rollup``), 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def mem_available() -> int:

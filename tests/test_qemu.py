@@ -148,7 +148,9 @@ exec kvmpv launch -- {qemu} "$@"
 """
 
 
-def test_libvirt_emulator_wrapper(tmp_path: Path, vm_cgroup: Optional[Cgroup]) -> None:
+def test_libvirt_emulator_wrapper(
+    tmp_path: Path, vm_cgroup: Optional[Cgroup], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The README's <emulator> wrapper, two lines, run as libvirt runs the emulator.
     qemu = _qemu_or_skip()
     bindir = tmp_path / "bin"
@@ -161,15 +163,9 @@ def test_libvirt_emulator_wrapper(tmp_path: Path, vm_cgroup: Optional[Cgroup]) -
     for p in (shim, wrapper):
         p.chmod(p.stat().st_mode | stat.S_IXUSR)
     assert len(wrapper.read_text().splitlines()) == 2
-    path = f"{bindir}:{os.environ.get('PATH', os.defpath)}"
-    old = os.environ.get("PATH")
-    os.environ["PATH"] = path
-    try:
-        t0 = time.monotonic()
-        proc, exit_s, release_s, mem_after = _run_quit([str(wrapper)], tmp_path, vm_cgroup, qemu)
-    finally:
-        if old is not None:
-            os.environ["PATH"] = old
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', os.defpath)}")
+    t0 = time.monotonic()
+    proc, exit_s, release_s, mem_after = _run_quit([str(wrapper)], tmp_path, vm_cgroup, qemu)
     print(f"\nwrapper: exit {exit_s * 1e3:.1f} ms, release {release_s * 1e3:.1f} ms "
           f"({time.monotonic() - t0:.1f} s in all)")  # fmt: skip
     assert proc.returncode == 0

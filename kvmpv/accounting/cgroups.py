@@ -482,18 +482,24 @@ class Cgroup:
                 f"cgroup {self.hierarchy}: cannot read CPU counters in {self.path}: {err}"
             ) from err
 
-    def memory_file(self) -> Optional[str]:
-        """The file holding the memory charged now; None where there is none."""
+    def _memory_files(self) -> Optional[tuple[str, str]]:
+        """(current, peak) counter paths of this cgroup's memory; None where
+        it has none here (no v1 memory hierarchy; threaded: memory is a
+        domain controller, see the threaded domain)."""
         if self.hierarchy == "v1":
             d = self.paths.get("memory")
-            name = "memory.usage_in_bytes"
+            names = ("memory.usage_in_bytes", "memory.max_usage_in_bytes")
         else:
             d = None if self.threaded else self.paths["unified"]
-            name = "memory.current"
+            names = ("memory.current", "memory.peak")
         if d is None:
             return None
-        path = os.path.join(d, name)
-        return path if os.path.exists(path) else None
+        return os.path.join(d, names[0]), os.path.join(d, names[1])
+
+    def memory_file(self) -> Optional[str]:
+        """The file holding the memory charged now; None where there is none."""
+        files = self._memory_files()
+        return files[0] if files is not None and os.path.exists(files[0]) else None
 
     def memory_missing_reason(self) -> str:
         """Why ``memory_file`` is None (one line)."""
@@ -506,22 +512,15 @@ class Cgroup:
 
     def memory(self) -> Optional[MemUsage]:
         """Memory charged now and its peak; None where the host has no counter."""
-        if self.hierarchy == "v1":
-            d = self.paths.get("memory")
-            if d is None:
-                return None
-            cur_f, peak_f = "memory.usage_in_bytes", "memory.max_usage_in_bytes"
-        elif self.threaded:
-            return None  # memory is a domain controller: see the threaded domain
-        else:
-            d = self.paths["unified"]
-            cur_f, peak_f = "memory.current", "memory.peak"
+        files = self._memory_files()
+        if files is None:
+            return None
         try:
-            current = int(_read(os.path.join(d, cur_f)))
+            current = int(_read(files[0]))
         except FileNotFoundError:
             return None
         try:
-            peak: Optional[int] = int(_read(os.path.join(d, peak_f)))
+            peak: Optional[int] = int(_read(files[1]))
         except FileNotFoundError:
             peak = None
         return MemUsage(current, peak)

@@ -85,19 +85,8 @@ def die_with_parent(ppid: int) -> None:
         os._exit(1)
 
 
-def anon_huge_bytes() -> int:
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_worker(args: argparse.Namespace) -> NoReturn:
-    from ..memory import GuestMemory
+    from ..memory import GuestMemory, anon_huge_bytes
 
     # Before arming: the cleaner (and the parallel mode's helpers) inherit
     # the nice value of the thread that clones them, so the teardown runs at

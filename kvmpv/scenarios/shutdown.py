@@ -785,9 +785,7 @@ def _run_once(
         w0, o0 = _cpu(wcg), _cpu(ocg)
         # Sampled until every watched pidfd is readable: the release is over.
         trace = MemoryTrace(wcg) if wcg is not None else None
-        with contextlib.ExitStack() as tracing:
-            if trace is not None:
-                tracing.enter_context(trace)
+        with trace if trace is not None else contextlib.nullcontext():
             with _waiter_priority():
                 (reaper or worker).send("go" if reaper else "exit")
                 ready = _wait_ready(fds, _exit_timeout(size))
