@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +26,76 @@ ROOT = Path(__file__).resolve().parent.parent
 def tree_env(**extra: str) -> dict[str, str]:
     """The environment for a child process that must run this tree's kvmpv."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+#: the unprivileged user of the "no permission, no guess" tests
+NOBODY = 65534
+
+
+@dataclass(frozen=True)
+class Nobody:
+    """How to run this tree's kvmpv as uid 65534: ``argv`` (setpriv and an
+    interpreter it may execute) and ``env(**extra)`` (PYTHONPATH at a copy it
+    can read)."""
+
+    argv: list[str]
+    tree: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": self.tree, "PYTHONDONTWRITEBYTECODE": "1", **extra}
+
+
+@pytest.fixture(scope="session")
+def nobody() -> Iterator[Nobody]:
+    """The one way the tests drop to user nobody.
+
+    A checkout below a 0700 directory (``mktemp -d``, /root) is out of uid
+    65534's reach whatever kvmpv does, so the imported kvmpv (with its native
+    library) is copied to a world-readable directory first; a pyenv
+    interpreter below /root may not be usable by it either, so the system one
+    is tried first.  SKIP with the reason when neither works.
+    """
+    import sys
+    import tempfile
+
+    import kvmpv
+    from kvmpv import teardown
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to uid 65534")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    d = tempfile.mkdtemp(prefix="kvmpv-nobody-")
+    try:
+        pkg = os.path.join(d, "kvmpv")
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(Path(kvmpv.__file__).parent, pkg, ignore=ignore)
+        lib = teardown.library_path()
+        native = os.path.join(pkg, "native")
+        if lib is not None and not os.path.exists(os.path.join(native, lib.name)):
+            shutil.copy(lib, native)
+        os.chmod(d, 0o755)
+        for base, dirs, files in os.walk(d):
+            for n in dirs:
+                os.chmod(os.path.join(base, n), 0o755)
+            for n in files:
+                os.chmod(os.path.join(base, n), 0o755 if n.endswith(".so") else 0o644)
+        prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        # The system interpreter first: one below /root runs for uid 65534
+        # but cannot start itself again (kvmpv shutdown's worker: EACCES).
+        for python in ("/usr/bin/python3", sys.executable):
+            who = Nobody([*prefix, python], d)
+            probe = subprocess.run(
+                [*who.argv, "-c", "import sys, kvmpv; assert sys.version_info >= (3, 9)"],
+                cwd="/", env=who.env(), capture_output=True, timeout=60,
+            )  # fmt: skip
+            if probe.returncode == 0:
+                yield who
+                return
+        pytest.skip(f"uid {NOBODY} cannot run a Python interpreter that imports kvmpv from {d}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _kvm_unavailable_reason() -> str:

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, mem_available, needs_root, tree_env
+from conftest import Nobody, mem_available, needs_root, tree_env
 
 from kvmpv.accounting import (
     AccountingUnavailable,
@@ -409,40 +406,8 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def nobody_tree() -> Iterator[str]:
-    """kvmpv copied where user nobody can read it (netlink is raw: no pyroute2)."""
-    d = tempfile.mkdtemp(prefix="kvmpv-acct-nobody-")
-    try:
-        os.chmod(d, 0o755)
-        ignore = shutil.ignore_patterns("__pycache__")
-        shutil.copytree(ROOT / "kvmpv", os.path.join(d, "kvmpv"), ignore=ignore)
-        for base, dirs, files in os.walk(d):
-            for n in dirs:
-                os.chmod(os.path.join(base, n), 0o755)
-            for n in files:
-                os.chmod(os.path.join(base, n), 0o644)
-        yield d
-    finally:
-        shutil.rmtree(d)
-
-
-def test_unprivileged_user_gets_skip_with_reasons(nobody_tree: str) -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) not installed")
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": nobody_tree, "PYTHONDONTWRITEBYTECODE": "1"}
-    base = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-    python = None
-    for cand in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run([*base, cand, "-c", "import kvmpv"], env=env, cwd=nobody_tree,
-                               capture_output=True, timeout=30)  # fmt: skip
-        if probe.returncode == 0:
-            python = cand
-            break
-    if python is None:
-        pytest.skip("no Python interpreter that user nobody may run")
-    r = subprocess.run([*base, python, "-c", NOBODY_SCRIPT], env=env, cwd=nobody_tree,
+def test_unprivileged_user_gets_skip_with_reasons(nobody: Nobody) -> None:
+    r = subprocess.run([*nobody.argv, "-c", NOBODY_SCRIPT], env=nobody.env(), cwd=nobody.tree,
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr  # never a crash
     out = json.loads(r.stdout)

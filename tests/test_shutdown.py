@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, tree_env
+from conftest import ROOT, Nobody
 
 from kvmpv import teardown
 from kvmpv.accounting import AccountingUnavailable, iter_kvmpv_cgroups
@@ -324,32 +323,19 @@ def test_json_file_is_written(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="needs root to drop to an unprivileged user")
-def test_unprivileged_run_reports_skip_not_pass() -> None:
+def test_unprivileged_run_reports_skip_not_pass(nobody: Nobody) -> None:
     # No write access to any cgroup: the times are still measured, the
     # verdicts are SKIP with the reason, the exit code says "all skipped".
     # (pytest's tmp_path sits below a 0700 directory: use a fresh one.)
     with tempfile.TemporaryDirectory(prefix="kvmpv-test-") as folder:
         os.chmod(folder, 0o777)
-        _unprivileged_run(Path(folder) / "u.json")
+        _unprivileged_run(nobody, Path(folder) / "u.json")
 
 
-def _unprivileged_run(out: Path) -> None:
-    # An interpreter "nobody" may run (a pyenv one below /root is not).
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    if python is None:
-        pytest.skip("no system python3 for the unprivileged user")
-    drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    env = tree_env()
-    probe = subprocess.run(
-        [*drop, python, "-c", "import sys, kvmpv; assert sys.version_info >= (3, 9)"],
-        cwd="/", capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
-    if probe.returncode != 0:
-        tail = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"nobody cannot run kvmpv from {ROOT} with {python}: {tail}")
+def _unprivileged_run(nobody: Nobody, out: Path) -> None:
+    env = nobody.env()
     proc = subprocess.run(
-        [*drop, python, "-m", "kvmpv", "shutdown", "--sizes", "128M",
+        [*nobody.argv, "-m", "kvmpv", "shutdown", "--sizes", "128M",
          "--strategy", "sync,elsewhere", "--repeat", "1", "--json", str(out), "--quiet"],
         cwd="/", capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
