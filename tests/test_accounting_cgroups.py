@@ -16,22 +16,21 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Nobody, mem_available, needs_root, tree_env
+from _sized import exit_teardown, verdict_size
+from conftest import Nobody, needs_root, tree_env
 
 from kvmpv.accounting import (
+    PRECISE_TOLERANCE_NS,
     AccountingUnavailable,
     CgroupLeftover,
     Outcome,
     cgroup_scope,
     judge_charged,
-    reap,
     thread_cpu_ns,
 )
 from kvmpv.accounting import cgroups as cgmod
 
 CHILD = str(Path(__file__).resolve().parent / "_accounting_child.py")
-GIB = 1 << 30
-TEARDOWN_BYTES = GIB
 
 pytestmark = needs_root
 
@@ -47,12 +46,6 @@ def hierarchy(request: pytest.FixtureRequest) -> str:
     h: str = request.param
     _hierarchy_or_skip(h)
     return h
-
-
-def _schedstat_ns(pid: int) -> int:
-    """sum_exec_runtime of a live task in ns (precise, no tick sampling)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
 
 
 # ---------------------------------------------------------------- basics
@@ -140,63 +133,47 @@ def test_single_thread_placement_v1() -> None:
 # ---------------------------------------------------------------- verdicts, for real
 
 
-def _teardown_in(scope: cgmod.CgroupScope, touch_in: cgmod.Cgroup, exit_in: cgmod.Cgroup,
+def _teardown_in(touch_in: cgmod.Cgroup, exit_in: cgmod.Cgroup,
                  watch: cgmod.Cgroup) -> tuple[int, int, int]:  # fmt: skip
-    """A child touches TEARDOWN_BYTES while in ``touch_in``, is moved to
-    ``exit_in`` and exits: its address space is torn down in exit_mm() in
-    ``exit_in``.  Returns (teardown work ns, ``watch`` delta ns, exit_in delta)."""
-    argv = touch_in.spawn_argv([sys.executable, CHILD, "touch", str(TEARDOWN_BYTES)])
-    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout is not None and p.stdin is not None
-        assert p.stdout.readline().strip() == "touched"
-        exit_in.add_process(p.pid)
-        w0, e0 = watch.cpu(), exit_in.cpu()
-        before = _schedstat_ns(p.pid)  # the child is blocked in readline()
-        p.stdin.write("exit\n")
-        p.stdin.flush()
-        ru = reap(p.pid)
-        assert ru is not None and ru.exit_code == 0
-        p.returncode = 0
-        w1, e1 = watch.cpu(), exit_in.cpu()
-    finally:
-        if p.returncode is None:
-            p.kill()
-            p.wait()
-        for f in (p.stdin, p.stdout):
-            if f:
-                f.close()
-    # wait4's utime+stime is scheduler runtime (cputime_adjust keeps the sum):
-    return ru.cpu_ns - before, (w1 - w0).total_ns, (e1 - e0).total_ns
+    """A child touches enough memory for a decisive verdict (sized by time,
+    tests/_sized.py) while in ``touch_in``, is moved to ``exit_in``
+    and exits: its address space is torn down in exit_mm() in ``exit_in``.
+    Returns (teardown work ns, ``watch`` delta ns, ``exit_in`` delta ns)."""
+    size = verdict_size(PRECISE_TOLERANCE_NS)
+    seen: dict[str, cgmod.CpuUsage] = {}
 
+    def before_exit(pid: int) -> None:
+        exit_in.add_process(pid)
+        seen["w0"], seen["e0"] = watch.cpu(), exit_in.cpu()
 
-def _need_memory() -> None:
-    if mem_available() < 2 * TEARDOWN_BYTES:
-        pytest.skip(f"MemAvailable {mem_available() >> 20} MiB < 2 GiB")
+    def after_exit() -> None:
+        seen["w1"], seen["e1"] = watch.cpu(), exit_in.cpu()
+
+    work = exit_teardown(size, touch_in.spawn_argv, before_exit, after_exit)
+    return work, (seen["w1"] - seen["w0"]).total_ns, (seen["e1"] - seen["e0"]).total_ns
 
 
 def test_verdict_charged_when_teardown_runs_in_vm_cgroup(hierarchy: str) -> None:
-    _need_memory()
     with cgroup_scope(hierarchy) as scope:
         vm, other = scope.create("vm"), scope.create("other")
-        work, charged, _ = _teardown_in(scope, touch_in=other, exit_in=vm, watch=vm)
-    v = judge_charged(work, charged)
+        work, charged, _ = _teardown_in(touch_in=other, exit_in=vm, watch=vm)
+    # Both sides are precise totals (wait4 runtime, cpuacct.usage/usage_usec).
+    v = judge_charged(work, charged, tolerance_ns=PRECISE_TOLERANCE_NS)
     print(f"\n{hierarchy} exit in vm: {v.reason}")
     assert v.outcome is Outcome.CHARGED, v.reason
-    assert work > 20_000_000, "1 GiB of 4 KiB pages should take > 20 ms to free"
 
 
 def test_verdict_not_charged_when_teardown_runs_elsewhere(hierarchy: str) -> None:
-    _need_memory()
     with cgroup_scope(hierarchy) as scope:
         vm, other = scope.create("vm"), scope.create("other")
         # Memory touched while in "vm", but the exit (teardown) happens in "other".
-        work, charged, elsewhere = _teardown_in(scope, touch_in=vm, exit_in=other, watch=vm)
-    v = judge_charged(work, charged)
+        work, charged, elsewhere = _teardown_in(touch_in=vm, exit_in=other, watch=vm)
+    v = judge_charged(work, charged, tolerance_ns=PRECISE_TOLERANCE_NS)
     print(f"\n{hierarchy} exit elsewhere: {v.reason}; other cgroup got {elsewhere / 1e6:.1f} ms")
     assert v.outcome is Outcome.NOT_CHARGED, v.reason
     # ... and the counters did see it, in the other cgroup:
-    assert judge_charged(work, elsewhere).outcome is Outcome.CHARGED
+    seen = judge_charged(work, elsewhere, tolerance_ns=PRECISE_TOLERANCE_NS)
+    assert seen.outcome is Outcome.CHARGED, seen.reason
 
 
 # ---------------------------------------------------------------- cleanup

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _sized import sim_reboot_size, verdict_size
 from conftest import needs_root
 
-from kvmpv.accounting import cgroup_scope
+from kvmpv.accounting import PRECISE_TOLERANCE_NS, cgroup_scope
 from kvmpv.accounting import cgroups as cgmod
 from kvmpv.cli import main
 from kvmpv.errors import UsageError
+from kvmpv.units import GiB, format_size
 
 pytestmark = needs_root
 
@@ -72,9 +74,21 @@ def assert_real_verdicts(doc: dict[str, Any], hierarchy: str) -> list[str]:
     return [v["verdict"] for _, v in found]
 
 
+def shutdown_size(tolerance_ns: int = PRECISE_TOLERANCE_NS) -> str:
+    """A worker size whose exit teardown takes a decisive time on this machine
+    (sized by time, tests/_sized.py): never a fixed size next to a verdict."""
+    return format_size(verdict_size(tolerance_ns))
+
+
+def reboot_memory() -> str:
+    """Simulated guest memory for a decisive reboot verdict, at least the 3G
+    the reboot curve starts at (sized by time, tests/_sized.py)."""
+    return format_size(max(3 * GiB, sim_reboot_size()))
+
+
 def test_reboot_charged_and_its_negative_control(hierarchy: str, tmp_path: Path) -> None:
-    argv = ["reboot", "--backend", "sim", "--memory", "3G", "--mode", "both", "--cycles", "1",
-            "--cgroup", hierarchy]  # fmt: skip
+    argv = ["reboot", "--backend", "sim", "--memory", reboot_memory(), "--mode", "both",
+            "--cycles", "1", "--cgroup", hierarchy]  # fmt: skip
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     assert main([*argv, "--json", str(good)]) == 0
     assert main([*argv, "--debug-charge-to", "elsewhere", "--json", str(bad)]) == 1
@@ -87,7 +101,9 @@ def test_reboot_charged_and_its_negative_control(hierarchy: str, tmp_path: Path)
 def test_shutdown_verdicts(hierarchy: str, tmp_path: Path) -> None:
     out = tmp_path / "s.json"
     strategies = "sync,cleaner,elsewhere,reaper"
-    code = main(["shutdown", "--sizes", "512M", "--strategy", strategies, "--repeat", "1",
+    # Three repeats: the cleaner is judged against the median of the sync runs
+    # (another run): one slow sync run alone put the cleaner at 0.76 of it.
+    code = main(["shutdown", "--sizes", shutdown_size(), "--strategy", strategies, "--repeat", "3",
                  "--cgroup", hierarchy, "--json", str(out), "--quiet"])  # fmt: skip
     doc = json.loads(out.read_text())
     assert doc["hierarchy"] == hierarchy
@@ -101,7 +117,7 @@ def test_shutdown_verdicts(hierarchy: str, tmp_path: Path) -> None:
     # The worker cgroup's memory counter across the teardown: falling from
     # the worker's size to (nearly) nothing where the host has one.
     for rec in doc["records"]:
-        (rep,) = rec["repeats"]
+        rep = rec["repeats"][0]
         trace = rep["memory_trace"]
         if not trace["available"]:
             assert hierarchy == "v2" and "subtree_control" in trace["reason"], trace
@@ -120,7 +136,8 @@ def test_the_old_option_name_still_works(tmp_path: Path) -> None:
 
 
 def test_exercise_has_no_skipped_verdict(hierarchy: str, tmp_path: Path) -> None:
-    code = main(["exercise", "--out", str(tmp_path), "--max-size", "256M", "--repeat", "1",
+    # exercise runs powers of two from 1G up to --max-size, or --max-size when below 1G
+    code = main(["exercise", "--out", str(tmp_path), "--max-size", shutdown_size(), "--repeat", "1",
                  "--cycles", "1", "--no-plots", "--cgroup", hierarchy])  # fmt: skip
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["reboot"] and doc["shutdown"]["records"]
@@ -132,8 +149,8 @@ def test_exercise_has_no_skipped_verdict(hierarchy: str, tmp_path: Path) -> None
 
 def test_bench_has_no_skipped_verdict(hierarchy: str, tmp_path: Path) -> None:
     out = tmp_path / "b.json"
-    code = main(["bench", "--sizes", "256M", "--repeat", "1", "--no-thp", "--strategy",
-                 "sync,cleaner", "--reboot-sizes", "3G", "--cgroup", hierarchy,
+    code = main(["bench", "--sizes", shutdown_size(), "--repeat", "1", "--no-thp", "--strategy",
+                 "sync,cleaner", "--reboot-sizes", reboot_memory(), "--cgroup", hierarchy,
                  "--json", str(out)])  # fmt: skip
     doc = json.loads(out.read_text())
     assert doc["bench"]["teardown"] and doc["bench"]["reboot_curve"]

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _sized import verdict_size
 from conftest import IS_ROOT, mem_available
 
+from kvmpv.accounting import PRECISE_TOLERANCE_NS
 from kvmpv.cli import main
 from kvmpv.report import results
 from kvmpv.scenarios import bench, exercise
-from kvmpv.units import GiB, MiB
+from kvmpv.units import GiB, MiB, format_size
 
 
 def test_default_sizes_follow_the_host() -> None:
@@ -58,8 +60,10 @@ def test_fit_and_extrapolation_are_labelled() -> None:
 def test_exercise_runs_and_leaves_the_files(tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "run"
     code = main(
-        ["exercise", "--out", str(out), "--max-size", "512M", "--repeat", "1", "--cycles", "1"]
-    )
+        # sized by time (tests/_sized.py): a verdict not decided fails the run
+        ["exercise", "--out", str(out), "--repeat", "1", "--cycles", "1",
+         "--max-size", format_size(verdict_size(PRECISE_TOLERANCE_NS))]
+    )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     doc = results.read(str(out / "results.json"))
@@ -91,9 +95,10 @@ def test_exercise_runs_and_leaves_the_files(tmp_path: Path, capsys: Any) -> None
 @pytest.mark.skipif(not IS_ROOT, reason="needs root (cgroups for the verdicts)")
 def test_bench_small_table(tmp_path: Path, capsys: Any) -> None:
     path = tmp_path / "b.json"
+    size = verdict_size(PRECISE_TOLERANCE_NS)  # sized by time (tests/_sized.py)
     code = main(
-        ["bench", "--sizes", "256M,512M", "--repeat", "1", "--strategy", "sync,cleaner",
-         "--no-thp", "--no-reboot", "--json", str(path)]
+        ["bench", "--sizes", f"{format_size(size)},{format_size(2 * size)}", "--repeat", "1",
+         "--strategy", "sync,cleaner", "--no-thp", "--no-reboot", "--json", str(path)]
     )  # fmt: skip
     assert code == 0
     doc = json.loads(path.read_text())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from _sized import sim_layout, sim_reboot_size
 from conftest import ROOT, tree_env
 
 from kvmpv.accounting import AccountingUnavailable, cgroup_scope, iter_kvmpv_cgroups
@@ -57,10 +58,6 @@ from kvmpv.units import GiB, MiB
 
 #: 16 MiB low (PREPARE destroys it) + 48 MiB above 2 GiB (PERFORM's)
 SMALL = ((0, 16 * MiB), (2 * GiB, 48 * MiB))
-#: enough teardown work (1 GiB cleared) for a verdict well above tick noise: the
-#: verdict needs more than 6.7 ms of work at a 2 ms tolerance, and these hosts
-#: clear about 60 GB/s (0.4 GiB took 6.0 ms once, and the verdict said inconclusive)
-VERDICT = ((0, 64 * MiB), (2 * GiB, 960 * MiB))
 
 
 def sim_req(**kw: Any) -> RebootRequest:
@@ -366,9 +363,10 @@ def test_verdict_charged_and_not_charged(mode: str, hierarchy: str) -> None:
     # One warm-up each: the first reboot after boot sometimes costs 3-7x here
     # (first pass over memory first touched on the other CPU; 41.6 ms against
     # 8-13 ms seen), which made the work comparison below fail about 1 run in 6.
-    good = run_reboot(sim_req(layout=VERDICT, mode=mode, hierarchy=hierarchy, warmup=1))
+    layout = sim_layout(sim_reboot_size())  # sized by time (tests/_sized.py)
+    good = run_reboot(sim_req(layout=layout, mode=mode, hierarchy=hierarchy, warmup=1))
     bad = run_reboot(
-        sim_req(layout=VERDICT, mode=mode, hierarchy=hierarchy, charge_to="elsewhere", warmup=1)
+        sim_req(layout=layout, mode=mode, hierarchy=hierarchy, charge_to="elsewhere", warmup=1)
     )
     (g,), (b,) = good.cycles, bad.cycles
     assert good.accounting["hierarchy"] == bad.accounting["hierarchy"] == hierarchy

@@ -12,6 +12,8 @@ each module's docstring.  The public contract (brief, "Accounting"):
 * ``judge_charged(work_ns, charged_ns, *, tolerance_ns=None) -> Verdict``
   with ``Outcome`` CHARGED / NOT_CHARGED / INCONCLUSIVE / SKIP;
   ``judge_split(first_ns, second_ns)`` -> SPLIT when two cgroups shared it.
+* ``size_by_time(measure, target_ns=target_work_ns(tol), ...)``: grow a
+  teardown until it takes enough time for a decisive verdict.
 * ``AccountingUnavailable(reason)``: SKIP, never a pass.
 * ``thread_cpu_ns()``, ``ExitWatcher`` / ``pidfd_open`` / ``wait_pidfd`` /
   ``reap`` for exit times and rusage, taskstats via ``TaskStatsClient`` and
@@ -48,10 +50,13 @@ from .observe import (
     wait_pidfd,
 )
 from .placement import TOTALS_TOLERANCE_NS, TeardownAccounting
+from .sizing import Sizing, size_by_time, target_work_ns
 from .taskstats import ExitRecordListener, TaskStatsClient, TaskStatsRecord, decode_taskstats
 from .verdict import (
+    PRECISE_TOLERANCE_NS,
     Outcome,
     Verdict,
+    decisive_work_ns,
     default_tolerance_ns,
     judge_charged,
     judge_split,
@@ -62,6 +67,7 @@ from .verdict import (
 
 __all__ = [
     "HIERARCHY_CHOICES",
+    "PRECISE_TOLERANCE_NS",
     "TOTALS_TOLERANCE_NS",
     "AccountingCaps",
     "AccountingUnavailable",
@@ -78,6 +84,7 @@ __all__ = [
     "MemoryTrace",
     "Outcome",
     "ProcConnector",
+    "Sizing",
     "TaskStatsClient",
     "TaskStatsRecord",
     "TeardownAccounting",
@@ -85,6 +92,7 @@ __all__ = [
     "Verdict",
     "capabilities",
     "cgroup_scope",
+    "decisive_work_ns",
     "decode_taskstats",
     "default_tolerance_ns",
     "find_leftovers",
@@ -94,7 +102,9 @@ __all__ = [
     "kernel_hz",
     "pidfd_open",
     "reap",
+    "size_by_time",
     "skip_verdict",
+    "target_work_ns",
     "thread_cpu_ns",
     "thread_times",
     "tick_ns",

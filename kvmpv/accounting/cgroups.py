@@ -622,6 +622,16 @@ class MemoryTrace:
 
     def __enter__(self) -> MemoryTrace:
         if self._file is not None:
+            # The first reading here, in the caller's thread, before it starts
+            # the teardown: the sampler runs at nice 19, and on a busy 2-CPU
+            # machine its first reading came after the exit request, with part
+            # of the memory already freed (bytes_at_start 87% of the worker).
+            try:
+                with open(self._file, "rb") as f:
+                    self.samples.append((time.monotonic_ns(), int(f.read())))
+            except (OSError, ValueError) as err:
+                self.reason = f"reading {self._file}: {err}"
+                return self
             self._thread = threading.Thread(target=self._run, name="kvmpv-memtrace", daemon=True)
             self._thread.start()
         return self

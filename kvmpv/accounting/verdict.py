@@ -9,27 +9,49 @@ The question the reboot and shutdown scenarios ask is "the teardown work W
 rusage, a synchronous baseline) -- did cgroup X pay for it?".  The answer is
 a ``Verdict``:
 
-* CHARGED when ``charged >= 0.8 * work - tolerance``;
-* NOT_CHARGED when ``charged <= 0.2 * work + tolerance``;
-* INCONCLUSIVE otherwise, or when the work is so small that the two bands
-  overlap once widened by the tolerance (then nothing can be told apart).
+* CHARGED when ``charged >= 0.8 * work - tolerance`` and the charge is
+  above the not-charged band;
+* NOT_CHARGED when ``charged <= 0.2 * work + tolerance`` and the charge is
+  below the charged band;
+* INCONCLUSIVE when the charge lies in both bands (the work is too small for
+  the tolerance: those few ms cannot be attributed) or in neither (partly
+  charged).  A charge of 0.0 ms of 21 ms of work is therefore NOT_CHARGED at a
+  1 ms tolerance, and still at 8 ms (it is in the not-charged band only);
+  only a charge in the overlap is undecidable.
 
 A design that divides the work between two cgroups on purpose (a reaper
 calling ``process_mrelease`` while the victim's own exit frees too) is judged
 by ``judge_split``: SPLIT when neither cgroup got the whole of it by those
 same bands, CHARGED/NOT_CHARGED when the first/second got it all.
 
-Why a tolerance, and why ticks: with ``CONFIG_TICK_CPU_ACCOUNTING`` (this
-machine: HZ=250, no VIRT_CPU_ACCOUNTING_GEN) the kernel samples user vs
-system time at each timer tick and only later scales the precise scheduler
-runtime by that ratio (``cputime_adjust()`` in kernel/sched/cputime.c).
-``cpuacct.usage_user``/``usage_sys``, cgroup2 ``user_usec``/``system_usec``,
-``wait4`` ru_utime/ru_stime and taskstats ac_utime/ac_stime are all split
-that way, so each side of a comparison of *system* (or *user*) time can be
-off by about one tick per task.  The default tolerance is therefore two
-ticks (one per side); callers comparing many tasks pass their own.  Totals
-(``cpuacct.usage``, ``usage_usec``, CLOCK_THREAD_CPUTIME_ID) are precise
-and simply get the same slack.
+The tolerance is what the counters compared cannot tell apart, so it depends
+on which counters a caller compares:
+
+* **Precise totals** (``PRECISE_TOLERANCE_NS``, 1 ms): ``cpuacct.usage``,
+  cgroup2 ``cpu.stat`` ``usage_usec``, ``CLOCK_THREAD_CPUTIME_ID``, and the
+  *sum* ``ru_utime + ru_stime`` of ``wait4`` all count the scheduler's
+  ``sum_exec_runtime`` (``update_curr()`` in kernel/sched/fair.c charges the
+  cgroup and the task from the same delta; ``cputime_adjust()`` rescales the
+  user/system split so that its sum stays the runtime).  They are not
+  sampled at ticks.  What is left is what the two sides count differently:
+  a task's last steps before and after the measured window (the cgroupfs
+  writes of a placement, a worker's final Python lines, a wake-up), and
+  microsecond rounding -- well under a millisecond here.  A counter read
+  while a task of the cgroup is on a CPU misses its runtime since its last
+  ``update_curr()``; kvmpv reads only with those tasks blocked or gone.
+* **Tick-split user/system time** (``default_tolerance_ns()``, two ticks,
+  8 ms at HZ=250): with ``CONFIG_TICK_CPU_ACCOUNTING`` the kernel samples
+  user vs system at each timer tick and scales the precise runtime by that
+  ratio (``cputime_adjust()``), so ``usage_user``/``usage_sys``,
+  ``user_usec``/``system_usec``, ``ru_utime``/``ru_stime`` *alone* and
+  taskstats ac_utime/ac_stime can each be off by about one tick per task:
+  one tick for each side of a comparison.
+
+Whatever the tolerance, a verdict needs work well above it: the bands are
+disjoint only from ``decisive_work_ns(tolerance)`` (3.3 tolerances) on.
+Callers size their work by time to a multiple of that (``kvmpv.accounting.
+sizing``), never by bytes, so that a faster machine does not make a verdict
+inconclusive.
 """
 
 from __future__ import annotations
@@ -49,6 +71,8 @@ NOT_CHARGED_FRACTION = 0.2
 FALLBACK_HZ = 100
 #: ticks of slack per comparison: one for each of the two tick-split sides
 DEFAULT_TOLERANCE_TICKS = 2
+#: slack for comparing precise totals (scheduler runtime on both sides; see above)
+PRECISE_TOLERANCE_NS = 1_000_000
 
 
 class Outcome(str, enum.Enum):
@@ -158,15 +182,27 @@ def judge_charged(work_ns: int, charged_ns: int, *, tolerance_ns: Optional[int] 
         return Verdict(Outcome.INCONCLUSIVE, work, charged, fraction, "no work measured", tol)
     lower = CHARGED_FRACTION * work - tol
     upper = NOT_CHARGED_FRACTION * work + tol
-    if lower <= upper:
-        # Both bands overlap: a few ticks of work cannot be attributed.
-        reason = f"work too small to tell apart from tick noise: {numbers}"
+    in_charged, in_not = charged >= lower, charged <= upper
+    if in_charged and in_not:
+        # The bands overlap (work below decisive_work_ns) and the charge is in
+        # both: those few ms of work cannot be attributed.
+        reason = (
+            f"work too small to tell apart at this tolerance: {numbers}; "
+            f"needs > {decisive_work_ns(tol) / 1e6:.1f} ms of work"
+        )
         return Verdict(Outcome.INCONCLUSIVE, work, charged, fraction, reason, tol)
-    if charged >= lower:
+    if in_charged:
         return Verdict(Outcome.CHARGED, work, charged, fraction, f"charged {numbers}", tol)
-    if charged <= upper:
+    if in_not:
         return Verdict(Outcome.NOT_CHARGED, work, charged, fraction, f"charged {numbers}", tol)
     return Verdict(Outcome.INCONCLUSIVE, work, charged, fraction, f"partly charged {numbers}", tol)
+
+
+def decisive_work_ns(tolerance_ns: int) -> int:
+    """The least work at which the charged and not-charged bands are disjoint:
+    ``0.8 W - tol > 0.2 W + tol``, i.e. ``W > 2 tol / 0.6`` (3.3 tolerances).
+    Below it a charge in the overlap is INCONCLUSIVE."""
+    return int(2 * tolerance_ns / (CHARGED_FRACTION - NOT_CHARGED_FRACTION)) + 1
 
 
 def judge_split(
@@ -196,7 +232,8 @@ def judge_split(
         f"{names[1]} {second / 1e6:.1f} ms ({second / work:.0%}) "
         f"of {work / 1e6:.1f} ms (tolerance {v.tolerance_ns / 1e6:.1f} ms)"
     )
-    if v.outcome is Outcome.INCONCLUSIVE and v.reason.startswith("partly"):
+    partly = v.outcome is Outcome.INCONCLUSIVE and v.reason.startswith("partly")
+    if partly:
         return Verdict(Outcome.SPLIT, work, first, v.fraction, f"split: {shares}", v.tolerance_ns)
     if v.outcome is Outcome.CHARGED:
         return Verdict(
@@ -217,8 +254,10 @@ def skip_verdict(reason: str, work_ns: int = 0) -> Verdict:
 __all__ = [
     "CHARGED_FRACTION",
     "NOT_CHARGED_FRACTION",
+    "PRECISE_TOLERANCE_NS",
     "Outcome",
     "Verdict",
+    "decisive_work_ns",
     "default_tolerance_ns",
     "judge_charged",
     "judge_split",
