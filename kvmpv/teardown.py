@@ -34,6 +34,10 @@ Behaviour worth knowing:
   a ``pthread_atfork`` handler closes the notification pipe in them.  Call
   ``arm()`` in the child to protect it too.
 * Arming is O(1): no page tables are copied, unlike ``fork``.
+* ``$KVMPV_CLEANER_REPORT_FD`` (an open fd when ``arm()`` runs): the cleaner
+  keeps that fd and reports there which tasks released which slice of memory
+  and when it exits (``CleanerReport``), so tests know the helper tasks from
+  the cleaner itself.
 
 Documented limits (no benefit, or a cost, in these cases):
 
@@ -93,6 +97,10 @@ WCLONE = -0x80000000
 MAX_PARALLEL = 64
 #: Default cap when ``parallel=0`` picks the CPUs of the process's cpuset.
 DEFAULT_PARALLEL_CAP = 8
+#: Environment variable naming an open fd (at ``arm()`` time) on which the
+#: cleaner writes its report (``CleanerReport``): which tasks released which
+#: slice, and its exit.  For tests and diagnosis; the cleaner keeps that fd.
+REPORT_FD_ENV = "KVMPV_CLEANER_REPORT_FD"
 
 
 @dataclass(frozen=True)
@@ -309,6 +317,54 @@ def status() -> CleanerStatus:
         return _status_locked(lib)
 
 
+@dataclass(frozen=True)
+class CleanerJob:
+    """One slice of a parallel release: ``index`` 0 is the cleaner's own."""
+
+    index: int
+    tid: int
+    released: int  # bytes MADV_DONTNEED accepted
+
+
+@dataclass(frozen=True)
+class CleanerReport:
+    """What the cleaner wrote on ``$KVMPV_CLEANER_REPORT_FD`` (``kvmpv/native/cleaner.c``,
+    ``report()``): the helper tasks it started (slice -> tid), each slice's task and
+    bytes, the helpers it reaped, and its own tid just before it exited (0 if it
+    never got there: killed)."""
+
+    started: dict[int, int]
+    jobs: tuple[CleanerJob, ...]
+    reaped: tuple[int, ...]
+    exit_tid: int
+
+    @property
+    def helper_tids(self) -> set[int]:
+        return set(self.started.values())
+
+    @classmethod
+    def parse(cls, text: str) -> CleanerReport:
+        """Parse the report's lines; ValueError on a line it does not know."""
+        started: dict[int, int] = {}
+        jobs: list[CleanerJob] = []
+        reaped: list[int] = []
+        exit_tid = 0
+        for line in text.splitlines():
+            tag, *nums = line.split()
+            values = [int(n) for n in nums]
+            if tag == "started" and len(values) == 2:
+                started[values[0]] = values[1]
+            elif tag == "job" and len(values) == 3:
+                jobs.append(CleanerJob(*values))
+            elif tag == "reaped" and len(values) == 1:
+                reaped.append(values[0])
+            elif tag == "exit" and len(values) == 1:
+                exit_tid = values[0]
+            else:
+                raise ValueError(f"unknown cleaner report line {line!r}")
+        return cls(started, tuple(jobs), tuple(reaped), exit_tid)
+
+
 def cleaner_name(pid: int) -> str:
     """The ``comm`` of the cleaner of process ``pid``: ``cleanup/<pid>`` (15 chars max)."""
     return f"cleanup/{pid}"[:15]
@@ -346,7 +402,10 @@ __all__ = [
     "LIBRARY_ENV",
     "LIBRARY_NAME",
     "MAX_PARALLEL",
+    "REPORT_FD_ENV",
     "WCLONE",
+    "CleanerJob",
+    "CleanerReport",
     "CleanerStatus",
     "arm",
     "cleaner_name",

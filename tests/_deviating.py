@@ -1,26 +1,73 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Deliberately wrong simulators: each breaks one rule of the s390 vCPU protocol (spec 10.2).
+"""Deliberately wrong simulators: each reinstates one plausible kernel (or UV) bug.
 
-The scenarios and checks must fail against them; if they pass, they would
-have passed against the mistake the simulator once made (answering KVM_RUN
-with x86's HLT, letting a STOPPED vCPU run), and could not be trusted to
-catch it on a real s390x host.
+Every ``kvmpv check`` must be shown able to fail.  Each class here breaks one
+behaviour of the s390 KVM interface that a check is written to catch, and
+says so:
+
+* ``targets``: the registered checks the deviation is written FOR; each of
+  them must FAIL against it (tests/test_registry_coverage.py).  A check that
+  fails only as a side effect of another deviation does not count as shown
+  able to fail; the union of all ``targets`` must be the whole registry.
+* ``breaks``: the kernel (or Ultravisor) function whose behaviour is broken,
+  and how; the same function the simulator's rule cites.
+* ``symptom``: text that each target's failure report (reason or a
+  ``Check|`` diagnostic) must contain, so that a target failing for an
+  unrelated reason is not taken for the deviation caught.
+
+Two shapes: ``_Wrapper`` subclasses answer ioctls wrongly around an intact
+simulator (a lie at the syscall boundary); ``_SimBug`` subclasses override the
+simulator method that models the kernel function, with the kernel's check
+removed or changed (the bug inside the kernel).  ``build(config)`` makes one
+host for a check's ``SimConfig``.
+
+If the checks passed against one of these, they would have passed against the
+mistake, and could not be trusted to catch it on a real s390x host.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import ctypes
+import errno
+import os
+import threading
+from typing import Any, ClassVar
 
 from kvmpv import uapi
+from kvmpv.scenarios.check import SimConfig
 from kvmpv.sim import SimulatedHost
 
 
+def _oserror(err: int) -> OSError:
+    return OSError(err, os.strerror(err))
+
+
+def _pv_cmd(request: int, arg: Any) -> int:
+    """The PV sub-command of a KVM_S390_PV_COMMAND ioctl, -1 for any other ioctl."""
+    if request == uapi.KVM_S390_PV_COMMAND and isinstance(arg, uapi.kvm_pv_cmd):
+        return int(arg.cmd)
+    return -1
+
+
+PREPARE = int(uapi.pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PREPARE)
+PERFORM = int(uapi.pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PERFORM)
+
+
 class _Wrapper:
+    """Forwards to an intact ``SimulatedHost``; subclasses answer some ioctls wrongly."""
+
     backend = "sim"
     arch = "s390x"
+    targets: ClassVar[frozenset[str]] = frozenset()
+    breaks: ClassVar[str] = ""
+    symptom: ClassVar[str] = ""
 
     def __init__(self, inner: SimulatedHost) -> None:
         self._inner = inner
+
+    @classmethod
+    def build(cls, config: SimConfig) -> Any:
+        return cls(SimulatedHost(**config.kwargs()))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -32,8 +79,32 @@ class _Wrapper:
         return self._inner._fget(fd).obj
 
 
+class _SimBug(SimulatedHost):
+    """A ``SimulatedHost`` whose model of one kernel function has the bug."""
+
+    targets: ClassVar[frozenset[str]] = frozenset()
+    breaks: ClassVar[str] = ""
+    symptom: ClassVar[str] = ""
+
+    @classmethod
+    def build(cls, config: SimConfig) -> Any:
+        return cls(**config.kwargs())
+
+
+# ---------------------------------------------------------------------------
+# The s390 vCPU protocol and the protected boot (spec 10.2, 10.3)
+# ---------------------------------------------------------------------------
+
+
 class HaltingHost(_Wrapper):
     """A finished guest comes back as KVM_EXIT_HLT, as on x86, instead of SIEIC."""
+
+    targets = frozenset({"s390_vcpu_protocol"})
+    breaks = (
+        "kvm_arch_vcpu_ioctl_run()/handle_stop() (arch/s390/kvm): an intercepted disabled "
+        "wait leaves KVM_RUN as KVM_EXIT_S390_SIEIC, never x86's KVM_EXIT_HLT"
+    )
+    symptom = "KVM_EXIT_HLT"
 
     def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
         ret: int = self._inner.ioctl(fd, request, arg)
@@ -47,6 +118,13 @@ class HaltingHost(_Wrapper):
 class LenientHost(_Wrapper):
     """KVM_RUN starts a STOPPED vCPU even when userspace controls CPU state."""
 
+    targets = frozenset({"s390_vcpu_protocol"})
+    breaks = (
+        "kvm_arch_vcpu_ioctl_run(): 'can't run stopped vcpu' (EINVAL) once "
+        "user_cpu_state_ctrl is set, which every PV command sets"
+    )
+    symptom = "KVM_RUN on a STOPPED vCPU after a PV command"
+
     def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
         if request == uapi.KVM_RUN:
             self._vcpu(fd).stopped = False
@@ -56,7 +134,23 @@ class LenientHost(_Wrapper):
 
 class PermissiveUvHost(_Wrapper):
     """An Ultravisor that accepts every image command, in any order: UNPACK before
-    SET_SEC_PARMS, a zero-length header, VERIFY of an incomplete image."""
+    SET_SEC_PARMS, a zero-length or oversized header, VERIFY of an incomplete image,
+    UNPACK of memory no memslot backs."""
+
+    targets = frozenset(
+        {
+            "unpack_before_sec_parms_einval",
+            "verify_before_every_component_fails",
+            "sec_parms_zero_length_enomem",
+            "sec_parms_too_large_einval",
+            "unpack_outside_memslots_efault",
+        }
+    )
+    breaks = (
+        "kvm_s390_pv_set_sec_parms() (length checks, vmalloc(0)), kvm_s390_pv_unpack()/"
+        "unpack_one() (gmap fault), and the UV's refusals of UNPACK/VERIFY out of order"
+    )
+    symptom = "got 'success'"
 
     _IMAGE_CMDS = frozenset(
         {
@@ -80,3 +174,470 @@ class PermissiveUvHost(_Wrapper):
             arg.rc, arg.rrc = uapi.UVC_RC_EXECUTED, 0
             return 0
         return ret
+
+
+class LoadRefusedHost(_SimBug):
+    """KVM_SET_MP_STATE LOAD is refused for a protected vCPU as for an unprotected one."""
+
+    targets = frozenset({"protected_boot"})
+    breaks = (
+        "kvm_arch_vcpu_ioctl_set_mpstate(), KVM_MP_STATE_LOAD: ENXIO only when "
+        "!kvm_s390_pv_cpu_is_protected(vcpu); here ENXIO always, so no SE image can start"
+    )
+    symptom = "(ENXIO)"
+
+    def _set_mp_state(self, vcpu: Any, state: int) -> int:
+        if state == uapi.KVM_MP_STATE_LOAD:
+            raise _oserror(errno.ENXIO)
+        return super()._set_mp_state(vcpu, state)
+
+
+class UnpackAgainHost(_SimBug):
+    """UNPACK hands EAGAIN to userspace while an old configuration's pages are still secure."""
+
+    targets = frozenset({"boot_again_while_perform_runs"})
+    breaks = (
+        "kvm_s390_pv_unpack(): unpack_one() -> gmap_make_secure() answers -EAGAIN for a "
+        "page the UV still holds for another configuration; the kernel retries "
+        "(cond_resched() and loop), here the EAGAIN reaches userspace"
+    )
+    symptom = "(EAGAIN)"
+
+    def _pv_unpack(self, vm: Any, data: int, out: Any) -> int:
+        if vm.performing and any(c.state == "performing" for c in self.configs()):
+            return -errno.EAGAIN
+        return super()._pv_unpack(vm, data, out)
+
+
+# ---------------------------------------------------------------------------
+# Caps and interface answers
+# ---------------------------------------------------------------------------
+
+
+class AsyncCapHiddenHost(_SimBug):
+    """Cap 224 answers 0 although the host has PV and kvm.async_destroy=1."""
+
+    targets = frozenset({"pv_caps_report_host"})
+    breaks = (
+        "kvm_vm_ioctl_check_extension(): KVM_CAP_S390_PROTECTED_ASYNC_DISABLE is "
+        "async_destroy && is_prot_virt_host(); here the case is missing (default 0), as in "
+        "a backport that took the commands but not the cap"
+    )
+    symptom = "cap 224 == (cap 180 && kvm.async_destroy)"
+
+    def _check_extension(self, cap: int) -> int:
+        if cap == uapi.KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE:
+            return 0
+        return super()._check_extension(cap)
+
+
+class NoPvHostEnottyHost(_SimBug):
+    """Without PV, KVM_S390_PV_COMMAND falls through to ENOTTY (unknown ioctl), not EINVAL."""
+
+    targets = frozenset({"pv_command_without_pv_host"})
+    breaks = (
+        "kvm_arch_vm_ioctl(), KVM_S390_PV_COMMAND: 'if (!is_prot_virt_host()) r = -EINVAL' "
+        "before the copy-in; here the command is treated as unknown (ENOTTY)"
+    )
+    symptom = "got 'ENOTTY'"
+
+    def _pv_command(self, vm: Any, arg: int) -> int:
+        if not self.prot_virt_host:
+            vm.user_cpu_state_ctrl = True
+            raise _oserror(errno.ENOTTY)
+        return super()._pv_command(vm, arg)
+
+
+class UnknownCmdEinvalHost(_SimBug):
+    """An unknown PV sub-command is EINVAL instead of ENOTTY."""
+
+    targets = frozenset({"unknown_command_enotty"})
+    breaks = "kvm_s390_handle_pv(): 'default: r = -ENOTTY'; here -EINVAL"
+    symptom = "expected 'ENOTTY', got 'EINVAL'"
+
+    def _handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+        ret = super()._handle_pv(vm, cmd, data, out)
+        return -errno.EINVAL if ret == -errno.ENOTTY else ret
+
+
+class FlagsIgnoredHost(_Wrapper):
+    """Nonzero ``flags`` of KVM_S390_PV_COMMAND are ignored instead of refused."""
+
+    targets = frozenset({"flags_nonzero_einval"})
+    breaks = "kvm_arch_vm_ioctl(), KVM_S390_PV_COMMAND: 'if (args.flags) r = -EINVAL'; dropped"
+    symptom = "expected 'EINVAL', got 'success'"
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        if _pv_cmd(request, arg) < 0 or not arg.flags:
+            ret: int = self._inner.ioctl(fd, request, arg)
+            return ret
+        flags, arg.flags = int(arg.flags), 0
+        try:
+            ret = self._inner.ioctl(fd, request, arg)
+        finally:
+            arg.flags = flags
+        return ret
+
+
+class RcRrcZeroedHost(_SimBug):
+    """rc/rrc are zeroed for every PV command, also those that fail before any UV call."""
+
+    targets = frozenset({"rc_rrc_written_only_by_uvc"})
+    breaks = (
+        "kvm_s390_handle_pv(): rc/rrc are written only by a UV call (api.rst); here they are "
+        "zeroed after the copy-in and the whole struct is copied back"
+    )
+    symptom = "got (0, 0)"
+
+    def _handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+        out.rc, out.rrc = 0, 0
+        return super()._handle_pv(vm, cmd, data, out)
+
+
+class InfoLenUncheckedHost(_SimBug):
+    """KVM_PV_INFO writes its answer whatever ``len_max`` the caller gave."""
+
+    targets = frozenset({"info_without_pv"})
+    breaks = (
+        "kvm_s390_handle_pv_info(): 'if (info->header.len_max < len_min) return -EINVAL' "
+        "dropped (the answer overruns the caller's buffer)"
+    )
+    symptom = "KVM_PV_INFO ioctl result: expected 'EINVAL', got 'success'"
+
+    def _pv_info(self, vm: Any, data: int, out: Any) -> int:
+        hdr = self._copy_in(data, uapi.kvm_s390_pv_info_header)
+        hdr.len_max = ctypes.sizeof(uapi.kvm_s390_pv_info)  # as if the caller had room
+        self._copy_out(data, hdr)
+        return super()._pv_info(vm, data, out)
+
+
+class MemLimitAfterVcpuHost(_SimBug):
+    """KVM_S390_VM_MEM_LIMIT_SIZE is accepted after the first vCPU (a new gmap under it)."""
+
+    targets = frozenset({"mem_limit_busy_after_vcpu"})
+    breaks = (
+        "kvm_s390_set_mem_control(), KVM_S390_VM_MEM_LIMIT_SIZE: EBUSY once "
+        "kvm->created_vcpus; here the gmap is replaced anyway"
+    )
+    symptom = "expected 'EBUSY', got 'success'"
+
+    def _device_attr(self, vm: Any, request: int, arg: int) -> int:
+        created, vm.created_vcpus = vm.created_vcpus, 0
+        try:
+            return super()._device_attr(vm, request, arg)
+        finally:
+            vm.created_vcpus = created
+
+
+class MemslotsUncheckedHost(_Wrapper):
+    """Every memslot change is accepted: while protected, and unaligned to 1 MiB."""
+
+    targets = frozenset({"memslot_change_while_protected", "memslot_alignment_1m"})
+    breaks = (
+        "kvm_arch_prepare_memory_region() (arch/s390/kvm): EINVAL for a protected VM and "
+        "for a userspace address or size not 1 MiB aligned; dropped"
+    )
+    symptom = "expected 'EINVAL', got 'success'"
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        try:
+            ret: int = self._inner.ioctl(fd, request, arg)
+        except OSError:
+            if request == uapi.KVM_SET_USER_MEMORY_REGION:
+                return 0
+            raise
+        return ret
+
+
+# ---------------------------------------------------------------------------
+# PREPARE (spec 3.3)
+# ---------------------------------------------------------------------------
+
+
+class PrepareRrc43Host(_Wrapper):
+    """PREPARE reports its synthetic rrc as 43, not 42."""
+
+    targets = frozenset({"prepare_success"})
+    breaks = "kvm_s390_handle_pv(), KVM_PV_ASYNC_CLEANUP_PREPARE: rc 1 / rrc 42 on success"
+    symptom = "got '0x2b'"
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        ret: int = self._inner.ioctl(fd, request, arg)
+        if _pv_cmd(request, arg) == PREPARE and ret == 0:
+            arg.rrc = 43
+        return ret
+
+
+class EinvalBecomesEpermHost(_Wrapper):
+    """Every EINVAL of a PV command comes back as EPERM."""
+
+    targets = frozenset({"prepare_not_protected_einval", "async_destroy_off"})
+    breaks = (
+        "kvm_s390_handle_pv(): the refusals of an unprotected VM (kvm_s390_pv_is_protected) "
+        "and of async_destroy=0 are -EINVAL; here -EPERM"
+    )
+    symptom = "got 'EPERM'"
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        try:
+            ret: int = self._inner.ioctl(fd, request, arg)
+        except OSError as err:
+            if request == uapi.KVM_S390_PV_COMMAND and err.errno == errno.EINVAL:
+                raise _oserror(errno.EPERM) from None
+            raise
+        return ret
+
+
+class PrepareIgnoresVcpuMutexHost(_Wrapper):
+    """PREPARE "succeeds" at once while a vCPU is in KVM_RUN, without its mutex."""
+
+    targets = frozenset({"prepare_blocks_while_vcpu_in_run"})
+    breaks = (
+        "kvm_s390_cpus_from_pv(): mutex_lock(&vcpu->mutex) for each vCPU before Destroy "
+        "Secure CPU; here a running vCPU is not waited for"
+    )
+    symptom = "PREPARE returned while a vCPU was in KVM_RUN"
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        if _pv_cmd(request, arg) == PREPARE and self._inner.vm_info(fd).vcpus_in_run:
+            arg.rc, arg.rrc = uapi.KVM_PV_ASYNC_SYNTHETIC_RC, uapi.KVM_PV_ASYNC_SYNTHETIC_RRC
+            return 0
+        ret: int = self._inner.ioctl(fd, request, arg)
+        return ret
+
+
+class PrepareTwiceHost(_SimBug):
+    """A second PREPARE succeeds while a configuration is still set aside (the older one is
+    queued for cleanup instead of the refusal)."""
+
+    targets = frozenset(
+        {"prepare_twice_einval", "reboot_race_second_prepare", "second_reboot_while_perform_runs"}
+    )
+    breaks = (
+        "kvm_s390_pv_set_aside(): 'if (kvm->arch.pv.set_aside) return -EINVAL' (at most one "
+        "set-aside configuration, the reason for QEMU's DISABLE fallback); dropped"
+    )
+    symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
+
+    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+        if vm.config is not None and vm.set_aside is not None:
+            vm.need_cleanup.append(vm.set_aside)
+            vm.set_aside = None
+        return super()._pv_prepare(vm, data, out)
+
+
+class SegmentAscePrepareHost(_SimBug):
+    """PREPARE sets aside a VM whose memory limit gives a segment-table ASCE (<= 2 GiB)."""
+
+    targets = frozenset({"prepare_mem_limit_2g_einval"})
+    breaks = (
+        "kvm_s390_pv_set_aside(): EINVAL for a segment-type ASCE (commit 292a7d6fca33, "
+        "s390_replace_asce() cannot copy a segment table); dropped"
+    )
+    symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
+
+    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+        limit = vm.gmap_limit
+        vm.gmap_limit = max(limit, (4 << 30) - 1)  # step 4 sees a region-third table
+        try:
+            return super()._pv_prepare(vm, data, out)
+        finally:
+            vm.gmap_limit = limit
+
+
+class DestroyCpuErrorIgnoredHost(_SimBug):
+    """PREPARE goes on after Destroy Secure CPU failed, and succeeds."""
+
+    targets = frozenset({"prepare_vcpu_destroy_eio"})
+    breaks = (
+        "kvm_s390_handle_pv(), KVM_PV_ASYNC_CLEANUP_PREPARE: 'r = kvm_s390_cpus_from_pv(...); "
+        "if (r) break;' -- the EIO of a failed Destroy Secure CPU is ignored here"
+    )
+    symptom = "expected 'EIO', got 'success'"
+
+    _in_prepare = threading.local()
+
+    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+        self._in_prepare.on = True
+        try:
+            return super()._pv_prepare(vm, data, out)
+        finally:
+            self._in_prepare.on = False
+
+    def _cpus_from_pv(self, vm: Any, out: Any) -> int:
+        ret = super()._cpus_from_pv(vm, out)
+        return 0 if getattr(self._in_prepare, "on", False) else ret
+
+
+class FastDestroyErrorIgnoredHost(_SimBug):
+    """PREPARE with Destroy-Fast succeeds although UVC 0x0102 failed."""
+
+    targets = frozenset({"prepare_fast_destroy_eio"})
+    breaks = (
+        "kvm_s390_pv_deinit_vm_fast(): 'return cc ? -EIO : 0'; here the condition code of "
+        "Destroy Secure Configuration Fast is ignored"
+    )
+    symptom = "expected 'EIO', got 'success'"
+
+    def _uv(self, cmd: int, handle: int, **kw: Any) -> tuple[int, int, int]:
+        cc, rc, rrc = super()._uv(cmd, handle, **kw)
+        if cmd == uapi.UVC_CMD_DESTROY_SEC_CONF_FAST:
+            cc = 0
+        return cc, rc, rrc
+
+
+class PrepareRefusedDuringPerformHost(_SimBug):
+    """PREPARE is refused while a PERFORM of this VM is still running."""
+
+    targets = frozenset({"prepare_again_while_perform_runs"})
+    breaks = (
+        "kvm_s390_pv_set_aside() refuses only while a record is *set aside* (api.rst: PREPARE "
+        "'can be called again as soon as cleanup starts'); here also while one is performing"
+    )
+    symptom = "expected 'success', got 'EINVAL'"
+
+    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+        if vm.performing:
+            return -errno.EINVAL
+        return super()._pv_prepare(vm, data, out)
+
+
+# ---------------------------------------------------------------------------
+# PERFORM (spec 3.4)
+# ---------------------------------------------------------------------------
+
+
+class PerformRrc7Host(_Wrapper):
+    """A successful PERFORM reports rrc 7."""
+
+    targets = frozenset({"perform_success_rc", "perform_fatal_signal"})
+    breaks = (
+        "kvm_s390_pv_deinit_aside_vm(): rc/rrc are those of Destroy Secure Configuration "
+        "(1/0), or the synthetic 1/42 after a fatal signal; here rrc 7"
+    )
+    symptom = "got '0x7'"
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        ret: int = self._inner.ioctl(fd, request, arg)
+        if _pv_cmd(request, arg) == PERFORM:
+            arg.rrc = 7
+        return ret
+
+
+class PerformNothingOkHost(_Wrapper):
+    """PERFORM with nothing set aside succeeds instead of EINVAL."""
+
+    targets = frozenset(
+        {"perform_nothing_set_aside_einval", "reboot_race_second_prepare", "disable_with_leftover"}
+    )
+    breaks = (
+        "kvm_s390_pv_deinit_aside_vm(): 'if (!p) return -EINVAL' when nothing is set aside "
+        "(QEMU's late PERFORM after the DISABLE fallback relies on it); here 0"
+    )
+    symptom = "PERFORM ioctl result: expected 'EINVAL', got 'success'"
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        try:
+            ret: int = self._inner.ioctl(fd, request, arg)
+        except OSError as err:
+            if _pv_cmd(request, arg) == PERFORM and err.errno == errno.EINVAL:
+                return 0
+            raise
+        return ret
+
+
+class PerformFastWritesRcHost(_SimBug):
+    """After Destroy-Fast, PERFORM writes rc 1 / rrc 0 as if it had run Destroy Secure
+    Configuration."""
+
+    targets = frozenset({"perform_fast_rc_untouched"})
+    breaks = (
+        "kvm_s390_pv_dispose_one_leftover(): a record without handle (Destroy-Fast ran at "
+        "PREPARE) issues no UV call and leaves rc/rrc alone; here they are written"
+    )
+    symptom = "PERFORM rc: expected '0x0', got '0x1'"
+
+    def _dispose_one_leftover(self, record: Any, out: Any) -> int:
+        if not record.handle:
+            out.rc, out.rrc = uapi.UVC_RC_EXECUTED, 0
+        return super()._dispose_one_leftover(record, out)
+
+
+class PerformDestroyErrorIgnoredHost(_SimBug):
+    """PERFORM returns 0 although Destroy Secure Configuration failed."""
+
+    targets = frozenset({"perform_destroy_eio"})
+    breaks = (
+        "kvm_s390_pv_deinit_aside_vm(): 'if (kvm_s390_pv_dispose_one_leftover(...)) "
+        "ret = -EIO'; here the failure is reported as success"
+    )
+    symptom = "expected 'EIO', got 'success'"
+
+    def _perform(self, vm: Any, out: Any) -> int:
+        ret = super()._perform(vm, out)
+        return 0 if ret == -errno.EIO else ret
+
+
+class EnableBusyDuringPerformHost(_SimBug):
+    """ENABLE is refused (EBUSY) while a PERFORM of this VM is still running."""
+
+    targets = frozenset({"enable_while_perform_runs"})
+    breaks = (
+        "kvm_s390_pv_deinit_aside_vm() runs without kvm->lock so that the next "
+        "kvm_s390_pv_init_vm() (ENABLE) proceeds meanwhile (spec 3.4, 3.8); here ENABLE "
+        "waits for no one and refuses"
+    )
+    symptom = "got 'EBUSY'"
+
+    def _pv_enable(self, vm: Any, data: int, out: Any) -> int:
+        if vm.performing:
+            return -errno.EBUSY
+        return super()._pv_enable(vm, data, out)
+
+
+# ---------------------------------------------------------------------------
+# DISABLE and close (spec 3.5, 3.6)
+# ---------------------------------------------------------------------------
+
+
+class DisableWithoutConfigHost(_SimBug):
+    """DISABLE of a VM that is not protected tears down its set-aside configuration."""
+
+    targets = frozenset({"prepare_unprotects_vm"})
+    breaks = (
+        "kvm_s390_handle_pv(), KVM_PV_DISABLE: 'if (!kvm_s390_pv_is_protected(kvm)) break' "
+        "(EINVAL) before kvm_s390_pv_deinit_cleanup_all(); dropped"
+    )
+    symptom = "KVM_PV_DISABLE ioctl result: expected 'EINVAL', got 'success'"
+
+    def _pv_disable(self, vm: Any, data: int, out: Any) -> int:
+        if vm.config is None and vm.set_aside is not None:
+            return self._cleanup_all(vm, out)
+        return super()._pv_disable(vm, data, out)
+
+
+class CloseLeavesSetAsideHost(_SimBug):
+    """Closing a VM destroys its current configuration but forgets the set-aside one."""
+
+    targets = frozenset({"close_vm_with_leftover"})
+    breaks = (
+        "kvm_arch_destroy_vm() -> kvm_s390_pv_deinit_cleanup_all(): the set-aside record is "
+        "moved to need_cleanup and destroyed too; here it is left registered with the UV"
+    )
+    symptom = "'set_aside')"
+
+    def _destroy_vm(self, vm: Any) -> None:
+        vm.set_aside = None  # the record (and its configuration) is simply dropped
+        super()._destroy_vm(vm)
+
+
+def all_deviations() -> tuple[type[Any], ...]:
+    """Every deviating host defined here (a new class is found without being listed)."""
+    found = [
+        obj
+        for obj in globals().values()
+        if isinstance(obj, type)
+        and issubclass(obj, (_Wrapper, _SimBug))
+        and obj not in (_Wrapper, _SimBug)
+    ]
+    return tuple(sorted(found, key=lambda c: c.__name__))

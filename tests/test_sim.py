@@ -527,9 +527,12 @@ def test_prepare_blocks_while_vcpu_in_kvm_run() -> None:
         assert env.host.wait_paused("run:slice")
         assert env.host.vcpu_in_run(vcpu.fd)
         prep = Bg(lambda: cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE))
-        assert wait_for(lambda: env.info().vcpu_mutex_waiters >= 1)
-        time.sleep(0.05)
+        # The simulator's own count of threads blocked on a vCPU mutex, not a
+        # sleep: PREPARE is seen waiting, and it cannot go on while the vCPU
+        # is held in KVM_RUN at the gate.
+        assert env.host.wait_blocked(env.vm.fd, vcpu_mutex=1), "PREPARE never waited"
         assert not prep.done and not env.info().set_aside
+        assert env.info().vcpu_mutex_waiters == 1 and env.host.vcpu_in_run(vcpu.fd)
         env.host.kick(vcpu.fd)
         env.host.resume("run:slice")
         with pytest.raises(KvmError) as ei:
@@ -662,8 +665,11 @@ def test_perform_detaches_under_kvm_lock() -> None:
         prep = Bg(lambda: cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE))
         assert host.wait_paused("prepare:cpus_destroyed")
         perf = Bg(lambda: cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PERFORM))
-        time.sleep(0.05)
+        # PERFORM blocked on kvm->lock (held by the paused PREPARE), as the
+        # simulator counts it: not a sleep that might be too short.
+        assert host.wait_blocked(vm.fd, kvm_lock=1), "PERFORM never waited for kvm->lock"
         assert not perf.done and env.info().set_aside and env.info().performing == 0
+        assert env.info().kvm_lock_waiters == 1
         host.resume("prepare:cpus_destroyed")
         assert prep.join().errno == errno.EINVAL  # the old record was still set aside
         assert perf.join().ret == 0
@@ -867,11 +873,12 @@ def test_munmap_waits_for_the_batch_in_progress() -> None:
     lock.acquire_read()
     try:
         unmap = Bg(mem.close)
-        time.sleep(0.2)
-        assert not unmap.done, "munmap did not wait for the reader"
+        # The lock's own count of blocked writers, not a sleep.
+        assert lock.wait_blocked(writers=1), "munmap did not wait for the reader"
+        assert not unmap.done
         # A waiting writer holds off new readers (no starvation by a walk).
         reader = Bg(lambda: (lock.acquire_read(), lock.release_read()))
-        time.sleep(0.1)
+        assert lock.wait_blocked(readers=1, writers=1), "a new reader overtook the writer"
         assert not reader.done
     finally:
         lock.release_read()

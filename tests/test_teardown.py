@@ -68,18 +68,36 @@ class Child:
     """A running _cleaner_child.py with pidfds on it and on its cleaner."""
 
     def __init__(
-        self, scenario: str = "main", size: int = 16 * MiB, fallback: str = "", **cfg: Any
+        self,
+        scenario: str = "main",
+        size: int = 16 * MiB,
+        fallback: str = "",
+        report: bool = False,
+        **cfg: Any,
     ) -> None:
         cfg.update(scenario=scenario, size=size)
         env = tree_env(KVMPV_CLEANER_TEST_FALLBACK=fallback)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=str(ROOT),
-            env=env,
-        )
+        # report: a pipe whose write end the child's cleaner keeps and writes
+        # its report on (teardown.REPORT_FD_ENV); EOF once it and its helpers exited.
+        self.report_r = -1
+        pass_fds: tuple[int, ...] = ()
+        if report:
+            self.report_r, report_w = os.pipe()
+            env[teardown.REPORT_FD_ENV] = str(report_w)
+            pass_fds = (report_w,)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(CHILD), json.dumps(cfg)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=str(ROOT),
+                env=env,
+                pass_fds=pass_fds,
+            )
+        finally:
+            for fd in pass_fds:
+                os.close(fd)  # only the child (and its cleaner) hold the write end
         ARMED_PIDS.add(self.proc.pid)
         self.pidfd = os.pidfd_open(self.proc.pid)
         first = self.read()
@@ -93,6 +111,21 @@ class Child:
         assert line, f"child {self.proc.pid} said nothing (exit {self.proc.poll()})"
         out: dict[str, Any] = json.loads(line)
         return out
+
+    def cleaner_report(self, timeout: float = 30.0) -> teardown.CleanerReport:
+        """The cleaner's report, read to EOF (the cleaner and its helpers have exited)."""
+        assert self.report_r >= 0, "Child(report=True) needed"
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"cleaner report not closed within {timeout} s: {chunks}"
+            if not select.select([self.report_r], [], [], left)[0]:
+                continue
+            data = os.read(self.report_r, 4096)
+            if not data:
+                return teardown.CleanerReport.parse(b"".join(chunks).decode("ascii"))
+            chunks.append(data)
 
     def send(self, cmd: str) -> float:
         assert self.proc.stdin is not None
@@ -114,6 +147,8 @@ class Child:
                     stream.close()
         os.close(self.pidfd)
         os.close(self.cfd)
+        if self.report_r >= 0:
+            os.close(self.report_r)
 
 
 @pytest.fixture
@@ -397,24 +432,37 @@ def test_failed_clone_is_reported(pids_cgroup_of_one: Path) -> None:
 
 
 def test_parallel_release_uses_several_tasks(child_factory: Any) -> None:
-    c = child_factory(size=512 * MiB, parallel=2)
-    seen: set[int] = set()
+    """The cleaner's own report (not a scan of pid numbers): the helper it started is a
+    task of its own (reaped by it), and the two released about half of the memory each."""
+    size = 512 * MiB
+    c = child_factory(size=size, parallel=2, report=True)
     c.send("exit")
     assert wait_fd(c.pidfd, 10) is not None
-    t0 = time.monotonic()
-    name = teardown.cleaner_name(c.proc.pid)
-    # No /proc/<pid>/task/<tid>/children here (CONFIG_PROC_CHILDREN): pids are
-    # handed out in sequence, so the helpers are just above the cleaner.
-    candidates = [c.cleaner + i for i in range(1, 200)]
-    while alive(c.cfd):
-        for pid in candidates:
-            with contextlib.suppress(OSError):
-                if comm(pid) == name:
-                    seen.add(pid)
-    took = time.monotonic() - t0
-    if not seen and took < 0.02:
-        pytest.skip(f"release too fast ({took * 1e3:.1f} ms) to observe the helper task")
-    assert seen, "no helper task was seen during the parallel release"
+    rep = c.cleaner_report()
+    assert rep.exit_tid == c.cleaner, rep
+    assert list(rep.started) == [1], rep  # parallel=2: one helper, for slice 1
+    helper = rep.started[1]
+    assert helper not in (c.cleaner, c.proc.pid), rep
+    assert rep.reaped == (helper,), rep  # its CLONE_VM child, reaped with __WCLONE
+    tasks = {j.index: j.tid for j in rep.jobs}
+    assert tasks == {0: c.cleaner, 1: helper}, rep
+    released = {j.index: j.released for j in rep.jobs}
+    total = sum(released.values())
+    assert total >= size, rep  # the populated buffer (and the interpreter's heap)
+    # Slices of equal bytes (cut on 2 MiB boundaries): neither task did it all.
+    assert min(released.values()) >= total // 4, rep
+
+
+def test_cleaner_report_parse() -> None:
+    """The report's line format, and an unknown line refused (not silently dropped)."""
+    rep = teardown.CleanerReport.parse(
+        "started 1 42\njob 1 42 100\njob 0 41 90\nreaped 42\nexit 41\n"
+    )
+    assert rep.started == {1: 42} and rep.helper_tids == {42}
+    assert rep.jobs == (teardown.CleanerJob(1, 42, 100), teardown.CleanerJob(0, 41, 90))
+    assert rep.reaped == (42,) and rep.exit_tid == 41
+    with pytest.raises(ValueError, match="unknown cleaner report line"):
+        teardown.CleanerReport.parse("helper 42\n")
 
 
 def _ranges(maps: list[str], pred: Any) -> list[tuple[int, int]]:

@@ -133,6 +133,8 @@ struct job {
 	const struct range *ranges;
 	long nranges;
 	struct cut lo, hi;
+	int index;		/* 0: the cleaner's own slice */
+	int report_fd;		/* see struct arena */
 };
 
 /* Scratch of the parallel mode; lives in the arena. */
@@ -150,6 +152,7 @@ struct arena {
 	int notify_fd;		/* read end of the close-on-exec pipe */
 	int parallel;		/* tasks releasing memory (1: plain exit) */
 	int fallback;		/* FALLBACK_* test hooks */
+	int report_fd;		/* KVMPV_CLEANER_REPORT_FD, -1 if not asked for */
 	unsigned long base;	/* the whole arena mapping: never released by us */
 	unsigned long size;
 	char *helper_stacks;	/* parallel-1 stacks of HELPER_STACK bytes */
@@ -167,6 +170,51 @@ static long raw_sleep_ns(long ns)
 	struct timespec ts = { ns / 1000000000L, ns % 1000000000L };
 
 	return RAW4(SYS_clock_nanosleep, CLOCK_MONOTONIC, 0, &ts, 0);
+}
+
+/*
+ * The cleaner's report (KVMPV_CLEANER_REPORT_FD, read at arm time): one line
+ * per event, written with one write() each (a pipe keeps lines of up to
+ * PIPE_BUF bytes whole, whoever writes them):
+ *   "started K T"   the cleaner cloned helper task T for slice K
+ *   "job K T B"     task T finished slice K, B bytes released by MADV_DONTNEED
+ *   "reaped T"      the cleaner reaped helper T (its own CLONE_VM child)
+ *   "exit T"        the cleaner T is about to exit (its exit_mmap follows)
+ * So a test learns the helper tids from the tasks themselves instead of
+ * guessing them from pid numbers.  Errors are ignored: the report never
+ * changes what the cleaner does.
+ */
+static char *put_num(char *p, unsigned long v)
+{
+	char tmp[24];
+	int n = 0;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*p++ = tmp[--n];
+	return p;
+}
+
+static void report(int fd, const char *tag, int nums, unsigned long a, unsigned long b,
+		   unsigned long c)
+{
+	char line[96], *p = line;
+	unsigned long v[3] = { a, b, c };
+	int i;
+
+	if (fd < 0)
+		return;
+	while (*tag)
+		*p++ = *tag++;
+	for (i = 0; i < nums; i++) {
+		*p++ = ' ';
+		p = put_num(p, v[i]);
+	}
+	*p++ = '\n';
+	RAW3(SYS_write, fd, line, p - line);
 }
 
 static void close_gaps(const int *keep, int nkeep, long *ret)
@@ -264,18 +312,22 @@ static void close_by_limit(const int *keep, int nkeep)
  */
 static void close_inherited(const struct arena *a)
 {
-	int keep[2], nkeep = 0;
+	int keep[3], nkeep = 0, i, j;
 	long ret;
 
 	if (a->pidfd >= 0)
 		keep[nkeep++] = a->pidfd;
 	keep[nkeep++] = a->notify_fd;
-	if (nkeep == 2 && keep[0] > keep[1]) {
-		int t = keep[0];
+	if (a->report_fd >= 0)
+		keep[nkeep++] = a->report_fd;
+	/* close_gaps() wants them in ascending order */
+	for (i = 1; i < nkeep; i++)
+		for (j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
 
-		keep[0] = keep[1];
-		keep[1] = t;
-	}
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
 	if (!(a->fallback & (FALLBACK_PROC | FALLBACK_LIMIT))) {
 		close_gaps(keep, nkeep, &ret);	/* close_range: Linux 5.9 */
 		if (ret == 0)
@@ -487,6 +539,7 @@ static long read_ranges(const struct arena *a, struct par *p)
 
 static void run_job(const struct job *j)
 {
+	unsigned long released = 0;
 	long r;
 
 	for (r = j->lo.idx; r < j->nranges && r <= j->hi.idx; r++) {
@@ -494,9 +547,11 @@ static void run_job(const struct job *j)
 		unsigned long e = r == j->hi.idx ? j->hi.addr : j->ranges[r].end;
 
 		/* Errors (mlocked or VM_PFNMAP areas: EINVAL) leave it to exit. */
-		if (s < e)
-			RAW3(SYS_madvise, s, e - s, MADV_DONTNEED);
+		if (s < e && RAW3(SYS_madvise, s, e - s, MADV_DONTNEED) == 0)
+			released += e - s;
 	}
+	report(j->report_fd, "job", 3, (unsigned long)j->index, (unsigned long)RAW0(SYS_gettid),
+	       released);
 }
 
 static int helper_main(void *arg)
@@ -561,16 +616,21 @@ static void parallel_release(const struct arena *a)
 		p->jobs[k].nranges = n;
 		p->jobs[k].lo = p->cuts[k];
 		p->jobs[k].hi = p->cuts[k + 1];
+		p->jobs[k].index = (int)k;
+		p->jobs[k].report_fd = a->report_fd;
 		failed[k] = 0;
 	}
 	for (k = 1; k < tasks; k++) {
 		char *top = a->helper_stacks + (unsigned long)k * HELPER_STACK;
-
 		/* libc clone(): see the top comment; exit signal 0, reaped below. */
-		if (clone(helper_main, top, CLONE_VM, &p->jobs[k]) > 0)
+		long tid = clone(helper_main, top, CLONE_VM, &p->jobs[k]);
+
+		if (tid > 0) {
 			started++;
-		else
+			report(a->report_fd, "started", 2, (unsigned long)k, (unsigned long)tid, 0);
+		} else {
 			failed[k] = 1;
+		}
 	}
 	run_job(&p->jobs[0]);
 	for (k = 1; k < tasks; k++)
@@ -579,8 +639,10 @@ static void parallel_release(const struct arena *a)
 	while (started > 0) {
 		long w = RAW4(SYS_wait4, -1, 0, __WCLONE, 0);
 
-		if (w > 0)
+		if (w > 0) {
 			started--;
+			report(a->report_fd, "reaped", 1, (unsigned long)w, 0, 0);
+		}
 		else if (w != -EINTR)
 			break;
 	}
@@ -600,6 +662,7 @@ static int cleaner_main(void *arg)
 	RAW3(SYS_futex, &a->ready, FUTEX_WAKE_PRIVATE, 1);
 	if (wait_for_parent(a) == PARENT_GONE && a->par)
 		parallel_release(a);
+	report(a->report_fd, "exit", 1, (unsigned long)RAW0(SYS_gettid), 0, 0);
 	/* Our exit drops the last mm reference: exit_mmap() runs here. */
 	RAW1(SYS_exit, 0);
 	return 0;
@@ -752,6 +815,22 @@ static int test_fallback(int *no_pidfd)
 	return f;
 }
 
+/* KVMPV_CLEANER_REPORT_FD=N: the cleaner keeps fd N and writes its report
+ * there (see report()); ignored unless N is an open fd at arm time. */
+static int report_fd_from_env(void)
+{
+	const char *s = getenv("KVMPV_CLEANER_REPORT_FD");
+	long fd = 0;
+
+	if (!s || *s < '0' || *s > '9')
+		return -1;
+	while (*s >= '0' && *s <= '9' && fd < 1L << 30)
+		fd = fd * 10 + (*s++ - '0');
+	if (*s || fd >= 1L << 30 || fcntl((int)fd, F_GETFD) < 0)
+		return -1;
+	return (int)fd;
+}
+
 static int fail(int step, int err)
 {
 	return -((step << 16) | (err & 0xffff));
@@ -831,6 +910,7 @@ int kvmpv_cleaner_arm(int parallel)
 	a->notify_fd = fds[0];
 	a->parallel = parallel;
 	a->fallback = fallback;
+	a->report_fd = report_fd_from_env();
 	a->base = (unsigned long)mem;
 	a->size = size;
 	/* helper k (1..parallel-1) runs on [helper_stacks + (k-1)*HELPER_STACK, + HELPER_STACK) */

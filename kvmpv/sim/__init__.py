@@ -163,6 +163,7 @@ from typing import Callable, Optional
 
 from .. import seimage, uapi
 from ..syscalls import IoctlArg, buffer_address, libc, raise_errno
+from .locks import CountingMutex as _CountingMutex
 from .locks import MmapLock as _MmapLock
 from .ranges import Ranges as _Ranges
 from .ranges import ranges_from as _Ranges_from
@@ -297,8 +298,7 @@ class _Vcpu:
     def __init__(self, vm: _Vm, vcpu_id: int) -> None:
         self.vm = vm
         self.id = vcpu_id
-        self.mutex = threading.Lock()
-        self.waiters = 0
+        self.mutex = _CountingMutex(vm.changed)  # vcpu->mutex
         self.config: Optional[_Config] = None  # set while it is a secure CPU
         self.cpu_handle = 0
         self.in_run = False
@@ -326,9 +326,13 @@ class _Memslot:
 
 
 class _Vm:
-    def __init__(self, vm_id: int, mem_limit: int, ucontrol: bool) -> None:
+    def __init__(
+        self, vm_id: int, mem_limit: int, ucontrol: bool, changed: threading.Condition
+    ) -> None:
         self.id = vm_id
-        self.lock = threading.Lock()  # kvm->lock
+        # Where its locks announce the threads blocked on them (the host's _cond).
+        self.changed = changed
+        self.lock = _CountingMutex(changed)  # kvm->lock
         self.ucontrol = ucontrol
         self.mem_limit = mem_limit
         self.gmap_limit = mem_limit - 1 if not ucontrol else KVM_S390_NO_MEM_LIMIT
@@ -716,6 +720,25 @@ class SimulatedHost:
                     return False
                 self._cond.wait(left)
 
+    def wait_blocked(
+        self, vm_fd: int, *, kvm_lock: int = 0, vcpu_mutex: int = 0, timeout: float = 10.0
+    ) -> bool:
+        """Wait until at least ``kvm_lock`` threads are blocked on the VM's ``kvm->lock`` and
+        ``vcpu_mutex`` on its vCPU mutexes; False on timeout.
+
+        For tests and checks that must know a call is *blocked* (PERFORM waiting
+        for kvm->lock, PREPARE for a vCPU in KVM_RUN): the locks count their
+        waiters and notify, so this needs no sleep.  ``vm_fd``: a VM or vCPU fd.
+        """
+        vm = self._vm_of(vm_fd)
+
+        def reached() -> bool:
+            vcpu_waiters = sum(v.mutex.waiters for v in list(vm.vcpus))
+            return vm.lock.waiters >= kvm_lock and vcpu_waiters >= vcpu_mutex
+
+        with self._cond:
+            return self._cond.wait_for(reached, timeout)
+
     def resume(self, point: str) -> None:
         """Disarm ``point`` and release every thread blocked there."""
         with self._lock:
@@ -741,12 +764,16 @@ class SimulatedHost:
 
     def vm_info(self, vm_fd: int) -> SimVmInfo:
         """Snapshot of the VM behind ``vm_fd`` (a VM or vCPU fd)."""
+        return self._vm_snapshot(self._vm_of(vm_fd))
+
+    def _vm_of(self, vm_fd: int) -> _Vm:
+        """The VM behind a VM or vCPU fd (EBADF otherwise)."""
         with self._lock:
             f = self._files.get(vm_fd)
         if f is not None and isinstance(f.obj, _Vm):
-            return self._vm_snapshot(f.obj)
+            return f.obj
         if f is not None and isinstance(f.obj, _Vcpu):
-            return self._vm_snapshot(f.obj.vm)
+            return f.obj.vm
         raise _err(errno.EBADF)
 
     def vms(self) -> list[SimVmInfo]:
@@ -932,6 +959,7 @@ class SimulatedHost:
                 self._next_vm_id,
                 KVM_S390_NO_MEM_LIMIT if ucontrol else self.host_mem_limit,
                 ucontrol,
+                self._cond,
             )
             self._next_vm_id += 1
             self._vms[vm.id] = vm
@@ -1226,8 +1254,8 @@ class SimulatedHost:
                 raise _err(errno.EIO)
         return 0
 
-    def _vcpu_locked(self, vcpu: _Vcpu) -> _VcpuLock:
-        return _VcpuLock(self, vcpu)
+    def _vcpu_locked(self, vcpu: _Vcpu) -> _CountingMutex:
+        return vcpu.mutex
 
     def _pv_cpu_command(self, vcpu: _Vcpu, arg: int) -> int:
         if not self.prot_virt_host:
@@ -2234,34 +2262,12 @@ class SimulatedHost:
                 vcpus=len(vcpus),
                 protected_vcpus=sum(1 for v in vcpus if v.config is not None),
                 vcpus_in_run=sum(1 for v in vcpus if v.in_run),
-                vcpu_mutex_waiters=sum(v.waiters for v in vcpus),
+                vcpu_mutex_waiters=sum(v.mutex.waiters for v in vcpus),
+                kvm_lock_waiters=vm.lock.waiters,
                 memslot_bytes=sum(m.size for m in vm.memslots.values()),
                 secure_bytes=cfg.secure.total if cfg is not None else 0,
                 old_secure_bytes=old,
             )
-
-
-class _VcpuLock:
-    """``vcpu->mutex``, counting the threads that wait for it (for checks)."""
-
-    def __init__(self, host: SimulatedHost, vcpu: _Vcpu) -> None:
-        self.host = host
-        self.vcpu = vcpu
-
-    def __enter__(self) -> None:
-        vcpu = self.vcpu
-        if vcpu.mutex.acquire(blocking=False):
-            return
-        with self.host._lock:
-            vcpu.waiters += 1
-        try:
-            vcpu.mutex.acquire()
-        finally:
-            with self.host._lock:
-                vcpu.waiters -= 1
-
-    def __exit__(self, *exc: object) -> None:
-        self.vcpu.mutex.release()
 
 
 __all__ = [

@@ -65,7 +65,8 @@ class SimVmInfo:
     spec 3.3 step 4).  ``secure_bytes``: secure for the current
     configuration; ``old_secure_bytes``: still secure for this VM's old
     configurations.  ``vcpu_mutex_waiters``: threads blocked on a vCPU mutex
-    (e.g. PREPARE waiting for a vCPU in KVM_RUN).
+    (e.g. PREPARE waiting for a vCPU in KVM_RUN); ``kvm_lock_waiters``:
+    threads blocked on ``kvm->lock`` (e.g. PERFORM waiting to detach).
     """
 
     vm_id: int
@@ -82,6 +83,7 @@ class SimVmInfo:
     protected_vcpus: int
     vcpus_in_run: int
     vcpu_mutex_waiters: int
+    kvm_lock_waiters: int
     memslot_bytes: int
     secure_bytes: int
     old_secure_bytes: int
