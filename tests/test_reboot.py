@@ -385,6 +385,42 @@ def test_verdict_charged_and_not_charged(mode: str, hierarchy: str) -> None:
         assert "kvmpv" not in Path("/proc/self/cgroup").read_text()
 
 
+@pytest.mark.parametrize("hierarchy", ["v1", "v2"])
+def test_perform_in_a_kworker_reads_not_charged(hierarchy: str) -> None:
+    """The verdict is not circular: with PERFORM's clearing on an unplaced
+    kernel-like thread (tests/_kworker.py), the async cycles read NOT charged
+    against the run's sync baseline, though the placed threads' own clocks and
+    the VM cgroup agree (both small) -- the old verdict said "charged" here."""
+    from _kworker import KworkerPerformHost
+
+    accounting_or_skip(hierarchy)
+    # PREPARE clears the low 64 MiB on the placed control thread, PERFORM the
+    # rest: at least 1 GiB keeps PREPARE's share under the not-charged band
+    # (at 256 MiB it was a quarter, and the cycle was honestly partly charged).
+    layout = sim_layout(max(GiB, sim_reboot_size()))
+    host = KworkerPerformHost()
+    try:
+        res = run_reboot(
+            sim_req(layout=layout, mode="both", hierarchy=hierarchy, warmup=1, host=host)
+        )
+    finally:
+        host.stop()
+    (a,) = [c for c in res.cycles if c.mode == "async"]
+    (s,) = [c for c in res.cycles if c.mode == "sync"]
+    assert s.verdict.outcome.value == "charged", s.verdict.reason
+    assert a.verdict.outcome.value == "not charged", a.verdict.reason
+    assert "ran outside them" in a.verdict.reason
+    # What the old verdict saw: the placed threads did little, and the cgroup
+    # agreed with them.
+    assert a.cleanup_cpu_ns < 0.2 * s.cleanup_cpu_ns, (a.cleanup_cpu_ns, s.cleanup_cpu_ns)
+    assert res.exit_code == 1
+
+
+def test_async_only_runs_say_their_verdict_has_no_baseline() -> None:
+    res = run_reboot(sim_req(mode="async"))
+    assert any("no sync cycle in this run" in n for n in res.notes), res.notes
+
+
 # --------------------------------------------------------------------------
 # CLI and JSON
 # --------------------------------------------------------------------------
