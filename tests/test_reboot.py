@@ -688,7 +688,8 @@ def test_an_image_the_uv_refuses_fails_the_run_naming_the_step(tmp_path: Path) -
     from kvmpv.pv import BootError
 
     data = bytearray(seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64))
-    data[0x15008] ^= 0xFF  # a payload byte: the digests no longer match
+    code = seimage.parse(bytes(data), "synthetic").components[0].addr
+    data[code + 8] ^= 0xFF  # a payload byte: the digests no longer match
     bad = tmp_path / "bad-se.img"
     bad.write_bytes(bytes(data))
     host = SimulatedHost()
