@@ -24,13 +24,19 @@ keeps it for QMP ``pmemsave``); KVM leaves a disabled wait to userspace as
 
 The image (``image()``): the layout of an s390 Linux kernel image, which is
 what both consumers read.  Offset 0 holds the short IPL PSW
-``0x00080000_80010000``; the code starts at 0x10000.  ``qemu-system-s390x
--kernel`` loads a non-ELF image at address 0 and starts at that PSW's address
-in 64-bit mode (``s390_ipl_realize``); s390-tools' stage3b (the loader inside
-an SE image made by ``pvimg create``) moves the kernel's bytes from 0x10000
-on to 0x10000 and starts the SE header's PSW, 64-bit at 0x10000 by default.
-Its parameter area (0x10400-0x10800, written only when a command line or
-initrd is given) is beyond the code.
+``0x00080000_80010000``; at 0x10000 a ``jg`` over the kernel header, at
+0x10008 the magic ``S390EP``, 0x10400-0x10800 left zero, the code from
+0x10800.  pvimg accepts a kernel only with ``S390EP`` at 0x10008 and a u64
+readable at 0x10430 (its maximum command-line size; 0 means the legacy 896)
+(s390-tools ``rust/pvimg/src/se_img_comps/kernel.rs``, ``check()`` and
+``read_max_kernel_cmdline_size()``: "No s390x Linux kernel provided"
+otherwise); stage3b panics on a kernel shorter than 0x10000 bytes
+(``rust/pvimg/boot/stage3b.c``), moves the bytes from 0x10000 on to 0x10000
+and starts the SE header's PSW, 64-bit at 0x10000 by default.
+``qemu-system-s390x -kernel`` loads a non-ELF image at address 0, starts at
+0x10000 in 64-bit mode, and once it sees ``S390EP`` writes the command line
+into the parameter area at 0x10480 (``KERN_PARM_AREA``, ``s390_ipl_realize``/
+``s390_ipl_load``): the code is beyond it.
 """
 
 from __future__ import annotations
@@ -64,6 +70,11 @@ SOURCE = """\
 	.text
 	.globl	_start
 _start:
+	jg	code			# over the kernel header, as arch/s390/boot/head.S
+	.org	0x8
+	.ascii	"S390EP"		# at 0x10008: "an s390 Linux kernel" to pvimg and QEMU
+	.org	0x800			# 0x10400-0x10800: the parameter area, left zero
+code:
 	llihl	%r1,0x0001		# r1 = 0x00000001_00000000 (EA)
 	oilh	%r1,0x8000		#    | 0x00000000_80000000 (BA): 64-bit mode
 	stg	%r1,0x1d0		# program-new PSW mask: disabled, 64-bit
@@ -85,8 +96,16 @@ wait_psw:
 image_end:
 """
 
+#: Offsets in the code (from ENTRY) of the kernel header's parts.
+S390EP_OFFSET = 0x8
+PARM_AREA = (0x400, 0x800)
+CODE_OFFSET = 0x800
+
 #: ``SOURCE``, assembled.  ``image_end`` is at ``len(CODE)``.
-CODE = bytes.fromhex(
+CODE = bytes.fromhex("c0f400000400")  # jg code (+0x800)
+CODE += bytes(S390EP_OFFSET - len(CODE)) + b"S390EP"
+CODE += bytes(CODE_OFFSET - len(CODE))  # the parameter area stays zero
+CODE += bytes.fromhex(
     "a51d0001"  # llihl %r1,1
     "a51a8000"  # oilh  %r1,0x8000
     "e31001d00024"  # stg   %r1,0x1d0

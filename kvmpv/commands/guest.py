@@ -13,11 +13,15 @@ kernel image (IPL PSW at 0, code at 0x10000), so
 
 On KVM the end is KVM_EXIT_S390_SIEIC with icptcode 0x1c.
 
+pvimg accepts it as its kernel ("S390EP" at 0x10008, a u64 at 0x10430:
+s390-tools rust/pvimg/src/se_img_comps/kernel.rs).
+
 --se-synthetic writes a SYNTHETIC Secure Execution image instead: the layout
-pvimg makes (stage3a's arguments, the IPL block of type PV, the SE header, the
-components) with the payload as its code component and a header only kvmpv's
-simulated Ultravisor accepts (plaintext, with digests it can recompute at
-VERIFY).  A real host refuses it; use pvimg with the host's key document there.
+pvimg makes (metadata at 0xc000, stage3a's arguments, the components, the SE
+header, the IPL block of type PV) with the payload as its code component and a
+header only kvmpv's simulated Ultravisor accepts (plaintext, with digests it
+can recompute at VERIFY).  A real host refuses it; use pvimg with the host's
+key document there.  'kvmpv image info FILE' shows what an image holds.
 """
 
 from __future__ import annotations
