@@ -5,7 +5,8 @@ The payload stores each 4 KiB page's own guest address (big-endian, the
 first 8 bytes of the page) into every page above its image, finding the end
 of memory by itself (the host never writes into a protected guest), then
 stops with a disabled wait at 0xfff.  The image has the layout of an s390
-kernel image (IPL PSW at 0, code at 0x10000), so
+Linux kernel image (IPL PSW at 0, a jump at 0x10000, "S390EP" at 0x10008, the
+parameter area 0x10400-0x10800 left free, code from 0x10800), so
 
   qemu-system-s390x -kernel FILE            boots it (TCG: the run ends as a
                                             guest shutdown), and
