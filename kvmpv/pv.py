@@ -230,7 +230,9 @@ class PvInfo:
         }
 
 
-def pv_info(vm: Vm, info_id: pv_cmd_info_id = pv_cmd_info_id.KVM_PV_INFO_VM) -> PvInfo:
+def pv_info(
+    vm: Vm, info_id: pv_cmd_info_id = pv_cmd_info_id.KVM_PV_INFO_VM, *, check: bool = True
+) -> PvInfo:
     """``KVM_PV_INFO`` (needs no protected configuration): query the Ultravisor.
 
     ``len_max`` is exactly header + the payload for ``info_id``; the kernel
@@ -244,8 +246,8 @@ def pv_info(vm: Vm, info_id: pv_cmd_info_id = pv_cmd_info_id.KVM_PV_INFO_VM) -> 
     info = kvm_s390_pv_info()
     info.header.id = int(info_id)
     info.header.len_max = ctypes.sizeof(kvm_s390_pv_info_header) + ctypes.sizeof(payload)
-    result = pv_cmd(vm, pv_cmd_id.KVM_PV_INFO, ctypes.addressof(info))
-    complete = info.header.len_written >= info.header.len_max
+    result = pv_cmd(vm, pv_cmd_id.KVM_PV_INFO, ctypes.addressof(info), check=check)
+    complete = result.ok and info.header.len_written >= info.header.len_max
     parsed_vm: Optional[PvInfoVm] = None
     parsed_dump: Optional[PvInfoDump] = None
     if complete and info_id == pv_cmd_info_id.KVM_PV_INFO_VM:
@@ -780,18 +782,35 @@ def load_image(vm: Vm, image: SeImage) -> None:
 def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> ProtectedBoot:
     """The host side of a protected boot, step by step as QEMU's ``s390_machine_protect()``.
 
-    ``KVM_PV_ENABLE`` (kvm_s390_pv_init_vm + cpus_to_pv), ``KVM_PV_SET_SEC_PARMS``
-    with the header (QEMU reads it from guest memory: ``s390_ipl_prepare_pv_header``),
-    one ``KVM_PV_UNPACK`` per IPL-block component (``s390_ipl_pv_unpack``: address,
-    page-aligned size, tweak prefix), ``KVM_PV_PREP_RESET``, ``KVM_PV_VERIFY``, then
-    the IPL CPU (the first of ``vcpus``) LOAD and OPERATING (``s390_cpu_load_normal``).
-    The other CPUs stay STOPPED, as in QEMU, until the guest starts them with SIGP
-    (kvmpv's payload does not): the image's loader must run on one CPU.  The
-    caller has reset the CPUs first, as QEMU does before protecting.
+    QEMU (``hw/s390x/s390-virtio-ccw.c``; the PV calls in ``hw/s390x/pv.c``
+    or ``target/s390x/kvm/pv.c``):
+
+    1. ``KVM_PV_ENABLE`` (``s390_pv_vm_enable()``; the kernel's
+       ``kvm_s390_pv_init_vm()`` + converting the vCPUs);
+    2. ``KVM_PV_INFO`` for ``KVM_PV_INFO_VM`` then ``KVM_PV_INFO_DUMP``, only
+       where ``KVM_CAP_S390_PROTECTED_DUMP`` exists (``s390_pv_query_info()``:
+       "Info API's first user is dump so they are bundled");
+    3. ``KVM_PV_SET_SEC_PARMS`` with the header, which QEMU reads from guest
+       memory at the IPL block's address (``s390_ipl_prepare_pv_header()``);
+    4. one ``KVM_PV_UNPACK`` per IPL-block component (``s390_ipl_pv_unpack()``:
+       address, page-aligned size, tweak prefix);
+    5. ``KVM_PV_VERIFY`` (``s390_pv_verify()``);
+    6. the IPL CPU (the first of ``vcpus``) LOAD and OPERATING
+       (``s390_do_cpu_load_normal()`` after ``s390_machine_protect()`` returns,
+       in ``s390_machine_reset()``'s ``S390_RESET_PV`` case).
+
+    No ``KVM_PV_PREP_RESET``: QEMU issues it only from
+    ``s390_pv_prepare_reset()``, for a diag 308 reset of a guest that is
+    already protected (after every CPU is STOPPED and ``KVM_PV_UNSHARE_ALL``).
+    The other CPUs stay STOPPED, as in QEMU, until the guest starts them with
+    SIGP (kvmpv's payload does not): the image's loader runs on one CPU.  The
+    caller has reset the CPUs first, as QEMU does before protecting (NORMAL
+    for the IPL CPU, CLEAR for the others).
 
     On a failing step the configuration is torn down again (``KVM_PV_DISABLE``,
-    as QEMU's error path) and ``BootError`` names the step, its rc/rrc and what
-    it means where the sources say.
+    as QEMU's ``out_err`` path through ``s390_machine_unprotect()``) and
+    ``BootError`` names the step, its rc/rrc and what it means where the
+    sources say.
     """
     boot = ProtectedBoot(image.label, image.synthetic)
     header = ctypes.create_string_buffer(image.header, image.header_size)
@@ -811,7 +830,13 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
                 pv_disable(vm, check=False)
             raise BootError(boot, rec)
 
+    def info(info_id: pv_cmd_info_id) -> Callable[[], Optional[PvResult]]:
+        return lambda: pv_info(vm, info_id, check=False).result
+
     step("ENABLE", lambda: pv_enable(vm, check=False))
+    if vm.kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED_DUMP):  # QEMU: kvm_s390_get_protected_dump()
+        step("INFO VM", info(pv_cmd_info_id.KVM_PV_INFO_VM))
+        step("INFO DUMP", info(pv_cmd_info_id.KVM_PV_INFO_DUMP))
     step(
         "SET_SEC_PARMS",
         lambda: pv_set_sec_parms(vm, ctypes.addressof(header), image.header_size, check=False),
@@ -821,7 +846,6 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
             f"UNPACK {i}",
             lambda c=comp: pv_unpack(vm, c.addr, c.size, c.tweak, check=False),  # type: ignore[misc]
         )
-    step("PREP_RESET", lambda: pv_prep_reset(vm, check=False))
     step("VERIFY", lambda: pv_verify(vm, check=False))
     boot.verified = True
 

@@ -356,15 +356,19 @@ def _unpack(ctx: CheckContext, vm: Vm, addr: int, size: int, tweak: int) -> Any:
 
 @check("protected_boot", spec="10.3", needs=(Need.PV_HOST,), needs_image=True)
 def check_protected_boot(ctx: CheckContext) -> None:
-    """An SE image boots as QEMU boots it: ENABLE, SET_SEC_PARMS, UNPACK each component,
-    PREP_RESET, VERIFY, LOAD, OPERATING; the guest runs to its end and its memory is secure.
+    """An SE image boots as QEMU's s390_machine_protect() boots it: ENABLE, INFO (VM, DUMP)
+    where KVM_CAP_S390_PROTECTED_DUMP exists, SET_SEC_PARMS, UNPACK each component, VERIFY
+    (no PREP_RESET: that is QEMU's diag 308 reset path), LOAD, OPERATING; the guest runs to
+    its end and its memory is secure.
     """
     guest = image_vm(ctx)
     booted = protected_boot(ctx, guest)
     ctx.check_true(booted.verified, "the image verified")
     names = [s.step for s in booted.steps]
     comps = [f"UNPACK {i}" for i in range(len(ctx.image.components))] if ctx.image else []
-    want = ["ENABLE", "SET_SEC_PARMS", *comps, "PREP_RESET", "VERIFY", "LOAD+OPERATING"]
+    dump = guest.vm.kvm.has_cap(uapi.KvmCap.KVM_CAP_S390_PROTECTED_DUMP)
+    info = ["INFO VM", "INFO DUMP"] if dump else []
+    want = ["ENABLE", *info, "SET_SEC_PARMS", *comps, "VERIFY", "LOAD+OPERATING"]
     ctx.check_eq(names, want, "boot steps in QEMU's order")
     run = guest.vcpus[0].s390_run()
     ctx.check_eq(int(run.psw_addr), s390guest.DONE_PSW_ADDR, "the payload's end (disabled wait)")
