@@ -45,6 +45,7 @@ from .closing import CompletionThread
 from .errors import KvmError, KvmpvError, PvCmdError, SyscallError, errno_name
 from .kvm import Vcpu, Vm
 from .runner import start_vcpu
+from .s390guest import GuestEnd, guest_end
 from .seimage import SeImage
 from .syscalls import set_thread_name, thread_comm
 from .uapi import (
@@ -730,6 +731,8 @@ class ProtectedBoot:
     synthetic: bool
     steps: list[BootStep] = field(default_factory=list)
     verified: bool = False
+    #: how the booted guest's run ended (``payload_end``), None until it did
+    end: Optional[GuestEnd] = None
 
     @property
     def seconds(self) -> float:
@@ -741,6 +744,7 @@ class ProtectedBoot:
             "synthetic": self.synthetic,
             "verified": self.verified,
             "steps": [s.to_dict() for s in self.steps],
+            "end": self.end.to_dict() if self.end is not None else None,
         }
 
 
@@ -760,6 +764,24 @@ class BootError(KvmError):
             f"{self.call} failed: errno {self.errno} ({errno_name(self.errno or 0)}) "
             f"{self.strerror}; {self.detail}"
         )
+
+
+class GuestEndError(KvmpvError):
+    """A booted image's guest ended, but not as the payload ends (FAIL, exit 1)."""
+
+
+def payload_end(boot: ProtectedBoot, vcpu: Vcpu) -> GuestEnd:
+    """Record how the booted guest ended; ``GuestEndError`` unless it was the payload's end.
+
+    A run counts as finished only by the payload's own end: stage3b ends a
+    failed boot in a disabled wait too (zipl ``libc_stop``), and so would any
+    other loader or kernel that stops, so "icptcode 0x1c" is not success.
+    """
+    end = guest_end(vcpu)
+    boot.end = end
+    if not end.ok:
+        raise GuestEndError(f"protected boot of {boot.image}: {end.describe()}")
+    return end
 
 
 def load_image(vm: Vm, image: SeImage) -> None:

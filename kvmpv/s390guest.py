@@ -49,8 +49,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import uapi
 from .errors import UsageError
-from .kvm import Vm
+from .kvm import Vcpu, Vm
 from .memory import GuestMemory
 from .runner import exit_name, run_until_finished
 
@@ -127,6 +128,86 @@ CODE += bytes.fromhex(
 
 #: The first page the payload writes: the page after ENTRY + len(CODE).
 FIRST_PAGE = -(-(ENTRY + len(CODE)) // PAGE_4K) * PAGE_4K
+
+
+#: zipl's ``libc_stop()`` (s390-tools ``zipl/boot/libc.c``), how stage3a/stage3b
+#: end a failed boot: a disabled-wait PSW, 31-bit, whose address is the error code.
+LOADER_STOP_MASK = 0x0002000080000000
+#: The boot loaders' error codes (s390-tools ``include/boot/error.h``).
+LOADER_ERRORS = {
+    0x4500: "EENABLE_DEV", 0x4501: "EDISABLE_DEV", 0x4502: "ESSCH", 0x4510: "EWRONGTYPE",
+    0x4511: "EINTERNAL", 0x4512: "ESECUREBOOT", 0x4607: "ENOPV", 0x4608: "EPV",
+}  # fmt: skip
+#: The PSW's wait bit (bit 14).
+PSW_MASK_WAIT = 1 << (63 - 14)
+
+
+@dataclass(frozen=True)
+class GuestEnd:
+    """How a guest's run ended, as the exit shows it: the record of every boot.
+
+    Only the payload's own end counts as finished: a disabled wait at 0xfff
+    (``DONE_PSW_ADDR``).  A boot loader's panic ends in a disabled wait too
+    (``LOADER_STOP_MASK``, address = error code), so "icptcode 0x1c" alone
+    cannot tell success from a failed boot.  For a protected CPU the PSW in
+    ``kvm_run`` is what ``store_regs()`` copies from the SIE block; whether
+    the Ultravisor puts the wait PSW's address there is for a real SE host to
+    confirm (docs/secure-execution.md): if not, the end is "unrecognised".
+    """
+
+    exit_reason: int
+    exit_name: str
+    icptcode: int
+    psw_mask: int
+    psw_addr: int
+
+    @property
+    def kind(self) -> str:
+        wait = (
+            self.exit_reason == uapi.KVM_EXIT_S390_SIEIC
+            and self.icptcode == uapi.ICPT_WAIT
+            and bool(self.psw_mask & PSW_MASK_WAIT)
+        )
+        if wait and self.psw_addr == DONE_PSW_ADDR:
+            return "payload"
+        if wait and self.psw_mask == LOADER_STOP_MASK:
+            return "loader-panic"
+        return "unrecognised"
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "payload"
+
+    def describe(self) -> str:
+        psw = f"PSW {self.psw_mask:016x} {self.psw_addr:016x}"
+        if self.kind == "payload":
+            return f"the payload's end (disabled wait at {DONE_PSW_ADDR:#x})"
+        if self.kind == "loader-panic":
+            name = LOADER_ERRORS.get(self.psw_addr, "unknown")
+            return (
+                f"boot loader panic (stage3b/zipl libc_stop), error code {self.psw_addr:#x} "
+                f"({name}); {psw}"
+            )
+        return f"not the payload's end: {self.exit_name}, icptcode {self.icptcode:#x}, {psw}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "exit": self.exit_name,
+            "icptcode": self.icptcode,
+            "psw_mask": f"{self.psw_mask:#018x}",
+            "psw_addr": f"{self.psw_addr:#x}",
+        }
+
+
+def guest_end(vcpu: Vcpu) -> GuestEnd:
+    """The end shown by ``vcpu``'s last exit (``kvm_run``: exit reason, SIEIC, PSW)."""
+    run = vcpu.s390_run()
+    reason = vcpu.exit_reason
+    return GuestEnd(
+        reason, exit_name(reason), int(run.s390_sieic.icptcode), int(run.psw_mask),
+        int(run.psw_addr),
+    )  # fmt: skip
 
 
 def image() -> bytes:
@@ -244,6 +325,9 @@ def vm_touch_memory(vm: Vm, memory: GuestMemory) -> S390TouchResult:
 __all__ = [
     "CODE",
     "ENTRY",
+    "GuestEnd",
+    "LOADER_STOP_MASK",
+    "guest_end",
     "FIRST_PAGE",
     "SOURCE",
     "S390TouchResult",

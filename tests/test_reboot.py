@@ -682,6 +682,9 @@ def test_every_cycle_boots_the_synthetic_image_and_says_so() -> None:
         assert all(s["ok"] for s in cyc["boot"]["steps"])
         uv = {s["rc"] for s in cyc["boot"]["steps"] if "rc" in s and not s["step"].startswith("INFO")}
         assert uv == {1}
+        # the stop PSW of every boot: the payload's own end
+        end = cyc["boot"]["end"]
+        assert (end["kind"], end["icptcode"], end["psw_addr"]) == ("payload", 0x1C, "0xfff")
         assert cyc["secure_memory"] is True and cyc["boot"]["synthetic"] is True
 
 
@@ -698,4 +701,19 @@ def test_an_image_the_uv_refuses_fails_the_run_naming_the_step(tmp_path: Path) -
     req = RebootRequest(backend="sim", layout=SMALL, cycles=1, se_image=str(bad), host=host)
     with pytest.raises(BootError, match=r"VERIFY failed.*rc 0x0102"):
         run_reboot(req)
+    assert host.open_fds() == 0
+
+
+def test_a_loader_panic_fails_the_run_naming_its_error_code() -> None:
+    """stage3b ends a failed boot in a disabled wait too: that is no success (FAIL, exit 1)."""
+    from kvmpv.pv import GuestEndError
+
+    host = SimulatedHost(loader_panic=0x4511)
+    req = RebootRequest(backend="sim", layout=SMALL, cycles=1, host=host)
+    with pytest.raises(GuestEndError) as info:
+        run_reboot(req)
+    msg = str(info.value)
+    assert "\n" not in msg and info.value.exit_code == 1
+    assert "boot loader panic" in msg and "error code 0x4511 (EINTERNAL)" in msg
+    assert "PSW 0002000080000000 0000000000004511" in msg
     assert host.open_fds() == 0

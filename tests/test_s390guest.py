@@ -106,6 +106,25 @@ def test_pvimg_accepts_the_payload_as_a_kernel() -> None:
     assert pvimg_kernel_refusal(b"\x7fELF" + img[4:]) == "Unexpected ELF file"
 
 
+@pytest.mark.parametrize(
+    "exit_reason, icpt, mask, addr, kind",
+    [
+        (13, 0x1C, 0x0002000180000000, 0xFFF, "payload"),
+        (13, 0x1C, 0x0002000080000000, 0x4511, "loader-panic"),  # stage3b panic(EINTERNAL)
+        (13, 0x1C, 0x0002000180000000, 0x5A3, "unrecognised"),  # another disabled wait
+        (13, 0x28, 0x0000000180000000, 0xFFF, "unrecognised"),  # a stop, no wait PSW
+        (2, 0, 0, 0xFFF, "unrecognised"),  # not an SIEIC exit
+    ],
+)
+def test_only_the_payloads_own_end_counts(
+    exit_reason: int, icpt: int, mask: int, addr: int, kind: str
+) -> None:
+    end = s390guest.GuestEnd(exit_reason, "x", icpt, mask, addr)
+    assert end.kind == kind and end.ok == (kind == "payload")
+    if kind == "loader-panic":
+        assert "error code 0x4511 (EINTERNAL)" in end.describe()
+
+
 def test_guest_command_writes_the_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "payload.img"
     assert main(["guest", "--arch", "s390x", "--out", str(out)]) == EXIT_OK

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import s390guest, uapi
+from ..s390guest import guest_end
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
 from ..pv import ProtectedBoot, PvResult, load_image, pv_cmd, s390_machine_protect
@@ -337,6 +338,8 @@ def protected_boot(ctx: CheckContext, guest: PvVm) -> ProtectedBoot:
     for step in booted.steps:
         ctx.diag(f"boot {step.step}: {step.to_dict()}")
     run_until_finished(guest.vcpus[0])
+    booted.end = guest_end(guest.vcpus[0])
+    ctx.diag(f"end: {booted.end.describe()}")
     return booted
 
 
@@ -370,8 +373,8 @@ def check_protected_boot(ctx: CheckContext) -> None:
     info = ["INFO VM", "INFO DUMP"] if dump else []
     want = ["ENABLE", *info, "SET_SEC_PARMS", *comps, "VERIFY", "LOAD+OPERATING"]
     ctx.check_eq(names, want, "boot steps in QEMU's order")
-    run = guest.vcpus[0].s390_run()
-    ctx.check_eq(int(run.psw_addr), s390guest.DONE_PSW_ADDR, "the payload's end (disabled wait)")
+    assert booted.end is not None
+    ctx.check_eq(booted.end.kind, "payload", f"how the guest ended: {booted.end.describe()}")
     if ctx.is_sim:
         info = sim_vm(ctx, guest.vm)
         ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")

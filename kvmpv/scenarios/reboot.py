@@ -55,6 +55,7 @@ from ..pv import (
     Unprotect,
     join_all_cleanups,
     load_image,
+    payload_end,
     pv_enable,
     s390_machine_protect,
     s390_machine_unprotect,
@@ -519,7 +520,11 @@ def run_reboot(req: RebootRequest, progress: Progress = None) -> RebootResult:
             say(f"protected boot of the {image.label}: {_steps_line(first)}")
             guest.resume()
             guest.wait_finished(req.boot_timeout_s)
-            say(f"guest booted (all memory secure) in {(time.monotonic_ns() - t0) / 1e9:.2f}s")
+            end = payload_end(first, vcpus[0])  # GuestEndError unless the payload's own end
+            say(
+                f"guest booted (all memory secure) in {(time.monotonic_ns() - t0) / 1e9:.2f}s, "
+                f"{end.describe()}"
+            )
         else:
             pv_enable(vm)
         for warmup, modes, records in (
@@ -677,6 +682,10 @@ def _reboot_once(
         rec.overlap_ns = 0
     if guest is not None:
         guest.wait_finished(req.boot_timeout_s)
+        if rec.boot is not None:
+            # Success is the payload's own end, not any disabled wait (a
+            # stage3b panic is one too): GuestEndError otherwise.
+            payload_end(rec.boot, vm.vcpus[0])
         rec.secure_memory = rec.boot is not None and rec.boot.verified
         rec.boot_ns = time.monotonic_ns() - t_ready
         rec.guest_cpu_ns = guest.cpu_ns() - guest_cpu0

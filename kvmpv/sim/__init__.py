@@ -245,6 +245,8 @@ PSW_MASK_64 = (1 << (63 - 31)) | (1 << (63 - 32))  # EA | BA: 64-bit addressing
 #: The PSW the simulated guest ends with, as the kvmpv s390x payload does: a
 #: disabled wait at 0xfff (QEMU's "special wait PSW", spec 10.4).
 PAYLOAD_DONE_PSW = (PSW_MASK_WAIT | PSW_MASK_64, 0xFFF)
+#: zipl's libc_stop() (s390-tools zipl/boot/libc.c): how stage3a/stage3b end a failed boot
+LOADER_STOP_MASK = 0x0002000080000000
 #: Where the Ultravisor starts a protected CPU on LOAD: the SE header's PSW
 #: (pvimg's default, 64-bit at 0x10000).  Without an image (the simulator has
 #: none yet) it is the payload's entry.
@@ -416,6 +418,14 @@ class SimulatedHost:
     * ``stage3b_sclp``: a booted SE image's guest first sets up the SCLP
       console, as pvimg's loader (stage3b) does, and waits for the service
       signal: userspace must answer through the SIDA (``kvmpv.runner``).
+    * ``loader_panic``: fault injection: the stand-in for stage3b, after its
+      SCLP call, ends the boot as stage3b's ``panic()`` does (zipl
+      ``libc_stop()``: a disabled wait, mask 0x0002000080000000, the address
+      the error code, e.g. 0x4511 EINTERNAL) instead of starting the payload.
+      What makes a real stage3b panic (its own arguments: a kernel shorter
+      than 0x10000 bytes, a command line too long or not NUL-terminated) is
+      not in a synthetic image; the injection shows that kvmpv tells that
+      end from the payload's.
     * ``pgste``: the calling process's page tables have PGSTEs (spec 10.1);
       without them every KVM_CREATE_VM is EINVAL, as on a real s390x host
       for a process that is not started through ``kvmpv-pgste``.
@@ -442,6 +452,7 @@ class SimulatedHost:
         cap_sys_admin: bool = True,
         pgste: bool = True,
         stage3b_sclp: bool = True,
+        loader_panic: Optional[int] = None,
         host_mem_limit: int = 1 << 42,
         max_vcpus: int = 248,
         clear_memory: bool = True,
@@ -460,6 +471,7 @@ class SimulatedHost:
         self.cap_sys_admin = cap_sys_admin
         self.pgste = pgste
         self.stage3b_sclp = stage3b_sclp
+        self.loader_panic = loader_panic
         self.sclp_answers: list[int] = []  # response codes userspace wrote into SCCBs
         self.host_mem_limit = host_mem_limit
         self.max_vcpus = max_vcpus
@@ -1309,6 +1321,10 @@ class SimulatedHost:
                     vcpu.sclp = "done"
                     with self._lock:
                         self.sclp_answers.append(int.from_bytes(vcpu.sida[6:8], "big"))
+                    if self.loader_panic is not None:
+                        # stage3b's panic(): zipl libc_stop(), error code as the address
+                        vcpu.psw = (LOADER_STOP_MASK, self.loader_panic)
+                        continue
                 progress = self._guest_import_slice(vcpu.vm, cfg)
                 if progress == "more":
                     self._pause_point("run:slice")
