@@ -427,7 +427,8 @@ def _checked(
     parsed = parse_header(data, source, hdr)
     if parsed.sehs != hdr_size:
         raise UsageError(
-            f"{source}: the IPL block says the header has {hdr_size} bytes, the header {parsed.sehs}"
+            f"{source}: the IPL block says the header has {hdr_size} bytes, "
+            f"the header says {parsed.sehs}"
         )
     for prev, comp in zip(comps, comps[1:]):
         if comp.tweak <= prev.tweak:
@@ -616,14 +617,14 @@ __all__ = [
     "Component",
     "KeySlot",
     "SeHeader",
-    "find_header",
-    "parse_header",
-    "read_file",
     "SeImage",
     "SyntheticHeader",
+    "find_header",
     "load",
     "page_digests",
     "parse",
+    "parse_header",
+    "read_file",
     "synthetic_header_fields",
     "synthetic_image",
 ]

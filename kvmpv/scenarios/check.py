@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import s390guest, uapi
-from ..s390guest import guest_end
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
 from ..pv import ProtectedBoot, PvResult, load_image, pv_cmd, s390_machine_protect
@@ -58,6 +57,7 @@ from ..runner import (
     serve_pv_sclp,
     start_vcpu,
 )
+from ..s390guest import guest_end
 from ..syscalls import ensure_kick_handler
 from ..uapi import KvmCap, pv_cmd_id
 from ._harness import (
@@ -123,6 +123,7 @@ class PvVm:
 def make_vm(
     ctx: CheckContext,
     *,
+    low_size: int = LOW_SIZE,
     high_size: int = HIGH_SIZE,
     vcpus: int = 1,
     mem_limit: Optional[int] = None,
@@ -134,7 +135,7 @@ def make_vm(
     if mem_limit is not None:
         # Only before the first vCPU (spec 3.10); QEMU sets it to the RAM size.
         vm.s390_set_mem_limit(mem_limit)
-    low = ctx.memory(LOW_SIZE)
+    low = ctx.memory(low_size)
     vm.mem_add(low, slot=0, gpa=LOW_GPA)
     high = None
     if high_size:
@@ -322,9 +323,19 @@ def check_s390_vcpu_protocol(ctx: CheckContext) -> None:
 # ---------------------------------------------------------------------------
 
 
-def image_vm(ctx: CheckContext, *, vcpus: int = 1) -> PvVm:
-    """A VM as for a protected boot, not yet protected, the SE image loaded at address 0."""
-    guest = make_vm(ctx, vcpus=vcpus, enable=False)
+def image_vm(ctx: CheckContext, *, vcpus: int = 1, sim_high: bool = False) -> PvVm:
+    """A VM as for a protected boot, not yet protected, the SE image loaded at address 0.
+
+    One memslot from 0, as QEMU gives a guest: the payload probes its memory
+    upwards, and a store into a hole below the highest memslot end would make
+    KVM_RUN fail with EINVAL (``__deliver_prog_pv()``, kvmpv.scenarios.reboot.layout_hole).
+    ``sim_high`` (simulator-only checks): the second slot at 2 GiB as well, so
+    that PERFORM has work; only the simulated guest can skip the hole
+    (``SimConfig.guest_skips_holes``).
+    """
+    if sim_high and not ctx.is_sim:
+        raise AssertionError("sim_high is for simulator-only checks")
+    guest = make_vm(ctx, vcpus=vcpus, high_size=HIGH_SIZE if sim_high else 0, enable=False)
     assert ctx.image is not None
     load_image(guest.vm, ctx.image)
     return guest
@@ -438,7 +449,7 @@ def check_unpack_outside(ctx: CheckContext) -> None:
     ctx.require_ok(ctx.pv(guest.vm, ENABLE))
     ret, rc, _ = _sec_parms(ctx, guest.vm, ctx.image.header_size)
     ctx.require(ret == 0, f"SET_SEC_PARMS of the image's header (rc {rc:#x})")
-    hole = LOW_GPA + LOW_SIZE  # between the low slot and the 2 GiB one
+    hole = LOW_GPA + LOW_SIZE  # above the one memslot
     ret, _, _ = _unpack(ctx, guest.vm, hole, 4096, 1 << 48)
     ctx.check_eq(errno_text(-ret), "EFAULT", f"UNPACK at {hole:#x}, outside the memslots")
 
@@ -451,7 +462,7 @@ def check_unpack_outside(ctx: CheckContext) -> None:
 def check_boot_while_perform(ctx: CheckContext) -> None:
     """A reboot as QEMU does it: boot, PREPARE, and the next protected boot runs to its end
     while PERFORM still tears the old configuration down."""
-    guest = image_vm(ctx)
+    guest = image_vm(ctx, sim_high=True)  # PERFORM needs pages above 2 GiB to hold
     protected_boot(ctx, guest)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
     gate = "perform:batch"
@@ -883,8 +894,9 @@ def check_rc_rrc(ctx: CheckContext) -> None:
 # ---------------------------------------------------------------------------
 
 
-#: Guest memory above 2 GiB for the real-kernel run of prepare_blocks_while_vcpu_in_run:
-#: enough that the protected guest is still importing pages when PREPARE comes.
+#: Guest memory above 2 GiB for the real-kernel run of prepare_blocks_while_vcpu_in_run
+#: (in one memslot from 0): enough that the protected guest is still importing pages
+#: when PREPARE comes.
 REAL_RUNNING_GUEST = 1 << 30
 
 
@@ -904,8 +916,10 @@ def check_prepare_blocks(ctx: CheckContext) -> None:
     says SKIP: it could not observe the wait).  The kick is QEMU's:
     ``immediate_exit`` and a signal to the vCPU thread.
     """
-    high = HIGH_SIZE if ctx.is_sim else REAL_RUNNING_GUEST
-    guest = make_vm(ctx, high_size=high, enable=False)
+    # One large memslot from 0 (a protected guest cannot run over a hole):
+    # on a real host 1 GiB above 2 GiB keeps the guest importing long enough.
+    low = LOW_SIZE if ctx.is_sim else 2 * GiB + REAL_RUNNING_GUEST
+    guest = make_vm(ctx, low_size=low, high_size=0, enable=False)
     assert ctx.image is not None
     load_image(guest.vm, ctx.image)
     vcpu = guest.vcpus[0]

@@ -426,6 +426,15 @@ class SimulatedHost:
       than 0x10000 bytes, a command line too long or not NUL-terminated) is
       not in a synthetic image; the injection shows that kvmpv tells that
       end from the payload's.
+    * ``guest_skips_holes``: the simulated guest of a protected VM touches
+      only memslot memory, as a guest that knows its memory map would.
+      Default False, the kernel's answer for kvmpv's payload (and any guest
+      that probes its memory upwards): its first store into a hole below the
+      highest memslot end is an addressing exception KVM would have to inject,
+      ``__deliver_prog_pv()`` refuses every program interruption but
+      specification and operand, and ``KVM_RUN`` fails with EINVAL.  True only
+      for the simulator's cost-model layouts (a little memory above 2 GiB
+      without allocating the 2 GiB below), and labelled so by their callers.
     * ``pgste``: the calling process's page tables have PGSTEs (spec 10.1);
       without them every KVM_CREATE_VM is EINVAL, as on a real s390x host
       for a process that is not started through ``kvmpv-pgste``.
@@ -453,6 +462,7 @@ class SimulatedHost:
         pgste: bool = True,
         stage3b_sclp: bool = True,
         loader_panic: Optional[int] = None,
+        guest_skips_holes: bool = False,
         host_mem_limit: int = 1 << 42,
         max_vcpus: int = 248,
         clear_memory: bool = True,
@@ -472,6 +482,7 @@ class SimulatedHost:
         self.pgste = pgste
         self.stage3b_sclp = stage3b_sclp
         self.loader_panic = loader_panic
+        self.guest_skips_holes = guest_skips_holes
         self.sclp_answers: list[int] = []  # response codes userspace wrote into SCCBs
         self.host_mem_limit = host_mem_limit
         self.max_vcpus = max_vcpus
@@ -1374,9 +1385,23 @@ class SimulatedHost:
         violations: list[tuple[_Config, int, int]] = []
         blocked = False
         with self._mm:
+            reached = 0  # guest memory contiguous from 0 that the guest walked through
             for ms in sorted(vm.memslots.values(), key=lambda m: m.gpa):
                 if budget <= 0:
                     break
+                if ms.gpa > reached and not self.guest_skips_holes:
+                    # The guest stores upwards: once everything below is
+                    # secure, its next store lands in the hole [reached,
+                    # ms.gpa), inside the UV's guest length (the end of the
+                    # highest memslot, kvm_s390_pv_alloc_vm()).  The gmap
+                    # fault finds no memslot; the addressing exception KVM
+                    # would inject is refused for a protected guest
+                    # (__deliver_prog_pv(): only specification and operand
+                    # exceptions), so KVM_RUN fails with EINVAL.
+                    if claimed or blocked:
+                        break  # first the memory below the hole
+                    raise _err(errno.EINVAL)
+                reached = max(reached, ms.gpa + ms.size)
                 for gs, ge in cfg.secure.gaps(ms.uaddr, ms.uaddr + ms.size):
                     if budget <= 0:
                         break
