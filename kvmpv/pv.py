@@ -683,15 +683,33 @@ def s390_machine_unprotect(
 # The protected boot (QEMU's s390_machine_protect(), spec 10.3)
 # --------------------------------------------------------------------------
 
-#: What an Ultravisor rc means at a boot step, where the sources say
-#: (or, marked, where it is inferred).
-BOOT_RC_MEANING: dict[tuple[str, int], str] = {
-    ("SET_SEC_PARMS", 0x0108): "the SE header was not made for this host's host-key document "
-    "(rc as QEMU's hint reads it; inference)",
-    ("UNPACK", UVC_RC_INV_STATE): "no secure parameters set yet: SET_SEC_PARMS must come first",
-    ("VERIFY", UVC_RC_INV_STATE): "no secure parameters set yet: SET_SEC_PARMS must come first",
-    ("VERIFY", 0x0102): "the unpacked image does not match the header's digests "
-    "(a component missing, or unpacked with another address or tweak; rc inferred)",
+#: What the Ultravisor's answers at boot mean, by (step, rc, rrc; None: any rrc):
+#: s390-tools rust/pvimg/boot/stage3a.c ``enum UV_RC`` (docs/secure-execution.md).
+_DIGEST = "the unpacked image does not match the header's digests: "
+_NO_PARMS = "no secure parameters set yet: SET_SEC_PARMS must come first"
+BOOT_RC_MEANING: dict[tuple[str, int, Optional[int]], str] = {
+    ("SET_SEC_PARMS", 0x0104, None): "SE header version not supported",
+    ("SET_SEC_PARMS", 0x0106, None): "plaintext control flags not supported",
+    ("SET_SEC_PARMS", 0x0108, 0x05): "no key slot for this machine's host key: the SE header "
+    "was not made for this host's host-key document",
+    ("SET_SEC_PARMS", 0x0108, 0x0B): "the header's customer ECDH key is invalid",
+    ("SET_SEC_PARMS", 0x0108, 0x34): "backup host keys are not allowed",
+    ("SET_SEC_PARMS", 0x0108, None): "host-key hash: the SE header was not made for this host",
+    ("SET_SEC_PARMS", 0x0109, None): "secret control flags not supported",
+    ("SET_SEC_PARMS", 0x010A, None): "the SE header is corrupt (integrity check failed)",
+    ("UNPACK", UVC_RC_INV_STATE, None): _NO_PARMS,
+    ("VERIFY", UVC_RC_INV_STATE, None): _NO_PARMS,
+    **{
+        (step, 0x0102, rrc): _DIGEST + what
+        for step in ("UNPACK", "VERIFY")
+        for rrc, what in (
+            (0x1A, "address list digest (ALD) mismatch (a component at another address)"),
+            (0x1B, "page list digest (PLD) mismatch (a component's content differs)"),
+            (0x1C, "tweak list digest (TLD) mismatch (a component with another tweak)"),
+            (0x1D, "page count mismatch (a component missing or of another size)"),
+            (None, "mismatch"),
+        )
+    },
 }
 BOOT_ERRNO_MEANING: dict[tuple[str, int], str] = {
     ("SET_SEC_PARMS", errno.ENOMEM): "a zero-length header (the kernel's vmalloc(0)), "
@@ -843,8 +861,10 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
         rec = BootStep(name, res, time.monotonic() - t0)
         if res is not None and not res.ok:
             key = name.split()[0]
-            rec.meaning = BOOT_RC_MEANING.get((key, res.rc), "") or BOOT_ERRNO_MEANING.get(
-                (key, res.errno), ""
+            rec.meaning = (
+                BOOT_RC_MEANING.get((key, res.rc, res.rrc))
+                or BOOT_RC_MEANING.get((key, res.rc, None))
+                or BOOT_ERRNO_MEANING.get((key, res.errno), "")
             )
         boot.steps.append(rec)
         if not rec.ok:

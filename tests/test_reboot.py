@@ -707,7 +707,7 @@ def test_an_image_the_uv_refuses_fails_the_run_naming_the_step(tmp_path: Path) -
     bad.write_bytes(bytes(data))
     host = sim_host()
     req = RebootRequest(backend="sim", layout=SMALL, cycles=1, se_image=str(bad), host=host)
-    with pytest.raises(BootError, match=r"VERIFY failed.*rc 0x0102"):
+    with pytest.raises(BootError, match=r"VERIFY failed.*rc 0x0102 rrc 0x001b.*\(PLD\)"):
         run_reboot(req)
     assert host.open_fds() == 0
 

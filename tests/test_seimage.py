@@ -350,9 +350,14 @@ def _vm(host: SimulatedHost) -> tuple[Kvm, object, GuestMemory]:
 
 
 def _raw(vm: object, cmd: int, data: int = 0) -> tuple[int, int]:
+    ret, rc, _ = _raw3(vm, cmd, data)
+    return ret, rc
+
+
+def _raw3(vm: object, cmd: int, data: int = 0) -> tuple[int, int, int]:
     arg = uapi.kvm_pv_cmd(cmd=cmd, data=data)
     ret = vm.pv_ioctl(arg)  # type: ignore[attr-defined]
-    return ret, int(arg.rc)
+    return ret, int(arg.rc), int(arg.rrc)
 
 
 def test_protected_boot_on_the_simulator() -> None:
@@ -404,9 +409,10 @@ def test_refusals_in_the_kernel_and_uv_order() -> None:
         assert parms(len(IMAGE.header)) == (0, 1)
         assert unpack(c0.addr, c0.tweak) == (0, 1)
         verify = int(uapi.pv_cmd_id.KVM_PV_VERIFY)
-        assert _raw(vm, verify) == (-errno.EINVAL, 0x0102)  # one component missing
+        # stage3a's enum UV_RC: 0x102 with rrc 0x1d page count, 0x1c TLD, 0x1a ALD
+        assert _raw3(vm, verify) == (-errno.EINVAL, 0x0102, 0x1D)  # one component missing
         assert unpack(c1.addr, c1.tweak + 1) == (0, 1)  # unpacked with another tweak
-        assert _raw(vm, verify) == (-errno.EINVAL, 0x0102)
+        assert _raw3(vm, verify) == (-errno.EINVAL, 0x0102, 0x1C)
     finally:
         vm.close()  # type: ignore[attr-defined]
         kvm.close()
@@ -427,7 +433,8 @@ def test_a_real_header_is_refused_as_not_for_this_host() -> None:
         with pytest.raises(BootError) as info:
             s390_machine_protect(vm, image, [vcpu])  # type: ignore[arg-type]
         msg = str(info.value)
-        assert "SET_SEC_PARMS" in msg and "rc 0x0108" in msg and "not made for this host" in msg
+        assert "SET_SEC_PARMS" in msg and "rc 0x0108 rrc 0x0005" in msg
+        assert "no key slot for this machine's host key" in msg
         assert not host.vm_info(vm.fd).protected  # type: ignore[attr-defined]  # torn down again
     finally:
         vm.close()  # type: ignore[attr-defined]
@@ -459,3 +466,50 @@ def test_boot_checks_pass_and_fail_on_a_permissive_uv() -> None:
     )
     wrong = chk.run_checks(req, stream=io.StringIO())
     assert [c.status for c in wrong.results] == [Status.FAIL] * len(BOOT_CHECKS), wrong.ktap()
+
+
+def _boot_error(data: bytes) -> str:
+    image = seimage.parse(data, "tampered")
+    host = SimulatedHost()
+    kvm, vm, mem = _vm(host)
+    try:
+        vcpu = vm.vcpu_add(0)  # type: ignore[attr-defined]
+        load_image(vm, image)  # type: ignore[arg-type]
+        with pytest.raises(BootError) as info:
+            s390_machine_protect(vm, image, [vcpu])  # type: ignore[arg-type]
+        return str(info.value)
+    finally:
+        vm.close()  # type: ignore[attr-defined]
+        kvm.close()
+        mem.close()
+
+
+def test_tampered_images_fail_verify_with_the_rrc_naming_the_digest() -> None:
+    """A flipped byte in a component: PLD (0x1b); the IPL block's components swapped (unpacked
+    at each other's place in the digests' order): ALD (0x1a)."""
+    code = IMAGE.components[0].addr
+    flipped = _broken(code + 8, bytes([DATA[code + 8] ^ 0xFF]))
+    msg = _boot_error(flipped)
+    assert "VERIFY failed" in msg and "rc 0x0102 rrc 0x001b" in msg and "(PLD)" in msg
+    c = IMAGE.ipib_offset + 0x88
+    swapped = _broken(c, DATA[c + 24 : c + 48] + DATA[c : c + 24])
+    with pytest.raises(UsageError, match="tweak prefixes do not grow"):
+        seimage.parse(swapped, "swapped")  # kvmpv's parser refuses it already; the UV too:
+    image = IMAGE
+    reordered = seimage.SeImage(
+        image.data, image.args_offset, image.header_offset, image.header_size,
+        image.ipib_offset, image.components[::-1], False, "swapped", image.layout,
+        image.parsed_header,
+    )  # fmt: skip
+    host = SimulatedHost()
+    kvm, vm, mem = _vm(host)
+    try:
+        vcpu = vm.vcpu_add(0)  # type: ignore[attr-defined]
+        load_image(vm, reordered)  # type: ignore[arg-type]
+        with pytest.raises(BootError) as info:
+            s390_machine_protect(vm, reordered, [vcpu])  # type: ignore[arg-type]
+        assert "rc 0x0102 rrc 0x001a" in str(info.value) and "(ALD)" in str(info.value)
+    finally:
+        vm.close()  # type: ignore[attr-defined]
+        kvm.close()
+        mem.close()

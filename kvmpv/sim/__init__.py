@@ -213,11 +213,13 @@ UV_GUEST_CPU_STOR_LEN = 0x1000
 UV_CONF_DUMP_STORAGE_STATE_LEN = 0x80  # per 1 MiB of guest storage
 UV_CONF_DUMP_FINALIZE_LEN = 0x1000
 SE_HDR_MAX = 2 * PAGE_SIZE  # KVM_PV_SET_SEC_PARMS limit in the 6.x kernels (spec 2.3)
-#: SET_SEC_PARMS with a header not made for this host's key: the rc QEMU's
-#: hint calls "not for this host" (inference, spec 10.3).
+#: The UV's boot answers (s390-tools rust/pvimg/boot/stage3a.c, enum UV_RC):
+#: 0x108 host-key hash, rrc 0x05 no key slot for this machine's host key.
 UV_RC_HDR_NOT_FOR_HOST = 0x0108
-#: VERIFY of an image that does not match its header (inference: not in the sources read).
+UV_RRC_NO_KEY_SLOT = 0x05
+#: 0x102 UNPACK/VERIFY mismatch, the rrc naming what: ALD, PLD, TLD, page count.
 UV_RC_VERIFY_MISMATCH = 0x0102
+UV_RRC_ALD, UV_RRC_PLD, UV_RRC_TLD, UV_RRC_PAGE_COUNT = 0x1A, 0x1B, 0x1C, 0x1D
 
 #: Names of the debugging gates (``pause_at``).
 PAUSE_POINTS = frozenset(
@@ -1788,12 +1790,13 @@ class SimulatedHost:
             return -errno.EFAULT  # copy_from_user of the header
         header = ctypes.string_at(origin, length)
         # The simulated UV accepts only kvmpv's synthetic header (it has no host
-        # key to open a real one).  A real header is refused as one made for
-        # another host: rc 0x108, which QEMU reports as "not for this host"
-        # (inference from QEMU's hint text, spec 10.3).
+        # key to open a real one).  A real header has no key slot for the
+        # simulated machine's host key: rc 0x108 rrc 0x05 (stage3a's enum UV_RC).
         fields = seimage.synthetic_header_fields(header)
         fail = None if fields is not None else UV_RC_HDR_NOT_FOR_HOST
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail)
+        cc, out.rc, out.rrc = self._uv(
+            UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail, fail_rrc=UV_RRC_NO_KEY_SLOT
+        )
         if cc:
             return -errno.EINVAL  # kvm_s390_pv_set_sec_parms(): cc ? -EINVAL : 0
         cfg.sec_parms = True
@@ -1836,34 +1839,47 @@ class SimulatedHost:
         and the digests of the unpacked pages' contents, addresses and
         tweaks, in the order they were unpacked -- so a VERIFY before every
         component was unpacked, or after one was unpacked with a wrong
-        tweak or address, fails.  The rc for a mismatch is not in the sources
-        read (inference: rc 0x0102, the UV's generic "verification failed").
+        tweak or address, fails: rc 0x0102 with the rrc naming the mismatch
+        (stage3a's enum UV_RC: 0x1a ALD, 0x1b PLD, 0x1c TLD, 0x1d page
+        count).  Which one the UV reports when several differ is not in the
+        sources; the simulator checks page count, ALD, TLD, then PLD.
         """
         cfg = vm.config
         if cfg is None:
             return -errno.EINVAL
         fail = None if cfg.sec_parms else uapi.UVC_RC_INV_STATE
-        if fail is None and cfg.header is not None and not self._image_matches(vm, cfg):
-            fail = UV_RC_VERIFY_MISMATCH
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_VERIFY_IMG, cfg.handle, fail_rc=fail)
+        rrc = 0
+        if fail is None and cfg.header is not None:
+            rrc = self._image_mismatch(vm, cfg)
+            fail = UV_RC_VERIFY_MISMATCH if rrc else None
+        cc, out.rc, out.rrc = self._uv(UVC_CMD_VERIFY_IMG, cfg.handle, fail_rc=fail, fail_rrc=rrc)
         if cc:
             return -errno.EINVAL  # uv_cmd_nodata(): cc ? -EINVAL : 0
         cfg.verified = True
         return 0
 
-    def _image_matches(self, vm: _Vm, cfg: _Config) -> bool:
+    def _image_mismatch(self, vm: _Vm, cfg: _Config) -> int:
+        """0 if the unpacked pages match the header, else the rrc naming the first mismatch."""
         hdr = cfg.header
         assert hdr is not None
         parts: list[tuple[bytes, int, int]] = []
         for gpa, size, tweak in cfg.unpacked:
             ranges = self._gpa_to_host(vm, gpa, size)
             if ranges is None:
-                return False
+                return UV_RRC_PAGE_COUNT
             content = b"".join(ctypes.string_at(s, e - s) for s, e in ranges)
             parts.append((content, gpa, tweak))
         pages = sum(size for _, size, _ in cfg.unpacked) // PAGE_SIZE
-        digests = seimage.page_digests(parts)
-        return pages == hdr.pages and digests == (hdr.pld, hdr.ald, hdr.tld)
+        pld, ald, tld = seimage.page_digests(parts)
+        for bad, rrc in (
+            (pages != hdr.pages, UV_RRC_PAGE_COUNT),
+            (ald != hdr.ald, UV_RRC_ALD),
+            (tld != hdr.tld, UV_RRC_TLD),
+            (pld != hdr.pld, UV_RRC_PLD),
+        ):
+            if bad:
+                return rrc
+        return 0
 
     def _pv_prep_reset(self, vm: _Vm, data: int, out: _Out) -> int:
         cfg = vm.config
@@ -2213,14 +2229,20 @@ class SimulatedHost:
             return entry[0], entry[1]
 
     def _uv(
-        self, cmd: int, handle: int, *, pages: int = 0, fail_rc: Optional[int] = None
+        self,
+        cmd: int,
+        handle: int,
+        *,
+        pages: int = 0,
+        fail_rc: Optional[int] = None,
+        fail_rrc: int = 0,
     ) -> tuple[int, int, int]:
-        """One UV call: (cc, rc, rrc).  Injected failures first, then ``fail_rc``."""
+        """One UV call: (cc, rc, rrc).  Injected failures first, then ``fail_rc``/``fail_rrc``."""
         fail = self._take_injection(cmd)
         if fail is not None:
             cc, rc, rrc = 1, fail[0], fail[1]
         elif fail_rc is not None:
-            cc, rc, rrc = 1, fail_rc, 0
+            cc, rc, rrc = 1, fail_rc, fail_rrc
         else:
             cc, rc, rrc = 0, uapi.UVC_RC_EXECUTED, 0
         self._log(cmd, handle, cc, rc, rrc, pages)
