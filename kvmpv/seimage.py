@@ -41,20 +41,22 @@ Anything else is refused with one line naming what was looked for.  A file
 is refused before it is read if it is not a regular file (``/dev/zero``
 would be read forever) or larger than ``MAX_IMAGE_BYTES``.
 
+An image kvmpv builds (``se_image()``; ``kvmpv guest --se-image``) has
+pvimg's layout and real cryptography (``kvmpv.sehdr``): a key slot per host
+key, the encrypted header part, AES-XTS pages, pld/ald/tld over the
+encrypted pages; kvmpv's payload is its code component, started directly by
+the header's PSW (no stage3a/stage3b runs: kvmpv does the host side itself).
 A *synthetic* image (``synthetic_image()``, ``kvmpv guest --se-synthetic``)
-has pvimg's layout with kvmpv's payload as its code component and a header
-the simulated Ultravisor accepts in place of an encrypted one: the real head
-(magic, version, size, page count, ``pcf`` with "no decryption", the real
-pld/ald/tld definitions over the plaintext pages), the marker
-``SYNTHETIC_IV`` where a real header has its GCM IV, no key slot, and the
-"encrypted" area in the clear (the initial PSW at its real place).  A real
-host refuses it (no key slot for its host key); it is labelled synthetic
-wherever it appears.  Data only: no I/O beyond ``load()`` reading a file.
+is one made for the FAKE host key of the simulated machine
+(``sehdr.fake_host_key()``), deterministic, and labelled synthetic wherever it
+appears; a real host refuses it (rc 0x108 rrc 0x05).  Data only: no I/O
+beyond ``read_file()`` reading a file.
 """
 
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import os
 import stat
@@ -65,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from . import sehdr
 from .errors import UsageError
 
 PAGE = 4096
@@ -73,10 +76,6 @@ PV_MAGIC = 0x49424D5365634578
 PV_VERSION_1 = 0x100
 #: ``IPL_TYPE_PV`` / QEMU's ``S390_IPL_TYPE_PV``
 IPL_TYPE_PV = 5
-#: ``PV_PCF_NO_DECRYPTION``: the Ultravisor does not decrypt at UNPACK
-PV_PCF_NO_DECRYPTION = 1 << 28
-#: Stand-in for the GCM IV: what marks a header as kvmpv's synthetic one.
-SYNTHETIC_IV = b"kvmpv-synth\x00"
 #: pvimg's image metadata (``SeImgMetaData``: at stage3a's BSS, 0xc000).
 META_OFFSET = 0xC000
 META_MAGIC = b"SeImgLnx"
@@ -108,8 +107,6 @@ TAG_SIZE = 16
 #: The encrypted area of a V1 header without optional items: CCK 32, XTS key
 #: 64, PSW 16, scf 8, noi 4, reserved 4 (``SeHdrConfV1``).
 SEA_V1 = 32 + 64 + 16 + 8 + 4 + 4
-_PSW_OFFSET = _HEAD.size + 96  # in a synthetic header (no key slots)
-SYNTHETIC_HEADER_SIZE = _HEAD.size + SEA_V1 + TAG_SIZE
 #: pvimg's component kinds (``ComponentKind``): the tweak prefix's first u16.
 COMP_KERNEL, COMP_CMDLINE = 40, 60
 #: The tweak prefixes of the synthetic components: pvimg's format (kind u16,
@@ -247,17 +244,6 @@ class SeImage:
                 for c in self.components
             ],
         }
-
-
-@dataclass(frozen=True)
-class SyntheticHeader:
-    """The fields of a synthetic header the simulated Ultravisor uses."""
-
-    pages: int  # nep
-    pld: bytes
-    ald: bytes
-    tld: bytes
-    psw: tuple[int, int]
 
 
 def _u64(data: bytes, off: int) -> int:
@@ -438,7 +424,7 @@ def _checked(
             raise UsageError(
                 f"{source}: component at {comp.addr:#x} (+{comp.size:#x}) is not in the image"
             )
-    synthetic = data[hdr + 16 : hdr + 28] == SYNTHETIC_IV
+    synthetic = any(k.phkh == fake_phkh() for k in parsed.keyslots)
     return SeImage(data, args, hdr, hdr_size, ipib, comps, synthetic, source, layout, parsed)
 
 
@@ -504,27 +490,30 @@ def page_digests(parts: Sequence[tuple[bytes, int, int]]) -> tuple[bytes, bytes,
     """
     pld, ald, tld = hashlib.sha512(), hashlib.sha512(), hashlib.sha512()
     for content, addr, tweak in parts:
-        n = len(content) // PAGE
+        addrs, tweaks = page_lists(len(content), addr, tweak)
         pld.update(content)
-        ald.update(_be_words(range(addr, addr + n * PAGE, PAGE)))
-        offsets = array.array("Q", range(0, n * PAGE, PAGE))
-        pairs = array.array("Q", [tweak]) * (2 * n)
-        pairs[1::2] = offsets
-        if sys.byteorder != "big":
-            pairs.byteswap()
-        tld.update(pairs.tobytes())
+        ald.update(addrs)
+        tld.update(tweaks)
     return pld.digest(), ald.digest(), tld.digest()
 
 
-def synthetic_header_fields(header: bytes) -> Optional[SyntheticHeader]:
-    """The simulated UV's view of a header: None unless it is a synthetic one."""
-    if len(header) < SYNTHETIC_HEADER_SIZE or header[16:28] != SYNTHETIC_IV:
-        return None
-    head = _HEAD.unpack_from(header)
-    if head[0] != PV_MAGIC or head[5] != 0:  # magic; no key slots
-        return None
-    psw = (_u64(header, _PSW_OFFSET), _u64(header, _PSW_OFFSET + 8))
-    return SyntheticHeader(pages=head[7], pld=head[10], ald=head[11], tld=head[12], psw=psw)
+def page_lists(length: int, addr: int, tweak: int, offset: int = 0) -> tuple[bytes, bytes]:
+    """The ald and tld input of ``length`` bytes of pages at ``addr`` with ``tweak``, the
+    first page ``offset`` bytes into its component: big-endian u64 addresses, 16-byte
+    tweaks (prefix, offset); built as arrays."""
+    n = length // PAGE
+    offsets = array.array("Q", range(offset, offset + n * PAGE, PAGE))
+    pairs = array.array("Q", [tweak]) * (2 * n)
+    pairs[1::2] = offsets
+    if sys.byteorder != "big":
+        pairs.byteswap()
+    return _be_words(range(addr, addr + n * PAGE, PAGE)), pairs.tobytes()
+
+
+@functools.cache
+def fake_phkh() -> bytes:
+    """The key-slot hash of the simulated machine's FAKE host key (``sehdr.fake_host_key``)."""
+    return sehdr.phkh(sehdr.fake_host_key().public_key())
 
 
 def _page_up(n: int) -> int:
@@ -548,18 +537,48 @@ def _ipib_bytes(comps: Sequence[tuple[int, int, int]], hdr_addr: int, hdr_size: 
     return bytes(blk)
 
 
-def synthetic_image(payload: bytes, entry_psw_mask: int, layout: str = "pvimg") -> bytes:
-    """An SE image with pvimg's (or genprotimg's) layout and a synthetic header.
+def _keys(seed: Optional[bytes]) -> tuple[Any, bytes, bytes, bytes, bytes]:
+    """(customer key, protection key, XTS key, CCK, IV): random as pvimg makes them, or,
+    for the synthetic image, derived from ``seed`` so that it is the same every time."""
+    if seed is None:
+        from cryptography.hazmat.primitives.asymmetric import ec
 
+        customer = ec.generate_private_key(ec.SECP521R1())
+        return customer, os.urandom(32), os.urandom(64), os.urandom(32), os.urandom(12)
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def part(name: bytes, n: int) -> bytes:
+        return hashlib.shake_256(seed + name).digest(n)
+
+    customer = ec.derive_private_key(int.from_bytes(part(b"cust", 64), "big"), ec.SECP521R1())
+    xts = part(b"xts", 64)
+    if xts[:32] == xts[32:]:  # XTS refuses two equal key halves
+        raise ValueError("seed")
+    return customer, part(b"prot", 32), xts, part(b"cck", 32), part(b"iv", 12)
+
+
+#: What the synthetic image's keys are derived from (it is FAKE: see sehdr).
+SYNTHETIC_SEED = b"kvmpv synthetic SE image for the FAKE host key"
+
+
+def se_image(
+    payload: bytes, entry_psw_mask: int, hosts: Sequence[Any], layout: str = "pvimg",
+    *, seed: Optional[bytes] = None,
+) -> bytes:  # fmt: skip
+    """An SE image with pvimg's (or genprotimg's) layout around ``payload``, for ``hosts``.
+
+    ``hosts``: the host public keys (EC P-521) that get a key slot.
     Components: the payload (position independent: it runs where it was
-    unpacked) and one page of zeros standing for an empty command line.  The
-    header's initial PSW starts the payload; the stand-in for stage3a, never
-    run by kvmpv, is a disabled wait.  ``layout="genprotimg"`` writes the
-    older C tool's layout (IPL block at 0x13000, header at 0x14000, no
-    metadata), for the parser's tests.
+    unpacked, started by the header's PSW) and one page of zeros standing
+    for an empty command line, each encrypted with AES-XTS.  The stand-in
+    for stage3a, never run by kvmpv, is a disabled wait.
+    ``layout="genprotimg"`` writes the older C tool's layout (IPL block at
+    0x13000, header at 0x14000, no metadata), for the parser's tests.
     """
     if layout not in ("pvimg", "genprotimg"):
         raise ValueError(layout)
+    customer, prot_key, xts, cck, iv = _keys(seed)
+    hdr_size = _HEAD.size + KEYSLOT_SIZE * len(hosts) + SEA_V1 + TAG_SIZE
     old = layout == "genprotimg"
     code_pages = -(-len(payload) // PAGE)
     first = GENPROTIMG_HEADER_OFFSET + PAGE if old else COMPONENTS_OFFSET
@@ -570,11 +589,11 @@ def synthetic_image(payload: bytes, entry_psw_mask: int, layout: str = "pvimg") 
         ipib_off, hdr_off = GENPROTIMG_IPIB_OFFSET, GENPROTIMG_HEADER_OFFSET
         end = comp_addrs[1] + PAGE
         args = ipib_off - ARGS_SIZE  # stage3a ends just below the IPL block
-        ipib = _ipib_bytes(comps, 0, SYNTHETIC_HEADER_SIZE, PAGE)  # genprotimg: len >= a page
+        ipib = _ipib_bytes(comps, 0, hdr_size, PAGE)  # genprotimg: len >= a page
     else:
         hdr_off = comp_addrs[1] + PAGE  # appended after the components (add_sehdr)
-        ipib_off = _page_up(hdr_off + SYNTHETIC_HEADER_SIZE)  # then the IPL block (add_ipib)
-        ipib = _ipib_bytes(comps, hdr_off, SYNTHETIC_HEADER_SIZE, 0x88 + 24 * len(comps))
+        ipib_off = _page_up(hdr_off + hdr_size)  # then the IPL block (add_ipib)
+        ipib = _ipib_bytes(comps, hdr_off, hdr_size, 0x88 + 24 * len(comps))
         end = ipib_off + len(ipib)
         args = COMPONENTS_OFFSET - ARGS_SIZE  # stage3a's last 24 bytes
     image = bytearray(end)
@@ -583,34 +602,41 @@ def synthetic_image(payload: bytes, entry_psw_mask: int, layout: str = "pvimg") 
     image[STAGE3A_LOAD : STAGE3A_LOAD + 6] = bytes.fromhex("c0f400000800")
     # stage3a stand-in: "larl %r1,psw; lpswe 0(%r1)", nopr fill, then a disabled-wait PSW
     # at 0x5a3 (unprotected under QEMU it ends as a guest panic, never as the payload's
-    # shutdown: a synthetic image boots only through kvmpv's host-side protected boot)
+    # shutdown: such an image boots only through kvmpv's host-side protected boot)
     image[STAGE3A_ENTRY : STAGE3A_ENTRY + 32] = bytes.fromhex(
         "c01000000008b2b21000070707070707"  # larl, lpswe, nopr x3
         "0002000180000000"
         "00000000000005a3"  # the PSW: disabled wait, 64-bit, 0x5a3
     )
-    image[comp_addrs[0] : comp_addrs[0] + len(payload)] = payload
+    plain = bytearray(comp_addrs[1] + PAGE)
+    plain[comp_addrs[0] : comp_addrs[0] + len(payload)] = payload
+    for tweak, addr, size in comps:  # the components, encrypted page by page
+        image[addr : addr + size] = sehdr.xts_pages(
+            xts, bytes(plain[addr : addr + size]), tweak, encrypt=True
+        )
     image[ipib_off : ipib_off + len(ipib)] = ipib
     # stage3a's arguments, relative to their own address
-    image[args : args + ARGS_SIZE] = struct.pack(
-        ">QQQ", hdr_off - args, SYNTHETIC_HEADER_SIZE, ipib_off - args
-    )
+    image[args : args + ARGS_SIZE] = struct.pack(">QQQ", hdr_off - args, hdr_size, ipib_off - args)
     if not old:
         image[META_OFFSET : META_OFFSET + _META.size] = _META.pack(
             META_MAGIC, hdr_off, META_VERSION_1, ipib_off
         )
-    # the header
+    # the header: digests over the encrypted pages
     parts = [(bytes(image[a : a + s]), a, t) for t, a, s in comps]
-    pld, ald, tld = page_digests(parts)
-    head = _HEAD.pack(
-        PV_MAGIC, PV_VERSION_1, SYNTHETIC_HEADER_SIZE, SYNTHETIC_IV, 0, 0, SEA_V1,
-        sum(comp_sizes) // PAGE, PV_PCF_NO_DECRYPTION, bytes(160), pld, ald, tld,
+    header = sehdr.build_header(
+        hosts=hosts, customer=customer, prot_key=prot_key, iv=iv,
+        nep=sum(comp_sizes) // PAGE, pcf=0, digests=page_digests(parts),
+        secrets=sehdr.Secrets(cck=cck, xts=xts, psw=(entry_psw_mask, comp_addrs[0])),
     )  # fmt: skip
-    hdr = bytearray(SYNTHETIC_HEADER_SIZE)
-    hdr[: len(head)] = head
-    hdr[_PSW_OFFSET : _PSW_OFFSET + 16] = struct.pack(">QQ", entry_psw_mask, comp_addrs[0])
-    image[hdr_off : hdr_off + len(hdr)] = hdr
+    assert len(header) == hdr_size
+    image[hdr_off : hdr_off + hdr_size] = header
     return bytes(image)
+
+
+def synthetic_image(payload: bytes, entry_psw_mask: int, layout: str = "pvimg") -> bytes:
+    """The SE image for the simulated machine's FAKE host key (always the same bytes)."""
+    fake = sehdr.fake_host_key().public_key()
+    return se_image(payload, entry_psw_mask, [fake], layout, seed=SYNTHETIC_SEED)
 
 
 __all__ = [
@@ -618,13 +644,13 @@ __all__ = [
     "KeySlot",
     "SeHeader",
     "SeImage",
-    "SyntheticHeader",
     "find_header",
     "load",
     "page_digests",
+    "page_lists",
     "parse",
     "parse_header",
     "read_file",
-    "synthetic_header_fields",
+    "se_image",
     "synthetic_image",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from _deviating import PermissiveUvHost
 
-from kvmpv import s390guest, seimage, uapi
+from kvmpv import s390guest, sehdr, seimage, uapi
 from kvmpv.cli import main
 from kvmpv.errors import EXIT_OK, EXIT_USAGE, UsageError
 from kvmpv.kvm import Kvm
@@ -34,6 +34,7 @@ from kvmpv.report.cases import Status
 from kvmpv.runner import run_until_finished
 from kvmpv.scenarios import check as chk
 from kvmpv.scenarios import probe as probe_mod
+from kvmpv.seimage import SeImage
 from kvmpv.sim import SimulatedHost
 from kvmpv.syscalls import Syscalls
 
@@ -61,10 +62,13 @@ def test_parser_reads_pvimgs_layout() -> None:
     assert (args + offs[0], offs[1], args + offs[2]) == (0x15000, IMAGE.header_size, 0x16000)
     # pvimg's tweak prefix: component kind (40 kernel, 60 command line), then 6 bytes
     assert [c.tweak >> 48 for c in IMAGE.components] == [40, 60]
-    assert DATA[0x13000 : 0x13000 + len(s390guest.CODE)] == s390guest.CODE
-    fields = seimage.synthetic_header_fields(IMAGE.header)
-    assert fields is not None and fields.pages == 2
-    assert fields.psw == (s390guest.PSW_MASK_64, 0x13000)
+    # the header opens with the FAKE host key; the payload is encrypted in the image
+    fields = sehdr.open_header(IMAGE.header, sehdr.fake_host_key())
+    assert fields.nep == 2 and fields.psw == (s390guest.PSW_MASK_64, 0x13000)
+    code = DATA[0x13000:0x14000]
+    assert code[: len(s390guest.CODE)] != s390guest.CODE
+    plain = sehdr.xts_pages(fields.xts, code, IMAGE.components[0].tweak, encrypt=False)
+    assert plain[: len(s390guest.CODE)] == s390guest.CODE
     parts = [(DATA[c.addr : c.addr + c.size], c.addr, c.tweak) for c in IMAGE.components]
     assert seimage.page_digests(parts) == (fields.pld, fields.ald, fields.tld)
     # another tweak or address gives other digests
@@ -124,7 +128,7 @@ def _broken(offset: int, value: bytes, data: bytes = DATA) -> bytes:
         (_broken(0x16078, (0x14000).to_bytes(8, "big")), "header address 0x14000 is not"),
         (_broken(0x15000, b"NOTSECEX"), "no magic 'IBMSecEx'"),
         (_broken(0x15008, b"\x00\x00\x02\x00"), "version 0x200, kvmpv reads 0x100"),
-        (_broken(0x15028, (7).to_bytes(8, "big")), "is not its size 560"),
+        (_broken(0x15028, (7).to_bytes(8, "big")), "is not its size 640"),
         (_broken(0x16088 + 24, bytes(8)), "tweak prefixes do not grow"),
         (_broken(0x1300C, b"\x02", OLD), "no IPL block of type PV"),
         (DATA[0x15000:], "a bare SE header, not a whole SE image"),
@@ -321,8 +325,9 @@ def test_image_info_json_on_a_whole_image(
     path = tmp_path / "se.img"
     path.write_bytes(DATA)
     doc = _info_json(path, capsys)
-    # kvmpv's synthetic header has no key slot: the one schema rule it breaks
-    assert _schema_errors(doc) == ["data.keyslots needs at least one item"]
+    assert _schema_errors(doc) == []
+    fake = seimage.fake_phkh().hex()
+    assert [k["phkh_hex"] for k in doc["data"]["keyslots"]] == [fake]
     assert doc["layout"]["kind"] == "pvimg" and doc["layout"]["synthetic"] is True
     comps = doc["components"]
     assert [(c["kind"], c["offset"], c["size"]) for c in comps] == [
@@ -419,12 +424,11 @@ def test_refusals_in_the_kernel_and_uv_order() -> None:
         mem.close()
 
 
-def test_a_real_header_is_refused_as_not_for_this_host() -> None:
-    data = bytearray(DATA)
-    iv = IMAGE.header_offset + 16
-    data[iv : iv + 12] = bytes(12)  # no longer synthetic: a real (encrypted) header
-    image = seimage.parse(bytes(data), "real-looking")
-    assert not image.synthetic
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "se"
+
+
+def _refused_at_sec_parms(data: bytes) -> tuple[str, SeImage]:
+    image = seimage.parse(data, "refused")
     host = SimulatedHost()
     kvm, vm, mem = _vm(host)
     try:
@@ -432,14 +436,34 @@ def test_a_real_header_is_refused_as_not_for_this_host() -> None:
         load_image(vm, image)  # type: ignore[arg-type]
         with pytest.raises(BootError) as info:
             s390_machine_protect(vm, image, [vcpu])  # type: ignore[arg-type]
-        msg = str(info.value)
-        assert "SET_SEC_PARMS" in msg and "rc 0x0108 rrc 0x0005" in msg
-        assert "no key slot for this machine's host key" in msg
         assert not host.vm_info(vm.fd).protected  # type: ignore[attr-defined]  # torn down again
+        return str(info.value), image
     finally:
         vm.close()  # type: ignore[attr-defined]
         kvm.close()
         mem.close()
+
+
+def test_an_image_for_another_host_key_is_refused_no_key_slot() -> None:
+    """Made for s390-tools' test host key document, not the simulated machine's: 0x108/0x05."""
+    from cryptography import x509
+
+    other = x509.load_pem_x509_certificate((FIXTURES / "host.pem.crt").read_bytes())
+    data = seimage.se_image(s390guest.CODE, s390guest.PSW_MASK_64, [other.public_key()])
+    msg, image = _refused_at_sec_parms(data)
+    assert not image.synthetic
+    assert "SET_SEC_PARMS" in msg and "rc 0x0108 rrc 0x0005" in msg
+    assert "no key slot for this machine's host key" in msg
+
+
+def test_a_corrupt_header_is_refused() -> None:
+    """The header's IV or encrypted part changed: it no longer authenticates (0x10a)."""
+    iv = IMAGE.header_offset + 16
+    msg, _ = _refused_at_sec_parms(_broken(iv, bytes(12)))
+    assert "rc 0x010a" in msg and "corrupt" in msg
+    enc = IMAGE.header_offset + IMAGE.header_size - 20
+    msg, _ = _refused_at_sec_parms(_broken(enc, bytes([DATA[enc] ^ 1])))
+    assert "rc 0x010a" in msg
 
 
 BOOT_CHECKS = (

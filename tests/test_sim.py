@@ -995,10 +995,10 @@ def test_image_commands() -> None:
         parm.length = 0  # vmalloc(0): ENOMEM before any UV call
         r = cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm))
         assert (r.errno, r.rc) == (errno.ENOMEM, 0)
-        zeros = ctypes.create_string_buffer(4096)  # a header not made for this host
+        zeros = ctypes.create_string_buffer(4096)  # no header at all: "header corrupt"
         bad = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(zeros), length=4096)
         r = cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(bad))
-        assert (r.errno, r.rc) == (errno.EINVAL, 0x0108)
+        assert (r.errno, r.rc) == (errno.EINVAL, 0x010A)
         parm.length = len(SYNTHETIC.header)
         assert cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm)).rc == 1
         unp = uapi.kvm_s390_pv_unp(addr=1, size=4096, tweak=0)

@@ -155,13 +155,15 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import functools
+import hashlib
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .. import seimage, uapi
+from .. import sehdr, seimage, uapi
 from ..syscalls import IoctlArg, buffer_address, libc, raise_errno
 from .locks import MmapLock as _MmapLock
 from .ranges import Ranges as _Ranges
@@ -283,10 +285,13 @@ class _Config:
         self.sec_parms = False
         self.verified = False
         self.dumping = False
-        # SET_SEC_PARMS: the synthetic header's fields (None for any other header)
-        self.header: Optional[seimage.SyntheticHeader] = None
+        # SET_SEC_PARMS: what the UV opened of the header (sehdr.open_header)
+        self.header: Optional[sehdr.OpenedHeader] = None
         # UNPACK calls in order: (gpa, size, tweak) -- a handful per boot
         self.unpacked: list[tuple[int, int, int]] = []
+        # UNPACK's running digests over the encrypted pages: pld, ald, tld
+        self.digests = (hashlib.sha512(), hashlib.sha512(), hashlib.sha512())
+        self.pages = 0
 
 
 @dataclass
@@ -485,6 +490,8 @@ class SimulatedHost:
         self.stage3b_sclp = stage3b_sclp
         self.loader_panic = loader_panic
         self.guest_skips_holes = guest_skips_holes
+        #: the simulated machine's host key: FAKE (sehdr.fake_host_key)
+        self._host_key = sehdr.fake_host_key()
         self.sclp_answers: list[int] = []  # response codes userspace wrote into SCCBs
         self.host_mem_limit = host_mem_limit
         self.max_vcpus = max_vcpus
@@ -1789,13 +1796,18 @@ class SimulatedHost:
         if origin == 0:
             return -errno.EFAULT  # copy_from_user of the header
         header = ctypes.string_at(origin, length)
-        # The simulated UV accepts only kvmpv's synthetic header (it has no host
-        # key to open a real one).  A real header has no key slot for the
-        # simulated machine's host key: rc 0x108 rrc 0x05 (stage3a's enum UV_RC).
-        fields = seimage.synthetic_header_fields(header)
-        fail = None if fields is not None else UV_RC_HDR_NOT_FOR_HOST
+        # The simulated UV holds the simulated machine's (FAKE) host key and
+        # does what the UV does: find the key slot by the host key hash, unwrap
+        # the protection key, authenticate and decrypt the header
+        # (sehdr.open_header: rc/rrc as stage3a's enum UV_RC names them).
+        fields: Optional[sehdr.OpenedHeader] = None
+        fail, rrc = None, 0
+        try:
+            fields = sehdr.open_header(header, self._host_key)
+        except sehdr.UvRefusal as no:
+            fail, rrc = no.rc, no.rrc
         cc, out.rc, out.rrc = self._uv(
-            UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail, fail_rrc=UV_RRC_NO_KEY_SLOT
+            UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail, fail_rrc=rrc
         )
         if cc:
             return -errno.EINVAL  # kvm_s390_pv_set_sec_parms(): cc ? -EINVAL : 0
@@ -1826,11 +1838,35 @@ class SimulatedHost:
         cc, out.rc, out.rrc = self._uv(UVC_CMD_UNPACK_IMG, cfg.handle, pages=size // PAGE_SIZE)
         if cc:
             return -errno.EINVAL
-        # Unpacking imports the image pages: they become secure for the configuration.
+        # The UV reads the encrypted pages (they go into the digests as they
+        # are), decrypts each with its tweak (prefix, offset in the component)
+        # into the now secure page: the image pages are imported, not cleared.
+        hdr = cfg.header
+        off = 0
         for s, e in ranges:
-            self._import_range(cfg, s, e, clear=False)
+            fill = None
+            if hdr is not None:
+                fill = functools.partial(self._unpack_pages, cfg, hdr, addr + off, tweak, off)
+            self._import_range(cfg, s, e, clear=False, fill=fill)
+            off += e - s
         cfg.unpacked.append((addr, size, tweak))
         return 0
+
+    @staticmethod
+    def _unpack_pages(
+        cfg: _Config, hdr: sehdr.OpenedHeader, gpa: int, tweak: int, offset: int, s: int, e: int
+    ) -> None:
+        """What the UV does with claimed image pages at UNPACK: digest the encrypted pages
+        (pld, ald, tld as ``seimage.page_digests``), decrypt them in place (AES-XTS)."""
+        cipher = ctypes.string_at(s, e - s)
+        addrs, tweaks = seimage.page_lists(len(cipher), gpa, tweak, offset)
+        pld, ald, tld = cfg.digests
+        pld.update(cipher)
+        ald.update(addrs)
+        tld.update(tweaks)
+        cfg.pages += len(cipher) // PAGE_SIZE
+        plain = sehdr.xts_pages(hdr.xts, cipher, tweak, encrypt=False, offset=offset)
+        ctypes.memmove(s, plain, len(plain))
 
     def _pv_verify(self, vm: _Vm, data: int, out: _Out) -> int:
         """KVM_PV_VERIFY: the UV checks the unpacked image against the header's digests.
@@ -1862,17 +1898,9 @@ class SimulatedHost:
         """0 if the unpacked pages match the header, else the rrc naming the first mismatch."""
         hdr = cfg.header
         assert hdr is not None
-        parts: list[tuple[bytes, int, int]] = []
-        for gpa, size, tweak in cfg.unpacked:
-            ranges = self._gpa_to_host(vm, gpa, size)
-            if ranges is None:
-                return UV_RRC_PAGE_COUNT
-            content = b"".join(ctypes.string_at(s, e - s) for s, e in ranges)
-            parts.append((content, gpa, tweak))
-        pages = sum(size for _, size, _ in cfg.unpacked) // PAGE_SIZE
-        pld, ald, tld = seimage.page_digests(parts)
+        pld, ald, tld = (d.digest() for d in cfg.digests)
         for bad, rrc in (
-            (pages != hdr.pages, UV_RRC_PAGE_COUNT),
+            (cfg.pages != hdr.nep, UV_RRC_PAGE_COUNT),
             (ald != hdr.ald, UV_RRC_ALD),
             (tld != hdr.tld, UV_RRC_TLD),
             (pld != hdr.pld, UV_RRC_PLD),
@@ -2104,19 +2132,33 @@ class SimulatedHost:
                     self._destroyed += done
         return cursor, True
 
-    def _import_range(self, cfg: _Config, s: int, e: int, *, clear: bool = True) -> None:
+    def _import_range(
+        self,
+        cfg: _Config,
+        s: int,
+        e: int,
+        *,
+        clear: bool = True,
+        fill: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
         """Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
 
-        UNPACK passes ``clear=False``: the Ultravisor decrypts the image page
-        in place (a synthetic image is plaintext, pcf "no decryption"), so the
-        content stays.  EFAULT if userspace unmapped part of the range (a
-        gmap fault that cannot be resolved).  Under ``mmap_lock`` for reading
-        throughout.
+        UNPACK passes ``clear=False`` and ``fill``: the Ultravisor decrypts the
+        image pages in place, ``fill(s, e)`` while the range is claimed.
+        EFAULT if userspace unmapped part of the range (a gmap fault that
+        cannot be resolved).  Under ``mmap_lock`` for reading throughout.
         """
         with self._mmap_lock.read():
-            self._import_range_locked(cfg, s, e, clear)
+            self._import_range_locked(cfg, s, e, clear, fill)
 
-    def _import_range_locked(self, cfg: _Config, s: int, e: int, clear: bool = True) -> None:
+    def _import_range_locked(
+        self,
+        cfg: _Config,
+        s: int,
+        e: int,
+        clear: bool = True,
+        fill: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
         with self._mm:
             if self._unmapped.intersect(s, e):
                 raise _err(errno.EFAULT)
@@ -2131,6 +2173,8 @@ class SimulatedHost:
             if clear:
                 self._clear(s, e - s)
                 self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
+            if fill is not None:
+                fill(s, e)
         finally:
             self._release_claims([(s, e)], lambda s, e: cfg.secure.add(s, e))
             with self._lock:
