@@ -115,9 +115,7 @@ def fake_host_key() -> ec.EllipticCurvePrivateKey:
     return ec.derive_private_key(scalar, ec.SECP521R1())
 
 
-def xts_pages(
-    key: bytes, data: bytes, tweak: int, *, encrypt: bool, offset: int = 0
-) -> bytes:
+def xts_pages(key: bytes, data: bytes, tweak: int, *, encrypt: bool, offset: int = 0) -> bytes:
     """``data`` (whole pages) through AES-256-XTS, page ``i`` with the tweak (prefix,
     ``offset`` + i * 4096): ``offset`` is the first page's offset in its component.
 
