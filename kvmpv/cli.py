@@ -56,6 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "launch": ("kvmpv.commands.launch", "run a program with the async-teardown cleaner armed"),
     "guest": ("kvmpv.commands.guest", "write kvmpv's s390x payload as a bootable image"),
+    "image": ("kvmpv.commands.image", "show what an SE image or SE header says (as 'pvimg info')"),
     "bench": ("kvmpv.commands.bench", "the teardown table: time by size, page size and strategy"),
     "report": ("kvmpv.commands.report", "render a results file as tables and plots"),
     "compare": ("kvmpv.commands.compare", "compare two results files and flag regressions"),

@@ -45,6 +45,7 @@ from .closing import CompletionThread
 from .errors import KvmError, KvmpvError, PvCmdError, SyscallError, errno_name
 from .kvm import Vcpu, Vm
 from .runner import start_vcpu
+from .s390guest import GuestEnd, guest_end
 from .seimage import SeImage
 from .syscalls import set_thread_name, thread_comm
 from .uapi import (
@@ -230,7 +231,9 @@ class PvInfo:
         }
 
 
-def pv_info(vm: Vm, info_id: pv_cmd_info_id = pv_cmd_info_id.KVM_PV_INFO_VM) -> PvInfo:
+def pv_info(
+    vm: Vm, info_id: pv_cmd_info_id = pv_cmd_info_id.KVM_PV_INFO_VM, *, check: bool = True
+) -> PvInfo:
     """``KVM_PV_INFO`` (needs no protected configuration): query the Ultravisor.
 
     ``len_max`` is exactly header + the payload for ``info_id``; the kernel
@@ -244,8 +247,8 @@ def pv_info(vm: Vm, info_id: pv_cmd_info_id = pv_cmd_info_id.KVM_PV_INFO_VM) -> 
     info = kvm_s390_pv_info()
     info.header.id = int(info_id)
     info.header.len_max = ctypes.sizeof(kvm_s390_pv_info_header) + ctypes.sizeof(payload)
-    result = pv_cmd(vm, pv_cmd_id.KVM_PV_INFO, ctypes.addressof(info))
-    complete = info.header.len_written >= info.header.len_max
+    result = pv_cmd(vm, pv_cmd_id.KVM_PV_INFO, ctypes.addressof(info), check=check)
+    complete = result.ok and info.header.len_written >= info.header.len_max
     parsed_vm: Optional[PvInfoVm] = None
     parsed_dump: Optional[PvInfoDump] = None
     if complete and info_id == pv_cmd_info_id.KVM_PV_INFO_VM:
@@ -680,15 +683,33 @@ def s390_machine_unprotect(
 # The protected boot (QEMU's s390_machine_protect(), spec 10.3)
 # --------------------------------------------------------------------------
 
-#: What an Ultravisor rc means at a boot step, where the sources say
-#: (or, marked, where it is inferred).
-BOOT_RC_MEANING: dict[tuple[str, int], str] = {
-    ("SET_SEC_PARMS", 0x0108): "the SE header was not made for this host's host-key document "
-    "(rc as QEMU's hint reads it; inference)",
-    ("UNPACK", UVC_RC_INV_STATE): "no secure parameters set yet: SET_SEC_PARMS must come first",
-    ("VERIFY", UVC_RC_INV_STATE): "no secure parameters set yet: SET_SEC_PARMS must come first",
-    ("VERIFY", 0x0102): "the unpacked image does not match the header's digests "
-    "(a component missing, or unpacked with another address or tweak; rc inferred)",
+#: What the Ultravisor's answers at boot mean, by (step, rc, rrc; None: any rrc):
+#: s390-tools rust/pvimg/boot/stage3a.c ``enum UV_RC`` (docs/secure-execution.md).
+_DIGEST = "the unpacked image does not match the header's digests: "
+_NO_PARMS = "no secure parameters set yet: SET_SEC_PARMS must come first"
+BOOT_RC_MEANING: dict[tuple[str, int, Optional[int]], str] = {
+    ("SET_SEC_PARMS", 0x0104, None): "SE header version not supported",
+    ("SET_SEC_PARMS", 0x0106, None): "plaintext control flags not supported",
+    ("SET_SEC_PARMS", 0x0108, 0x05): "no key slot for this machine's host key: the SE header "
+    "was not made for this host's host-key document",
+    ("SET_SEC_PARMS", 0x0108, 0x0B): "the header's customer ECDH key is invalid",
+    ("SET_SEC_PARMS", 0x0108, 0x34): "backup host keys are not allowed",
+    ("SET_SEC_PARMS", 0x0108, None): "host-key hash: the SE header was not made for this host",
+    ("SET_SEC_PARMS", 0x0109, None): "secret control flags not supported",
+    ("SET_SEC_PARMS", 0x010A, None): "the SE header is corrupt (integrity check failed)",
+    ("UNPACK", UVC_RC_INV_STATE, None): _NO_PARMS,
+    ("VERIFY", UVC_RC_INV_STATE, None): _NO_PARMS,
+    **{
+        (step, 0x0102, rrc): _DIGEST + what
+        for step in ("UNPACK", "VERIFY")
+        for rrc, what in (
+            (0x1A, "address list digest (ALD) mismatch (a component at another address)"),
+            (0x1B, "page list digest (PLD) mismatch (a component's content differs)"),
+            (0x1C, "tweak list digest (TLD) mismatch (a component with another tweak)"),
+            (0x1D, "page count mismatch (a component missing or of another size)"),
+            (None, "mismatch"),
+        )
+    },
 }
 BOOT_ERRNO_MEANING: dict[tuple[str, int], str] = {
     ("SET_SEC_PARMS", errno.ENOMEM): "a zero-length header (the kernel's vmalloc(0)), "
@@ -728,6 +749,8 @@ class ProtectedBoot:
     synthetic: bool
     steps: list[BootStep] = field(default_factory=list)
     verified: bool = False
+    #: how the booted guest's run ended (``payload_end``), None until it did
+    end: Optional[GuestEnd] = None
 
     @property
     def seconds(self) -> float:
@@ -739,6 +762,7 @@ class ProtectedBoot:
             "synthetic": self.synthetic,
             "verified": self.verified,
             "steps": [s.to_dict() for s in self.steps],
+            "end": self.end.to_dict() if self.end is not None else None,
         }
 
 
@@ -758,6 +782,24 @@ class BootError(KvmError):
             f"{self.call} failed: errno {self.errno} ({errno_name(self.errno or 0)}) "
             f"{self.strerror}; {self.detail}"
         )
+
+
+class GuestEndError(KvmpvError):
+    """A booted image's guest ended, but not as the payload ends (FAIL, exit 1)."""
+
+
+def payload_end(boot: ProtectedBoot, vcpu: Vcpu) -> GuestEnd:
+    """Record how the booted guest ended; ``GuestEndError`` unless it was the payload's end.
+
+    A run counts as finished only by the payload's own end: stage3b ends a
+    failed boot in a disabled wait too (zipl ``libc_stop``), and so would any
+    other loader or kernel that stops, so "icptcode 0x1c" is not success.
+    """
+    end = guest_end(vcpu)
+    boot.end = end
+    if not end.ok:
+        raise GuestEndError(f"protected boot of {boot.image}: {end.describe()}")
+    return end
 
 
 def load_image(vm: Vm, image: SeImage) -> None:
@@ -780,18 +822,35 @@ def load_image(vm: Vm, image: SeImage) -> None:
 def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> ProtectedBoot:
     """The host side of a protected boot, step by step as QEMU's ``s390_machine_protect()``.
 
-    ``KVM_PV_ENABLE`` (kvm_s390_pv_init_vm + cpus_to_pv), ``KVM_PV_SET_SEC_PARMS``
-    with the header (QEMU reads it from guest memory: ``s390_ipl_prepare_pv_header``),
-    one ``KVM_PV_UNPACK`` per IPL-block component (``s390_ipl_pv_unpack``: address,
-    page-aligned size, tweak prefix), ``KVM_PV_PREP_RESET``, ``KVM_PV_VERIFY``, then
-    the IPL CPU (the first of ``vcpus``) LOAD and OPERATING (``s390_cpu_load_normal``).
-    The other CPUs stay STOPPED, as in QEMU, until the guest starts them with SIGP
-    (kvmpv's payload does not): the image's loader must run on one CPU.  The
-    caller has reset the CPUs first, as QEMU does before protecting.
+    QEMU (``hw/s390x/s390-virtio-ccw.c``; the PV calls in ``hw/s390x/pv.c``
+    or ``target/s390x/kvm/pv.c``):
+
+    1. ``KVM_PV_ENABLE`` (``s390_pv_vm_enable()``; the kernel's
+       ``kvm_s390_pv_init_vm()`` + converting the vCPUs);
+    2. ``KVM_PV_INFO`` for ``KVM_PV_INFO_VM`` then ``KVM_PV_INFO_DUMP``, only
+       where ``KVM_CAP_S390_PROTECTED_DUMP`` exists (``s390_pv_query_info()``:
+       "Info API's first user is dump so they are bundled");
+    3. ``KVM_PV_SET_SEC_PARMS`` with the header, which QEMU reads from guest
+       memory at the IPL block's address (``s390_ipl_prepare_pv_header()``);
+    4. one ``KVM_PV_UNPACK`` per IPL-block component (``s390_ipl_pv_unpack()``:
+       address, page-aligned size, tweak prefix);
+    5. ``KVM_PV_VERIFY`` (``s390_pv_verify()``);
+    6. the IPL CPU (the first of ``vcpus``) LOAD and OPERATING
+       (``s390_do_cpu_load_normal()`` after ``s390_machine_protect()`` returns,
+       in ``s390_machine_reset()``'s ``S390_RESET_PV`` case).
+
+    No ``KVM_PV_PREP_RESET``: QEMU issues it only from
+    ``s390_pv_prepare_reset()``, for a diag 308 reset of a guest that is
+    already protected (after every CPU is STOPPED and ``KVM_PV_UNSHARE_ALL``).
+    The other CPUs stay STOPPED, as in QEMU, until the guest starts them with
+    SIGP (kvmpv's payload does not): the image's loader runs on one CPU.  The
+    caller has reset the CPUs first, as QEMU does before protecting (NORMAL
+    for the IPL CPU, CLEAR for the others).
 
     On a failing step the configuration is torn down again (``KVM_PV_DISABLE``,
-    as QEMU's error path) and ``BootError`` names the step, its rc/rrc and what
-    it means where the sources say.
+    as QEMU's ``out_err`` path through ``s390_machine_unprotect()``) and
+    ``BootError`` names the step, its rc/rrc and what it means where the
+    sources say.
     """
     boot = ProtectedBoot(image.label, image.synthetic)
     header = ctypes.create_string_buffer(image.header, image.header_size)
@@ -802,8 +861,10 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
         rec = BootStep(name, res, time.monotonic() - t0)
         if res is not None and not res.ok:
             key = name.split()[0]
-            rec.meaning = BOOT_RC_MEANING.get((key, res.rc), "") or BOOT_ERRNO_MEANING.get(
-                (key, res.errno), ""
+            rec.meaning = (
+                BOOT_RC_MEANING.get((key, res.rc, res.rrc))
+                or BOOT_RC_MEANING.get((key, res.rc, None))
+                or BOOT_ERRNO_MEANING.get((key, res.errno), "")
             )
         boot.steps.append(rec)
         if not rec.ok:
@@ -811,7 +872,13 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
                 pv_disable(vm, check=False)
             raise BootError(boot, rec)
 
+    def info(info_id: pv_cmd_info_id) -> Callable[[], Optional[PvResult]]:
+        return lambda: pv_info(vm, info_id, check=False).result
+
     step("ENABLE", lambda: pv_enable(vm, check=False))
+    if vm.kvm.has_cap(KvmCap.KVM_CAP_S390_PROTECTED_DUMP):  # QEMU: kvm_s390_get_protected_dump()
+        step("INFO VM", info(pv_cmd_info_id.KVM_PV_INFO_VM))
+        step("INFO DUMP", info(pv_cmd_info_id.KVM_PV_INFO_DUMP))
     step(
         "SET_SEC_PARMS",
         lambda: pv_set_sec_parms(vm, ctypes.addressof(header), image.header_size, check=False),
@@ -821,7 +888,6 @@ def s390_machine_protect(vm: Vm, image: SeImage, vcpus: Sequence[Vcpu]) -> Prote
             f"UNPACK {i}",
             lambda c=comp: pv_unpack(vm, c.addr, c.size, c.tweak, check=False),  # type: ignore[misc]
         )
-    step("PREP_RESET", lambda: pv_prep_reset(vm, check=False))
     step("VERIFY", lambda: pv_verify(vm, check=False))
     boot.verified = True
 

@@ -24,13 +24,19 @@ keeps it for QMP ``pmemsave``); KVM leaves a disabled wait to userspace as
 
 The image (``image()``): the layout of an s390 Linux kernel image, which is
 what both consumers read.  Offset 0 holds the short IPL PSW
-``0x00080000_80010000``; the code starts at 0x10000.  ``qemu-system-s390x
--kernel`` loads a non-ELF image at address 0 and starts at that PSW's address
-in 64-bit mode (``s390_ipl_realize``); s390-tools' stage3b (the loader inside
-an SE image made by ``pvimg create``) moves the kernel's bytes from 0x10000
-on to 0x10000 and starts the SE header's PSW, 64-bit at 0x10000 by default.
-Its parameter area (0x10400-0x10800, written only when a command line or
-initrd is given) is beyond the code.
+``0x00080000_80010000``; at 0x10000 a ``jg`` over the kernel header, at
+0x10008 the magic ``S390EP``, 0x10400-0x10800 left zero, the code from
+0x10800.  pvimg accepts a kernel only with ``S390EP`` at 0x10008 and a u64
+readable at 0x10430 (its maximum command-line size; 0 means the legacy 896)
+(s390-tools ``rust/pvimg/src/se_img_comps/kernel.rs``, ``check()`` and
+``read_max_kernel_cmdline_size()``: "No s390x Linux kernel provided"
+otherwise); stage3b panics on a kernel shorter than 0x10000 bytes
+(``rust/pvimg/boot/stage3b.c``), moves the bytes from 0x10000 on to 0x10000
+and starts the SE header's PSW, 64-bit at 0x10000 by default.
+``qemu-system-s390x -kernel`` loads a non-ELF image at address 0, starts at
+0x10000 in 64-bit mode, and once it sees ``S390EP`` writes the command line
+into the parameter area at 0x10480 (``KERN_PARM_AREA``, ``s390_ipl_realize``/
+``s390_ipl_load``): the code is beyond it.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import uapi
 from .errors import UsageError
-from .kvm import Vm
+from .kvm import Vcpu, Vm
 from .memory import GuestMemory
 from .runner import exit_name, run_until_finished
 
@@ -64,6 +71,11 @@ SOURCE = """\
 	.text
 	.globl	_start
 _start:
+	jg	code			# over the kernel header, as arch/s390/boot/head.S
+	.org	0x8
+	.ascii	"S390EP"		# at 0x10008: "an s390 Linux kernel" to pvimg and QEMU
+	.org	0x800			# 0x10400-0x10800: the parameter area, left zero
+code:
 	llihl	%r1,0x0001		# r1 = 0x00000001_00000000 (EA)
 	oilh	%r1,0x8000		#    | 0x00000000_80000000 (BA): 64-bit mode
 	stg	%r1,0x1d0		# program-new PSW mask: disabled, 64-bit
@@ -85,8 +97,16 @@ wait_psw:
 image_end:
 """
 
+#: Offsets in the code (from ENTRY) of the kernel header's parts.
+S390EP_OFFSET = 0x8
+PARM_AREA = (0x400, 0x800)
+CODE_OFFSET = 0x800
+
 #: ``SOURCE``, assembled.  ``image_end`` is at ``len(CODE)``.
-CODE = bytes.fromhex(
+CODE = bytes.fromhex("c0f400000400")  # jg code (+0x800)
+CODE += bytes(S390EP_OFFSET - len(CODE)) + b"S390EP"
+CODE += bytes(CODE_OFFSET - len(CODE))  # the parameter area stays zero
+CODE += bytes.fromhex(
     "a51d0001"  # llihl %r1,1
     "a51a8000"  # oilh  %r1,0x8000
     "e31001d00024"  # stg   %r1,0x1d0
@@ -108,6 +128,86 @@ CODE = bytes.fromhex(
 
 #: The first page the payload writes: the page after ENTRY + len(CODE).
 FIRST_PAGE = -(-(ENTRY + len(CODE)) // PAGE_4K) * PAGE_4K
+
+
+#: zipl's ``libc_stop()`` (s390-tools ``zipl/boot/libc.c``), how stage3a/stage3b
+#: end a failed boot: a disabled-wait PSW, 31-bit, whose address is the error code.
+LOADER_STOP_MASK = 0x0002000080000000
+#: The boot loaders' error codes (s390-tools ``include/boot/error.h``).
+LOADER_ERRORS = {
+    0x4500: "EENABLE_DEV", 0x4501: "EDISABLE_DEV", 0x4502: "ESSCH", 0x4510: "EWRONGTYPE",
+    0x4511: "EINTERNAL", 0x4512: "ESECUREBOOT", 0x4607: "ENOPV", 0x4608: "EPV",
+}  # fmt: skip
+#: The PSW's wait bit (bit 14).
+PSW_MASK_WAIT = 1 << (63 - 14)
+
+
+@dataclass(frozen=True)
+class GuestEnd:
+    """How a guest's run ended, as the exit shows it: the record of every boot.
+
+    Only the payload's own end counts as finished: a disabled wait at 0xfff
+    (``DONE_PSW_ADDR``).  A boot loader's panic ends in a disabled wait too
+    (``LOADER_STOP_MASK``, address = error code), so "icptcode 0x1c" alone
+    cannot tell success from a failed boot.  For a protected CPU the PSW in
+    ``kvm_run`` is what ``store_regs()`` copies from the SIE block; whether
+    the Ultravisor puts the wait PSW's address there is for a real SE host to
+    confirm (docs/secure-execution.md): if not, the end is "unrecognised".
+    """
+
+    exit_reason: int
+    exit_name: str
+    icptcode: int
+    psw_mask: int
+    psw_addr: int
+
+    @property
+    def kind(self) -> str:
+        wait = (
+            self.exit_reason == uapi.KVM_EXIT_S390_SIEIC
+            and self.icptcode == uapi.ICPT_WAIT
+            and bool(self.psw_mask & PSW_MASK_WAIT)
+        )
+        if wait and self.psw_addr == DONE_PSW_ADDR:
+            return "payload"
+        if wait and self.psw_mask == LOADER_STOP_MASK:
+            return "loader-panic"
+        return "unrecognised"
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "payload"
+
+    def describe(self) -> str:
+        psw = f"PSW {self.psw_mask:016x} {self.psw_addr:016x}"
+        if self.kind == "payload":
+            return f"the payload's end (disabled wait at {DONE_PSW_ADDR:#x})"
+        if self.kind == "loader-panic":
+            name = LOADER_ERRORS.get(self.psw_addr, "unknown")
+            return (
+                f"boot loader panic (stage3b/zipl libc_stop), error code {self.psw_addr:#x} "
+                f"({name}); {psw}"
+            )
+        return f"not the payload's end: {self.exit_name}, icptcode {self.icptcode:#x}, {psw}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "exit": self.exit_name,
+            "icptcode": self.icptcode,
+            "psw_mask": f"{self.psw_mask:#018x}",
+            "psw_addr": f"{self.psw_addr:#x}",
+        }
+
+
+def guest_end(vcpu: Vcpu) -> GuestEnd:
+    """The end shown by ``vcpu``'s last exit (``kvm_run``: exit reason, SIEIC, PSW)."""
+    run = vcpu.s390_run()
+    reason = vcpu.exit_reason
+    return GuestEnd(
+        reason, exit_name(reason), int(run.s390_sieic.icptcode), int(run.psw_mask),
+        int(run.psw_addr),
+    )  # fmt: skip
 
 
 def image() -> bytes:
@@ -226,8 +326,11 @@ __all__ = [
     "CODE",
     "ENTRY",
     "FIRST_PAGE",
+    "LOADER_STOP_MASK",
     "SOURCE",
+    "GuestEnd",
     "S390TouchResult",
+    "guest_end",
     "image",
     "pages_with_own_address",
     "vm_touch_memory",

@@ -21,7 +21,7 @@ PKG = Path(__file__).resolve().parent.parent / "kvmpv"
 #: Top-level module or subpackage -> layer (README table, top to bottom).
 LAYER = {
     "__init__": 0, "uapi": 0, "errors": 0, "units": 0, "closing": 0, "stats": 0,
-    "syscalls": 1, "sim": 1, "memory": 1, "pgste": 1, "seimage": 1,
+    "syscalls": 1, "sim": 1, "memory": 1, "pgste": 1, "seimage": 1, "sehdr": 1,
     "kvm": 2, "runner": 2, "x86guest": 2, "s390guest": 2,
     "pv": 3, "teardown": 3, "accounting": 3,
     "report": 4,

@@ -60,6 +60,13 @@ from kvmpv.units import GiB, MiB
 SMALL = ((0, 16 * MiB), (2 * GiB, 48 * MiB))
 
 
+def sim_host(*args: Any, **kw: Any) -> SimulatedHost:
+    """A simulator for the hole layouts above (SMALL, VERDICT): its guest skips the hole,
+    which a real protected guest cannot (see test_a_memslot_hole_fails_a_real_guest)."""
+    kw.setdefault("guest_skips_holes", True)
+    return SimulatedHost(*args, **kw)
+
+
 def sim_req(**kw: Any) -> RebootRequest:
     base: dict[str, Any] = {"backend": "sim", "layout": SMALL, "cycles": 1, "mode": "async"}
     base.update(kw)
@@ -83,7 +90,7 @@ def accounting_or_skip(hierarchy: str = "auto") -> None:
 @pytest.fixture
 def pvm() -> Iterator[tuple[SimulatedHost, Vm]]:
     """A protected simulated VM, 16M + 16M above 2G, one vCPU, booted (memory secure)."""
-    host = SimulatedHost()
+    host = sim_host()
     with Kvm(host) as kvm, kvm.vm_create(0) as vm:
         mems = [GuestMemory(16 * MiB, sys=host), GuestMemory(16 * MiB, sys=host)]
         try:
@@ -196,12 +203,12 @@ def test_sigint_inside_start_never_leaves_perform_untracked(
 
 
 def test_pv_info_parsed() -> None:
-    with Kvm(SimulatedHost(destroy_fast=True)) as kvm, kvm.vm_create(0) as vm:
+    with Kvm(sim_host(destroy_fast=True)) as kvm, kvm.vm_create(0) as vm:
         info = pv_info(vm)  # INFO needs no protected configuration
         assert info.vm is not None and info.len_written == info.len_max == 80
         assert info.vm.max_cpus > 0
         assert info.vm.destroy_fast is True
-    with Kvm(SimulatedHost(destroy_fast=False)) as kvm, kvm.vm_create(0) as vm:
+    with Kvm(sim_host(destroy_fast=False)) as kvm, kvm.vm_create(0) as vm:
         info = pv_info(vm)
         assert info.vm is not None and info.vm.destroy_fast is False
 
@@ -227,7 +234,7 @@ def test_async_reboot_records() -> None:
 
 
 def test_no_cap_224_means_sync() -> None:
-    res = run_reboot(sim_req(host=SimulatedHost(async_destroy=False)))
+    res = run_reboot(sim_req(host=sim_host(async_destroy=False)))
     (c,) = res.cycles
     assert c.mode == "sync" and c.requested_mode == "async"
     assert "224" in c.fallback_reason
@@ -249,7 +256,7 @@ def test_limit_at_2g_means_sync() -> None:
 def test_small_limit_unknown_to_caller_prepare_refuses_then_disable() -> None:
     # KVM_GET_DEVICE_ATTR does not return the limit that was set, so a caller
     # that does not pass it gets to PREPARE, which refuses (segment ASCE).
-    host = SimulatedHost()
+    host = sim_host()
     with Kvm(host) as kvm, kvm.vm_create(0) as vm, GuestMemory(16 * MiB, sys=host) as mem:
         vm.s390_set_mem_limit(2 * GiB)
         vm.set_user_memory_region(0, 0, mem.size, mem.addr)
@@ -266,7 +273,7 @@ def test_small_limit_unknown_to_caller_prepare_refuses_then_disable() -> None:
 
 
 def test_prepare_failure_falls_back_to_disable() -> None:
-    host = SimulatedHost()
+    host = sim_host()
     # One Destroy-Secure-CPU failure: PREPARE's vCPU step fails with EIO and
     # the UV rc/rrc; DISABLE (QEMU's fallback) then succeeds.
     host.inject_uv_failure(UVC_CMD_DESTROY_SEC_CPU, 0x0102, 0x0007, count=1)
@@ -280,7 +287,7 @@ def test_prepare_failure_falls_back_to_disable() -> None:
 
 
 def test_perform_failure_in_a_run_is_reported_and_fails_the_run() -> None:
-    host = SimulatedHost()
+    host = sim_host()
     # PERFORM's Destroy Secure Configuration (0x0101) fails: EIO with the UV
     # rc/rrc, the configuration is leaked on purpose (spec 3.4).  QEMU would
     # exit(1); kvmpv finishes the run, reports it, and exits 1.
@@ -302,7 +309,7 @@ def test_both_interleaves() -> None:
 
 
 def test_warmup_cycles_are_reported_apart_and_left_out_of_the_medians() -> None:
-    host = SimulatedHost()
+    host = sim_host()
     # The warm-up's PERFORM fails: a warm-up is still a reboot the run
     # must answer for, only its numbers stay out of the medians.
     host.inject_uv_failure(UVC_CMD_DESTROY_SEC_CONF, 0x0103, 0x0004, count=1)
@@ -555,6 +562,7 @@ class _OrderLog(SimulatedHost):
     """A simulated kernel that logs PERFORM returning, VM fds closing, munmaps."""
 
     def __init__(self, **kw: Any) -> None:
+        kw.setdefault("guest_skips_holes", True)  # SMALL's hole (see sim_host)
         super().__init__(**kw)
         self.events: list[str] = []
         self._vm_fds: set[int] = set()
@@ -681,7 +689,7 @@ def test_reboot_fails_on_a_simulator_that_answers_hlt() -> None:
 
     from kvmpv.runner import GuestExitError
 
-    host = HaltingHost(SimulatedHost())
+    host = HaltingHost(sim_host())
     req = RebootRequest(backend="sim", layout=SMALL, cycles=1, mode="async", host=host)  # type: ignore[arg-type]
     with pytest.raises(GuestExitError, match="KVM_EXIT_HLT"):
         run_reboot(req)
@@ -692,7 +700,7 @@ def test_reboot_needs_pgste_one_line_exit_3() -> None:
     """A process without PGSTEs: the first KVM_CREATE_VM fails with both remedies, exit 3."""
     from kvmpv.errors import EXIT_ENV, HostError
 
-    host = SimulatedHost(pgste=False)
+    host = sim_host(pgste=False)
     with pytest.raises(HostError) as info:
         run_reboot(RebootRequest(backend="sim", layout=SMALL, cycles=1, host=host))
     msg = str(info.value)
@@ -708,12 +716,17 @@ def test_every_cycle_boots_the_synthetic_image_and_says_so() -> None:
     assert any("SYNTHETIC SE image" in n for n in res.notes)
     for cyc in res.to_dict()["cycles"]:
         steps = [s["step"] for s in cyc["boot"]["steps"]]
+        # QEMU's s390_machine_protect(): INFO because the simulated host has the dump cap
         assert steps == [
-            "ENABLE", "SET_SEC_PARMS", "UNPACK 0", "UNPACK 1", "PREP_RESET", "VERIFY",
+            "ENABLE", "INFO VM", "INFO DUMP", "SET_SEC_PARMS", "UNPACK 0", "UNPACK 1", "VERIFY",
             "LOAD+OPERATING",
         ]  # fmt: skip
         assert all(s["ok"] for s in cyc["boot"]["steps"])
-        assert {s["rc"] for s in cyc["boot"]["steps"] if "rc" in s} == {1}
+        uv = [s for s in cyc["boot"]["steps"] if "rc" in s and not s["step"].startswith("INFO")]
+        assert {s["rc"] for s in uv} == {1}
+        # the stop PSW of every boot: the payload's own end
+        end = cyc["boot"]["end"]
+        assert (end["kind"], end["icptcode"], end["psw_addr"]) == ("payload", 0x1C, "0xfff")
         assert cyc["secure_memory"] is True and cyc["boot"]["synthetic"] is True
 
 
@@ -722,11 +735,56 @@ def test_an_image_the_uv_refuses_fails_the_run_naming_the_step(tmp_path: Path) -
     from kvmpv.pv import BootError
 
     data = bytearray(seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64))
-    data[0x15008] ^= 0xFF  # a payload byte: the digests no longer match
+    code = seimage.parse(bytes(data), "synthetic").components[0].addr
+    data[code + 8] ^= 0xFF  # a payload byte: the digests no longer match
     bad = tmp_path / "bad-se.img"
     bad.write_bytes(bytes(data))
-    host = SimulatedHost()
+    host = sim_host()
     req = RebootRequest(backend="sim", layout=SMALL, cycles=1, se_image=str(bad), host=host)
-    with pytest.raises(BootError, match=r"VERIFY failed.*rc 0x0102"):
+    with pytest.raises(BootError, match=r"VERIFY failed.*rc 0x0102 rrc 0x001b.*\(PLD\)"):
         run_reboot(req)
     assert host.open_fds() == 0
+
+
+def test_a_loader_panic_fails_the_run_naming_its_error_code() -> None:
+    """stage3b ends a failed boot in a disabled wait too: that is no success (FAIL, exit 1)."""
+    from kvmpv.pv import GuestEndError
+
+    host = sim_host(loader_panic=0x4511)
+    req = RebootRequest(backend="sim", layout=SMALL, cycles=1, host=host)
+    with pytest.raises(GuestEndError) as info:
+        run_reboot(req)
+    msg = str(info.value)
+    assert "\n" not in msg and info.value.exit_code == 1
+    assert "boot loader panic" in msg and "error code 0x4511 (EINTERNAL)" in msg
+    assert "PSW 0002000080000000 0000000000004511" in msg
+    assert host.open_fds() == 0
+
+
+def test_a_memslot_hole_fails_a_real_guest(tmp_path: Path) -> None:
+    """A protected guest needs one contiguous memslot from 0 (layout_hole, __deliver_prog_pv()):
+    the simulator with its default (the kernel's answer) fails KVM_RUN on the old two-slot
+    layout; kvmpv's own simulator for such a debug layout says the result is simulated only;
+    on the real kernel such a layout is refused before anything runs."""
+    from kvmpv.errors import KvmError
+    from kvmpv.scenarios.reboot import layout_hole
+
+    assert layout_hole(SMALL) == (16 * MiB, 2 * GiB)
+    assert layout_hole(((0, 16 * MiB), (16 * MiB, 16 * MiB))) is None
+    assert layout_hole(((MiB, MiB),)) == (0, MiB)
+    host = SimulatedHost()  # the kernel's answer
+    with pytest.raises(KvmError) as info:
+        run_reboot(RebootRequest(backend="sim", layout=SMALL, cycles=1, host=host))
+    assert info.value.errno == errno.EINVAL and "KVM_RUN" in str(info.value)
+    assert host.open_fds() == 0
+    res = run_reboot(RebootRequest(backend="sim", layout=SMALL, cycles=1, mode="sync"))
+    assert any(n.startswith("SIMULATED ONLY: the memslot layout has a hole") for n in res.notes)
+    assert "skips the memslot hole" in res.backend_reason
+    one = run_reboot(RebootRequest(backend="sim", layout=((0, 32 * MiB),), cycles=1, mode="sync"))
+    assert not any("hole" in n for n in one.notes)
+    from kvmpv import s390guest, seimage
+
+    img = tmp_path / "se.img"
+    img.write_bytes(seimage.synthetic_image(s390guest.CODE, s390guest.PSW_MASK_64))
+    with pytest.raises(UsageError, match="needs one contiguous memslot from 0"):
+        run_reboot(RebootRequest(backend="kvm", layout=SMALL, se_image=str(img), cycles=1))

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The simulated s390x KVM host (kvmpv.sim), through the real binding.
 
-Every test drives ``Kvm(sys=SimulatedHost(...))`` / ``Vm`` / ``Vcpu`` /
+Every test drives ``Kvm(sys=sim(...))`` / ``Vm`` / ``Vcpu`` /
 ``pv_cmd`` -- the same code that runs on a real host -- and checks errno,
 rc/rrc, page state and the real contents of guest memory against
 ``shared/spec/kvm-pv-async.md`` (sections 1-3; table 3.9 row by row).
@@ -11,7 +11,11 @@ refusal of PREPARE is about the VM memory LIMIT attribute (default: the host
 maximum, so any small VM is allowed); the synchronous destroy of PREPARE is
 about guest ABSOLUTE addresses below 2 GiB.  So each VM gets a small memslot
 at gpa 0 ("low", destroyed by PREPARE) and a small one at gpa 4 GiB ("high",
-left to PERFORM), 16 MiB each, without allocating GiBs.
+left to PERFORM), 16 MiB each, without allocating GiBs.  A real protected guest
+cannot run over that hole (KVM_RUN EINVAL, ``__deliver_prog_pv()``): the
+simulator's guest skips it only because these tests build it with
+``guest_skips_holes=True`` (``sim()``); the hole rule itself is tested with the
+default (``test_protected_guest_over_a_memslot_hole_fails_kvm_run``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from kvmpv import s390guest, seimage, uapi
 from kvmpv.errors import KvmError
 from kvmpv.kvm import Kvm, Vcpu, Vm
 from kvmpv.memory import GuestMemory
-from kvmpv.pv import PvResult, pv_cmd
+from kvmpv.pv import PvResult, load_image, pv_cmd, s390_machine_protect
+from kvmpv.runner import reset_vcpus, run_until_finished
 from kvmpv.sim import (
     PAYLOAD_DONE_PSW,
     UVC_CMD_CREATE_SEC_CONF,
@@ -50,6 +55,12 @@ GiB = 1 << 30
 SLOT = 16 * MiB
 HIGH_GPA = 4 * GiB
 ENOTTY_CMD = 42
+
+
+def sim(*args: Any, **kw: Any) -> SimulatedHost:
+    """The simulator whose guest skips the low/high memslot hole (see the module doc)."""
+    kw.setdefault("guest_skips_holes", True)
+    return SimulatedHost(*args, **kw)
 
 
 @dataclass
@@ -106,7 +117,7 @@ def pv_vm(
     **kw: Any,
 ) -> Iterator[Env]:
     """A VM with a low (gpa 0) and a high (gpa 4 GiB) memslot, protected and booted."""
-    host = host or SimulatedHost(**kw)
+    host = host or sim(**kw)
     low = GuestMemory(SLOT, sys=host)
     hi = GuestMemory(SLOT, sys=host) if high else None
     kvm = Kvm(sys=host)
@@ -212,7 +223,7 @@ def uv_cmds(host: SimulatedHost) -> list[int]:
     [(True, True, (1, 1, 1)), (True, False, (1, 1, 0)), (False, True, (0, 0, 0))],
 )
 def test_capabilities(pv: bool, async_: bool, caps: tuple[int, int, int]) -> None:
-    with Kvm(sys=SimulatedHost(prot_virt_host=pv, async_destroy=async_)) as kvm:
+    with Kvm(sys=sim(prot_virt_host=pv, async_destroy=async_)) as kvm:
         assert kvm.backend == "sim"
         assert (kvm.check_cap(180), kvm.check_cap(217), kvm.check_cap(224)) == caps
         assert kvm.get_api_version() == 12
@@ -223,7 +234,7 @@ def test_capabilities(pv: bool, async_: bool, caps: tuple[int, int, int]) -> Non
 
 
 def test_dev_errors() -> None:
-    host = SimulatedHost()
+    host = sim()
     with pytest.raises(OSError) as ei:
         host.open("/dev/nope", 0)
     assert ei.value.errno == errno.ENOENT
@@ -233,10 +244,10 @@ def test_dev_errors() -> None:
         assert kvm.ioctl(uapi.KVM_CREATE_VM, 2, check=False) == -errno.EINVAL
         # UCONTROL: EINVAL without the config option or without CAP_SYS_ADMIN
         assert kvm.ioctl(uapi.KVM_CREATE_VM, 1, check=False) == -errno.EINVAL
-    host2 = SimulatedHost(ucontrol=True, cap_sys_admin=False)
+    host2 = sim(ucontrol=True, cap_sys_admin=False)
     with Kvm(sys=host2) as kvm:
         assert kvm.ioctl(uapi.KVM_CREATE_VM, 1, check=False) == -errno.EINVAL
-    host3 = SimulatedHost(ucontrol=True)
+    host3 = sim(ucontrol=True)
     with Kvm(sys=host3) as kvm, kvm.vm_create(1) as vm:
         assert vm.s390_set_mem_limit(4 * GiB, check=False) == -errno.EINVAL
     with pytest.raises(OSError) as ei:
@@ -254,7 +265,7 @@ def test_dev_errors() -> None:
 
 
 def test_memslot_rules() -> None:
-    host = SimulatedHost(host_mem_limit=8 * GiB)
+    host = sim(host_mem_limit=8 * GiB)
     with GuestMemory(2 * MiB) as mem, Kvm(sys=host) as kvm, kvm.vm_create() as vm:
         e = vm.set_user_memory_region
         assert e(0, 0, MiB, mem.addr + 4096, check=False) == -errno.EINVAL  # uaddr not 1 MiB
@@ -285,7 +296,7 @@ def test_memslots_refused_while_protected_and_allowed_after_prepare() -> None:
 
 
 def test_mem_limit_attribute() -> None:
-    host = SimulatedHost(host_mem_limit=1 << 42)
+    host = sim(host_mem_limit=1 << 42)
     with Kvm(sys=host) as kvm, kvm.vm_create() as vm:
         assert vm.has_device_attr(uapi.KVM_S390_VM_MEM_CTRL, uapi.KVM_S390_VM_MEM_LIMIT_SIZE) == 0
         assert vm.has_device_attr(1, 0, check=False) == -errno.ENXIO
@@ -731,7 +742,7 @@ def test_disable_failures() -> None:
 
 
 def test_close_vm_with_set_aside_leftover() -> None:
-    host = SimulatedHost()
+    host = sim()
     with pv_vm(host) as env:
         assert env.high is not None
         env.high.fill(0x22)
@@ -751,7 +762,7 @@ def test_close_unprotected_vm_leaves_other_vms_pages_alone() -> None:
     from this through the ioctl interface: with the count at 0 there is
     nothing to clean either.)
     """
-    host = SimulatedHost()
+    host = sim()
     with pv_vm(host) as env:
         assert cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE).ret == 0
         with pv_vm(host, enable=False):
@@ -761,7 +772,7 @@ def test_close_unprotected_vm_leaves_other_vms_pages_alone() -> None:
 
 
 def test_vm_lives_while_a_vcpu_fd_or_mapping_holds_it() -> None:
-    host = SimulatedHost()
+    host = sim()
     with pv_vm(host) as env:
         vcpu = env.vcpus[0]
         env.vm.vcpus.remove(vcpu)  # keep the vCPU open past the VM fd
@@ -774,7 +785,7 @@ def test_vm_lives_while_a_vcpu_fd_or_mapping_holds_it() -> None:
 
 
 def test_close_after_guest_memory_unmapped_does_not_crash() -> None:
-    host = SimulatedHost()
+    host = sim()
     mem = GuestMemory(SLOT)
     with Kvm(sys=host) as kvm, kvm.vm_create() as vm:
         vm.mem_add(mem)
@@ -800,7 +811,7 @@ def test_munmap_while_perform_paused_mid_walk() -> None:
     simulated mmap_lock this was a check-then-memset race that could
     segfault the whole process.
     """
-    host = SimulatedHost(batch_bytes=MiB)
+    host = sim(batch_bytes=MiB)
     low, a, b = (GuestMemory(SLOT, sys=host) for _ in range(3))
     try:
         with Kvm(sys=host) as kvm, kvm.vm_create() as vm:
@@ -867,7 +878,7 @@ def test_munmap_waits_for_the_batch_in_progress() -> None:
 
     White box: holding the lock for reading stands for a batch being cleared.
     """
-    host = SimulatedHost()
+    host = sim()
     mem = GuestMemory(SLOT, sys=host)
     lock = host._mmap_lock
     lock.acquire_read()
@@ -991,10 +1002,10 @@ def test_image_commands() -> None:
         parm.length = 0  # vmalloc(0): ENOMEM before any UV call
         r = cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm))
         assert (r.errno, r.rc) == (errno.ENOMEM, 0)
-        zeros = ctypes.create_string_buffer(4096)  # a header not made for this host
+        zeros = ctypes.create_string_buffer(4096)  # no header at all: "header corrupt"
         bad = uapi.kvm_s390_pv_sec_parm(origin=ctypes.addressof(zeros), length=4096)
         r = cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(bad))
-        assert (r.errno, r.rc) == (errno.EINVAL, 0x0108)
+        assert (r.errno, r.rc) == (errno.EINVAL, 0x010A)
         parm.length = len(SYNTHETIC.header)
         assert cmd(vm, P.KVM_PV_SET_SEC_PARMS, ctypes.addressof(parm)).rc == 1
         unp = uapi.kvm_s390_pv_unp(addr=1, size=4096, tweak=0)
@@ -1047,7 +1058,7 @@ def test_dump_commands() -> None:
 
 
 def test_close_all_releases_everything() -> None:
-    host = SimulatedHost()
+    host = sim()
     with GuestMemory(SLOT) as mem:
         kvm_fd = host.open("/dev/kvm", 0)
         vm_fd = host.ioctl(kvm_fd, uapi.KVM_CREATE_VM, 0)
@@ -1076,7 +1087,7 @@ def test_close_all_releases_everything() -> None:
 
 def test_16g_guest_fits_as_ranges() -> None:
     """A 16 GiB guest through boot, PREPARE, PERFORM: ranges only, no memory touched."""
-    host = SimulatedHost(clear_memory=False, run_slice_bytes=256 * MiB, batch_bytes=256 * MiB)
+    host = sim(clear_memory=False, run_slice_bytes=256 * MiB, batch_bytes=256 * MiB)
     size = 16 * GiB
     with GuestMemory(size) as mem, Kvm(sys=host) as kvm, kvm.vm_create() as vm:
         vm.mem_add(mem)  # virtual only: MAP_NORESERVE, never touched
@@ -1098,7 +1109,7 @@ def test_16g_guest_fits_as_ranges() -> None:
 
 
 def test_repeated_async_reboots_leave_nothing_behind() -> None:
-    host = SimulatedHost()
+    host = sim()
     fds_before = len(os.listdir("/proc/self/fd"))
     with GuestMemory(4 * MiB) as low, GuestMemory(4 * MiB) as high:
         with Kvm(sys=host) as kvm:
@@ -1129,12 +1140,12 @@ def test_repeated_async_reboots_leave_nothing_behind() -> None:
 
 def test_create_vm_needs_pgste() -> None:
     """s390_enable_sie(): no PGSTEs, no VM -- after the machine-type checks, EINVAL."""
-    host = SimulatedHost(pgste=False)
+    host = sim(pgste=False)
     with Kvm(sys=host) as kvm:
         assert kvm.ioctl(uapi.KVM_CREATE_VM, 0, check=False) == -errno.EINVAL
         assert kvm.ioctl(uapi.KVM_CREATE_VM, 2, check=False) == -errno.EINVAL
     assert host.open_fds() == 0
-    with Kvm(sys=SimulatedHost()) as kvm:  # the default models a process that has them
+    with Kvm(sys=sim()) as kvm:  # the default models a process that has them
         kvm.vm_create().close()
 
 
@@ -1182,3 +1193,36 @@ def test_cpu_resets() -> None:
         names = [c.name for c in host.uv_calls() if c.cmd in (0x0310, 0x0311, 0x0321)]
         assert names == ["CPU Reset", "CPU Reset Initial", "CPU Reset Clear"]
         assert vcpu.get_mp_state() == uapi.KVM_MP_STATE_OPERATING  # user control: no stop
+
+
+def test_protected_guest_over_a_memslot_hole_fails_kvm_run() -> None:
+    """The kernel's answer (the default): the guest's first store into the hole below the
+    highest memslot end is an addressing exception KVM cannot inject into a protected guest
+    (__deliver_prog_pv()), so KVM_RUN fails with EINVAL -- after the memory below is secure.
+    One contiguous memslot from 0 runs to the payload's end."""
+    host = SimulatedHost()
+    with pv_vm(host, boot=False) as env:
+        with pytest.raises(KvmError) as info:
+            run_to_end(env.vcpus[0])
+        assert info.value.errno == errno.EINVAL and "KVM_RUN" in str(info.value)
+        assert host.vm_info(env.vm.fd).secure_bytes == SLOT  # the slot below, not the one above
+    with pv_vm(SimulatedHost(), high=False) as env:  # one slot from 0: booted by pv_vm
+        assert env.vcpus[0].s390_run().psw_addr == 0xFFF
+    # the old two-slot layout of the image checks (8 MiB at 0, 16 MiB at 2 GiB): the same
+    host = SimulatedHost()
+    with Kvm(sys=host) as kvm, kvm.vm_create() as vm:
+        low, high = GuestMemory(8 * MiB, sys=host), GuestMemory(16 * MiB, sys=host)
+        try:
+            vm.mem_add(low, slot=0, gpa=0)
+            vm.mem_add(high, slot=1, gpa=2 * GiB)
+            vcpu = vm.vcpu_add(0)
+            load_image(vm, SYNTHETIC)
+            reset_vcpus([vcpu])
+            s390_machine_protect(vm, SYNTHETIC, [vcpu])
+            with pytest.raises(KvmError) as info:
+                run_until_finished(vcpu)
+            assert info.value.errno == errno.EINVAL
+        finally:
+            vm.close()
+            low.close()
+            high.close()

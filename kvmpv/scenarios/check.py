@@ -58,6 +58,7 @@ from ..runner import (
     serve_pv_sclp,
     start_vcpu,
 )
+from ..s390guest import guest_end
 from ..syscalls import ensure_kick_handler
 from ..uapi import KvmCap, pv_cmd_id
 from ._harness import (
@@ -123,6 +124,7 @@ class PvVm:
 def make_vm(
     ctx: CheckContext,
     *,
+    low_size: int = LOW_SIZE,
     high_size: int = HIGH_SIZE,
     vcpus: int = 1,
     mem_limit: Optional[int] = None,
@@ -134,7 +136,7 @@ def make_vm(
     if mem_limit is not None:
         # Only before the first vCPU (spec 3.10); QEMU sets it to the RAM size.
         vm.s390_set_mem_limit(mem_limit)
-    low = ctx.memory(LOW_SIZE)
+    low = ctx.memory(low_size)
     vm.mem_add(low, slot=0, gpa=LOW_GPA)
     high = None
     if high_size:
@@ -362,9 +364,19 @@ def check_s390_vcpu_protocol(ctx: CheckContext) -> None:
 # ---------------------------------------------------------------------------
 
 
-def image_vm(ctx: CheckContext, *, vcpus: int = 1) -> PvVm:
-    """A VM as for a protected boot, not yet protected, the SE image loaded at address 0."""
-    guest = make_vm(ctx, vcpus=vcpus, enable=False)
+def image_vm(ctx: CheckContext, *, vcpus: int = 1, sim_high: bool = False) -> PvVm:
+    """A VM as for a protected boot, not yet protected, the SE image loaded at address 0.
+
+    One memslot from 0, as QEMU gives a guest: the payload probes its memory
+    upwards, and a store into a hole below the highest memslot end would make
+    KVM_RUN fail with EINVAL (``__deliver_prog_pv()``, kvmpv.scenarios.reboot.layout_hole).
+    ``sim_high`` (simulator-only checks): the second slot at 2 GiB as well, so
+    that PERFORM has work; only the simulated guest can skip the hole
+    (``SimConfig.guest_skips_holes``).
+    """
+    if sim_high and not ctx.is_sim:
+        raise AssertionError("sim_high is for simulator-only checks")
+    guest = make_vm(ctx, vcpus=vcpus, high_size=HIGH_SIZE if sim_high else 0, enable=False)
     assert ctx.image is not None
     load_image(guest.vm, ctx.image)
     return guest
@@ -378,6 +390,8 @@ def protected_boot(ctx: CheckContext, guest: PvVm) -> ProtectedBoot:
     for step in booted.steps:
         ctx.diag(f"boot {step.step}: {step.to_dict()}")
     run_until_finished(guest.vcpus[0])
+    booted.end = guest_end(guest.vcpus[0])
+    ctx.diag(f"end: {booted.end.describe()}")
     return booted
 
 
@@ -397,18 +411,22 @@ def _unpack(ctx: CheckContext, vm: Vm, addr: int, size: int, tweak: int) -> Any:
 
 @check("protected_boot", spec="10.3", needs=(Need.PV_HOST,), needs_image=True)
 def check_protected_boot(ctx: CheckContext) -> None:
-    """An SE image boots as QEMU boots it: ENABLE, SET_SEC_PARMS, UNPACK each component,
-    PREP_RESET, VERIFY, LOAD, OPERATING; the guest runs to its end and its memory is secure.
+    """An SE image boots as QEMU's s390_machine_protect() boots it: ENABLE, INFO (VM, DUMP)
+    where KVM_CAP_S390_PROTECTED_DUMP exists, SET_SEC_PARMS, UNPACK each component, VERIFY
+    (no PREP_RESET: that is QEMU's diag 308 reset path), LOAD, OPERATING; the guest runs to
+    its end and its memory is secure.
     """
     guest = image_vm(ctx)
     booted = protected_boot(ctx, guest)
     ctx.check_true(booted.verified, "the image verified")
     names = [s.step for s in booted.steps]
     comps = [f"UNPACK {i}" for i in range(len(ctx.image.components))] if ctx.image else []
-    want = ["ENABLE", "SET_SEC_PARMS", *comps, "PREP_RESET", "VERIFY", "LOAD+OPERATING"]
+    dump = guest.vm.kvm.has_cap(uapi.KvmCap.KVM_CAP_S390_PROTECTED_DUMP)
+    info = ["INFO VM", "INFO DUMP"] if dump else []
+    want = ["ENABLE", *info, "SET_SEC_PARMS", *comps, "VERIFY", "LOAD+OPERATING"]
     ctx.check_eq(names, want, "boot steps in QEMU's order")
-    run = guest.vcpus[0].s390_run()
-    ctx.check_eq(int(run.psw_addr), s390guest.DONE_PSW_ADDR, "the payload's end (disabled wait)")
+    assert booted.end is not None
+    ctx.check_eq(booted.end.kind, "payload", f"how the guest ended: {booted.end.describe()}")
     if ctx.is_sim:
         info = sim_vm(ctx, guest.vm)
         ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")
@@ -472,7 +490,7 @@ def check_unpack_outside(ctx: CheckContext) -> None:
     ctx.require_ok(ctx.pv(guest.vm, ENABLE))
     ret, rc, _ = _sec_parms(ctx, guest.vm, ctx.image.header_size)
     ctx.require(ret == 0, f"SET_SEC_PARMS of the image's header (rc {rc:#x})")
-    hole = LOW_GPA + LOW_SIZE  # between the low slot and the 2 GiB one
+    hole = LOW_GPA + LOW_SIZE  # above the one memslot
     ret, _, _ = _unpack(ctx, guest.vm, hole, 4096, 1 << 48)
     ctx.check_eq(errno_text(-ret), "EFAULT", f"UNPACK at {hole:#x}, outside the memslots")
 
@@ -485,7 +503,7 @@ def check_unpack_outside(ctx: CheckContext) -> None:
 def check_boot_while_perform(ctx: CheckContext) -> None:
     """A reboot as QEMU does it: boot, PREPARE, and the next protected boot runs to its end
     while PERFORM still tears the old configuration down."""
-    guest = image_vm(ctx)
+    guest = image_vm(ctx, sim_high=True)  # PERFORM needs pages above 2 GiB to hold
     protected_boot(ctx, guest)
     ctx.require_ok(ctx.pv(guest.vm, PREPARE))
     gate = "perform:batch"
@@ -917,8 +935,9 @@ def check_rc_rrc(ctx: CheckContext) -> None:
 # ---------------------------------------------------------------------------
 
 
-#: Guest memory above 2 GiB for the real-kernel run of prepare_blocks_while_vcpu_in_run:
-#: enough that the protected guest is still importing pages when PREPARE comes.
+#: Guest memory above 2 GiB for the real-kernel run of prepare_blocks_while_vcpu_in_run
+#: (in one memslot from 0): enough that the protected guest is still importing pages
+#: when PREPARE comes.
 REAL_RUNNING_GUEST = 1 << 30
 
 
@@ -938,8 +957,10 @@ def check_prepare_blocks(ctx: CheckContext) -> None:
     says SKIP: it could not observe the wait).  The kick is QEMU's:
     ``immediate_exit`` and a signal to the vCPU thread.
     """
-    high = HIGH_SIZE if ctx.is_sim else REAL_RUNNING_GUEST
-    guest = make_vm(ctx, high_size=high, enable=False)
+    # One large memslot from 0 (a protected guest cannot run over a hole):
+    # on a real host 1 GiB above 2 GiB keeps the guest importing long enough.
+    low = LOW_SIZE if ctx.is_sim else 2 * GiB + REAL_RUNNING_GUEST
+    guest = make_vm(ctx, low_size=low, high_size=0, enable=False)
     assert ctx.image is not None
     load_image(guest.vm, ctx.image)
     vcpu = guest.vcpus[0]

@@ -606,6 +606,7 @@ def _run_protected(size: int, kvm_dev: Optional[str], image: SeImage) -> dict[st
     from ..memory import GuestMemory
     from ..pv import load_image, s390_machine_protect
     from ..runner import exit_name, reset_vcpus, run_until_finished
+    from ..s390guest import guest_end
 
     with Kvm(path=kvm_dev) as kvm, kvm.vm_create() as vm, GuestMemory(size) as mem:
         vm.s390_set_mem_limit(max(size, uapi.PV_ASYNC_MIN_LIMIT + (1 << 20)))
@@ -617,12 +618,15 @@ def _run_protected(size: int, kvm_dev: Optional[str], image: SeImage) -> dict[st
         t0 = time.perf_counter()
         reason = run_until_finished(vcpu)
         run_s = time.perf_counter() - t0
+        # success is the payload's own end, not any disabled wait (a stage3b panic is one)
+        boot.end = guest_end(vcpu)
     return {
         "ran": True,
         "guest": "s390x protected",
         "exit_name": exit_name(reason),
         "boot": boot.to_dict(),
-        "secure_memory": boot.verified,
+        "end": boot.end.describe(),
+        "secure_memory": boot.verified and boot.end.ok,
         "pages_written": "unreadable (protected)",
         "pages_verified": "-",
         "run_s": run_s,

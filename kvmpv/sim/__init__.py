@@ -155,13 +155,15 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import functools
+import hashlib
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .. import seimage, uapi
+from .. import sehdr, seimage, uapi
 from ..syscalls import IoctlArg, buffer_address, libc, raise_errno
 from .locks import CountingMutex as _CountingMutex
 from .locks import MmapLock as _MmapLock
@@ -214,11 +216,13 @@ UV_GUEST_CPU_STOR_LEN = 0x1000
 UV_CONF_DUMP_STORAGE_STATE_LEN = 0x80  # per 1 MiB of guest storage
 UV_CONF_DUMP_FINALIZE_LEN = 0x1000
 SE_HDR_MAX = 2 * PAGE_SIZE  # KVM_PV_SET_SEC_PARMS limit in the 6.x kernels (spec 2.3)
-#: SET_SEC_PARMS with a header not made for this host's key: the rc QEMU's
-#: hint calls "not for this host" (inference, spec 10.3).
+#: The UV's boot answers (s390-tools rust/pvimg/boot/stage3a.c, enum UV_RC):
+#: 0x108 host-key hash, rrc 0x05 no key slot for this machine's host key.
 UV_RC_HDR_NOT_FOR_HOST = 0x0108
-#: VERIFY of an image that does not match its header (inference: not in the sources read).
+UV_RRC_NO_KEY_SLOT = 0x05
+#: 0x102 UNPACK/VERIFY mismatch, the rrc naming what: ALD, PLD, TLD, page count.
 UV_RC_VERIFY_MISMATCH = 0x0102
+UV_RRC_ALD, UV_RRC_PLD, UV_RRC_TLD, UV_RRC_PAGE_COUNT = 0x1A, 0x1B, 0x1C, 0x1D
 
 #: Names of the debugging gates (``pause_at``).
 PAUSE_POINTS = frozenset(
@@ -246,6 +250,8 @@ PSW_MASK_64 = (1 << (63 - 31)) | (1 << (63 - 32))  # EA | BA: 64-bit addressing
 #: The PSW the simulated guest ends with, as the kvmpv s390x payload does: a
 #: disabled wait at 0xfff (QEMU's "special wait PSW", spec 10.4).
 PAYLOAD_DONE_PSW = (PSW_MASK_WAIT | PSW_MASK_64, 0xFFF)
+#: zipl's libc_stop() (s390-tools zipl/boot/libc.c): how stage3a/stage3b end a failed boot
+LOADER_STOP_MASK = 0x0002000080000000
 #: Where the Ultravisor starts a protected CPU on LOAD: the SE header's PSW
 #: (pvimg's default, 64-bit at 0x10000).  Without an image (the simulator has
 #: none yet) it is the payload's entry.
@@ -280,10 +286,13 @@ class _Config:
         self.sec_parms = False
         self.verified = False
         self.dumping = False
-        # SET_SEC_PARMS: the synthetic header's fields (None for any other header)
-        self.header: Optional[seimage.SyntheticHeader] = None
+        # SET_SEC_PARMS: what the UV opened of the header (sehdr.open_header)
+        self.header: Optional[sehdr.OpenedHeader] = None
         # UNPACK calls in order: (gpa, size, tweak) -- a handful per boot
         self.unpacked: list[tuple[int, int, int]] = []
+        # UNPACK's running digests over the encrypted pages: pld, ald, tld
+        self.digests = (hashlib.sha512(), hashlib.sha512(), hashlib.sha512())
+        self.pages = 0
 
 
 @dataclass
@@ -420,6 +429,23 @@ class SimulatedHost:
     * ``stage3b_sclp``: a booted SE image's guest first sets up the SCLP
       console, as pvimg's loader (stage3b) does, and waits for the service
       signal: userspace must answer through the SIDA (``kvmpv.runner``).
+    * ``loader_panic``: fault injection: the stand-in for stage3b, after its
+      SCLP call, ends the boot as stage3b's ``panic()`` does (zipl
+      ``libc_stop()``: a disabled wait, mask 0x0002000080000000, the address
+      the error code, e.g. 0x4511 EINTERNAL) instead of starting the payload.
+      What makes a real stage3b panic (its own arguments: a kernel shorter
+      than 0x10000 bytes, a command line too long or not NUL-terminated) is
+      not in a synthetic image; the injection shows that kvmpv tells that
+      end from the payload's.
+    * ``guest_skips_holes``: the simulated guest of a protected VM touches
+      only memslot memory, as a guest that knows its memory map would.
+      Default False, the kernel's answer for kvmpv's payload (and any guest
+      that probes its memory upwards): its first store into a hole below the
+      highest memslot end is an addressing exception KVM would have to inject,
+      ``__deliver_prog_pv()`` refuses every program interruption but
+      specification and operand, and ``KVM_RUN`` fails with EINVAL.  True only
+      for the simulator's cost-model layouts (a little memory above 2 GiB
+      without allocating the 2 GiB below), and labelled so by their callers.
     * ``pgste``: the calling process's page tables have PGSTEs (spec 10.1);
       without them every KVM_CREATE_VM is EINVAL, as on a real s390x host
       for a process that is not started through ``kvmpv-pgste``.
@@ -446,6 +472,8 @@ class SimulatedHost:
         cap_sys_admin: bool = True,
         pgste: bool = True,
         stage3b_sclp: bool = True,
+        loader_panic: Optional[int] = None,
+        guest_skips_holes: bool = False,
         host_mem_limit: int = 1 << 42,
         max_vcpus: int = 248,
         clear_memory: bool = True,
@@ -464,6 +492,10 @@ class SimulatedHost:
         self.cap_sys_admin = cap_sys_admin
         self.pgste = pgste
         self.stage3b_sclp = stage3b_sclp
+        self.loader_panic = loader_panic
+        self.guest_skips_holes = guest_skips_holes
+        #: the simulated machine's host key: FAKE (sehdr.fake_host_key)
+        self._host_key = sehdr.fake_host_key()
         self.sclp_answers: list[int] = []  # response codes userspace wrote into SCCBs
         self.host_mem_limit = host_mem_limit
         self.max_vcpus = max_vcpus
@@ -1337,6 +1369,10 @@ class SimulatedHost:
                     vcpu.sclp = "done"
                     with self._lock:
                         self.sclp_answers.append(int.from_bytes(vcpu.sida[6:8], "big"))
+                    if self.loader_panic is not None:
+                        # stage3b's panic(): zipl libc_stop(), error code as the address
+                        vcpu.psw = (LOADER_STOP_MASK, self.loader_panic)
+                        continue
                 progress = self._guest_import_slice(vcpu.vm, cfg)
                 if progress == "more":
                     self._pause_point("run:slice")
@@ -1386,9 +1422,23 @@ class SimulatedHost:
         violations: list[tuple[_Config, int, int]] = []
         blocked = False
         with self._mm:
+            reached = 0  # guest memory contiguous from 0 that the guest walked through
             for ms in sorted(vm.memslots.values(), key=lambda m: m.gpa):
                 if budget <= 0:
                     break
+                if ms.gpa > reached and not self.guest_skips_holes:
+                    # The guest stores upwards: once everything below is
+                    # secure, its next store lands in the hole [reached,
+                    # ms.gpa), inside the UV's guest length (the end of the
+                    # highest memslot, kvm_s390_pv_alloc_vm()).  The gmap
+                    # fault finds no memslot; the addressing exception KVM
+                    # would inject is refused for a protected guest
+                    # (__deliver_prog_pv(): only specification and operand
+                    # exceptions), so KVM_RUN fails with EINVAL.
+                    if claimed or blocked:
+                        break  # first the memory below the hole
+                    raise _err(errno.EINVAL)
+                reached = max(reached, ms.gpa + ms.size)
                 for gs, ge in cfg.secure.gaps(ms.uaddr, ms.uaddr + ms.size):
                     if budget <= 0:
                         break
@@ -1774,13 +1824,19 @@ class SimulatedHost:
         if origin == 0:
             return -errno.EFAULT  # copy_from_user of the header
         header = ctypes.string_at(origin, length)
-        # The simulated UV accepts only kvmpv's synthetic header (it has no host
-        # key to open a real one).  A real header is refused as one made for
-        # another host: rc 0x108, which QEMU reports as "not for this host"
-        # (inference from QEMU's hint text, spec 10.3).
-        fields = seimage.synthetic_header_fields(header)
-        fail = None if fields is not None else UV_RC_HDR_NOT_FOR_HOST
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail)
+        # The simulated UV holds the simulated machine's (FAKE) host key and
+        # does what the UV does: find the key slot by the host key hash, unwrap
+        # the protection key, authenticate and decrypt the header
+        # (sehdr.open_header: rc/rrc as stage3a's enum UV_RC names them).
+        fields: Optional[sehdr.OpenedHeader] = None
+        fail, rrc = None, 0
+        try:
+            fields = sehdr.open_header(header, self._host_key)
+        except sehdr.UvRefusal as no:
+            fail, rrc = no.rc, no.rrc
+        cc, out.rc, out.rrc = self._uv(
+            UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail, fail_rrc=rrc
+        )
         if cc:
             return -errno.EINVAL  # kvm_s390_pv_set_sec_parms(): cc ? -EINVAL : 0
         cfg.sec_parms = True
@@ -1810,11 +1866,35 @@ class SimulatedHost:
         cc, out.rc, out.rrc = self._uv(UVC_CMD_UNPACK_IMG, cfg.handle, pages=size // PAGE_SIZE)
         if cc:
             return -errno.EINVAL
-        # Unpacking imports the image pages: they become secure for the configuration.
+        # The UV reads the encrypted pages (they go into the digests as they
+        # are), decrypts each with its tweak (prefix, offset in the component)
+        # into the now secure page: the image pages are imported, not cleared.
+        hdr = cfg.header
+        off = 0
         for s, e in ranges:
-            self._import_range(cfg, s, e, clear=False)
+            fill = None
+            if hdr is not None:
+                fill = functools.partial(self._unpack_pages, cfg, hdr, addr + off, tweak, off)
+            self._import_range(cfg, s, e, clear=False, fill=fill)
+            off += e - s
         cfg.unpacked.append((addr, size, tweak))
         return 0
+
+    @staticmethod
+    def _unpack_pages(
+        cfg: _Config, hdr: sehdr.OpenedHeader, gpa: int, tweak: int, offset: int, s: int, e: int
+    ) -> None:
+        """What the UV does with claimed image pages at UNPACK: digest the encrypted pages
+        (pld, ald, tld as ``seimage.page_digests``), decrypt them in place (AES-XTS)."""
+        cipher = ctypes.string_at(s, e - s)
+        addrs, tweaks = seimage.page_lists(len(cipher), gpa, tweak, offset)
+        pld, ald, tld = cfg.digests
+        pld.update(cipher)
+        ald.update(addrs)
+        tld.update(tweaks)
+        cfg.pages += len(cipher) // PAGE_SIZE
+        plain = sehdr.xts_pages(hdr.xts, cipher, tweak, encrypt=False, offset=offset)
+        ctypes.memmove(s, plain, len(plain))
 
     def _pv_verify(self, vm: _Vm, data: int, out: _Out) -> int:
         """KVM_PV_VERIFY: the UV checks the unpacked image against the header's digests.
@@ -1823,34 +1903,39 @@ class SimulatedHost:
         and the digests of the unpacked pages' contents, addresses and
         tweaks, in the order they were unpacked -- so a VERIFY before every
         component was unpacked, or after one was unpacked with a wrong
-        tweak or address, fails.  The rc for a mismatch is not in the sources
-        read (inference: rc 0x0102, the UV's generic "verification failed").
+        tweak or address, fails: rc 0x0102 with the rrc naming the mismatch
+        (stage3a's enum UV_RC: 0x1a ALD, 0x1b PLD, 0x1c TLD, 0x1d page
+        count).  Which one the UV reports when several differ is not in the
+        sources; the simulator checks page count, ALD, TLD, then PLD.
         """
         cfg = vm.config
         if cfg is None:
             return -errno.EINVAL
         fail = None if cfg.sec_parms else uapi.UVC_RC_INV_STATE
-        if fail is None and cfg.header is not None and not self._image_matches(vm, cfg):
-            fail = UV_RC_VERIFY_MISMATCH
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_VERIFY_IMG, cfg.handle, fail_rc=fail)
+        rrc = 0
+        if fail is None and cfg.header is not None:
+            rrc = self._image_mismatch(vm, cfg)
+            fail = UV_RC_VERIFY_MISMATCH if rrc else None
+        cc, out.rc, out.rrc = self._uv(UVC_CMD_VERIFY_IMG, cfg.handle, fail_rc=fail, fail_rrc=rrc)
         if cc:
             return -errno.EINVAL  # uv_cmd_nodata(): cc ? -EINVAL : 0
         cfg.verified = True
         return 0
 
-    def _image_matches(self, vm: _Vm, cfg: _Config) -> bool:
+    def _image_mismatch(self, vm: _Vm, cfg: _Config) -> int:
+        """0 if the unpacked pages match the header, else the rrc naming the first mismatch."""
         hdr = cfg.header
         assert hdr is not None
-        parts: list[tuple[bytes, int, int]] = []
-        for gpa, size, tweak in cfg.unpacked:
-            ranges = self._gpa_to_host(vm, gpa, size)
-            if ranges is None:
-                return False
-            content = b"".join(ctypes.string_at(s, e - s) for s, e in ranges)
-            parts.append((content, gpa, tweak))
-        pages = sum(size for _, size, _ in cfg.unpacked) // PAGE_SIZE
-        digests = seimage.page_digests(parts)
-        return pages == hdr.pages and digests == (hdr.pld, hdr.ald, hdr.tld)
+        pld, ald, tld = (d.digest() for d in cfg.digests)
+        for bad, rrc in (
+            (cfg.pages != hdr.nep, UV_RRC_PAGE_COUNT),
+            (ald != hdr.ald, UV_RRC_ALD),
+            (tld != hdr.tld, UV_RRC_TLD),
+            (pld != hdr.pld, UV_RRC_PLD),
+        ):
+            if bad:
+                return rrc
+        return 0
 
     def _pv_prep_reset(self, vm: _Vm, data: int, out: _Out) -> int:
         cfg = vm.config
@@ -2075,19 +2160,33 @@ class SimulatedHost:
                     self._destroyed += done
         return cursor, True
 
-    def _import_range(self, cfg: _Config, s: int, e: int, *, clear: bool = True) -> None:
+    def _import_range(
+        self,
+        cfg: _Config,
+        s: int,
+        e: int,
+        *,
+        clear: bool = True,
+        fill: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
         """Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
 
-        UNPACK passes ``clear=False``: the Ultravisor decrypts the image page
-        in place (a synthetic image is plaintext, pcf "no decryption"), so the
-        content stays.  EFAULT if userspace unmapped part of the range (a
-        gmap fault that cannot be resolved).  Under ``mmap_lock`` for reading
-        throughout.
+        UNPACK passes ``clear=False`` and ``fill``: the Ultravisor decrypts the
+        image pages in place, ``fill(s, e)`` while the range is claimed.
+        EFAULT if userspace unmapped part of the range (a gmap fault that
+        cannot be resolved).  Under ``mmap_lock`` for reading throughout.
         """
         with self._mmap_lock.read():
-            self._import_range_locked(cfg, s, e, clear)
+            self._import_range_locked(cfg, s, e, clear, fill)
 
-    def _import_range_locked(self, cfg: _Config, s: int, e: int, clear: bool = True) -> None:
+    def _import_range_locked(
+        self,
+        cfg: _Config,
+        s: int,
+        e: int,
+        clear: bool = True,
+        fill: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
         with self._mm:
             if self._unmapped.intersect(s, e):
                 raise _err(errno.EFAULT)
@@ -2102,6 +2201,8 @@ class SimulatedHost:
             if clear:
                 self._clear(s, e - s)
                 self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
+            if fill is not None:
+                fill(s, e)
         finally:
             self._release_claims([(s, e)], lambda s, e: cfg.secure.add(s, e))
             with self._lock:
@@ -2200,14 +2301,20 @@ class SimulatedHost:
             return entry[0], entry[1]
 
     def _uv(
-        self, cmd: int, handle: int, *, pages: int = 0, fail_rc: Optional[int] = None
+        self,
+        cmd: int,
+        handle: int,
+        *,
+        pages: int = 0,
+        fail_rc: Optional[int] = None,
+        fail_rrc: int = 0,
     ) -> tuple[int, int, int]:
-        """One UV call: (cc, rc, rrc).  Injected failures first, then ``fail_rc``."""
+        """One UV call: (cc, rc, rrc).  Injected failures first, then ``fail_rc``/``fail_rrc``."""
         fail = self._take_injection(cmd)
         if fail is not None:
             cc, rc, rrc = 1, fail[0], fail[1]
         elif fail_rc is not None:
-            cc, rc, rrc = 1, fail_rc, 0
+            cc, rc, rrc = 1, fail_rc, fail_rrc
         else:
             cc, rc, rrc = 0, uapi.UVC_RC_EXECUTED, 0
         self._log(cmd, handle, cc, rc, rrc, pages)

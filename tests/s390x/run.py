@@ -8,7 +8,8 @@ Host side only; runs as root on an x86_64 (or any non-s390x) Linux host:
    qemu-user-static's ``/usr/lib/binfmt.d/qemu-s390x.conf``; flag F, so the
    interpreter is opened once and works inside a chroot).
 2. Builds, once, a Debian bookworm s390x root with ``debootstrap
-   --arch=s390x --variant=minbase --include=python3`` from the mirror the
+   --arch=s390x --variant=minbase --include=python3,python3-cryptography``
+   (``DEBIAN_PACKAGES``: what PyPI has no s390x wheel of) from the mirror the
    host's apt sources name, in ``$KVMPV_CACHE/s390x/`` (default
    ``/var/cache/kvmpv``; outside the repository, so fresh clones and CI reuse
    it).  A stamp file says which recipe built it; a changed recipe rebuilds.
@@ -52,8 +53,12 @@ from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
+#: Dependencies PyPI has no s390x wheel of, installed from Debian into the root
+#: instead (and left out of the pip install): cryptography (SE headers, kvmpv/sehdr.py).
+DEBIAN_PACKAGES = {"cryptography": "python3-cryptography"}
 # Bump when the way the root is built changes: the cached root is rebuilt.
-ROOT_RECIPE = f"debootstrap --arch=s390x --variant=minbase --include=python3 {SUITE} v1"
+ROOT_PACKAGES = ",".join(["python3", *DEBIAN_PACKAGES.values()])
+ROOT_RECIPE = f"debootstrap --arch=s390x --variant=minbase --include={ROOT_PACKAGES} {SUITE} v2"
 # No cache dir in the throw-away copy; the qemu-user limits plugin (qemu_user.py).
 PLUGINS = ["-p", "no:cacheprovider", "-p", "qemu_user"]
 DEFAULT_PYTEST_ARGS = ["-q", "-rs", "-m", "not slow"]
@@ -159,7 +164,7 @@ def ensure_root(cache: Path) -> Path:
             "debootstrap",
             "--arch=s390x",
             "--variant=minbase",
-            "--include=python3",
+            f"--include={ROOT_PACKAGES}",
             SUITE,
             str(new),
             mirror,
@@ -200,7 +205,7 @@ def requirements() -> list[str]:
         project = tomllib.load(f)["project"]
     reqs = list(project.get("dependencies", []))
     reqs += project.get("optional-dependencies", {}).get("test", [])
-    return sorted(set(reqs))
+    return sorted({r for r in reqs if re.split(r"[<>=!~; ]", r)[0] not in DEBIAN_PACKAGES})
 
 
 def ensure_site(root: Path, pyver: str) -> str:
