@@ -26,7 +26,9 @@ from kvmpv.report import kcidb, results
 
 REPO = Path(__file__).resolve().parent.parent
 kcidb_io = pytest.importorskip(
-    "kcidb_io", reason="kcidb-io (PyPI) validates the submissions: pip install kcidb-io"
+    "kcidb_io",
+    reason="kcidb-io (PyPI) validates the submissions: pip install kcidb-io (Python >= 3.10; "
+    f"this is {sys.version_info[0]}.{sys.version_info[1]})",
 )
 
 
