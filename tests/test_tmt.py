@@ -87,3 +87,45 @@ def test_local_tmt_run_passes_with_a_result_per_check(tmp_path: Path) -> None:
     doc = json.loads((exercise_dir / "results" / "results.json").read_text())
     assert doc["reboot"] and doc["shutdown"]["records"]
     assert (exercise_dir / "results" / "kcidb.json").exists()
+
+
+def test_tmt_results_match_tmts_own_schema(tmp_path: Path) -> None:
+    """``--tmt-results`` as tmt's results schema wants it (tmt only warns on violations)."""
+    pytest.importorskip("tmt", reason="tmt is not installed (pip install tmt; tox's py env has it)")
+    import fmf.utils
+    import tmt.utils
+
+    from kvmpv.cli import main
+    from kvmpv.report import tmt as tmt_report
+    from kvmpv.report.cases import CaseResult, RunResult, Status
+
+    schema = tmt.utils.load_schema(Path("results.yaml"))
+    store = tmt.utils.load_schema_store()
+
+    def errors(data: object) -> list[object]:
+        return list(fmf.utils.validate_data(data, schema, schema_store=store).errors)
+
+    out, junit = tmp_path / "results.json", tmp_path / "check.junit.xml"
+    argv = ["check", "--backend", "sim", "--tmt-results", str(out), "--junit", str(junit)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert errors(data) == []
+    assert {r["result"] for r in data} == {"pass"} and len(data) >= 30
+    assert all(r["log"] == ["check.junit.xml"] and r["name"].startswith("/sim/") for r in data)
+    # A run cut short: what ran, then /bail-out as an error.
+    run = RunResult(
+        "kvmpv.check",
+        cases=[CaseResult("prepare_success", Status.FAIL, "rc 0x5", "kvm", ["got rc 0x5"])],
+        planned=3,
+        bail_out="interrupted by signal 15",
+        interrupted=True,
+    )
+    cut = tmt_report.results(run, str(out), [str(junit)])
+    assert [(r["name"], r["result"]) for r in cut] == [
+        ("/kvm/prepare_success", "fail"),
+        ("/bail-out", "error"),
+    ]
+    assert cut[0]["note"] == ["rc 0x5", "got rc 0x5"] and "1 of 3 ran" in cut[1]["note"]
+    assert errors(cut) == []
+    # The schema check can fail.
+    assert errors([dict(cut[0], result="passed")]) != []
