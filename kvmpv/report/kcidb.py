@@ -181,7 +181,8 @@ class _Builder:
                 "comment": f"the running kernel, Linux {self.release} ({self.arch}); kvmpv "
                 "builds no kernel, this checkout stands for the one it tested",
                 "start_time": created,
-                "valid": True,
+                # no "valid": nothing was checked out (KCIDB: valid = the
+                # source was checked out and its patches applied)
                 "misc": misc,
             }
         )
