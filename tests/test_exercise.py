@@ -24,6 +24,67 @@ def test_default_sizes_follow_the_host() -> None:
     assert exercise.default_sizes(700 * MiB) == [700 * MiB]
 
 
+def test_reboot_curve_is_planned_by_time() -> None:
+    cap = exercise.reboot_curve_cap(23 * GiB)
+    assert cap == 11 * GiB
+    plan = exercise.plan_curve
+    # Measured here on a loaded host: 3G took 17.2 s of the 90 s budget.
+    assert plan(3 * GiB, 17.2, 72.8, cap) == [4 * GiB, 5 * GiB]
+    # Unloaded (8.7 s): the widest range three points allow.
+    assert plan(3 * GiB, 8.7, 81.3, cap) == [7 * GiB, 11 * GiB]
+    # A fast host: the cap, and as many points as fit there, evenly spaced.
+    assert plan(3 * GiB, 3.0, 87.0, cap) == [5 * GiB, 7 * GiB, 9 * GiB, 11 * GiB]
+    # A slow host or a small one: fewer sizes, or none beyond the first.
+    assert plan(3 * GiB, 40.0, 50.0, cap) == []
+    assert plan(3 * GiB, 8.7, 81.3, 4 * GiB) == [4 * GiB]
+    assert plan(3 * GiB, 8.7, 81.3, 3 * GiB) == []
+
+
+def _fake_curve(
+    monkeypatch: pytest.MonkeyPatch, sizes: list[int], explicit: bool, cost: Any
+) -> tuple[list[int], dict[str, Any], exercise.ExerciseResult]:
+    """Run ``_reboot_curve`` with reboots taking ``cost(memory)`` seconds on a fake clock."""
+    clock = [100.0]
+    ran: list[int] = []
+
+    def fake_step(req: Any, memory: int, doc: dict[str, Any], res: Any, say: Any) -> None:
+        ran.append(memory)
+        clock[0] += cost(memory)
+
+    monkeypatch.setattr(exercise, "_reboot_step", fake_step)
+    monkeypatch.setattr(exercise.time, "monotonic", lambda: clock[0])
+    req = exercise.ExerciseRequest(
+        out_dir="unused", reboot_sizes=tuple(sizes) if explicit else None, reboot_budget_s=90
+    )
+    doc: dict[str, Any] = {}
+    res = exercise.ExerciseResult(doc)
+    exercise._reboot_curve(
+        req, sizes, doc, res, lambda _s: None, lambda *_a: None, print, 11 * GiB
+    )
+    return ran, doc, res
+
+
+def test_reboot_curve_stops_at_its_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    linear = lambda m: 10 / 3 * m / GiB  # noqa: E731 -- 10 s per 3G
+    ran, doc, _ = _fake_curve(monkeypatch, [3 * GiB], explicit=False, cost=linear)
+    assert ran == [3 * GiB, 7 * GiB, 11 * GiB] and "skipped" not in doc
+    # Larger sizes costing twice the prediction: 7G is over budget once run,
+    # so 11G (predicted from both) is skipped, with the reason.
+    def worse(m: int) -> float:
+        return linear(m) * (1 if m == 3 * GiB else 2)
+
+    ran, doc, res = _fake_curve(monkeypatch, [3 * GiB], explicit=False, cost=worse)
+    assert ran == [3 * GiB, 7 * GiB]
+    (skip,) = doc["skipped"]
+    assert skip["step"] == "reboot at 11G" and "budget (90 s)" in skip["reason"]
+    assert "57 s spent, about 62 s more predicted" in skip["reason"]
+    assert any("stopped before 11G" in n for n in res.notes)
+    # Explicit sizes always run, budget or not.
+    sizes = [3 * GiB, 6 * GiB, 9 * GiB]
+    ran, doc, _ = _fake_curve(monkeypatch, sizes, explicit=True, cost=lambda m: 100)
+    assert ran == sizes and "skipped" not in doc
+
+
 def test_max_size_beyond_the_host_is_refused_before_allocating(
     tmp_path: Path, capsys: Any
 ) -> None:
@@ -62,11 +123,19 @@ def test_exercise_runs_and_leaves_the_files(tmp_path: Path, capsys: Any) -> None
     code = main(
         # sized by time (tests/_sized.py): a verdict not decided fails the run
         ["exercise", "--out", str(out), "--repeat", "1", "--cycles", "1",
-         "--max-size", format_size(verdict_size(PRECISE_TOLERANCE_NS))]
+         "--max-size", format_size(verdict_size(PRECISE_TOLERANCE_NS)),
+         "--reboot-sizes", "4G,3G", "--kcidb", str(out / "kcidb.json")]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     doc = results.read(str(out / "results.json"))
+    # The reboot curve: every size asked for, smallest first, each a run of its own.
+    assert [r["memory_bytes"] for r in doc["reboot"]] == [3 * GiB, 4 * GiB]
+    assert "Reboot curve by guest memory" in printed
+    sub = json.loads((out / "kcidb.json").read_text())
+    assert any(t["path"] == "kvmpv.reboot.sim.sync.4G" for t in sub["tests"]) or not any(
+        r["backend"] == "sim" for r in doc["reboot"]
+    )
     assert doc["host"]["arch"]
     names = {r["name"] for r in doc["check"]["results"]}
     assert len(names) >= 10

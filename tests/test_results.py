@@ -163,6 +163,48 @@ def test_plots_contain_every_series(tmp_path: Path) -> None:
     assert not _png_has_colour(Path(reboot.path), "#00ff00")
 
 
+def test_reboot_curve_table_says_what_the_plot_shows(tmp_path: Path, capsys: Any) -> None:
+    from kvmpv.report import tables
+
+    doc = make_doc()
+    text = tables.render(doc)
+    assert "Reboot curve by guest memory, as in reboot.png (sim = SIMULATED s390x kernel):" in text
+    curve = text.split("as in reboot.png")[1].splitlines()
+    rows = [line.split() for line in curve if line.startswith("sim ")]
+    # smallest first; async 0.2 s flat, sync 0.1 s/GiB: 0.4 and 1.2, ratios 0.5 and 0.1667
+    assert [r[1] for r in rows] == ["4G", "12G"]
+    assert [r[2:5] for r in rows] == [
+        ["0.2000", "0.4000", "0.5000"],
+        ["0.2000", "1.2000", "0.1667"],
+    ]
+    # A bench file's curve is drawn and tabled the same way by `kvmpv report`.
+    bench = make_doc()
+    bench["bench"] = {"teardown": [], "extrapolation": [], "reboot_curve": bench.pop("reboot")}
+    path = tmp_path / "bench.json"
+    results.write(bench, str(path))
+    pytest.importorskip("matplotlib", reason="plots are the optional [plot] extra")
+    assert main(["report", str(path), "--plot", str(tmp_path / "b-")]) == 0
+    out = capsys.readouterr().out
+    assert "Reboot curve by guest memory" in out and (tmp_path / "b-reboot.png").exists()
+
+
+def test_reboot_plot_from_every_recorded_results_file(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="plots are the optional [plot] extra")
+    from kvmpv.report import plots
+
+    files = _recorded()
+    if not files:
+        pytest.skip("no recorded results under fixtures/results yet")
+    drawn = 0
+    for path in files:
+        doc = results.read(str(path))
+        if plots.reboot_runs(doc):
+            info = plots.plot_reboot(doc, str(tmp_path / f"{path.stem}.png"))
+            assert info.series and all(_png_has_colour(Path(info.path), c) for _, c in info.series)
+            drawn += 1
+    assert drawn, "no recorded file has reboot measurements"
+
+
 def test_plot_without_data_says_why(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="plots are the optional [plot] extra")
     from kvmpv.report import plots

@@ -25,3 +25,28 @@ def add_cgroup_option(parser: argparse.ArgumentParser, *, old_name: str = "") ->
         parser.add_argument(
             old_name, dest="cgroup", choices=HIERARCHY_CHOICES, help=argparse.SUPPRESS
         )
+
+
+def add_kcidb_options(parser: argparse.ArgumentParser) -> None:
+    """``--kcidb FILE`` and ``--kcidb-origin NAME``: a KCIDB I/O submission of the run."""
+    parser.add_argument(
+        "--kcidb",
+        metavar="FILE",
+        help="also write the results as a KCIDB I/O submission (schema v5.3 of the kcidb-io "
+        "package: one checkout and build for the running kernel, one test per check and "
+        "measurement), for kcidb-submit to send to KernelCI's database (docs/engines.md)",
+    )
+    parser.add_argument(
+        "--kcidb-origin",
+        metavar="NAME",
+        default="kvmpv",
+        help="the KCIDB origin: the submitting CI system's name, which prefixes every id "
+        "(lowercase letters, digits and _; KernelCI assigns one per submitter; "
+        "default: %(default)s)",
+    )
+    parser.add_argument(
+        "--kcidb-build",
+        metavar="ID",
+        help="attach the KCIDB tests to this existing build (ORIGIN:ID, e.g. the CI system's "
+        "build of the kernel under test) instead of a checkout and build of the running kernel",
+    )

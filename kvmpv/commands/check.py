@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import Any
 
 from .. import seimage
 from ..errors import Interrupted, UsageError
+from ..report import kcidb, tmt
 from ..report.cases import RunResult, ensure_writable, write_text
 from ..scenarios.check import (
     BACKENDS,
@@ -42,6 +44,7 @@ from ..scenarios.check import (
 )
 from ..scenarios.check import select as select_checks
 from ..scenarios.probe import probe_facts
+from ._options import add_kcidb_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "run on the real kernel with it (without it they SKIP there); the simulator boots "
         "kvmpv's synthetic image",
     )
+    parser.add_argument(
+        "--tmt-results",
+        metavar="FILE",
+        help="also write the results as tmt custom results (a results.json in $TMT_TEST_DATA: "
+        "one tmt result per check and backend, with the KTAP/JUnit/JSON files beside it as "
+        "logs; docs/engines.md)",
+    )
+    add_kcidb_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,9 +109,15 @@ def run(args: argparse.Namespace) -> int:
     if args.avocado_recipe:
         print(json.dumps(avocado_recipe(args, selected)))
         return 0
-    for path in (args.junit, args.json):
+    kcidb.check_origin(args.kcidb_origin)
+    if args.kcidb_build:
+        kcidb.check_build_id(args.kcidb_build)
+    args.started = kcidb.now()
+    for path in (args.junit, args.json, args.kcidb, args.tmt_results):
         if path == "-":
-            raise UsageError("--junit/--json need a file name; KTAP goes to stdout")
+            raise UsageError(
+                "--junit/--json/--kcidb/--tmt-results need a file name; KTAP goes to stdout"
+            )
         if path:
             ensure_writable(path)  # before minutes of checks, not after
     if args.list:
@@ -141,6 +158,17 @@ def _write_reports(args: argparse.Namespace, result: CheckRun) -> None:
         write_text(args.junit, result.junit())
     if args.json:
         write_text(args.json, result.to_json())
+    if args.kcidb:
+        command = "kvmpv " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        started = getattr(args, "started", None) or kcidb.now()
+        sub = kcidb.from_check(
+            result.to_dict(), started, args.kcidb_origin, command=command,
+            build_id=args.kcidb_build,
+        )  # fmt: skip
+        kcidb.write(sub, args.kcidb)
+    if args.tmt_results:
+        logs = [p for p in (args.junit, args.json, args.kcidb) if p]
+        write_text(args.tmt_results, tmt.render(result.run, args.tmt_results, logs))
 
 
 def on_interrupt(args: argparse.Namespace, exc: BaseException) -> None:
@@ -150,7 +178,7 @@ def on_interrupt(args: argparse.Namespace, exc: BaseException) -> None:
     none.  Before the first check there is nothing to count: the reports say
     that (an empty run, bailed out).
     """
-    if not (args.junit or args.json):
+    if not (args.junit or args.json or args.kcidb or args.tmt_results):
         return
     partial = getattr(exc, "check_run", None)
     if partial is None:

@@ -87,6 +87,40 @@ def reboot_table(runs: Sequence[dict[str, Any]]) -> str:
     return format_table(headers, rows) + "\n(median over cycles)"
 
 
+def reboot_curve_table(runs: Sequence[dict[str, Any]]) -> str:
+    """What the reboot plot shows, as numbers: one row per backend and guest size, smallest first.
+
+    Latency and teardown CPU are medians over the measured cycles of each
+    mode; ``async/sync`` is the latency ratio (flat async, growing sync: the
+    ratio falls as the guest grows).
+    """
+    headers = [
+        "backend", "memory", "async latency s", "sync latency s", "async/sync",
+        "async cpu s", "sync cpu s",
+    ]  # fmt: skip
+    rows = []
+    for run in sorted(runs, key=lambda r: (str(r.get("backend")), int(r.get("memory_bytes", 0)))):
+        cycles = run.get("cycles", [])
+        lat = {m: median([c.get("reboot_latency_s") for c in cycles if c.get("mode") == m])
+               for m in ("async", "sync")}  # fmt: skip
+        cpu = {m: median([c.get("cleanup_cpu_s") for c in cycles if c.get("mode") == m])
+               for m in ("async", "sync")}  # fmt: skip
+        a, b = lat["async"], lat["sync"]
+        rows.append(
+            [
+                run.get("backend"),
+                format_size(int(run.get("memory_bytes", 0))),
+                a, b, a / b if a is not None and b else None, cpu["async"], cpu["sync"],
+            ]
+        )  # fmt: skip
+    return format_table(headers, rows)
+
+
+def _reboot_heading(runs: Sequence[dict[str, Any]], what: str) -> str:
+    simulated = any(r.get("backend") == "sim" or r.get("simulated") for r in runs)
+    return f"{what} (sim = SIMULATED s390x kernel):" if simulated else f"{what}:"
+
+
 def check_summary(check: dict[str, Any]) -> str:
     counts: dict[tuple[str, str], int] = {}
     for res in check.get("results", []):
@@ -120,7 +154,10 @@ def render(doc: dict[str, Any]) -> str:
         out += ["", "Checks (sim = simulated s390x kernel, kvm = this host's kernel):"]
         out.append(check_summary(doc["check"]))
     if doc.get("reboot"):
-        out += ["", "Protected-VM reboot:", reboot_table(doc["reboot"])]
+        runs = doc["reboot"]
+        out += ["", _reboot_heading(runs, "Protected-VM reboot"), reboot_table(runs)]
+        out += ["", _reboot_heading(runs, "Reboot curve by guest memory, as in reboot.png")]
+        out.append(reboot_curve_table(runs))
     shutdown = (doc.get("shutdown") or {}).get("records")
     if shutdown:
         out += ["", "Process-exit teardown (median over repeats):", shutdown_table(shutdown)]
@@ -132,7 +169,10 @@ def render(doc: dict[str, Any]) -> str:
         out += ["", "Extrapolated from the measured rate (NOT measured):"]
         out.append(extrapolation_table(bench["extrapolation"]))
     if bench.get("reboot_curve"):
-        out += ["", "Reboot latency curve:", reboot_table(bench["reboot_curve"])]
+        runs = bench["reboot_curve"]
+        out += ["", _reboot_heading(runs, "Reboot latency curve"), reboot_table(runs)]
+        out += ["", _reboot_heading(runs, "Reboot curve by guest memory, as in reboot.png")]
+        out.append(reboot_curve_table(runs))
     for skip in doc.get("skipped", []):
         out.append(f"SKIP {skip['step']}: {skip['reason']}")
     return "\n".join(out)
