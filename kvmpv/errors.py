@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Optional
 
-# Exit codes, documented in the README and in ``kvmpv --help``.
+# Exit codes, documented in the README's table and in ``kvmpv --help`` (tests/test_docs.py).
 EXIT_OK = 0
 EXIT_FAIL = 1  # a check failed, a verdict is wrong, a regression was found
 EXIT_USAGE = 2  # bad command line or bad input file

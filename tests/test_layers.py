@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The package's layers import only downward (README, "Layout").
+"""The package's layers import only downward (docs/development.md, "Layout").
 
 A module may import from its own layer or the ones below it, never above:
 that is what lets a reader find their room and know what they may touch.
@@ -18,7 +18,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "kvmpv"
 
-#: Top-level module or subpackage -> layer (README table, top to bottom).
+#: Top-level module or subpackage -> layer (docs/development.md table, top to bottom).
 LAYER = {
     "__init__": 0, "uapi": 0, "errors": 0, "units": 0, "closing": 0, "stats": 0,
     "syscalls": 1, "sim": 1, "memory": 1, "pgste": 1, "seimage": 1, "sehdr": 1,
@@ -90,7 +90,7 @@ MODULES = sorted(PKG.rglob("*.py"))
 def test_every_module_has_a_layer() -> None:
     for path in MODULES:
         top = path.relative_to(PKG).parts[0].removesuffix(".py")
-        assert top in LAYER, f"{path}: add it to the README layout table and to LAYER"
+        assert top in LAYER, f"{path}: add it to the layout table in docs/development.md and to LAYER"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
