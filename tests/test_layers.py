@@ -90,7 +90,7 @@ MODULES = sorted(PKG.rglob("*.py"))
 def test_every_module_has_a_layer() -> None:
     for path in MODULES:
         top = path.relative_to(PKG).parts[0].removesuffix(".py")
-        assert top in LAYER, f"{path}: add it to the layout table in docs/development.md and to LAYER"
+        assert top in LAYER, f"{path}: add it to docs/development.md's layout table and to LAYER"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
