@@ -16,7 +16,6 @@ import json
 import sys
 from typing import Any
 
-from ..accounting import Outcome
 from ..errors import UsageError
 from ..report.cases import ensure_writable, write_text
 from ..report.tables import format_table
@@ -114,8 +113,6 @@ def _detail(rec: dict[str, Any], raw: ShutdownRecord) -> str:
     text = f"  {name}: {rec['verdict']}"
     if raw.failed and raw.expected is not None:
         text += f" (FAIL: expected {raw.expected.value})"
-    elif raw.expected is not None and raw.outcome not in (raw.expected, Outcome.SKIP):
-        text += f" (expected {raw.expected.value}; the race went one way at this size)"
     text += f" -- {detail.get('reason', '')}; work = {rec.get('work_source', '')}"
     split = rec.get("split")
     if split:
