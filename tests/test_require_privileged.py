@@ -140,3 +140,15 @@ def test_every_entry_says_why() -> None:
     for entry in skip_allowlist.ALLOWED:
         re.compile(entry.pattern)
         assert len(entry.why) > 20, entry
+
+
+def test_the_s390x_env_fails_instead_of_skipping_when_required(tmp_path: Path) -> None:
+    # No qemu-s390x-static on an empty PATH (or not root): the env cannot run.
+    run_py = ROOT / "tests" / "s390x" / "run.py"
+    for require, code, word in (("0", 0, "SKIP"), ("1", 1, "FAIL")):
+        env = {"PATH": str(tmp_path), "KVMPV_REQUIRE_PRIVILEGED": require}
+        r = subprocess.run([sys.executable, str(run_py)], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode == code, (require, r.stdout, r.stderr)
+        assert r.stdout.startswith(f"{word}: s390x: "), r.stdout
+
