@@ -97,11 +97,24 @@ def test_strategy_record_has_the_keys(run512: sd.ShutdownResult, strategy: str) 
         assert set(st) == {"min", "median", "max"}
         assert 0 < st["min"] <= st["median"] <= st["max"]
     assert len(d["repeats"]) == 2
-    assert d["teardown_cpu_s"] > 0 and d["charged_to_worker_cgroup_s"] >= 0
+    # The worker's cgroup paid a part of the teardown CPU measured in all the
+    # run's cgroups, never more (each repeat's worker delta is part of its
+    # total, so the medians keep the order); its own exit costs something,
+    # and so does the cleaner's or reaper's work in the other cgroup.
+    assert 0 < d["charged_to_worker_cgroup_s"] <= d["teardown_cpu_s"], d
+    for rep in d["repeats"]:
+        assert rep["worker_cgroup_s"] > 0, rep
+        if strategy in sd.OTHER_ROLE:
+            assert rep["other_cgroup_s"] > 0, rep
+        else:
+            assert rep["other_cgroup_s"] is None, rep
     # The memory is really gone from the worker's cgroup once "released".
     for rep in d["repeats"]:
-        after = rep.get("worker_memory_after_bytes")  # absent: no memory counter
-        assert after is None or after < 64 * MiB, after
+        if "worker_memory_after_bytes" not in rep:
+            why = (rep.get("memory_trace") or {}).get("reason")
+            pytest.skip(f"{strategy}: no memory counter in the worker's {run512.hierarchy} "
+                        f"cgroup, memory after release not checked: {why}")  # fmt: skip
+        assert rep["worker_memory_after_bytes"] < 64 * MiB, rep
 
 
 @needs_root
