@@ -116,8 +116,11 @@ def _detail(rec: dict[str, Any], raw: ShutdownRecord) -> str:
     text += f" -- {detail.get('reason', '')}; work = {rec.get('work_source', '')}"
     split = rec.get("split")
     if split:
+        # over every repeat, also those where process_mrelease came too late
+        # (the verdict's shares count only the reaped ones)
         text += (
-            f"; split worker {split['worker_fraction']:.0%} / reaper {split['reaper_fraction']:.0%}"
+            f"; all repeats: worker {split['worker_fraction']:.0%}"
+            f" / reaper {split['reaper_fraction']:.0%}"
         )
     if "mrelease_reaped" in rec:
         text += f"; process_mrelease reaped in {rec['mrelease_reaped']} repeats"
