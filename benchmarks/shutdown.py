@@ -360,6 +360,7 @@ def report(doc: dict[str, Any]) -> int:
                 f"; release {fmt_s(rel['min'])} / {fmt_s(rel['median'])} / {fmt_s(rel['max'])}"
                 f" (max/min {spread:.2f}); verdict {rec['verdict']}"
                 + (f" (expected {rec['expected']})" if rec.get("expected") else "")
+                + (f" (not judged: {rec['not_judged']})" if rec.get("not_judged") else "")
             )
             if rec.get("expected") and rec["verdict"] != rec["expected"]:
                 failures += 1

@@ -79,21 +79,27 @@ def exit_teardown(
 
 
 @functools.cache
-def _sizing(tolerance_ns: int) -> Sizing:
+def _sizing(target_ns: int) -> Sizing:
     # Half of MemAvailable: one child at a time, the rest for the machine.
     return size_by_time(
-        exit_teardown, target_ns=target_work_ns(tolerance_ns), start_bytes=256 * MiB,
+        exit_teardown, target_ns=target_ns, start_bytes=256 * MiB,
         limit_bytes=mem_available() // 2,
     )  # fmt: skip
 
 
-def verdict_sizing(tolerance_ns: int) -> Sizing:
-    """The size whose exit teardown takes a decisive time here, and the work
+def sized_for(target_ns: int) -> Sizing:
+    """The size whose exit teardown takes ``target_ns`` here, and the work
     measured at it; SKIP with the numbers when this host cannot hold that much."""
-    s = _sizing(tolerance_ns)
+    s = _sizing(target_ns)
     if not s.reached:
         pytest.skip(f"MemAvailable: a decisive exit teardown needs more memory: {s.describe()}")
     return s
+
+
+def verdict_sizing(tolerance_ns: int) -> Sizing:
+    """The size whose exit teardown takes a decisive time for a verdict at
+    ``tolerance_ns`` (``target_work_ns``), and the work measured at it."""
+    return sized_for(target_work_ns(tolerance_ns))
 
 
 def verdict_size(tolerance_ns: int) -> int:

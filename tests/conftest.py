@@ -11,9 +11,10 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
+from skip_allowlist import Allowed, allowed
 
 from kvmpv.errors import KvmpvError
 from kvmpv.kvm import Kvm
@@ -114,38 +115,67 @@ needs_kvm = pytest.mark.skipif(
 )
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (cgroups, taskstats)")
 
-#: KVMPV_REQUIRE_PRIVILEGED=1 (set by .ci/run): a test skipped for want of a
-#: privilege the CI machine is meant to have (root, /dev/kvm, cgroups,
-#: netlink) fails instead, so CI cannot pass vacuously on a machine that lost
-#: one.  Skips for other reasons (not an s390x PV host, simulator-only
-#: checks, an optional extra) stay skips.
+#: KVMPV_REQUIRE_PRIVILEGED=1 (set by .ci/run): every skip fails unless its
+#: reason is on the reviewed allow-list (tests/skip_allowlist.py: what the CI
+#: machine, x86_64 with root, /dev/kvm, cgroups and every tool .ci/run
+#: installs, cannot be), so CI cannot pass vacuously on a machine that lost a
+#: privilege, a tool or memory.  The accepted skips are listed at the end.
 REQUIRE_PRIVILEGED = os.environ.get("KVMPV_REQUIRE_PRIVILEGED") == "1"
-PRIVILEGE_SKIPS = (
-    "needs root",
-    "/dev/kvm",
-    "cgroup",
-    "netlink",
-    "taskstats",
-    "proc connector",
-    "EPERM",
-    "Permission denied",
-    "accounting unavailable",
-)
+#: (node id, reason, allow-list entry) of every accepted skip of this run
+ALLOWED_SKIPS: list[tuple[str, str, Allowed]] = []
+
+
+def _skip_reason(longrepr: object) -> str:
+    """The reason a skip report gives, without pytest's "Skipped: " prefix."""
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+    return reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
+
+
+def _police_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under KVMPV_REQUIRE_PRIVILEGED=1: fail a skip the allow-list does not accept."""
+    if not (REQUIRE_PRIVILEGED and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report.longrepr)
+    entry = allowed(reason)
+    if entry is not None:
+        ALLOWED_SKIPS.append((report.nodeid, reason, entry))
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        "KVMPV_REQUIRE_PRIVILEGED=1: skipped for a reason not on the allow-list "
+        f"(tests/skip_allowlist.py), and CI must run it: {reason}"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if not (REQUIRE_PRIVILEGED and report.skipped) or hasattr(report, "wasxfail"):
+    _police_skip(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    # A whole module skipped at import (pytest.importorskip, allow_module_level).
+    outcome = yield
+    _police_skip(outcome.get_result())  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The accepted skips, grouped by allow-list entry, at the end of the run."""
+    if not REQUIRE_PRIVILEGED:
         return
-    longrepr = report.longrepr
-    reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
-    if any(p in reason for p in PRIVILEGE_SKIPS):
-        report.outcome = "failed"
-        report.longrepr = (
-            f"KVMPV_REQUIRE_PRIVILEGED=1: skipped for want of a privilege CI must have: {reason}"
-        )
+    tr = terminalreporter
+    tr.section("skips accepted by tests/skip_allowlist.py (KVMPV_REQUIRE_PRIVILEGED=1)")
+    if not ALLOWED_SKIPS:
+        tr.write_line("none")
+        return
+    by_entry: dict[Allowed, list[tuple[str, str]]] = {}
+    for nodeid, reason, entry in ALLOWED_SKIPS:
+        by_entry.setdefault(entry, []).append((nodeid, reason))
+    for entry, hits in by_entry.items():
+        tr.write_line(f"{len(hits)} x /{entry.pattern}/: {entry.why}")
+        for nodeid, reason in hits:
+            tr.write_line(f"    {nodeid}: {reason}")
 
 
 @pytest.fixture

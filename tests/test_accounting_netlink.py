@@ -247,11 +247,15 @@ def test_stress_every_netlink_user_in_threads_under_an_exit_flood() -> None:
     print("\n" + json.dumps(out, indent=1))
     for name, op in out["ops"].items():
         assert not op["errors"], (name, op["errors"])
-        assert op["done"] + sum(op["skips"].values()) > 0, name
         # one call: at most a few 2 s deadlines in a row, never a hang
         assert op["longest_s"] < 10, (name, op)
+        # a SKIP is not a call that worked: each one says why
+        assert all(why.strip() for why in op["skips"]), (name, op["skips"])
+    # capabilities() reports what is missing, it never gives up
+    assert out["ops"]["capabilities"]["done"] > 0 and not out["ops"]["capabilities"]["skips"]
     if os.geteuid() == 0:
-        # as root everything here is usable: a SKIP would hide a regression
-        for name in ("taskstats_status", "TaskStatsClient", "ExitRecordListener"):
-            assert out["ops"][name]["done"] > 0, (name, out["ops"][name])
+        # as root every one of them is usable: each must have worked under the
+        # flood, at least once (a SKIP here hides a regression)
+        for name, op in out["ops"].items():
+            assert op["done"] > 0, (name, op)
     assert out["threads_left"] == 1

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from _sized import sim_reboot_size, verdict_size
@@ -59,18 +59,42 @@ def verdicts(doc: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
             yield from verdicts(value, f"{where}[{i}]")
 
 
-def assert_real_verdicts(doc: dict[str, Any], hierarchy: str) -> list[str]:
-    """No SKIP anywhere; each verdict the expected one; returns them."""
+#: what a record without an ``expected`` key must get: reboot cycles carry
+#: none, and a correct kernel charges PERFORM's cleanup to the VM's cgroup
+CYCLE_EXPECTED = "charged"
+
+
+def assert_real_verdicts(
+    doc: dict[str, Any], hierarchy: str, *, undecided_ok: Optional[dict[str, str]] = None
+) -> list[str]:
+    """Every verdict the expected one; returns them.
+
+    Decided from each record's ``verdict`` and ``expected`` alone (never
+    from the document's own ``contradicts_expected``).  A record without an
+    ``expected`` key must be CYCLE_EXPECTED; one with ``expected: null`` is
+    not judged.  SKIP always fails; "inconclusive" and "not judged" fail
+    too, except for the strategies the caller names in ``undecided_ok``,
+    each with the reason the test allows it (``{"reaper": "why"}``).
+    """
+    allowed = dict(undecided_ok or {})
+    for name, why in allowed.items():
+        assert why.strip(), f"undecided_ok[{name!r}] needs a reason"
     found = list(verdicts(doc))
     assert found, "no verdict in the document"
     skipped = [f"{w}: {v.get('verdict_detail') or v.get('skip_reason')}"
                for w, v in found if v["verdict"] == "skip"]  # fmt: skip
     assert not skipped, f"SKIP verdicts with --cgroup {hierarchy}: {skipped}"
     for where, rec in found:
-        want = rec.get("expected", "charged")  # reboot cycles: always charged
-        wrong = rec.get("contradicts_expected", rec["verdict"] != want)
-        if wrong and rec["verdict"] != "inconclusive":
-            pytest.fail(f"{where}: {rec['verdict']}, expected {want}: {rec.get('verdict_detail')}")
+        got = rec["verdict"]
+        want = rec["expected"] if "expected" in rec else CYCLE_EXPECTED
+        detail = (rec.get("verdict_detail") or {}).get("reason")
+        if want is not None and got not in (want, "inconclusive"):
+            pytest.fail(f"{where}: {got}, expected {want}: {detail}")
+        if want is None or got == "inconclusive":
+            what = "not judged" if want is None else f"inconclusive, expected {want}"
+            name = rec.get("strategy", "reboot cycle")
+            if name not in allowed:
+                pytest.fail(f"{where}: {what} and the test allows none for {name}: {detail}")
     return [v["verdict"] for _, v in found]
 
 
@@ -84,6 +108,14 @@ def reboot_memory() -> str:
     """Simulated guest memory for a decisive reboot verdict, at least the 3G
     the reboot curve starts at (sized by time, tests/_sized.py)."""
     return format_size(max(3 * GiB, sim_reboot_size()))
+
+
+#: why a reaper record of one small repeat may be "not judged"
+REAPER_ONE_REPEAT = (
+    "one repeat: the reaper is judged on the sum of 3 reaped repeats at least (a single "
+    "repeat can go one way: the worker paid 91% of one at 512M under load); the record "
+    "says not judged, with expected null (tests/test_shutdown.py judges it at 1G)"
+)
 
 
 def test_reboot_charged_and_its_negative_control(hierarchy: str, tmp_path: Path) -> None:
@@ -110,9 +142,8 @@ def test_shutdown_verdicts(hierarchy: str, tmp_path: Path) -> None:
     got = {r["strategy"]: r["verdict"] for r in doc["records"]}
     assert got["sync"] == got["cleaner"] == "charged", got
     assert got["elsewhere"] == "not charged", got
-    # split as a rule; the race may go one way (never skip, never a fail)
-    assert got["reaper"] in ("split", "inconclusive", "charged", "not charged"), got
-    assert_real_verdicts(doc, hierarchy)
+    # The reaper: SPLIT when judged (tests/test_shutdown.py shows it judged at 1G).
+    assert_real_verdicts(doc, hierarchy, undecided_ok={"reaper": REAPER_ONE_REPEAT})
     assert code == 0
     # The worker cgroup's memory counter across the teardown: falling from
     # the worker's size to (nearly) nothing where the host has one.
@@ -143,7 +174,10 @@ def test_exercise_has_no_skipped_verdict(hierarchy: str, tmp_path: Path) -> None
     assert doc["reboot"] and doc["shutdown"]["records"]
     assert doc["shutdown"]["hierarchy"] == hierarchy
     assert {r["accounting"]["hierarchy"] for r in doc["reboot"]} == {hierarchy}
-    assert_real_verdicts({"reboot": doc["reboot"], "shutdown": doc["shutdown"]}, hierarchy)
+    assert_real_verdicts(
+        {"reboot": doc["reboot"], "shutdown": doc["shutdown"]}, hierarchy,
+        undecided_ok={"reaper": REAPER_ONE_REPEAT},
+    )  # fmt: skip
     assert code == 0
 
 
@@ -165,6 +199,52 @@ def test_the_checker_itself_fails_on_a_skip() -> None:
         assert_real_verdicts(doc, "v2")
     with pytest.raises(pytest.fail.Exception, match="expected not charged"):
         assert_real_verdicts({"r": [{"verdict": "charged", "expected": "not charged"}]}, "v2")
+
+
+#: the record that once passed because the checker read the document's own
+#: ``contradicts_expected`` (issue 28)
+LYING = {"strategy": "cleaner", "verdict": "not charged", "expected": "charged",
+         "contradicts_expected": False}  # fmt: skip
+ALL_INCONCLUSIVE = {
+    "cycles": [{"verdict": "inconclusive"}, {"verdict": "inconclusive"}],
+    "records": [{"strategy": "sync", "verdict": "inconclusive", "expected": "charged"},
+                {"strategy": "elsewhere", "verdict": "inconclusive", "expected": "not charged"}],
+}  # fmt: skip
+
+
+def test_the_checker_decides_from_verdict_and_expectation_alone() -> None:
+    with pytest.raises(pytest.fail.Exception, match="not charged, expected charged"):
+        assert_real_verdicts({"records": [LYING]}, "v2")
+    # ... even with every undecided verdict allowed: this one is decided, and wrong
+    with pytest.raises(pytest.fail.Exception, match="not charged, expected charged"):
+        assert_real_verdicts({"records": [LYING]}, "v2", undecided_ok={"cleaner": "any"})
+    with pytest.raises(pytest.fail.Exception, match="inconclusive, expected charged"):
+        assert_real_verdicts(ALL_INCONCLUSIVE, "v2")
+    # A cycle carries no expectation: charged is what it must get.
+    with pytest.raises(pytest.fail.Exception, match="not charged, expected charged"):
+        assert_real_verdicts({"cycles": [{"verdict": "not charged"}]}, "v2")
+    # The document's own flag is not read either way.
+    flagged = {**LYING, "verdict": "charged", "contradicts_expected": True}
+    assert assert_real_verdicts({"records": [flagged]}, "v2") == ["charged"]
+
+
+def test_undecided_passes_only_where_the_test_says_why() -> None:
+    not_judged = {"strategy": "reaper", "verdict": "inconclusive", "expected": None,
+                  "contradicts_expected": False, "not_judged": "reaped in no repeat"}  # fmt: skip
+    with pytest.raises(pytest.fail.Exception, match=r"not judged .* reaper"):
+        assert_real_verdicts({"records": [not_judged]}, "v2")
+    ok = assert_real_verdicts({"records": [not_judged]}, "v2", undecided_ok={"reaper": "a race"})
+    assert ok == ["inconclusive"]
+    # allowed for the reaper only: the sync record still fails
+    doc = {"records": [not_judged, ALL_INCONCLUSIVE["records"][0]]}
+    with pytest.raises(pytest.fail.Exception, match="allows none for sync"):
+        assert_real_verdicts(doc, "v2", undecided_ok={"reaper": "a race"})
+    # a judged reaper that is not SPLIT fails whatever is allowed
+    one_side = {"strategy": "reaper", "verdict": "charged", "expected": "split"}
+    with pytest.raises(pytest.fail.Exception, match="charged, expected split"):
+        assert_real_verdicts({"records": [one_side]}, "v2", undecided_ok={"reaper": "a race"})
+    with pytest.raises(AssertionError, match="needs a reason"):
+        assert_real_verdicts({"records": [not_judged]}, "v2", undecided_ok={"reaper": " "})
 
 
 def test_kvmpv_cgroup_forces_auto(monkeypatch: pytest.MonkeyPatch) -> None:

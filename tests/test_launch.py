@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -475,12 +475,21 @@ def test_launch_runs_the_program_when_the_cleaner_cannot_be_armed(
     assert len(lines) == 1 and "cleaner not armed" in lines[0] and "clone failed" in lines[0]
 
 
-def test_parallel_without_n_uses_the_cpuset() -> None:
-    r = run_launch("-v", "--parallel", "--", "true")
-    assert r.returncode == 0, r.stderr
-    want = min(len(os.sched_getaffinity(0)), teardown.DEFAULT_PARALLEL_CAP)
-    assert f"parallel {want})" in r.stderr
-    assert teardown.default_parallel() == want
+def _pin_to(cpus: set[int]) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def test_parallel_without_n_uses_the_cpuset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The launcher started on one CPU, then on two (where there are two):
+    # as many tasks as CPUs it may use.
+    mine = sorted(os.sched_getaffinity(0))
+    for cpus in ({mine[0]}, set(mine[:2])):
+        r = run_launch("-v", "--parallel", "--", "true", preexec_fn=_pin_to(cpus))
+        assert r.returncode == 0, r.stderr
+        assert f"parallel {len(cpus)})" in r.stderr, (cpus, r.stderr)
+    # ... and no more than 8 on a big machine
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert teardown.default_parallel() == 8
 
 
 def test_no_fd_left_when_the_environment_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:

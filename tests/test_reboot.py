@@ -136,7 +136,8 @@ def test_async_path_thread_name_and_result(pvm: tuple[SimulatedHost, Vm]) -> Non
     out = cleanup.outcome
     assert out.error is None and out.result is not None and out.result.ok
     assert out.perform_end_ns >= out.perform_start_ns > 0
-    assert out.cpu_ns >= out.perform_cpu_ns >= 0
+    # the thread's CPU includes PERFORM's, which cleared the 16 MiB above 2 GiB
+    assert out.cpu_ns >= out.perform_cpu_ns > 0
     pv_enable(vm)  # the VM takes a new protected configuration
 
 
@@ -228,7 +229,9 @@ def test_async_reboot_records() -> None:
         assert d["cleanup_thread"]["comm"] == "async_cleanup"
         assert d["prepare"]["rc"] == 1 and d["prepare"]["rrc"] == 42
         assert d["perform"]["ret"] == 0 and not d["perform_error"]
-        assert d["overlap_s"] is not None and d["overlap_s"] >= 0
+        # the new guest can only have run during PERFORM within PERFORM
+        # (a positive overlap: test_guest_held_during_perform_has_no_overlap)
+        assert d["overlap_s"] is not None and 0 <= d["overlap_s"] <= d["perform_s"]
         assert d["reboot_latency_s"] > 0 and d["cleanup_cpu_s"] > 0
         assert d["disable"] is None
 
@@ -442,21 +445,30 @@ def test_cli_json_and_sim_labels(tmp_path: Any, capsys: pytest.CaptureFixture[st
     import jsonschema
 
     out = tmp_path / "r.json"
-    argv = ["reboot", "--backend", "sim", "--memory", "32M", "--mem-limit", "3G"]
+    # 256M: ~35 ms of teardown work here, five times what judge_charged needs
+    # to tell charged from tick noise at its 2 ms tolerance (32M, 5-7 ms,
+    # came out either way), and ~1 s in all.
+    argv = ["reboot", "--backend", "sim", "--memory", "256M", "--mem-limit", "3G"]
     code = main([*argv, "--cycles", "1", "--mode", "both", "--json", str(out)])
     captured = capsys.readouterr()
     lines = [ln for ln in captured.out.splitlines() if ln.strip()]
     assert lines and all(ln.startswith("[sim] ") for ln in lines), lines
     doc = json.loads(out.read_text())
-    assert code in (0, 1)  # 1 only if a verdict could not be shown charged
     assert doc["backend"] == "sim" and doc["simulated"] is True
-    assert doc["memory_bytes"] == 32 * MiB and doc["mem_limit_bytes"] == 3 * GiB
+    assert doc["memory_bytes"] == 256 * MiB and doc["mem_limit_bytes"] == 3 * GiB
     assert [c["mode"] for c in doc["cycles"]] == ["async", "sync"]
     for c in doc["cycles"]:
         for key in ("mode", "reboot_latency_s", "perform_s", "overlap_s", "cleanup_cpu_s"):
             assert key in c
-        assert c["verdict"] in ("charged", "not charged", "inconclusive", "skip")
+        # as root the cleanup is charged to the VM's cgroup (the simulator's
+        # PERFORM clears in the calling thread, which kvmpv placed there);
+        # as another user no cgroup can be made: SKIP with the reason, exit 0
+        if os.geteuid() == 0:
+            assert c["verdict"] == "charged", c["verdict_detail"]
+        else:
+            assert c["verdict"] == "skip" and "EACCES" in c["verdict_detail"]["reason"], c
         assert c["backend"] == "sim" and c["simulated"] is True
+    assert code == 0, captured.out
     assert doc["cycles"][1]["perform_s"] is None
     jsonschema.validate(doc, _reboot_cycle_schema())
 

@@ -19,10 +19,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
-from _sized import verdict_size
+from _sized import sized_for, verdict_size
 from conftest import ROOT, Nobody
 
 from kvmpv import teardown
@@ -82,8 +82,9 @@ def run512() -> Iterator[sd.ShutdownResult]:
     yield sd.run_shutdown(req)
 
 
-def _record(result: sd.ShutdownResult, strategy: str) -> dict[str, Any]:
-    (size,) = result.request.sizes
+def _record(result: sd.ShutdownResult, strategy: str, size: Optional[int] = None) -> dict[str, Any]:
+    if size is None:
+        (size,) = result.request.sizes
     rec = result.record(strategy, size)
     if rec.skip_reason:
         pytest.skip(f"{strategy}: {rec.skip_reason}")
@@ -105,11 +106,24 @@ def test_strategy_record_has_the_keys(run512: sd.ShutdownResult, strategy: str) 
         assert set(st) == {"min", "median", "max"}
         assert 0 < st["min"] <= st["median"] <= st["max"]
     assert len(d["repeats"]) == 2
-    assert d["teardown_cpu_s"] > 0 and d["charged_to_worker_cgroup_s"] >= 0
+    # The worker's cgroup paid a part of the teardown CPU measured in all the
+    # run's cgroups, never more (each repeat's worker delta is part of its
+    # total, so the medians keep the order); its own exit costs something,
+    # and so does the cleaner's or reaper's work in the other cgroup.
+    assert 0 < d["charged_to_worker_cgroup_s"] <= d["teardown_cpu_s"], d
+    for rep in d["repeats"]:
+        assert rep["worker_cgroup_s"] > 0, rep
+        if strategy in sd.OTHER_ROLE:
+            assert rep["other_cgroup_s"] > 0, rep
+        else:
+            assert rep["other_cgroup_s"] is None, rep
     # The memory is really gone from the worker's cgroup once "released".
     for rep in d["repeats"]:
-        after = rep.get("worker_memory_after_bytes")  # absent: no memory counter
-        assert after is None or after < 64 * MiB, after
+        if "worker_memory_after_bytes" not in rep:
+            why = (rep.get("memory_trace") or {}).get("reason")
+            pytest.skip(f"{strategy}: no memory counter in the worker's {run512.hierarchy} "
+                        f"cgroup, memory after release not checked: {why}")  # fmt: skip
+        assert rep["worker_memory_after_bytes"] < 64 * MiB, rep
 
 
 @needs_root
@@ -167,27 +181,44 @@ def test_parallel_is_charged(run512: sd.ShutdownResult) -> None:
 @needs_root
 def test_reaper_split_is_reported(run512: sd.ShutdownResult) -> None:
     d = _record(run512, "reaper")
-    assert d["reaper_cgroup_s"] is not None
-    split = d["split"]
-    assert split is not None
-    assert abs(split["worker_fraction"] + split["reaper_fraction"] - 1) < 1e-3
-    assert len(split["per_repeat_worker_fraction"]) == 2
-    total = d["charged_to_worker_cgroup_s"] + d["reaper_cgroup_s"]
-    assert total > 0
+    assert d["reaper_cgroup_s"] is not None and d["reaper_cgroup_s"] > 0
+    assert len(d["split"]["per_repeat_worker_fraction"]) == 2
     for rep in d["repeats"]:
         assert rep["mrelease"]["ret"] == 0 or rep["mrelease"]["errno_name"] == "ESRCH"
-    # Expected: split, judged on the repeats where process_mrelease got in.
-    assert d["expected"] == "split"
-    # The race may go one way (never a fail); the shares are shown either way.
-    assert d["contradicts_expected"] is False
     reaped = [rep for rep in d["repeats"] if rep["mrelease"]["ret"] == 0]
-    if reaped:
-        assert d["verdict"] in ("split", "charged", "not charged"), d["verdict_detail"]
+    work_ms = sum(rep["worker_cgroup_s"] + rep["other_cgroup_s"] for rep in reaped) * 1e3
+    print(f"\nreaper at {d['size_bytes'] >> 20}M: {d['verdict']}: {d['verdict_detail']['reason']}")
+    # Judged exactly where the rule says (>= 3 reaped repeats, >= 15 x 1 ms
+    # each: two repeats never are), and then nothing but SPLIT passes.
+    enough = len(reaped) >= sd.REAPER_MIN_REAPED
+    if enough and work_ms >= sd.REAPER_MIN_WORK_TOLERANCES * len(reaped):
+        assert d["expected"] == "split" and d["not_judged"] is None, d
+        assert d["verdict"] == "split", d["verdict_detail"]
         assert "worker" in d["verdict_detail"]["reason"]
         assert "reaper" in d["verdict_detail"]["reason"]
-        print(f"\nreaper at {d['size_bytes'] >> 20}M: {d['verdict_detail']['reason']}")
-    else:
-        assert d["verdict"] == "inconclusive", d["verdict_detail"]
+    else:  # too few reaped repeats: said, with the reason, never passed
+        assert d["expected"] is None and d["verdict"] == "inconclusive", d
+        assert d["verdict_detail"]["reason"].startswith("not judged: "), d
+    assert d["contradicts_expected"] is (d["verdict"] != "split" and d["expected"] is not None)
+
+
+@needs_root
+def test_reaper_at_1g_is_judged_split() -> None:
+    # 1G: process_mrelease got in 38 times of 43 here (ESRCH: the worker was
+    # past exit_mm) and the worker's share summed over the reaped repeats
+    # was 41-52%.  Five repeats, so that three reaped ones get it judged: SPLIT.
+    # Sized by time, not 1G: three times the work a reaped repeat needs to be
+    # judged (REAPER_MIN_WORK_TOLERANCES ms), so a faster machine judges it too.
+    size = sized_for(3 * sd.REAPER_MIN_WORK_TOLERANCES * PRECISE_TOLERANCE_NS).size_bytes
+    _need_memory(size)
+    req = sd.ShutdownRequest(sizes=[size], strategies=["reaper"], repeat=5)
+    result = sd.run_shutdown(req)
+    d = _record(result, "reaper", size)
+    print(f"\nreaper at {size >> 20}M: {d['verdict']}: {d['verdict_detail']['reason']}")
+    assert d["expected"] == "split", d
+    assert d["verdict"] == "split", d["verdict_detail"]
+    assert 0.2 < d["verdict_detail"]["fraction"] < 0.8
+    assert result.exit_code == 0
 
 
 @needs_root
@@ -266,6 +297,61 @@ def test_judge_uses_sync_baseline_and_can_fail() -> None:
     skip = sd.ShutdownRecord("sync", 512 * MiB, False, False, [_sample(50_000_000)])
     sd._judge(skip, None, "cgroup v1: mkdir: EACCES")
     assert skip.outcome.value == "skip" and not skip.failed
+
+
+def _reaped(worker_ns: int, reaper_ns: int, ret: int = 0) -> sd.Sample:
+    s = _sample(worker_ns, reaper_ns)
+    s.mrelease = {"ret": ret, "errno_name": None if ret == 0 else "ESRCH"}
+    return s
+
+
+def _reaper(*samples: sd.Sample) -> sd.ShutdownRecord:
+    rec = sd.ShutdownRecord("reaper", 512 * MiB, False, False, list(samples))
+    sd._judge(rec, 50_000_000, "")
+    return rec
+
+
+def test_reaper_is_split_or_fails_when_one_side_pays_all() -> None:
+    ms = 1_000_000
+    split = _reaper(_reaped(10 * ms, 12 * ms), _reaped(11 * ms, 9 * ms), _reaped(9 * ms, 9 * ms))
+    assert split.outcome.value == "split" and split.expected is sd.Outcome.SPLIT
+    assert not split.failed
+    # The victim freed nothing once process_mrelease got in: the reaper paid it all.
+    reaper_all = _reaper(_reaped(1 * ms, 21 * ms), _reaped(0, 20 * ms), _reaped(0, 20 * ms))
+    assert reaper_all.outcome.value == "not charged" and reaper_all.failed
+    # The reaper got nothing to free: the worker paid it all.
+    worker_all = _reaper(_reaped(21 * ms, 1 * ms), _reaped(20 * ms, 0), _reaped(20 * ms, 0))
+    assert worker_all.outcome.value == "charged" and worker_all.failed
+    for rec in (reaper_all, worker_all):
+        d = rec.to_dict()
+        assert d["expected"] == "split" and d["contradicts_expected"] is True
+    result = sd.ShutdownResult(sd.ShutdownRequest(sizes=[512 * MiB]), [split, worker_all], "v1",
+                               "", {}, 0.0)  # fmt: skip
+    assert result.exit_code == 1
+    # ESRCH repeats are left out: the three that reaped decide.
+    mixed = _reaper(_reaped(40 * ms, 0, ret=-3), *[_reaped(10 * ms, 10 * ms)] * 3)
+    assert mixed.outcome.value == "split" and not mixed.failed
+    assert mixed.verdict is not None and mixed.verdict.work_ns == 60 * ms
+
+
+def test_reaper_is_not_judged_without_enough_reaped_work() -> None:
+    ms = 1_000_000
+    # 3 x 6 ms against a 3 ms tolerance: under 15 tolerances (128M here)
+    small = _reaper(_reaped(2 * ms, 4 * ms), _reaped(1 * ms, 5 * ms), _reaped(3 * ms, 3 * ms))
+    # two reaped repeats, one going one way: not enough to judge the race
+    two = _reaper(_reaped(40 * ms, 4 * ms), _reaped(20 * ms, 20 * ms), _reaped(40 * ms, 0, ret=-3))
+    # ESRCH everywhere: the worker freed it all, nothing was split
+    missed = _reaper(_reaped(40 * ms, 0, ret=-3), _reaped(41 * ms, 0, ret=-3))
+    cases = ((small, "tolerance"), (two, "reaped in 2 repeat(s)"), (missed, "reaped in no repeat"))
+    for rec, why in cases:
+        d = rec.to_dict()
+        assert rec.expected is None and not rec.failed
+        assert d["expected"] is None and d["contradicts_expected"] is False
+        assert d["verdict"] == "inconclusive" and why in d["not_judged"], d
+        assert d["verdict_detail"]["reason"].startswith("not judged: ")
+    # exactly 15 tolerances over 3 reaped repeats is judged
+    edge = _reaper(_reaped(8 * ms, 7 * ms), _reaped(7 * ms, 8 * ms), _reaped(7 * ms, 8 * ms))
+    assert edge.expected is sd.Outcome.SPLIT and edge.outcome.value == "split"
 
 
 def test_native_unavailable_is_skip_never_sync(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ import json
 import sys
 from typing import Any
 
-from ..accounting import Outcome
 from ..errors import UsageError
 from ..report.cases import ensure_writable, write_text
 from ..report.tables import format_table
@@ -114,13 +113,14 @@ def _detail(rec: dict[str, Any], raw: ShutdownRecord) -> str:
     text = f"  {name}: {rec['verdict']}"
     if raw.failed and raw.expected is not None:
         text += f" (FAIL: expected {raw.expected.value})"
-    elif raw.expected is not None and raw.outcome not in (raw.expected, Outcome.SKIP):
-        text += f" (expected {raw.expected.value}; the race went one way at this size)"
     text += f" -- {detail.get('reason', '')}; work = {rec.get('work_source', '')}"
     split = rec.get("split")
     if split:
+        # over every repeat, also those where process_mrelease came too late
+        # (the verdict's shares count only the reaped ones)
         text += (
-            f"; split worker {split['worker_fraction']:.0%} / reaper {split['reaper_fraction']:.0%}"
+            f"; all repeats: worker {split['worker_fraction']:.0%}"
+            f" / reaper {split['reaper_fraction']:.0%}"
         )
     if "mrelease_reaped" in rec:
         text += f"; process_mrelease reaped in {rec['mrelease_reaped']} repeats"

@@ -299,6 +299,8 @@ def _shutdown_step(
             res.problems.append(f"{where}: verdict {got!r}, expected {want!r}")
         elif want and got != want and got != "skip":
             res.notes.append(f"NOTE {where}: verdict {got} (expected {want!r})")
+        elif rec.get("not_judged"):
+            res.notes.append(f"NOTE {where}: not judged: {rec['not_judged']}")
 
 
 def _write_results(req: ExerciseRequest, doc: dict[str, Any], res: ExerciseResult) -> None:
