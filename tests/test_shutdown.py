@@ -158,7 +158,7 @@ def test_cleaner_exit_is_fast_and_charged(run512: sd.ShutdownResult) -> None:
     # The memory is freed after the exit, by the cleaner.
     assert d["release_s"]["median"] > d["exit_latency_s"]["median"]
     assert d["verdict"] == "charged", d["verdict_detail"]
-    assert d["work_source"].startswith("the sync baseline")
+    assert d["work_source"].startswith("the CPU measured in every cgroup of this run (the sync")
 
 
 @needs_root
@@ -294,6 +294,17 @@ def test_judge_uses_sync_baseline_and_can_fail() -> None:
     away = sd.ShutdownRecord("elsewhere", 512 * MiB, False, False, [_sample(2_000_000, 48_000_000)])
     sd._judge(away, None, "")  # no sync baseline: worker + elsewhere totals
     assert away.outcome.value == "not charged" and not away.failed
+    # A cleaner run cheaper than the sync baseline (a slow sync run): judged
+    # against its own run's total, charged -- the old cross-run rule read
+    # "partly charged" at 0.71 here.
+    cheap = sd.ShutdownRecord("cleaner", 512 * MiB, False, False, [_sample(35_500_000)])
+    sd._judge(cheap, 50_000_000, "")
+    assert cheap.outcome.value == "charged" and not cheap.failed
+    assert cheap.work_source.startswith("the CPU measured in every cgroup of this run")
+    # Half of this run's work in another cgroup: partly charged, not a pass.
+    half = sd.ShutdownRecord("cleaner", 512 * MiB, False, False, [_sample(25_000_000, 25_000_000)])
+    sd._judge(half, 50_000_000, "")
+    assert half.outcome.value == "inconclusive"
     skip = sd.ShutdownRecord("sync", 512 * MiB, False, False, [_sample(50_000_000)])
     sd._judge(skip, None, "cgroup v1: mkdir: EACCES")
     assert skip.outcome.value == "skip" and not skip.failed

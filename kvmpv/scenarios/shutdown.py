@@ -42,10 +42,13 @@ charged_ns always being the worker cgroup's delta):
   at exit minus what it reported just before ``_exit``) -- measured
   independently of the cgroup counters, so a worker that was not in its
   cgroup shows up as "not charged";
-* ``cleaner``, ``parallel``, ``elsewhere``: the ``sync`` baseline at the same
-  size (median worker-cgroup delta of the sync runs of this invocation): the
-  work a teardown costs wherever it runs.  Without a sync run, the total
-  measured in every cgroup of the run (worker + elsewhere);
+* ``cleaner``, ``parallel``, ``elsewhere``: first the ``sync`` baseline at
+  the same size (median worker-cgroup delta of the sync runs of this
+  invocation), the work a teardown costs wherever it runs: a worker cgroup
+  that saw no more than the not-charged band of it is NOT_CHARGED.  Otherwise
+  the total measured in every cgroup of the same run (worker + elsewhere),
+  which the charged band needs (another run is too noisy for it).  Without a
+  sync run, that total alone;
 * ``reaper``: the total measured in both cgroups over the repeats where
   ``process_mrelease`` reaped; the worker's fraction is the split.
 
@@ -880,7 +883,23 @@ def _judge(record: ShutdownRecord, sync_baseline: Optional[int], accounting_reas
         _judge_reaper(record)
         return
     elif sync_baseline is not None:
-        work, source = sync_baseline, "the sync baseline at this size (worker cgroup, median)"
+        # Two questions, each asked of the measure that can answer it.  Did
+        # the work happen outside the worker's cgroup?  Against the sync
+        # baseline (independent of where this run's tasks were): at most the
+        # not-charged band of it is NOT_CHARGED.  Otherwise, how much of this
+        # run's work did the worker's cgroup pay?  Against the total of every
+        # cgroup of this same run: a baseline from other runs is too noisy for
+        # the charged band (one slow sync run put a cleaner at 0.71-0.76 of it
+        # on 2 busy CPUs, and the verdict read "partly charged").
+        against = judge_charged(sync_baseline, charged, tolerance_ns=TOLERANCE_NS)
+        if against.outcome is Outcome.NOT_CHARGED:
+            record.verdict = against
+            record.work_source = "the sync baseline at this size (worker cgroup, median)"
+            return
+        work, source = total, (
+            f"the CPU measured in every cgroup of this run (the sync baseline at this size, "
+            f"{sync_baseline / 1e6:.1f} ms, rules out the work having gone elsewhere)"
+        )
     else:
         work, source = total, "the CPU measured in every cgroup of the run (no sync baseline)"
     record.verdict = judge_charged(work, charged, tolerance_ns=TOLERANCE_NS)
