@@ -27,6 +27,7 @@ from kvmpv.accounting import (
     cgroup_scope,
     judge_charged,
     thread_cpu_ns,
+    tick_ns,
 )
 from kvmpv.accounting import cgroups as cgmod
 
@@ -61,6 +62,7 @@ def test_scope_creates_below_own_cgroup_and_removes(hierarchy: str) -> None:
         for kind, d in vm.paths.items():
             assert os.path.dirname(d) == layout.dirs[kind], "must be below our own cgroup"
             assert os.path.isdir(d)
+        paths = list(vm.paths.values()) + list(cleaner.paths.values())
         p = subprocess.Popen(
             [sys.executable, "-c", BURN_THEN_SLEEP],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -79,14 +81,22 @@ def test_scope_creates_below_own_cgroup_and_removes(hierarchy: str) -> None:
             assert p.stdout.readline().strip() == "burnt"
             u = vm.cpu() - u0
             assert BURN_NS <= u.total_ns < BURN_NS + 500_000_000, u
-            # user/system are tick-sampled (cputime_adjust) but keep the
-            # total, and a spin in Python is mostly user time
-            assert u.user_ns + u.system_ns == pytest.approx(u.total_ns, abs=10_000_000), u
+            # user/system are tick samples.  cgroup2's user_usec/system_usec are
+            # rescaled to the runtime (cputime_adjust): they keep the total
+            # within a tick or two.  v1's cpuacct.usage_user/_sys are the raw
+            # samples, not rescaled: under load or steal time they overshoot
+            # (76 ms sampled of 60 ms run here, at load 8).
+            tick = tick_ns()
+            if hierarchy == "v2":
+                assert abs(u.user_ns + u.system_ns - u.total_ns) <= 2 * tick + 1_000_000, u
+            else:
+                slack = max(4 * tick, u.total_ns // 2)
+                assert abs(u.user_ns + u.system_ns - u.total_ns) <= slack, u
+            # and a spin in Python is mostly user time
             assert u.user_ns > 0, u
             mem = vm.memory()
             if hierarchy == "v1" and "memory" in vm.paths:
                 assert mem is not None and mem.peak_bytes is not None
-            paths = list(vm.paths.values()) + list(cleaner.paths.values())
         finally:
             scope_paths = paths
         # leaving the scope with a live task inside: it is moved to the parent
