@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The simulated Ultravisor: UV calls, their records, injected failures.
+
+Models the firmware behind arch/s390/kernel/uv.c and arch/s390/include/asm/uv.h
+(``uv_call()``, the UVC command blocks' rc/rrc) as seen by Linux 6.4 .. 7.0:
+every UV call goes through ``_uv`` (injected failures first) and is recorded
+in issue order (``UvCall``).  The secure-image rules of the UV -- which the
+real-cryptography header checks of ``kvmpv.sehdr`` feed -- live here too:
+UNPACK's running digests and VERIFY's comparison with the header.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Optional
+
+from .. import sehdr, seimage, uapi
+from .core import HostState
+from .kvm_host import (
+    PAGE_SIZE,
+    UV_RRC_ALD,
+    UV_RRC_PAGE_COUNT,
+    UV_RRC_PLD,
+    UV_RRC_TLD,
+    _Config,
+    _Vm,
+)
+from .records import UvCall
+
+
+class Ultravisor(HostState):
+    """The simulated Ultravisor (firmware side of arch/s390/kernel/uv.c)."""
+
+    @staticmethod
+    def _unpack_pages(
+        cfg: _Config, hdr: sehdr.OpenedHeader, gpa: int, tweak: int, offset: int, s: int, e: int
+    ) -> None:
+        """What the UV does with claimed image pages at UNPACK: digest the encrypted pages
+        (pld, ald, tld as ``seimage.page_digests``), decrypt them in place (AES-XTS)."""
+        cipher = ctypes.string_at(s, e - s)
+        addrs, tweaks = seimage.page_lists(len(cipher), gpa, tweak, offset)
+        pld, ald, tld = cfg.digests
+        pld.update(cipher)
+        ald.update(addrs)
+        tld.update(tweaks)
+        cfg.pages += len(cipher) // PAGE_SIZE
+        plain = sehdr.xts_pages(hdr.xts, cipher, tweak, encrypt=False, offset=offset)
+        ctypes.memmove(s, plain, len(plain))
+
+    def _image_mismatch(self, vm: _Vm, cfg: _Config) -> int:
+        """0 if the unpacked pages match the header, else the rrc naming the first mismatch."""
+        hdr = cfg.header
+        assert hdr is not None
+        pld, ald, tld = (d.digest() for d in cfg.digests)
+        for bad, rrc in (
+            (cfg.pages != hdr.nep, UV_RRC_PAGE_COUNT),
+            (ald != hdr.ald, UV_RRC_ALD),
+            (tld != hdr.tld, UV_RRC_TLD),
+            (pld != hdr.pld, UV_RRC_PLD),
+        ):
+            if bad:
+                return rrc
+        return 0
+
+    def _gc_configs_locked(self) -> None:
+        """Forget destroyed configurations that own no page any more (under ``_mm``)."""
+        for h in [
+            h for h, c in self._configs.items() if c.state == "destroyed" and not c.secure.total
+        ]:
+            del self._configs[h]
+
+    def _take_injection(self, cmd: int) -> Optional[tuple[int, int]]:
+        with self._lock:
+            lst = self._inject.get(cmd)
+            if not lst:
+                return None
+            entry = lst[0]
+            entry[2] -= 1
+            if entry[2] <= 0:
+                lst.pop(0)
+            return entry[0], entry[1]
+
+    def _uv(
+        self,
+        cmd: int,
+        handle: int,
+        *,
+        pages: int = 0,
+        fail_rc: Optional[int] = None,
+        fail_rrc: int = 0,
+    ) -> tuple[int, int, int]:
+        """One UV call: (cc, rc, rrc).  Injected failures first, then ``fail_rc``/``fail_rrc``."""
+        fail = self._take_injection(cmd)
+        if fail is not None:
+            cc, rc, rrc = 1, fail[0], fail[1]
+        elif fail_rc is not None:
+            cc, rc, rrc = 1, fail_rc, fail_rrc
+        else:
+            cc, rc, rrc = 0, uapi.UVC_RC_EXECUTED, 0
+        self._log(cmd, handle, cc, rc, rrc, pages)
+        return cc, rc, rrc
+
+    def _log(self, cmd: int, handle: int, cc: int, rc: int, rrc: int, pages: int) -> None:
+        with self._lock:
+            self._uv_log.append(UvCall(cmd, handle, cc, rc, rrc, pages, threading.get_native_id()))
+
+    def _log_pages(self, cmd: int, handle: int, length: int) -> None:
+        self._log(cmd, handle, 0, uapi.UVC_RC_EXECUTED, 0, length // PAGE_SIZE)
