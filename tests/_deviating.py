@@ -17,8 +17,10 @@ says so:
 
 Two shapes: ``_Wrapper`` subclasses answer ioctls wrongly around an intact
 simulator (a lie at the syscall boundary); ``_SimBug`` subclasses override the
-simulator method that models the kernel function, with the kernel's check
-removed or changed (the bug inside the kernel).  ``build(config)`` makes one
+simulator method named after the kernel function (a key of
+``kvmpv.sim.KERNEL_FUNCTIONS``), with the kernel's check removed or changed
+(the bug inside the kernel); tests/test_sim_kernel_functions.py holds them to
+that: no private simulator method is overridden.  ``build(config)`` makes one
 host for a check's ``SimConfig``.
 
 If the checks passed against one of these, they would have passed against the
@@ -186,10 +188,10 @@ class LoadRefusedHost(_SimBug):
     )
     symptom = "(ENXIO)"
 
-    def _set_mp_state(self, vcpu: Any, state: int) -> int:
+    def kvm_arch_vcpu_ioctl_set_mpstate(self, vcpu: Any, state: int) -> int:
         if state == uapi.KVM_MP_STATE_LOAD:
             raise _oserror(errno.ENXIO)
-        return super()._set_mp_state(vcpu, state)
+        return super().kvm_arch_vcpu_ioctl_set_mpstate(vcpu, state)
 
 
 class UnpackAgainHost(_SimBug):
@@ -203,10 +205,10 @@ class UnpackAgainHost(_SimBug):
     )
     symptom = "(EAGAIN)"
 
-    def _pv_unpack(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_unpack(self, vm: Any, data: int, out: Any) -> int:
         if vm.performing and any(c.state == "performing" for c in self.configs()):
             return -errno.EAGAIN
-        return super()._pv_unpack(vm, data, out)
+        return super().kvm_s390_pv_unpack(vm, data, out)
 
 
 # ---------------------------------------------------------------------------
@@ -225,10 +227,10 @@ class AsyncCapHiddenHost(_SimBug):
     )
     symptom = "cap 224 == (cap 180 && kvm.async_destroy)"
 
-    def _check_extension(self, cap: int) -> int:
+    def kvm_vm_ioctl_check_extension(self, cap: int) -> int:
         if cap == uapi.KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE:
             return 0
-        return super()._check_extension(cap)
+        return super().kvm_vm_ioctl_check_extension(cap)
 
 
 class NoPvHostEnottyHost(_SimBug):
@@ -241,11 +243,11 @@ class NoPvHostEnottyHost(_SimBug):
     )
     symptom = "got 'ENOTTY'"
 
-    def _pv_command(self, vm: Any, arg: int) -> int:
+    def kvm_arch_vm_ioctl_pv_command(self, vm: Any, arg: int) -> int:
         if not self.prot_virt_host:
             vm.user_cpu_state_ctrl = True
             raise _oserror(errno.ENOTTY)
-        return super()._pv_command(vm, arg)
+        return super().kvm_arch_vm_ioctl_pv_command(vm, arg)
 
 
 class UnknownCmdEinvalHost(_SimBug):
@@ -255,8 +257,8 @@ class UnknownCmdEinvalHost(_SimBug):
     breaks = "kvm_s390_handle_pv(): 'default: r = -ENOTTY'; here -EINVAL"
     symptom = "expected 'ENOTTY', got 'EINVAL'"
 
-    def _handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
-        ret = super()._handle_pv(vm, cmd, data, out)
+    def kvm_s390_handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+        ret = super().kvm_s390_handle_pv(vm, cmd, data, out)
         return -errno.EINVAL if ret == -errno.ENOTTY else ret
 
 
@@ -289,9 +291,9 @@ class RcRrcZeroedHost(_SimBug):
     )
     symptom = "got (0, 0)"
 
-    def _handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
         out.rc, out.rrc = 0, 0
-        return super()._handle_pv(vm, cmd, data, out)
+        return super().kvm_s390_handle_pv(vm, cmd, data, out)
 
 
 class InfoLenUncheckedHost(_SimBug):
@@ -304,11 +306,11 @@ class InfoLenUncheckedHost(_SimBug):
     )
     symptom = "KVM_PV_INFO ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_info(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv_info(self, vm: Any, data: int, out: Any) -> int:
         hdr = self._copy_in(data, uapi.kvm_s390_pv_info_header)
         hdr.len_max = ctypes.sizeof(uapi.kvm_s390_pv_info)  # as if the caller had room
         self._copy_out(data, hdr)
-        return super()._pv_info(vm, data, out)
+        return super().kvm_s390_handle_pv_info(vm, data, out)
 
 
 class MemLimitAfterVcpuHost(_SimBug):
@@ -321,10 +323,10 @@ class MemLimitAfterVcpuHost(_SimBug):
     )
     symptom = "expected 'EBUSY', got 'success'"
 
-    def _device_attr(self, vm: Any, request: int, arg: int) -> int:
+    def kvm_s390_mem_control(self, vm: Any, request: int, arg: int) -> int:
         created, vm.created_vcpus = vm.created_vcpus, 0
         try:
-            return super()._device_attr(vm, request, arg)
+            return super().kvm_s390_mem_control(vm, request, arg)
         finally:
             vm.created_vcpus = created
 
@@ -419,11 +421,11 @@ class PrepareTwiceHost(_SimBug):
     )
     symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         if vm.config is not None and vm.set_aside is not None:
             vm.need_cleanup.append(vm.set_aside)
             vm.set_aside = None
-        return super()._pv_prepare(vm, data, out)
+        return super().kvm_s390_pv_set_aside(vm, data, out)
 
 
 class SegmentAscePrepareHost(_SimBug):
@@ -436,11 +438,11 @@ class SegmentAscePrepareHost(_SimBug):
     )
     symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         limit = vm.gmap_limit
         vm.gmap_limit = max(limit, (4 << 30) - 1)  # step 4 sees a region-third table
         try:
-            return super()._pv_prepare(vm, data, out)
+            return super().kvm_s390_pv_set_aside(vm, data, out)
         finally:
             vm.gmap_limit = limit
 
@@ -457,15 +459,15 @@ class DestroyCpuErrorIgnoredHost(_SimBug):
 
     _in_prepare = threading.local()
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         self._in_prepare.on = True
         try:
-            return super()._pv_prepare(vm, data, out)
+            return super().kvm_s390_pv_set_aside(vm, data, out)
         finally:
             self._in_prepare.on = False
 
-    def _cpus_from_pv(self, vm: Any, out: Any) -> int:
-        ret = super()._cpus_from_pv(vm, out)
+    def kvm_s390_cpus_from_pv(self, vm: Any, out: Any) -> int:
+        ret = super().kvm_s390_cpus_from_pv(vm, out)
         return 0 if getattr(self._in_prepare, "on", False) else ret
 
 
@@ -479,8 +481,8 @@ class FastDestroyErrorIgnoredHost(_SimBug):
     )
     symptom = "expected 'EIO', got 'success'"
 
-    def _uv(self, cmd: int, handle: int, **kw: Any) -> tuple[int, int, int]:
-        cc, rc, rrc = super()._uv(cmd, handle, **kw)
+    def uv_call(self, cmd: int, handle: int, **kw: Any) -> tuple[int, int, int]:
+        cc, rc, rrc = super().uv_call(cmd, handle, **kw)
         if cmd == uapi.UVC_CMD_DESTROY_SEC_CONF_FAST:
             cc = 0
         return cc, rc, rrc
@@ -496,10 +498,10 @@ class PrepareRefusedDuringPerformHost(_SimBug):
     )
     symptom = "expected 'success', got 'EINVAL'"
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         if vm.performing:
             return -errno.EINVAL
-        return super()._pv_prepare(vm, data, out)
+        return super().kvm_s390_pv_set_aside(vm, data, out)
 
 
 # ---------------------------------------------------------------------------
@@ -557,10 +559,10 @@ class PerformFastWritesRcHost(_SimBug):
     )
     symptom = "PERFORM rc: expected '0x0', got '0x1'"
 
-    def _dispose_one_leftover(self, record: Any, out: Any) -> int:
+    def kvm_s390_pv_dispose_one_leftover(self, record: Any, out: Any) -> int:
         if not record.handle:
             out.rc, out.rrc = uapi.UVC_RC_EXECUTED, 0
-        return super()._dispose_one_leftover(record, out)
+        return super().kvm_s390_pv_dispose_one_leftover(record, out)
 
 
 class PerformDestroyErrorIgnoredHost(_SimBug):
@@ -573,8 +575,8 @@ class PerformDestroyErrorIgnoredHost(_SimBug):
     )
     symptom = "expected 'EIO', got 'success'"
 
-    def _perform(self, vm: Any, out: Any) -> int:
-        ret = super()._perform(vm, out)
+    def kvm_s390_pv_deinit_aside_vm(self, vm: Any, out: Any) -> int:
+        ret = super().kvm_s390_pv_deinit_aside_vm(vm, out)
         return 0 if ret == -errno.EIO else ret
 
 
@@ -589,10 +591,10 @@ class EnableBusyDuringPerformHost(_SimBug):
     )
     symptom = "got 'EBUSY'"
 
-    def _pv_enable(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv_enable(self, vm: Any, data: int, out: Any) -> int:
         if vm.performing:
             return -errno.EBUSY
-        return super()._pv_enable(vm, data, out)
+        return super().kvm_s390_handle_pv_enable(vm, data, out)
 
 
 # ---------------------------------------------------------------------------
@@ -610,10 +612,10 @@ class DisableWithoutConfigHost(_SimBug):
     )
     symptom = "KVM_PV_DISABLE ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_disable(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv_disable(self, vm: Any, data: int, out: Any) -> int:
         if vm.config is None and vm.set_aside is not None:
-            return self._cleanup_all(vm, out)
-        return super()._pv_disable(vm, data, out)
+            return self.kvm_s390_pv_deinit_cleanup_all(vm, out)
+        return super().kvm_s390_handle_pv_disable(vm, data, out)
 
 
 class CloseLeavesSetAsideHost(_SimBug):
@@ -626,9 +628,9 @@ class CloseLeavesSetAsideHost(_SimBug):
     )
     symptom = "'set_aside')"
 
-    def _destroy_vm(self, vm: Any) -> None:
+    def kvm_arch_destroy_vm(self, vm: Any) -> None:
         vm.set_aside = None  # the record (and its configuration) is simply dropped
-        super()._destroy_vm(vm)
+        super().kvm_arch_destroy_vm(vm)
 
 
 def all_deviations() -> tuple[type[Any], ...]:

@@ -1,10 +1,48 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """A simulated s390x KVM host with protected virtualization, at the syscall boundary.
 
-The package: this module (the host: kernel objects, the ioctls, the cost
-model), ``records.py`` (the read-only records tests inspect), ``ranges.py``
+The package mirrors the kernel files it models, one layer stacked on the
+other (each imports only those below it):
+
+=================  ==========================================================
+``kvm_host.py``    the kernel objects (``struct kvm``, ``kvm_vcpu``, memslots,
+                   secure configurations) and the machine's constants
+``core.py``        ``HostState``: tables, fd table, copy in/out, fault
+                   injection, debugging gates, introspection (no kernel file)
+``uv.py``          the Ultravisor: ``uv_call()``, UNPACK/VERIFY of an image
+                   (arch/s390/include/asm/uv.h, the firmware)
+``gmap.py``        secure page state: ``s390_uv_destroy_range()``,
+                   ``make_hva_secure()``, export, ``munmap`` (mm/gmap.c, uv.c)
+``pv.py``          ``KVM_S390_PV_COMMAND``: ``kvm_s390_handle_pv()`` and
+                   arch/s390/kvm/pv.c (set aside, deinit, cleanup, unpack, dump)
+``intercept.py``   ``kvm_arch_vcpu_ioctl_run()``: the guest, SIE intercepts,
+                   SCLP (arch/s390/kvm/intercept.c)
+``kvm_s390.py``    device, VM and vCPU ioctls of arch/s390/kvm/kvm-s390.c,
+                   ``kvm_arch_destroy_vm()``, ``kvm_put_kvm()``
+this module        ``SimulatedHost``: the ``Syscalls`` protocol on top
+=================  ==========================================================
+
+plus ``records.py`` (the read-only records tests inspect), ``ranges.py``
 (page state as interval sets), ``locks.py`` (``mm->mmap_lock``), ``uvc.py``
-(Ultravisor call numbers and names).
+(Ultravisor call numbers and names).  Each method that models a kernel
+function carries its name (``kvm_s390_pv_set_aside``, ``uv_call``, ...) and
+is listed in ``KERNEL_FUNCTIONS`` with the file the kernel has it in.
+
+Deviating simulators
+====================
+A simulator that deviates from the kernel (a test's negative control, a
+regression of the corpus) subclasses ``SimulatedHost`` and overrides the
+method of *one named kernel function* -- a key of ``KERNEL_FUNCTIONS`` --
+calling ``super()`` for what it keeps::
+
+    class PrepareTwiceHost(SimulatedHost):
+        def kvm_s390_pv_set_aside(self, vm, data, out):
+            vm.set_aside = None  # the "already set aside: EINVAL" check dropped
+            return super().kvm_s390_pv_set_aside(vm, data, out)
+
+``overridden_kernel_functions(cls)`` names what a subclass overrides and
+raises ``TypeError`` if it overrides any other simulator method (private
+helpers are no interface: they may change with any refactoring).
 
 ``SimulatedHost`` implements the ``kvmpv.syscalls.Syscalls`` protocol
 (``backend = "sim"``): ``Kvm(sys=SimulatedHost())`` opens a simulated
@@ -157,6 +195,7 @@ import errno
 import os
 
 from ..syscalls import IoctlArg, buffer_address, libc, raise_errno
+from . import gmap, intercept, kvm_s390, pv, uv
 from .kvm_host import (
     _DEV_KVM,
     ALLOC_SITES,
@@ -223,7 +262,8 @@ from .uvc import (
 class SimulatedHost(KvmS390):
     """A simulated s390x KVM host: the ``Syscalls`` protocol over the kernel layers.
 
-    Parameters: see ``kvmpv.sim.core.HostState``.
+    Parameters: see ``kvmpv.sim.core.HostState``.  Subclass it and override a
+    ``KERNEL_FUNCTIONS`` method for a deviating simulator (module docstring).
     """
 
     def open(self, path: str, flags: int) -> int:
@@ -242,12 +282,12 @@ class SimulatedHost(KvmS390):
         try:
             addr = buffer_address(arg)
             if f.kind == "dev":
-                return self._dev_ioctl(request, addr)
+                return self.kvm_arch_dev_ioctl(request, addr)
             if f.kind == "vm":
                 assert isinstance(f.obj, _Vm)
-                return self._vm_ioctl(f.obj, request, addr)
+                return self.kvm_arch_vm_ioctl(f.obj, request, addr)
             assert isinstance(f.obj, _Vcpu)
-            return self._vcpu_ioctl(f.obj, request, addr)
+            return self.kvm_arch_vcpu_ioctl(f.obj, request, addr)
         finally:
             self._fput(f)
 
@@ -322,8 +362,48 @@ class SimulatedHost(KvmS390):
                 pass
 
 
+#: Every kernel function the simulator models, as a method of
+#: ``SimulatedHost``: method name -> the kernel file it is in.  The methods a
+#: deviating simulator may override (module docstring).
+KERNEL_FUNCTIONS: dict[str, str] = {
+    **uv.KERNEL_FUNCTIONS,
+    **gmap.KERNEL_FUNCTIONS,
+    **pv.KERNEL_FUNCTIONS,
+    **intercept.KERNEL_FUNCTIONS,
+    **kvm_s390.KERNEL_FUNCTIONS,
+}
+
+
+def overridden_kernel_functions(cls: type) -> list[str]:
+    """The kernel functions a ``SimulatedHost`` subclass overrides, sorted.
+
+    Raises ``TypeError`` when ``cls`` is no ``SimulatedHost`` subclass or
+    overrides a simulator method that models no kernel function: a deviation
+    must name the one kernel function it breaks, so that it keeps meaning the
+    same thing when the simulator's helpers are reorganised.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, SimulatedHost)):
+        raise TypeError(f"{cls!r} is not a SimulatedHost subclass")
+    base = set(dir(SimulatedHost))
+    own: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is SimulatedHost:
+            break
+        own |= {n for n in vars(klass) if n in base and callable(getattr(SimulatedHost, n))}
+    # Constructor and the public interface (Syscalls protocol, outside world,
+    # introspection) may be wrapped by any subclass: they are no kernel function.
+    other = {n for n in own if n.startswith("_") and n != "__init__"}
+    if other:
+        raise TypeError(
+            f"{cls.__name__} overrides {', '.join(sorted(other))}: not a kernel function "
+            "(override a key of kvmpv.sim.KERNEL_FUNCTIONS)"
+        )
+    return sorted(n for n in own if n in KERNEL_FUNCTIONS)
+
+
 __all__ = [
     "ALLOC_SITES",
+    "KERNEL_FUNCTIONS",
     "KVM_MEM_MAX_NR_PAGES",
     "KVM_S390_NO_MEM_LIMIT",
     "KVM_USER_MEM_SLOTS",
@@ -379,4 +459,5 @@ __all__ = [
     "SimVmInfo",
     "SimulatedHost",
     "UvCall",
+    "overridden_kernel_functions",
 ]

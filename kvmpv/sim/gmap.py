@@ -34,6 +34,14 @@ from .uvc import (
     UVC_CMD_CONV_TO_SEC_STOR,
 )
 
+#: The kernel functions this module models (method name -> where the kernel
+#: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
+#: "Deviating simulators").
+KERNEL_FUNCTIONS = {
+    "s390_uv_destroy_range": "arch/s390/mm/gmap.c",
+    "make_hva_secure": "arch/s390/kernel/uv.c",
+}
+
 
 class Gmap(Ultravisor):
     """Secure page state and the page work of arch/s390/mm/gmap.c and uv.c."""
@@ -191,12 +199,12 @@ class Gmap(Ultravisor):
             gpa = ms.gpa + ms.size
         return ranges
 
-    def _destroy_ranges(
+    def s390_uv_destroy_range(
         self, ranges: list[tuple[int, int]], *, interruptible: bool, tid: int = 0
     ) -> bool:
-        """Destroy the secure pages in ``ranges`` that the UV lets go of, in batches.
+        """s390_uv_destroy_range(): destroy the secure pages in ``ranges``, in batches.
 
-        ``__s390_uv_destroy_range()``: every secure page of a configuration
+        ``__s390_uv_destroy_range()`` (arch/s390/mm/gmap.c): every secure page of a configuration
         without CPUs is destroyed (0x0202: cleared); pages of configurations
         with CPUs stay.  Between batches: the ``perform:batch`` gate and, if
         ``interruptible``, the fatal-signal check.  Returns False if stopped
@@ -216,7 +224,7 @@ class Gmap(Ultravisor):
         return True
 
     def _destroy_batch(self, cursor: int, hi: int) -> tuple[int, bool]:
-        """One batch of ``_destroy_ranges`` from ``cursor``: (new cursor, anything done).
+        """One batch of ``s390_uv_destroy_range`` from ``cursor``: (new cursor, anything done).
 
         Under ``mmap_lock`` for reading from the claim to the release, so a
         concurrent ``munmap`` waits for this batch and the next batch finds
@@ -269,7 +277,7 @@ class Gmap(Ultravisor):
                     self._destroyed += done
         return cursor, True
 
-    def _import_range(
+    def make_hva_secure(
         self,
         cfg: _Config,
         s: int,
@@ -278,7 +286,9 @@ class Gmap(Ultravisor):
         clear: bool = True,
         fill: Optional[Callable[[int, int], None]] = None,
     ) -> None:
-        """Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
+        """make_hva_secure() (arch/s390/kernel/uv.c; gmap_make_secure() before 6.15).
+
+        Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
 
         UNPACK passes ``clear=False`` and ``fill``: the Ultravisor decrypts the
         image pages in place, ``fill(s, e)`` while the range is claimed.

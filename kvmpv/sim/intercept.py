@@ -24,6 +24,13 @@ from .kvm_host import (
 )
 from .pv import Pv
 
+#: The kernel functions this module models (method name -> where the kernel
+#: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
+#: "Deviating simulators").
+KERNEL_FUNCTIONS = {
+    "kvm_arch_vcpu_ioctl_run": "arch/s390/kvm/kvm-s390.c",
+}
+
 
 class Intercept(Pv):
     """KVM_RUN and the SIE intercepts (arch/s390/kvm/intercept.c)."""
@@ -54,7 +61,7 @@ class Intercept(Pv):
         vcpu.sclp = "waiting"
         return 0
 
-    def _run(self, vcpu: _Vcpu) -> int:
+    def kvm_arch_vcpu_ioctl_run(self, vcpu: _Vcpu) -> int:
         """kvm_arch_vcpu_ioctl_run() with the simulated guest (module docstring)."""
         run = vcpu.run
         assert run is not None

@@ -44,6 +44,26 @@ from .uvc import (
     UVC_CMD_DUMP_CPU,
 )
 
+#: The kernel functions this module models (method name -> where the kernel
+#: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
+#: "Deviating simulators").
+KERNEL_FUNCTIONS = {
+    "kvm_put_kvm": "virt/kvm/kvm_main.c",
+    "kvm_arch_dev_ioctl": "arch/s390/kvm/kvm-s390.c",
+    "kvm_vm_ioctl_check_extension": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_init_vm": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_vm_ioctl": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_prepare_memory_region": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_mem_control": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_vcpu_create": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_vcpu_ioctl": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_vcpu_sida_op": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_vcpu_ioctl_set_mpstate": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_vcpu_ioctl_reset": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_handle_pv_vcpu_dump": "arch/s390/kvm/kvm-s390.c",
+    "kvm_arch_destroy_vm": "arch/s390/kvm/kvm-s390.c",
+}
+
 
 class KvmS390(Intercept):
     """The device, VM and vCPU ioctls of arch/s390/kvm/kvm-s390.c."""
@@ -54,35 +74,38 @@ class KvmS390(Intercept):
             last = f.refs == 0
         if last and f.kind == "vm":
             assert isinstance(f.obj, _Vm)
-            self._vm_put(f.obj)
+            self.kvm_put_kvm(f.obj)
         elif last and f.kind == "vcpu":
             assert isinstance(f.obj, _Vcpu)
-            self._vm_put(f.obj.vm)
+            self.kvm_put_kvm(f.obj.vm)
 
-    def _vm_put(self, vm: _Vm) -> None:
+    def kvm_put_kvm(self, vm: _Vm) -> None:
+        """kvm_put_kvm() (virt/kvm/kvm_main.c): the last reference destroys the VM."""
         with self._lock:
             vm.refs -= 1
             last = vm.refs == 0
         if last:
-            self._destroy_vm(vm)
+            self.kvm_arch_destroy_vm(vm)
 
-    def _dev_ioctl(self, request: int, arg: int) -> int:
+    def kvm_arch_dev_ioctl(self, request: int, arg: int) -> int:
+        """kvm_arch_dev_ioctl() with kvm_dev_ioctl() (virt/kvm/kvm_main.c) around it."""
         if request == uapi.KVM_GET_API_VERSION:
             if arg:
                 raise _err(errno.EINVAL)
             return uapi.KVM_API_VERSION
         if request == uapi.KVM_CHECK_EXTENSION:
-            return self._check_extension(arg)
+            return self.kvm_vm_ioctl_check_extension(arg)
         if request == uapi.KVM_GET_VCPU_MMAP_SIZE:
             if arg:
                 raise _err(errno.EINVAL)
             return VCPU_MMAP_SIZE
         if request == uapi.KVM_CREATE_VM:
-            return self._create_vm(arg)
+            return self.kvm_arch_init_vm(arg)
         # kvm_arch_dev_ioctl() on s390 answers everything else with EINVAL.
         raise _err(errno.EINVAL)
 
-    def _check_extension(self, cap: int) -> int:
+    def kvm_vm_ioctl_check_extension(self, cap: int) -> int:
+        """kvm_vm_ioctl_check_extension() (arch/s390/kvm/kvm-s390.c)."""
         c = uapi.KvmCap
         if cap == c.KVM_CAP_S390_PROTECTED:
             return int(self.prot_virt_host)
@@ -99,7 +122,8 @@ class KvmS390(Intercept):
             return KVM_USER_MEM_SLOTS
         return 0
 
-    def _create_vm(self, machine_type: int) -> int:
+    def kvm_arch_init_vm(self, machine_type: int) -> int:
+        """kvm_arch_init_vm() (kvm-s390.c) behind KVM_CREATE_VM."""
         # kvm_arch_init_vm(): any bit but UCONTROL, or UCONTROL without the
         # config option or without CAP_SYS_ADMIN, is EINVAL (spec 1.2).
         if machine_type & ~uapi.KVM_VM_S390_UCONTROL:
@@ -122,21 +146,22 @@ class KvmS390(Intercept):
             self._vms[vm.id] = vm
         return self._install("vm", _memfd("kvm-vm"), vm)
 
-    def _vm_ioctl(self, vm: _Vm, request: int, arg: int) -> int:
+    def kvm_arch_vm_ioctl(self, vm: _Vm, request: int, arg: int) -> int:
+        """kvm_arch_vm_ioctl() (kvm-s390.c) with the generic VM ioctls of kvm_main.c."""
         if request == uapi.KVM_CHECK_EXTENSION:
-            return self._check_extension(arg)
+            return self.kvm_vm_ioctl_check_extension(arg)
         if request == uapi.KVM_S390_PV_COMMAND:
-            return self._pv_command(vm, arg)
+            return self.kvm_arch_vm_ioctl_pv_command(vm, arg)
         if request == uapi.KVM_SET_USER_MEMORY_REGION:
-            return self._set_memory_region(vm, arg)
+            return self.kvm_arch_prepare_memory_region(vm, arg)
         if request == uapi.KVM_CREATE_VCPU:
-            return self._create_vcpu(vm, arg)
+            return self.kvm_arch_vcpu_create(vm, arg)
         if request in (
             uapi.KVM_SET_DEVICE_ATTR,
             uapi.KVM_GET_DEVICE_ATTR,
             uapi.KVM_HAS_DEVICE_ATTR,
         ):
-            return self._device_attr(vm, request, arg)
+            return self.kvm_s390_mem_control(vm, request, arg)
         if request == uapi.KVM_ENABLE_CAP:
             self._copy_in(arg, uapi.kvm_enable_cap)
             raise _err(errno.EINVAL)  # no capability is enabled per VM in the simulator
@@ -148,7 +173,8 @@ class KvmS390(Intercept):
             return 0
         raise _err(errno.ENOTTY)
 
-    def _set_memory_region(self, vm: _Vm, arg: int) -> int:
+    def kvm_arch_prepare_memory_region(self, vm: _Vm, arg: int) -> int:
+        """kvm_arch_prepare_memory_region() (kvm-s390.c) behind KVM_SET_USER_MEMORY_REGION."""
         m = self._copy_in(arg, uapi.kvm_userspace_memory_region)
         slot, flags = int(m.slot), int(m.flags)
         gpa, size, uaddr = int(m.guest_phys_addr), int(m.memory_size), int(m.userspace_addr)
@@ -207,7 +233,11 @@ class KvmS390(Intercept):
                 self._prune_unmapped_locked()
         return 0
 
-    def _device_attr(self, vm: _Vm, request: int, arg: int) -> int:
+    def kvm_s390_mem_control(self, vm: _Vm, request: int, arg: int) -> int:
+        """kvm_s390_mem_control(): kvm_s390_{get,set}_mem_control() (kvm-s390.c).
+
+        Behind kvm_s390_vm_{has,get,set}_attr(), group KVM_S390_VM_MEM_CTRL.
+        """
         a = self._copy_in(arg, uapi.kvm_device_attr)
         group, attr, addr = int(a.group), int(a.attr), int(a.addr)
         # Only the memory-control group is modelled; the other s390 groups
@@ -241,7 +271,8 @@ class KvmS390(Intercept):
             vm.gmap_limit = new_limit
         return 0
 
-    def _create_vcpu(self, vm: _Vm, vcpu_id: int) -> int:
+    def kvm_arch_vcpu_create(self, vm: _Vm, vcpu_id: int) -> int:
+        """kvm_arch_vcpu_create() (kvm-s390.c) behind KVM_CREATE_VCPU."""
         if vcpu_id >= self.max_vcpus:
             raise _err(errno.EINVAL)
         with vm.lock:
@@ -252,10 +283,10 @@ class KvmS390(Intercept):
             vcpu = _Vcpu(vm, vcpu_id)
             if vm.config is not None:
                 # kvm_arch_vcpu_create(): vCPUs of a protected VM are created protected.
-                cc, _, _ = self._uv(UVC_CMD_CREATE_SEC_CPU, vm.config.handle)
+                cc, _, _ = self.uv_call(UVC_CMD_CREATE_SEC_CPU, vm.config.handle)
                 if cc:
                     raise _err(errno.EIO)
-                self._make_secure_cpu(vcpu, vm.config)
+                self.kvm_s390_pv_create_cpu(vcpu, vm.config)
             vcpu.memfd = _memfd(f"kvm-vcpu:{vcpu_id}", VCPU_MMAP_SIZE)
             addr = libc().mmap(None, VCPU_MMAP_SIZE, 0x3, 0x01, vcpu.memfd, 0)
             if addr is None or addr == ctypes.c_void_p(-1).value:
@@ -272,15 +303,16 @@ class KvmS390(Intercept):
             os.set_inheritable(fd, False)
             return self._install("vcpu", fd, vcpu)
 
-    def _vcpu_ioctl(self, vcpu: _Vcpu, request: int, arg: int) -> int:
+    def kvm_arch_vcpu_ioctl(self, vcpu: _Vcpu, request: int, arg: int) -> int:
+        """kvm_arch_vcpu_ioctl() (kvm-s390.c), KVM_RUN and KVM_*_MP_STATE included."""
         if request == uapi.KVM_RUN:
             if arg:
                 raise _err(errno.EINVAL)
             with self._vcpu_locked(vcpu):
-                return self._run(vcpu)
+                return self.kvm_arch_vcpu_ioctl_run(vcpu)
         if request == uapi.KVM_S390_PV_CPU_COMMAND:
             with self._vcpu_locked(vcpu):
-                return self._pv_cpu_command(vcpu, arg)
+                return self.kvm_s390_handle_pv_vcpu_dump(vcpu, arg)
         if request == uapi.KVM_GET_MP_STATE:
             # kvm_arch_vcpu_ioctl_get_mpstate(): STOPPED or OPERATING, nothing else
             state = uapi.KVM_MP_STATE_STOPPED if vcpu.stopped else uapi.KVM_MP_STATE_OPERATING
@@ -289,20 +321,20 @@ class KvmS390(Intercept):
         if request == uapi.KVM_SET_MP_STATE:
             mp = self._copy_in(arg, uapi.kvm_mp_state)
             with self._vcpu_locked(vcpu):
-                return self._set_mp_state(vcpu, int(mp.mp_state))
+                return self.kvm_arch_vcpu_ioctl_set_mpstate(vcpu, int(mp.mp_state))
         if request == uapi.KVM_S390_MEM_OP:
             with self._vcpu_locked(vcpu):
-                return self._mem_op(vcpu, arg)
+                return self.kvm_s390_vcpu_sida_op(vcpu, arg)
         if request in (
             uapi.KVM_S390_INITIAL_RESET,
             uapi.KVM_S390_NORMAL_RESET,
             uapi.KVM_S390_CLEAR_RESET,
         ):
             with self._vcpu_locked(vcpu):
-                return self._cpu_reset(vcpu, request)
+                return self.kvm_arch_vcpu_ioctl_reset(vcpu, request)
         raise _err(errno.ENOTTY)
 
-    def _mem_op(self, vcpu: _Vcpu, arg: int) -> int:
+    def kvm_s390_vcpu_sida_op(self, vcpu: _Vcpu, arg: int) -> int:
         """kvm_s390_vcpu_sida_op(): only the SIDA of a protected CPU is modelled."""
         mop = self._copy_in(arg, uapi.kvm_s390_mem_op)
         op, size, offset, buf = int(mop.op), int(mop.size), int(mop.sida_offset), int(mop.buf)
@@ -318,20 +350,20 @@ class KvmS390(Intercept):
             vcpu.sida[offset : offset + size] = ctypes.string_at(buf, size)
         return 0
 
-    def _set_mp_state(self, vcpu: _Vcpu, state: int) -> int:
+    def kvm_arch_vcpu_ioctl_set_mpstate(self, vcpu: _Vcpu, state: int) -> int:
         """kvm_arch_vcpu_ioctl_set_mpstate()."""
         # "user space knows about this interface - let it control the state"
         vcpu.vm.user_cpu_state_ctrl = True
         cfg = vcpu.config
         if state == uapi.KVM_MP_STATE_STOPPED:
             # kvm_s390_vcpu_stop(): a protected CPU is stopped by the UV too
-            if cfg is not None and self._uv(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
+            if cfg is not None and self.uv_call(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
                 raise _err(errno.EINVAL)
             vcpu.stopped = True
             return 0
         if state == uapi.KVM_MP_STATE_OPERATING:
             # kvm_s390_vcpu_start(): kvm_s390_pv_set_cpu_state(PV_CPU_STATE_OPR)
-            if cfg is not None and self._uv(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
+            if cfg is not None and self.uv_call(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
                 raise _err(errno.EINVAL)
             vcpu.stopped = False
             return 0
@@ -340,7 +372,7 @@ class KvmS390(Intercept):
             # with which the UV loads the initial PSW of the SE header.
             if cfg is None:
                 raise _err(errno.ENXIO)
-            if self._uv(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
+            if self.uv_call(UVC_CMD_CPU_SET_STATE, vcpu.cpu_handle)[0]:
                 raise _err(errno.EINVAL)
             # The UV loads the initial PSW of the verified image's header.
             # Whether it refuses to load a CPU of an unverified configuration
@@ -356,8 +388,10 @@ class KvmS390(Intercept):
             return 0
         raise _err(errno.ENXIO)  # CHECK_STOP and the x86 states are not supported
 
-    def _cpu_reset(self, vcpu: _Vcpu, request: int) -> int:
-        """kvm_arch_vcpu_ioctl_{normal,initial,clear}_reset(); a protected CPU's via the UV."""
+    def kvm_arch_vcpu_ioctl_reset(self, vcpu: _Vcpu, request: int) -> int:
+        """kvm_arch_vcpu_ioctl_reset(): kvm_arch_vcpu_ioctl_{normal,initial,clear}_reset().
+
+        A protected CPU's resets go through the UV."""
         # normal reset: stops the vCPU unless userspace controls CPU state
         if not vcpu.vm.user_cpu_state_ctrl:
             vcpu.stopped = True
@@ -373,11 +407,12 @@ class KvmS390(Intercept):
                 uapi.KVM_S390_INITIAL_RESET: UVC_CMD_CPU_RESET_INITIAL,
                 uapi.KVM_S390_CLEAR_RESET: UVC_CMD_CPU_RESET_CLEAR,
             }[request]
-            if self._uv(uvc, vcpu.cpu_handle)[0]:
+            if self.uv_call(uvc, vcpu.cpu_handle)[0]:
                 raise _err(errno.EIO)
         return 0
 
-    def _pv_cpu_command(self, vcpu: _Vcpu, arg: int) -> int:
+    def kvm_s390_handle_pv_vcpu_dump(self, vcpu: _Vcpu, arg: int) -> int:
+        """kvm_s390_handle_pv_vcpu_dump() (kvm-s390.c) behind KVM_S390_PV_CPU_COMMAND."""
         if not self.prot_virt_host:
             raise _err(errno.EINVAL)
         cmd = self._copy_in(arg, uapi.kvm_pv_cmd)
@@ -395,7 +430,7 @@ class KvmS390(Intercept):
                 raise _err(errno.EINVAL)
             if dmp.buff_len != UV_GUEST_CPU_STOR_LEN:
                 raise _err(errno.EINVAL)
-            cc, out.rc, out.rrc = self._uv(UVC_CMD_DUMP_CPU, vcpu.cpu_handle)
+            cc, out.rc, out.rrc = self.uv_call(UVC_CMD_DUMP_CPU, vcpu.cpu_handle)
             if cc:
                 raise _err(errno.EINVAL)
             if not dmp.buff_addr:
@@ -410,18 +445,18 @@ class KvmS390(Intercept):
             raise _err(-ret)
         return 0
 
-    def _destroy_vm(self, vm: _Vm) -> None:
+    def kvm_arch_destroy_vm(self, vm: _Vm) -> None:
         """kvm_arch_destroy_vm(), in the thread that dropped the last reference."""
         # kvm_destroy_vcpus(): Destroy Secure CPU, failures leak silently.
         for vcpu in vm.vcpus:
             cfg = vcpu.config
             if cfg is not None:
-                self._uv(uapi.UVC_CMD_DESTROY_SEC_CPU, vcpu.cpu_handle)
+                self.uv_call(uapi.UVC_CMD_DESTROY_SEC_CPU, vcpu.cpu_handle)
                 with self._mm:
                     vcpu.config = None
                     cfg.cpus -= 1
         # No kvm->lock: nobody else can reach the VM any more.
-        self._cleanup_all(vm, _Out())
+        self.kvm_s390_pv_deinit_cleanup_all(vm, _Out())
         if vm.config is not None:  # its destroy failed: leaked for good
             with self._mm:
                 vm.config.state = "leaked"

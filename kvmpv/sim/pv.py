@@ -52,11 +52,36 @@ from .uvc import (
     UVC_CMD_VERIFY_IMG,
 )
 
+#: The kernel functions this module models (method name -> where the kernel
+#: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
+#: "Deviating simulators").
+KERNEL_FUNCTIONS = {
+    "kvm_arch_vm_ioctl_pv_command": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_handle_pv": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_handle_pv_enable": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_pv_create_cpu": "arch/s390/kvm/pv.c",
+    "kvm_s390_cpus_from_pv": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_pv_deinit_vm": "arch/s390/kvm/pv.c",
+    "kvm_s390_pv_set_aside": "arch/s390/kvm/pv.c",
+    "kvm_s390_pv_deinit_aside_vm": "arch/s390/kvm/pv.c",
+    "kvm_s390_pv_dispose_one_leftover": "arch/s390/kvm/pv.c",
+    "kvm_s390_handle_pv_disable": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_pv_deinit_cleanup_all": "arch/s390/kvm/pv.c",
+    "kvm_s390_pv_set_sec_parms": "arch/s390/kvm/pv.c",
+    "kvm_s390_pv_unpack": "arch/s390/kvm/pv.c",
+    "kvm_s390_handle_pv_verify": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_handle_pv_prep_reset": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_handle_pv_unshare_all": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_handle_pv_info": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_pv_dmp": "arch/s390/kvm/kvm-s390.c",
+}
+
 
 class Pv(Gmap):
     """The PV commands of arch/s390/kvm/pv.c and kvm_s390_handle_pv()."""
 
-    def _pv_command(self, vm: _Vm, arg: int) -> int:
+    def kvm_arch_vm_ioctl_pv_command(self, vm: _Vm, arg: int) -> int:
+        """kvm_arch_vm_ioctl_pv_command(): KVM_S390_PV_COMMAND in kvm_arch_vm_ioctl()."""
         # kvm_arch_vm_ioctl(), spec 3.1: the PV host check comes before the
         # copy-in, the flags check after it; the whole struct is copied back.
         # Before all of them: "protvirt means user cpu state" (spec 10.2) --
@@ -69,31 +94,31 @@ class Pv(Gmap):
             raise _err(errno.EINVAL)
         out = _Out()
         out.rc, out.rrc = int(cmd.rc), int(cmd.rrc)
-        ret = self._handle_pv(vm, int(cmd.cmd), int(cmd.data), out)
+        ret = self.kvm_s390_handle_pv(vm, int(cmd.cmd), int(cmd.data), out)
         cmd.rc, cmd.rrc = out.rc, out.rrc
         self._copy_out(arg, cmd)
         if ret < 0:
             raise _err(-ret)
         return ret
 
-    def _handle_pv(self, vm: _Vm, cmd: int, data: int, out: _Out) -> int:
+    def kvm_s390_handle_pv(self, vm: _Vm, cmd: int, data: int, out: _Out) -> int:
         """kvm_s390_handle_pv(): everything under kvm->lock except PERFORM."""
         ids = uapi.pv_cmd_id
         if cmd == ids.KVM_PV_ASYNC_CLEANUP_PERFORM:
             if not self.async_destroy:
                 return -errno.EINVAL
-            return self._perform(vm, out)
+            return self.kvm_s390_pv_deinit_aside_vm(vm, out)
         handlers: dict[int, Callable[[_Vm, int, _Out], int]] = {
-            ids.KVM_PV_ENABLE: self._pv_enable,
-            ids.KVM_PV_DISABLE: self._pv_disable,
-            ids.KVM_PV_SET_SEC_PARMS: self._pv_set_sec_parms,
-            ids.KVM_PV_UNPACK: self._pv_unpack,
-            ids.KVM_PV_VERIFY: self._pv_verify,
-            ids.KVM_PV_PREP_RESET: self._pv_prep_reset,
-            ids.KVM_PV_UNSHARE_ALL: self._pv_unshare_all,
-            ids.KVM_PV_INFO: self._pv_info,
-            ids.KVM_PV_DUMP: self._pv_dump,
-            ids.KVM_PV_ASYNC_CLEANUP_PREPARE: self._pv_prepare,
+            ids.KVM_PV_ENABLE: self.kvm_s390_handle_pv_enable,
+            ids.KVM_PV_DISABLE: self.kvm_s390_handle_pv_disable,
+            ids.KVM_PV_SET_SEC_PARMS: self.kvm_s390_pv_set_sec_parms,
+            ids.KVM_PV_UNPACK: self.kvm_s390_pv_unpack,
+            ids.KVM_PV_VERIFY: self.kvm_s390_handle_pv_verify,
+            ids.KVM_PV_PREP_RESET: self.kvm_s390_handle_pv_prep_reset,
+            ids.KVM_PV_UNSHARE_ALL: self.kvm_s390_handle_pv_unshare_all,
+            ids.KVM_PV_INFO: self.kvm_s390_handle_pv_info,
+            ids.KVM_PV_DUMP: self.kvm_s390_pv_dmp,
+            ids.KVM_PV_ASYNC_CLEANUP_PREPARE: self.kvm_s390_pv_set_aside,
         }
         handler = handlers.get(cmd)
         with vm.lock:
@@ -104,11 +129,13 @@ class Pv(Gmap):
             except OSError as exc:  # EFAULT from a copy
                 return -(exc.errno or errno.EFAULT)
 
-    def _pv_enable(self, vm: _Vm, data: int, out: _Out) -> int:
-        """spec 3.2; kvm_s390_pv_init_vm() + kvm_s390_cpus_to_pv()."""
+    def kvm_s390_handle_pv_enable(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_handle_pv_enable(): the KVM_PV_ENABLE case of kvm_s390_handle_pv().
+
+        spec 3.2; kvm_s390_pv_init_vm() + kvm_s390_cpus_to_pv()."""
         if vm.config is not None:
             return -errno.EINVAL
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_CREATE_SEC_CONF, 0)
+        cc, out.rc, out.rrc = self.uv_call(UVC_CMD_CREATE_SEC_CONF, 0)
         with self._mm:
             handle = self._new_handle()
             cfg = _Config(handle, vm)
@@ -118,7 +145,7 @@ class Pv(Gmap):
         if cc:
             if out.rc & uapi.UVC_RC_NEED_DESTROY:
                 vm.config = cfg
-                self._deinit_vm(vm, _Out())
+                self.kvm_s390_pv_deinit_vm(vm, _Out())
             else:
                 with self._lock:
                     self._protected_count -= 1
@@ -131,25 +158,26 @@ class Pv(Gmap):
         r = 0
         for vcpu in list(vm.vcpus):
             with self._vcpu_locked(vcpu):
-                cc, out.rc, out.rrc = self._uv(UVC_CMD_CREATE_SEC_CPU, handle)
+                cc, out.rc, out.rrc = self.uv_call(UVC_CMD_CREATE_SEC_CPU, handle)
                 if cc:
                     r = -errno.EIO
                 else:
-                    self._make_secure_cpu(vcpu, cfg)
+                    self.kvm_s390_pv_create_cpu(vcpu, cfg)
             if r:
                 break
         if r:
-            self._cpus_from_pv(vm, _Out())
-            self._deinit_vm(vm, _Out())
+            self.kvm_s390_cpus_from_pv(vm, _Out())
+            self.kvm_s390_pv_deinit_vm(vm, _Out())
         return r
 
-    def _make_secure_cpu(self, vcpu: _Vcpu, cfg: _Config) -> None:
+    def kvm_s390_pv_create_cpu(self, vcpu: _Vcpu, cfg: _Config) -> None:
+        """kvm_s390_pv_create_cpu() (arch/s390/kvm/pv.c): Create Secure CPU bookkeeping."""
         with self._mm:
             vcpu.config = cfg
             vcpu.cpu_handle = self._new_handle()
             cfg.cpus += 1
 
-    def _cpus_from_pv(self, vm: _Vm, out: _Out) -> int:
+    def kvm_s390_cpus_from_pv(self, vm: _Vm, out: _Out) -> int:
         """kvm_s390_cpus_from_pv(): every vCPU is tried, the first failure is reported."""
         ret = 0
         for vcpu in list(vm.vcpus):
@@ -157,7 +185,7 @@ class Pv(Gmap):
                 cfg = vcpu.config
                 if cfg is None:
                     continue
-                cc, rc, rrc = self._uv(uapi.UVC_CMD_DESTROY_SEC_CPU, vcpu.cpu_handle)
+                cc, rc, rrc = self.uv_call(uapi.UVC_CMD_DESTROY_SEC_CPU, vcpu.cpu_handle)
                 # The vCPU stops being protected even when the UVC failed
                 # (its storage is leaked on purpose).
                 with self._mm:
@@ -169,11 +197,11 @@ class Pv(Gmap):
                     ret = -errno.EIO
         return ret
 
-    def _deinit_vm(self, vm: _Vm, out: _Out) -> int:
+    def kvm_s390_pv_deinit_vm(self, vm: _Vm, out: _Out) -> int:
         """kvm_s390_pv_deinit_vm(): Destroy Secure Configuration of the current config."""
         cfg = vm.config
         assert cfg is not None
-        cc, out.rc, out.rrc = self._uv(uapi.UVC_CMD_DESTROY_SEC_CONF, cfg.handle)
+        cc, out.rc, out.rrc = self.uv_call(uapi.UVC_CMD_DESTROY_SEC_CONF, cfg.handle)
         if cc:
             # Intended leak on an "impossible" error: the handle stays, the
             # VM stays protected, protected_count stays up.
@@ -186,13 +214,15 @@ class Pv(Gmap):
         vm.config = None
         return 0
 
-    def _pv_prepare(self, vm: _Vm, data: int, out: _Out) -> int:
-        """spec 3.3, in exactly that order."""
+    def kvm_s390_pv_set_aside(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_pv_set_aside() and the KVM_PV_ASYNC_CLEANUP_PREPARE case around it.
+
+        spec 3.3, in exactly that order."""
         # 1. protected and async_destroy
         if vm.config is None or not self.async_destroy:
             return -errno.EINVAL
         # 2. destroy every vCPU (blocks on vcpu->mutex while one is in KVM_RUN)
-        r = self._cpus_from_pv(vm, out)
+        r = self.kvm_s390_cpus_from_pv(vm, out)
         if r:
             return r
         self._pause_point("prepare:cpus_destroyed")
@@ -208,7 +238,7 @@ class Pv(Gmap):
         cfg = vm.config
         # 6. Destroy Secure Configuration Fast if the UV has it
         if self.destroy_fast:
-            cc, out.rc, out.rrc = self._uv(uapi.UVC_CMD_DESTROY_SEC_CONF_FAST, cfg.handle)
+            cc, out.rc, out.rrc = self.uv_call(uapi.UVC_CMD_DESTROY_SEC_CONF_FAST, cfg.handle)
             if cc:
                 return -errno.EIO  # record freed, configuration stays current
             with self._mm:
@@ -221,7 +251,7 @@ class Pv(Gmap):
             record = _Record(cfg, cfg.handle)
         # 7. destroy the pages below 2 GiB synchronously, memslot after memslot
         #    from the one holding guest address 0 (kvm_s390_destroy_lower_2g)
-        self._destroy_ranges(self._lower_2g_ranges(vm), interruptible=False)
+        self.s390_uv_destroy_range(self._lower_2g_ranges(vm), interruptible=False)
         # 8. clear the PV state, store the record
         with self._mm:
             cfg.state = "set_aside"
@@ -231,7 +261,7 @@ class Pv(Gmap):
         out.rc, out.rrc = uapi.KVM_PV_ASYNC_SYNTHETIC_RC, uapi.KVM_PV_ASYNC_SYNTHETIC_RRC
         return 0
 
-    def _perform(self, vm: _Vm, out: _Out) -> int:
+    def kvm_s390_pv_deinit_aside_vm(self, vm: _Vm, out: _Out) -> int:
         """spec 3.4: kvm_s390_pv_deinit_aside_vm(), called without kvm->lock."""
         self._pause_point("perform:before_detach")
         with vm.lock:
@@ -246,7 +276,7 @@ class Pv(Gmap):
             self._pause_point("perform:detached")
             tid = threading.get_native_id()
             # The whole mm, interruptibly: s390_uv_destroy_range_interruptible(mm, 0, TASK_SIZE_MAX)
-            if not self._destroy_ranges([(0, 1 << 64)], interruptible=True, tid=tid):
+            if not self.s390_uv_destroy_range([(0, 1 << 64)], interruptible=True, tid=tid):
                 with vm.lock:
                     vm.need_cleanup.append(record)
                     with self._mm:
@@ -254,16 +284,16 @@ class Pv(Gmap):
                 # "Did not finish, but pretend things went well"
                 out.rc, out.rrc = uapi.KVM_PV_ASYNC_SYNTHETIC_RC, uapi.KVM_PV_ASYNC_SYNTHETIC_RRC
                 return 0
-            return -errno.EIO if self._dispose_one_leftover(record, out) else 0
+            return -errno.EIO if self.kvm_s390_pv_dispose_one_leftover(record, out) else 0
         finally:
             with vm.lock:
                 vm.performing -= 1
 
-    def _dispose_one_leftover(self, record: _Record, out: _Out) -> int:
+    def kvm_s390_pv_dispose_one_leftover(self, record: _Record, out: _Out) -> int:
         """kvm_s390_pv_dispose_one_leftover(); nonzero on UVC failure (the config is leaked)."""
         cfg = record.config
         if record.handle:
-            cc, out.rc, out.rrc = self._uv(uapi.UVC_CMD_DESTROY_SEC_CONF, record.handle)
+            cc, out.rc, out.rrc = self.uv_call(uapi.UVC_CMD_DESTROY_SEC_CONF, record.handle)
             if cc:
                 with self._mm:
                     cfg.state = "leaked"
@@ -276,16 +306,18 @@ class Pv(Gmap):
             self._gc_configs_locked()
         return 0
 
-    def _pv_disable(self, vm: _Vm, data: int, out: _Out) -> int:
-        """spec 3.5."""
+    def kvm_s390_handle_pv_disable(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_handle_pv_disable(): the KVM_PV_DISABLE case of kvm_s390_handle_pv().
+
+        spec 3.5."""
         if vm.config is None:
             return -errno.EINVAL
-        r = self._cpus_from_pv(vm, out)
+        r = self.kvm_s390_cpus_from_pv(vm, out)
         if r:
             return r
-        return self._cleanup_all(vm, out)
+        return self.kvm_s390_pv_deinit_cleanup_all(vm, out)
 
-    def _cleanup_all(self, vm: _Vm, out: _Out) -> int:
+    def kvm_s390_pv_deinit_cleanup_all(self, vm: _Vm, out: _Out) -> int:
         """kvm_s390_pv_deinit_cleanup_all() (spec 3.5, 3.6)."""
         with self._lock:
             # FIXRACE: nothing to do if the counter is already 0; otherwise
@@ -298,7 +330,7 @@ class Pv(Gmap):
             cc = 0
             need_zap = False
             if vm.config is not None:
-                if self._deinit_vm(vm, out):
+                if self.kvm_s390_pv_deinit_vm(vm, out):
                     cc = 1
                 need_zap = True
             if vm.set_aside is not None:
@@ -308,20 +340,20 @@ class Pv(Gmap):
                 record = vm.need_cleanup.pop(0)
                 need_zap = True
                 tmp = _Out()
-                if self._dispose_one_leftover(record, tmp):
+                if self.kvm_s390_pv_dispose_one_leftover(record, tmp):
                     cc = 1
                     if out.rc == uapi.UVC_RC_EXECUTED:  # only the first error
                         out.rc, out.rrc = tmp.rc, tmp.rrc
             if need_zap:
                 # The mm is alive (no process exit in the simulator): sweep
                 # it, non-interruptibly.
-                self._destroy_ranges([(0, 1 << 64)], interruptible=False)
+                self.s390_uv_destroy_range([(0, 1 << 64)], interruptible=False)
             return -errno.EIO if cc else 0
         finally:
             with self._lock:
                 self._protected_count -= 1
 
-    def _pv_set_sec_parms(self, vm: _Vm, data: int, out: _Out) -> int:
+    def kvm_s390_pv_set_sec_parms(self, vm: _Vm, data: int, out: _Out) -> int:
         """kvm_s390_handle_pv(KVM_PV_SET_SEC_PARMS) + kvm_s390_pv_set_sec_parms(), spec 10.3."""
         cfg = vm.config
         if cfg is None:
@@ -347,7 +379,7 @@ class Pv(Gmap):
             fields = sehdr.open_header(header, self._host_key)
         except sehdr.UvRefusal as no:
             fail, rrc = no.rc, no.rrc
-        cc, out.rc, out.rrc = self._uv(
+        cc, out.rc, out.rrc = self.uv_call(
             UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail, fail_rrc=rrc
         )
         if cc:
@@ -356,7 +388,7 @@ class Pv(Gmap):
         cfg.header = fields
         return 0
 
-    def _pv_unpack(self, vm: _Vm, data: int, out: _Out) -> int:
+    def kvm_s390_pv_unpack(self, vm: _Vm, data: int, out: _Out) -> int:
         """kvm_s390_pv_unpack(): page by page, tweak = {prefix, offset}; EFAULT off the memslots."""
         cfg = vm.config
         if cfg is None or self.protected_count == 0:
@@ -372,11 +404,11 @@ class Pv(Gmap):
             return -errno.EFAULT
         if not cfg.sec_parms:
             # The UV refuses an unpack into a configuration without parameters.
-            cc, out.rc, out.rrc = self._uv(
+            cc, out.rc, out.rrc = self.uv_call(
                 UVC_CMD_UNPACK_IMG, cfg.handle, fail_rc=uapi.UVC_RC_INV_STATE
             )
             return -errno.EINVAL
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_UNPACK_IMG, cfg.handle, pages=size // PAGE_SIZE)
+        cc, out.rc, out.rrc = self.uv_call(UVC_CMD_UNPACK_IMG, cfg.handle, pages=size // PAGE_SIZE)
         if cc:
             return -errno.EINVAL
         # The UV reads the encrypted pages (they go into the digests as they
@@ -387,14 +419,16 @@ class Pv(Gmap):
         for s, e in ranges:
             fill = None
             if hdr is not None:
-                fill = functools.partial(self._unpack_pages, cfg, hdr, addr + off, tweak, off)
-            self._import_range(cfg, s, e, clear=False, fill=fill)
+                fill = functools.partial(self.uvc_unpack_img, cfg, hdr, addr + off, tweak, off)
+            self.make_hva_secure(cfg, s, e, clear=False, fill=fill)
             off += e - s
         cfg.unpacked.append((addr, size, tweak))
         return 0
 
-    def _pv_verify(self, vm: _Vm, data: int, out: _Out) -> int:
-        """KVM_PV_VERIFY: the UV checks the unpacked image against the header's digests.
+    def kvm_s390_handle_pv_verify(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_handle_pv_verify(): the KVM_PV_VERIFY case of kvm_s390_handle_pv().
+
+        KVM_PV_VERIFY: the UV checks the unpacked image against the header's digests.
 
         What the simulator can check of a synthetic header: the page count
         and the digests of the unpacked pages' contents, addresses and
@@ -411,30 +445,36 @@ class Pv(Gmap):
         fail = None if cfg.sec_parms else uapi.UVC_RC_INV_STATE
         rrc = 0
         if fail is None and cfg.header is not None:
-            rrc = self._image_mismatch(vm, cfg)
+            rrc = self.uvc_verify_img(vm, cfg)
             fail = UV_RC_VERIFY_MISMATCH if rrc else None
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_VERIFY_IMG, cfg.handle, fail_rc=fail, fail_rrc=rrc)
+        cc, out.rc, out.rrc = self.uv_call(
+            UVC_CMD_VERIFY_IMG, cfg.handle, fail_rc=fail, fail_rrc=rrc
+        )
         if cc:
             return -errno.EINVAL  # uv_cmd_nodata(): cc ? -EINVAL : 0
         cfg.verified = True
         return 0
 
-    def _pv_prep_reset(self, vm: _Vm, data: int, out: _Out) -> int:
+    def kvm_s390_handle_pv_prep_reset(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_handle_pv_prep_reset(): the KVM_PV_PREP_RESET case of kvm_s390_handle_pv()."""
         cfg = vm.config
         if cfg is None:
             return -errno.EINVAL
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_PREPARE_RESET, cfg.handle)
+        cc, out.rc, out.rrc = self.uv_call(UVC_CMD_PREPARE_RESET, cfg.handle)
         return -errno.EINVAL if cc else 0
 
-    def _pv_unshare_all(self, vm: _Vm, data: int, out: _Out) -> int:
+    def kvm_s390_handle_pv_unshare_all(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_handle_pv_unshare_all(): the KVM_PV_UNSHARE_ALL case of kvm_s390_handle_pv()."""
         cfg = vm.config
         if cfg is None:
             return -errno.EINVAL
-        cc, out.rc, out.rrc = self._uv(UVC_CMD_SET_UNSHARE_ALL, cfg.handle)
+        cc, out.rc, out.rrc = self.uv_call(UVC_CMD_SET_UNSHARE_ALL, cfg.handle)
         return -errno.EINVAL if cc else 0
 
-    def _pv_info(self, vm: _Vm, data: int, out: _Out) -> int:
-        """KVM_PV_INFO: no protected VM needed (spec 2.3)."""
+    def kvm_s390_handle_pv_info(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_handle_pv_info() (arch/s390/kvm/kvm-s390.c).
+
+        KVM_PV_INFO: no protected VM needed (spec 2.3)."""
         hdr = self._copy_in(data, uapi.kvm_s390_pv_info_header)
         len_max = int(hdr.len_max)
         hsize = ctypes.sizeof(uapi.kvm_s390_pv_info_header)
@@ -474,8 +514,8 @@ class Pv(Gmap):
         self._copy_out(data, info, length)
         return 0
 
-    def _pv_dump(self, vm: _Vm, data: int, out: _Out) -> int:
-        """KVM_PV_DUMP, minimal: INIT, CONFIG_STOR_STATE (zeros), COMPLETE (zeros).
+    def kvm_s390_pv_dmp(self, vm: _Vm, data: int, out: _Out) -> int:
+        """kvm_s390_pv_dmp(): KVM_PV_DUMP, minimal: INIT, CONFIG_STOR_STATE, COMPLETE (zeros).
 
         The state machine and buffer-length checks of kvm_s390_pv_dmp() are
         modelled; the dump data is all zeros, and vCPUs are not blocked.
@@ -490,7 +530,7 @@ class Pv(Gmap):
             if cfg.dumping:
                 return -errno.EINVAL
             fail = None if self.dump else uapi.UVC_RC_INV_CMD
-            cc, out.rc, out.rrc = self._uv(UVC_CMD_DUMP_INIT, cfg.handle, fail_rc=fail)
+            cc, out.rc, out.rrc = self.uv_call(UVC_CMD_DUMP_INIT, cfg.handle, fail_rc=fail)
             if cc:
                 return -errno.EINVAL
             cfg.dumping = True
@@ -500,7 +540,7 @@ class Pv(Gmap):
             blen = int(dmp.buff_len)
             if not blen or blen % UV_CONF_DUMP_STORAGE_STATE_LEN:
                 return -errno.EINVAL
-            cc, out.rc, out.rrc = self._uv(UVC_CMD_DUMP_CONF_STOR_STATE, cfg.handle)
+            cc, out.rc, out.rrc = self.uv_call(UVC_CMD_DUMP_CONF_STOR_STATE, cfg.handle)
             if cc:
                 return -errno.EINVAL
             if not dmp.buff_addr:
@@ -512,7 +552,7 @@ class Pv(Gmap):
                 return -errno.EINVAL
             if dmp.buff_len < UV_CONF_DUMP_FINALIZE_LEN:
                 return -errno.EINVAL
-            cc, out.rc, out.rrc = self._uv(UVC_CMD_DUMP_COMPLETE, cfg.handle)
+            cc, out.rc, out.rrc = self.uv_call(UVC_CMD_DUMP_COMPLETE, cfg.handle)
             if cc:
                 return -errno.EINVAL
             if not dmp.buff_addr:

@@ -3,7 +3,7 @@
 
 Models the firmware behind arch/s390/kernel/uv.c and arch/s390/include/asm/uv.h
 (``uv_call()``, the UVC command blocks' rc/rrc) as seen by Linux 6.4 .. 7.0:
-every UV call goes through ``_uv`` (injected failures first) and is recorded
+every UV call goes through ``uv_call`` (injected failures first) and is recorded
 in issue order (``UvCall``).  The secure-image rules of the UV -- which the
 real-cryptography header checks of ``kvmpv.sehdr`` feed -- live here too:
 UNPACK's running digests and VERIFY's comparison with the header.
@@ -28,15 +28,26 @@ from .kvm_host import (
 )
 from .records import UvCall
 
+#: The kernel functions this module models (method name -> where the kernel
+#: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
+#: "Deviating simulators").
+KERNEL_FUNCTIONS = {
+    "uv_call": "arch/s390/include/asm/uv.h",
+    "uvc_unpack_img": "Ultravisor firmware (UVC 0x0301)",
+    "uvc_verify_img": "Ultravisor firmware (UVC 0x0302)",
+}
+
 
 class Ultravisor(HostState):
     """The simulated Ultravisor (firmware side of arch/s390/kernel/uv.c)."""
 
     @staticmethod
-    def _unpack_pages(
+    def uvc_unpack_img(
         cfg: _Config, hdr: sehdr.OpenedHeader, gpa: int, tweak: int, offset: int, s: int, e: int
     ) -> None:
-        """What the UV does with claimed image pages at UNPACK: digest the encrypted pages
+        """uvc_unpack_img(): the UV side of UVC_CMD_UNPACK_IMG (0x0301; firmware).
+
+        What the UV does with claimed image pages at UNPACK: digest the encrypted pages
         (pld, ald, tld as ``seimage.page_digests``), decrypt them in place (AES-XTS)."""
         cipher = ctypes.string_at(s, e - s)
         addrs, tweaks = seimage.page_lists(len(cipher), gpa, tweak, offset)
@@ -48,8 +59,10 @@ class Ultravisor(HostState):
         plain = sehdr.xts_pages(hdr.xts, cipher, tweak, encrypt=False, offset=offset)
         ctypes.memmove(s, plain, len(plain))
 
-    def _image_mismatch(self, vm: _Vm, cfg: _Config) -> int:
-        """0 if the unpacked pages match the header, else the rrc naming the first mismatch."""
+    def uvc_verify_img(self, vm: _Vm, cfg: _Config) -> int:
+        """uvc_verify_img(): the UV side of UVC_CMD_VERIFY_IMG (0x0302; firmware).
+
+        0 if the unpacked pages match the header, else the rrc naming the first mismatch."""
         hdr = cfg.header
         assert hdr is not None
         pld, ald, tld = (d.digest() for d in cfg.digests)
@@ -81,7 +94,7 @@ class Ultravisor(HostState):
                 lst.pop(0)
             return entry[0], entry[1]
 
-    def _uv(
+    def uv_call(
         self,
         cmd: int,
         handle: int,
@@ -90,7 +103,9 @@ class Ultravisor(HostState):
         fail_rc: Optional[int] = None,
         fail_rrc: int = 0,
     ) -> tuple[int, int, int]:
-        """One UV call: (cc, rc, rrc).  Injected failures first, then ``fail_rc``/``fail_rrc``."""
+        """uv_call() (arch/s390/include/asm/uv.h) and the firmware answering it.
+
+        One UV call: (cc, rc, rrc).  Injected failures first, then ``fail_rc``/``fail_rrc``."""
         fail = self._take_injection(cmd)
         if fail is not None:
             cc, rc, rrc = 1, fail[0], fail[1]
