@@ -55,7 +55,10 @@ _VOLATILE_KEY = re.compile(r"(_s|_ns|^s|^fraction|_cgroup|^pid|^tid|^timestamp|^
 #: inside texts: a number with a time unit or a percentage, a cgroup name
 _VOLATILE_TEXT = (
     (re.compile(r"kvmpv-[a-z]+-p\d+n\d+-[0-9a-f]+"), "<cgroup>"),
-    (re.compile(r"\d+(\.\d+)?\s?(ms|us|µs|ns|s|%)\b"), "<t>"),
+    (re.compile(r"\d+(\.\d+)?\s?(ms|us|µs|ns|s)\b"), "<t>"),
+    (re.compile(r"\d+(\.\d+)?%"), "<t>"),
+    # a step's time inside a dict quoted in a diagnostic: {'step': ..., 's': 0.0001, ...}
+    (re.compile(r"'s': [0-9.e+-]+"), "'s': <t>"),
     (re.compile(r"\b(pid|tid) \d+"), r"\1 <n>"),
 )
 

@@ -41,10 +41,18 @@ def test_timings_and_cgroup_names_are_not_differences(
     ident: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a = _record(
-        tmp_path / "a", reboot_s=0.1, cgroup="kvmpv-vm-p1n2-abc", rrc=0, reason="took 3.1 ms"
+        tmp_path / "a",
+        reboot_s=0.1,
+        cgroup="kvmpv-vm-p1n2-abc",
+        rrc=0,
+        reason="took 3.1 ms (101.4%) {'s': 0.0001, 'rc': 1}",
     )
     b = _record(
-        tmp_path / "b", reboot_s=0.7, cgroup="kvmpv-vm-p9n2-def", rrc=0, reason="took 12 ms"
+        tmp_path / "b",
+        reboot_s=0.7,
+        cgroup="kvmpv-vm-p9n2-def",
+        rrc=0,
+        reason="took 12 ms (99%) {'s': 2e-05, 'rc': 1}",
     )
     assert ident.compare(a, b) == 0
     assert "0 difference(s)" in capsys.readouterr().out
