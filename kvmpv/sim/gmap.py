@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Guest mappings and secure page state: destroy, import, export, unmap.
 
-Models arch/s390/mm/gmap.c (``s390_uv_destroy_range()``,
-``gmap_make_secure()``), arch/s390/kernel/uv.c (``make_hva_secure()``,
-``uv_convert_from_secure()``, ``arch_make_folio_accessible()``) and the
-unmap path of mm/ (``__s390_uv_destroy_range`` on ``munmap``), Linux 6.4 ..
+Models the page walks of arch/s390/mm/gmap.c (``s390_uv_destroy_range()``,
+``s390_uv_destroy_range_interruptible()``; ``gmap_pv_destroy_range()`` from
+7.0 on), the secure-page conversions of arch/s390/kernel/uv.c
+(``make_hva_secure()``, ``gmap_make_secure()`` in older releases, the export of
+``uv_convert_from_secure()``) and the unmap path (``ptep_get_and_clear_full()``
+of arch/s390/include/asm/pgtable.h exporting a still-secure page, spec 3.7),
+Linux 6.4 ..
 7.0.  Page state is kept as ranges of host virtual addresses, never per page;
 this is also the cost model: every range destroyed, imported or exported is
 cleared with ``ctypes.memset`` in the calling thread, one batch at a time,
@@ -286,7 +289,7 @@ class Gmap(Ultravisor):
         clear: bool = True,
         fill: Optional[Callable[[int, int], None]] = None,
     ) -> None:
-        """make_hva_secure() (arch/s390/kernel/uv.c; gmap_make_secure() before 6.15).
+        """make_hva_secure() (arch/s390/kernel/uv.c; gmap_make_secure() in older releases).
 
         Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
 

@@ -3,10 +3,9 @@
 
 Models ``kvm_arch_vcpu_ioctl_run()`` / ``__vcpu_run()`` of
 arch/s390/kvm/kvm-s390.c and the intercept handling of
-arch/s390/kvm/intercept.c (``kvm_handle_sie_intercept()``,
-``handle_partial_execution``/``kvm_s390_handle_wait()`` leaving a disabled
-wait to userspace, the SCLP call of a protected guest through the SIDA),
-Linux 6.4 .. 7.0 (spec 10).
+arch/s390/kvm/intercept.c (``kvm_handle_sie_intercept()``;
+``kvm_s390_handle_wait()`` leaving a disabled wait to userspace; the SCLP
+call of a protected guest through the SIDA), Linux 6.4 .. 7.0 (spec 10).
 """
 
 from __future__ import annotations

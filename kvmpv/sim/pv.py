@@ -15,9 +15,9 @@ import ctypes
 import errno
 import functools
 import threading
-from typing import Callable, Optional
+from typing import Callable
 
-from .. import sehdr, uapi
+from .. import uapi
 from .gmap import Gmap
 from .kvm_host import (
     _BIT_DUMP,
@@ -46,7 +46,6 @@ from .uvc import (
     UVC_CMD_DUMP_CONF_STOR_STATE,
     UVC_CMD_DUMP_INIT,
     UVC_CMD_PREPARE_RESET,
-    UVC_CMD_SET_SEC_CONF_PARAMS,
     UVC_CMD_SET_UNSHARE_ALL,
     UVC_CMD_UNPACK_IMG,
     UVC_CMD_VERIFY_IMG,
@@ -369,19 +368,7 @@ class Pv(Gmap):
         if origin == 0:
             return -errno.EFAULT  # copy_from_user of the header
         header = ctypes.string_at(origin, length)
-        # The simulated UV holds the simulated machine's (FAKE) host key and
-        # does what the UV does: find the key slot by the host key hash, unwrap
-        # the protection key, authenticate and decrypt the header
-        # (sehdr.open_header: rc/rrc as stage3a's enum UV_RC names them).
-        fields: Optional[sehdr.OpenedHeader] = None
-        fail, rrc = None, 0
-        try:
-            fields = sehdr.open_header(header, self._host_key)
-        except sehdr.UvRefusal as no:
-            fail, rrc = no.rc, no.rrc
-        cc, out.rc, out.rrc = self.uv_call(
-            UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail, fail_rrc=rrc
-        )
+        cc, out.rc, out.rrc, fields = self.uvc_set_sec_conf_params(cfg, header)
         if cc:
             return -errno.EINVAL  # kvm_s390_pv_set_sec_parms(): cc ? -EINVAL : 0
         cfg.sec_parms = True

@@ -27,12 +27,14 @@ from .kvm_host import (
     _Vm,
 )
 from .records import UvCall
+from .uvc import UVC_CMD_SET_SEC_CONF_PARAMS
 
 #: The kernel functions this module models (method name -> where the kernel
 #: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
 #: "Deviating simulators").
 KERNEL_FUNCTIONS = {
     "uv_call": "arch/s390/include/asm/uv.h",
+    "uvc_set_sec_conf_params": "Ultravisor firmware (UVC 0x0300)",
     "uvc_unpack_img": "Ultravisor firmware (UVC 0x0301)",
     "uvc_verify_img": "Ultravisor firmware (UVC 0x0302)",
 }
@@ -40,6 +42,28 @@ KERNEL_FUNCTIONS = {
 
 class Ultravisor(HostState):
     """The simulated Ultravisor (firmware side of arch/s390/kernel/uv.c)."""
+
+    def uvc_set_sec_conf_params(
+        self, cfg: _Config, header: bytes
+    ) -> tuple[int, int, int, Optional[sehdr.OpenedHeader]]:
+        """uvc_set_sec_conf_params(): the UV side of UVC_CMD_SET_SEC_CONF_PARAMS (0x0300).
+
+        (cc, rc, rrc, the opened header or None).  The simulated UV holds the
+        simulated machine's (FAKE) host key and does what the UV does: find
+        the key slot by the host key hash, unwrap the protection key,
+        authenticate and decrypt the header (sehdr.open_header: rc/rrc as
+        stage3a's enum UV_RC names them).
+        """
+        fields: Optional[sehdr.OpenedHeader] = None
+        fail, rrc = None, 0
+        try:
+            fields = sehdr.open_header(header, self._host_key)
+        except sehdr.UvRefusal as no:
+            fail, rrc = no.rc, no.rrc
+        cc, rc, rrc = self.uv_call(
+            UVC_CMD_SET_SEC_CONF_PARAMS, cfg.handle, fail_rc=fail, fail_rrc=rrc
+        )
+        return cc, rc, rrc, fields
 
     @staticmethod
     def uvc_unpack_img(
