@@ -5,8 +5,10 @@ The structures the kernel keeps per VM, vCPU and memslot (``struct kvm`` /
 ``struct kvm_arch``, ``struct kvm_vcpu``, ``struct kvm_memory_slot`` of
 include/linux/kvm_host.h and arch/s390/include/asm/kvm_host.h), the
 Ultravisor's secure configuration and ``struct pv_vm_to_be_destroyed``
-(arch/s390/kvm/pv.c), and the constants of the simulated machine.  Linux 6.4
-.. 7.0.  Data only: no behaviour, nothing touched.
+(arch/s390/kvm/pv.c), and the constants of the simulated machine, Linux 6.4
+.. 7.0.  Data and small pure helpers (``gmap_create()``'s ASCE sizing, the
+disabled-wait test); the only thing touched is ``_memfd``'s memfd, the real
+file behind each simulator fd.
 """
 
 from __future__ import annotations
