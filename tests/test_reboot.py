@@ -689,7 +689,7 @@ def test_reboot_fails_on_a_simulator_that_answers_hlt() -> None:
 
     from kvmpv.runner import GuestExitError
 
-    host = HaltingHost(sim_host())
+    host = HaltingHost(guest_skips_holes=True)  # SMALL's hole (see sim_host)
     req = RebootRequest(backend="sim", layout=SMALL, cycles=1, mode="async", host=host)  # type: ignore[arg-type]
     with pytest.raises(GuestExitError, match="KVM_EXIT_HLT"):
         run_reboot(req)

@@ -61,11 +61,13 @@ def _deviations() -> list[type[Any]]:
     from _deviating import all_deviations
     from _kworker import KworkerPerformHost
 
-    return [c for c in (*all_deviations(), KworkerPerformHost) if issubclass(c, SimulatedHost)]
+    # every one, not only the SimulatedHost subclasses: a deviation of another
+    # shape (a wrapper at the syscall boundary) fails the test below
+    return [*all_deviations(), KworkerPerformHost]
 
 
 @pytest.mark.parametrize("cls", _deviations(), ids=lambda c: c.__name__)
-def test_deviations_override_kernel_functions_only(cls: type[SimulatedHost]) -> None:
+def test_deviations_override_kernel_functions_only(cls: type[Any]) -> None:
     names = overridden_kernel_functions(cls)
     assert names, f"{cls.__name__} overrides no kernel function"
 
