@@ -114,16 +114,21 @@ def _check_names() -> list[str]:
     return [f"[{c.name[0]}]{c.name[1:]}" for c in registry()]
 
 
-def _tests() -> dict[str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *TEST_FILES],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def _tests(dest: Path) -> dict[str, str]:
+    # pytest's output goes to a file, not a pipe: a test's helper process that
+    # inherits the pipe would keep a reader waiting after pytest is done.
+    log = dest / "tests.log"
+    with open(log, "w") as out:
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *TEST_FILES],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     outcomes: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
+    for line in log.read_text().splitlines():
         m = re.match(r"^(PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR) (\S+)", line)
         if m:
             outcomes[m.group(2)] = m.group(1)
@@ -141,7 +146,7 @@ def record(dest: Path, runs: int, tests: bool) -> None:
     )  # fmt: skip
     (dest / "uv_calls.json").write_text(json.dumps(_uv_calls(runs), indent=1) + "\n")
     if tests:
-        (dest / "tests.json").write_text(json.dumps(_tests(), indent=1) + "\n")
+        (dest / "tests.json").write_text(json.dumps(_tests(dest), indent=1) + "\n")
 
 
 def normalise(value: Any) -> Any:
