@@ -15,11 +15,13 @@ says so:
   ``Check|`` diagnostic) must contain, so that a target failing for an
   unrelated reason is not taken for the deviation caught.
 
-Two shapes: ``_Wrapper`` subclasses answer ioctls wrongly around an intact
-simulator (a lie at the syscall boundary); ``_SimBug`` subclasses override the
-simulator method that models the kernel function, with the kernel's check
-removed or changed (the bug inside the kernel).  ``build(config)`` makes one
-host for a check's ``SimConfig``.
+Each is a ``SimulatedHost`` subclass that overrides the simulator method
+named after the kernel function it breaks (a key of
+``kvmpv.sim.KERNEL_FUNCTIONS``), with the kernel's check removed or changed,
+calling ``super()`` for the rest: the bug inside the kernel, where a
+regression would be.  tests/test_sim_kernel_functions.py holds them to that:
+no private simulator method is overridden.  ``build(config)`` makes one host
+for a check's ``SimConfig``.
 
 If the checks passed against one of these, they would have passed against the
 mistake, and could not be trusted to catch it on a real s390x host.
@@ -42,41 +44,7 @@ def _oserror(err: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-def _pv_cmd(request: int, arg: Any) -> int:
-    """The PV sub-command of a KVM_S390_PV_COMMAND ioctl, -1 for any other ioctl."""
-    if request == uapi.KVM_S390_PV_COMMAND and isinstance(arg, uapi.kvm_pv_cmd):
-        return int(arg.cmd)
-    return -1
-
-
 PREPARE = int(uapi.pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PREPARE)
-PERFORM = int(uapi.pv_cmd_id.KVM_PV_ASYNC_CLEANUP_PERFORM)
-
-
-class _Wrapper:
-    """Forwards to an intact ``SimulatedHost``; subclasses answer some ioctls wrongly."""
-
-    backend = "sim"
-    arch = "s390x"
-    targets: ClassVar[frozenset[str]] = frozenset()
-    breaks: ClassVar[str] = ""
-    symptom: ClassVar[str] = ""
-
-    def __init__(self, inner: SimulatedHost) -> None:
-        self._inner = inner
-
-    @classmethod
-    def build(cls, config: SimConfig) -> Any:
-        return cls(SimulatedHost(**config.kwargs()))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def kick(self, vcpu_fd: int, thread: int = 0) -> None:
-        self._inner.kick(vcpu_fd, thread)
-
-    def _vcpu(self, fd: int) -> Any:
-        return self._inner._fget(fd).obj
 
 
 class _SimBug(SimulatedHost):
@@ -96,7 +64,7 @@ class _SimBug(SimulatedHost):
 # ---------------------------------------------------------------------------
 
 
-class HaltingHost(_Wrapper):
+class HaltingHost(_SimBug):
     """A finished guest comes back as KVM_EXIT_HLT, as on x86, instead of SIEIC."""
 
     targets = frozenset({"s390_vcpu_protocol"})
@@ -106,16 +74,14 @@ class HaltingHost(_Wrapper):
     )
     symptom = "KVM_EXIT_HLT"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        ret: int = self._inner.ioctl(fd, request, arg)
-        if request == uapi.KVM_RUN:
-            run = uapi.kvm_run_s390.from_address(self._vcpu(fd).run_addr)
-            if run.exit_reason == uapi.KVM_EXIT_S390_SIEIC:
-                run.exit_reason = uapi.KVM_EXIT_HLT
+    def kvm_arch_vcpu_ioctl_run(self, vcpu: Any) -> int:
+        ret = super().kvm_arch_vcpu_ioctl_run(vcpu)
+        if vcpu.run.exit_reason == uapi.KVM_EXIT_S390_SIEIC:
+            vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
         return ret
 
 
-class LenientHost(_Wrapper):
+class LenientHost(_SimBug):
     """KVM_RUN starts a STOPPED vCPU even when userspace controls CPU state."""
 
     targets = frozenset({"s390_vcpu_protocol"})
@@ -125,14 +91,12 @@ class LenientHost(_Wrapper):
     )
     symptom = "KVM_RUN on a STOPPED vCPU after a PV command"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        if request == uapi.KVM_RUN:
-            self._vcpu(fd).stopped = False
-        ret: int = self._inner.ioctl(fd, request, arg)
-        return ret
+    def kvm_arch_vcpu_ioctl_run(self, vcpu: Any) -> int:
+        vcpu.stopped = False  # the 'can't run stopped vcpu' refusal never triggers
+        return super().kvm_arch_vcpu_ioctl_run(vcpu)
 
 
-class PermissiveUvHost(_Wrapper):
+class PermissiveUvHost(_SimBug):
     """An Ultravisor that accepts every image command, in any order: UNPACK before
     SET_SEC_PARMS, a zero-length or oversized header, VERIFY of an incomplete image,
     UNPACK of memory no memslot backs."""
@@ -152,28 +116,25 @@ class PermissiveUvHost(_Wrapper):
     )
     symptom = "got 'success'"
 
-    _IMAGE_CMDS = frozenset(
-        {
-            uapi.pv_cmd_id.KVM_PV_SET_SEC_PARMS,
-            uapi.pv_cmd_id.KVM_PV_UNPACK,
-            uapi.pv_cmd_id.KVM_PV_VERIFY,
-        }
-    )
-
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        try:
-            ret: int = self._inner.ioctl(fd, request, arg)
-        except OSError:
-            is_image_cmd = (
-                request == uapi.KVM_S390_PV_COMMAND
-                and isinstance(arg, uapi.kvm_pv_cmd)
-                and arg.cmd in self._IMAGE_CMDS
-            )
-            if not is_image_cmd:
-                raise
-            arg.rc, arg.rrc = uapi.UVC_RC_EXECUTED, 0
+    @staticmethod
+    def _accept(ret: int, out: Any) -> int:
+        if ret < 0:
+            out.rc, out.rrc = uapi.UVC_RC_EXECUTED, 0
             return 0
         return ret
+
+    def kvm_s390_pv_set_sec_parms(self, vm: Any, data: int, out: Any) -> int:
+        return self._accept(super().kvm_s390_pv_set_sec_parms(vm, data, out), out)
+
+    def kvm_s390_pv_unpack(self, vm: Any, data: int, out: Any) -> int:
+        try:
+            ret = super().kvm_s390_pv_unpack(vm, data, out)
+        except OSError:  # the gmap fault (EFAULT)
+            ret = -errno.EFAULT
+        return self._accept(ret, out)
+
+    def kvm_s390_handle_pv_verify(self, vm: Any, data: int, out: Any) -> int:
+        return self._accept(super().kvm_s390_handle_pv_verify(vm, data, out), out)
 
 
 class LoadRefusedHost(_SimBug):
@@ -186,10 +147,10 @@ class LoadRefusedHost(_SimBug):
     )
     symptom = "(ENXIO)"
 
-    def _set_mp_state(self, vcpu: Any, state: int) -> int:
+    def kvm_arch_vcpu_ioctl_set_mpstate(self, vcpu: Any, state: int) -> int:
         if state == uapi.KVM_MP_STATE_LOAD:
             raise _oserror(errno.ENXIO)
-        return super()._set_mp_state(vcpu, state)
+        return super().kvm_arch_vcpu_ioctl_set_mpstate(vcpu, state)
 
 
 class UnpackAgainHost(_SimBug):
@@ -203,10 +164,10 @@ class UnpackAgainHost(_SimBug):
     )
     symptom = "(EAGAIN)"
 
-    def _pv_unpack(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_unpack(self, vm: Any, data: int, out: Any) -> int:
         if vm.performing and any(c.state == "performing" for c in self.configs()):
             return -errno.EAGAIN
-        return super()._pv_unpack(vm, data, out)
+        return super().kvm_s390_pv_unpack(vm, data, out)
 
 
 # ---------------------------------------------------------------------------
@@ -225,10 +186,10 @@ class AsyncCapHiddenHost(_SimBug):
     )
     symptom = "cap 224 == (cap 180 && kvm.async_destroy)"
 
-    def _check_extension(self, cap: int) -> int:
+    def kvm_vm_ioctl_check_extension(self, cap: int) -> int:
         if cap == uapi.KvmCap.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE:
             return 0
-        return super()._check_extension(cap)
+        return super().kvm_vm_ioctl_check_extension(cap)
 
 
 class NoPvHostEnottyHost(_SimBug):
@@ -241,11 +202,11 @@ class NoPvHostEnottyHost(_SimBug):
     )
     symptom = "got 'ENOTTY'"
 
-    def _pv_command(self, vm: Any, arg: int) -> int:
+    def kvm_arch_vm_ioctl_pv_command(self, vm: Any, arg: int) -> int:
         if not self.prot_virt_host:
             vm.user_cpu_state_ctrl = True
             raise _oserror(errno.ENOTTY)
-        return super()._pv_command(vm, arg)
+        return super().kvm_arch_vm_ioctl_pv_command(vm, arg)
 
 
 class UnknownCmdEinvalHost(_SimBug):
@@ -255,28 +216,25 @@ class UnknownCmdEinvalHost(_SimBug):
     breaks = "kvm_s390_handle_pv(): 'default: r = -ENOTTY'; here -EINVAL"
     symptom = "expected 'ENOTTY', got 'EINVAL'"
 
-    def _handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
-        ret = super()._handle_pv(vm, cmd, data, out)
+    def kvm_s390_handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+        ret = super().kvm_s390_handle_pv(vm, cmd, data, out)
         return -errno.EINVAL if ret == -errno.ENOTTY else ret
 
 
-class FlagsIgnoredHost(_Wrapper):
+class FlagsIgnoredHost(_SimBug):
     """Nonzero ``flags`` of KVM_S390_PV_COMMAND are ignored instead of refused."""
 
     targets = frozenset({"flags_nonzero_einval"})
     breaks = "kvm_arch_vm_ioctl(), KVM_S390_PV_COMMAND: 'if (args.flags) r = -EINVAL'; dropped"
     symptom = "expected 'EINVAL', got 'success'"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        if _pv_cmd(request, arg) < 0 or not arg.flags:
-            ret: int = self._inner.ioctl(fd, request, arg)
-            return ret
-        flags, arg.flags = int(arg.flags), 0
+    def kvm_arch_vm_ioctl_pv_command(self, vm: Any, arg: int) -> int:
+        cmd = uapi.kvm_pv_cmd.from_address(arg)  # the caller's buffer
+        flags, cmd.flags = int(cmd.flags), 0
         try:
-            ret = self._inner.ioctl(fd, request, arg)
+            return super().kvm_arch_vm_ioctl_pv_command(vm, arg)
         finally:
-            arg.flags = flags
-        return ret
+            cmd.flags = flags
 
 
 class RcRrcZeroedHost(_SimBug):
@@ -289,9 +247,9 @@ class RcRrcZeroedHost(_SimBug):
     )
     symptom = "got (0, 0)"
 
-    def _handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
         out.rc, out.rrc = 0, 0
-        return super()._handle_pv(vm, cmd, data, out)
+        return super().kvm_s390_handle_pv(vm, cmd, data, out)
 
 
 class InfoLenUncheckedHost(_SimBug):
@@ -304,11 +262,11 @@ class InfoLenUncheckedHost(_SimBug):
     )
     symptom = "KVM_PV_INFO ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_info(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv_info(self, vm: Any, data: int, out: Any) -> int:
         hdr = self._copy_in(data, uapi.kvm_s390_pv_info_header)
         hdr.len_max = ctypes.sizeof(uapi.kvm_s390_pv_info)  # as if the caller had room
         self._copy_out(data, hdr)
-        return super()._pv_info(vm, data, out)
+        return super().kvm_s390_handle_pv_info(vm, data, out)
 
 
 class MemLimitAfterVcpuHost(_SimBug):
@@ -321,15 +279,15 @@ class MemLimitAfterVcpuHost(_SimBug):
     )
     symptom = "expected 'EBUSY', got 'success'"
 
-    def _device_attr(self, vm: Any, request: int, arg: int) -> int:
+    def kvm_s390_mem_control(self, vm: Any, request: int, arg: int) -> int:
         created, vm.created_vcpus = vm.created_vcpus, 0
         try:
-            return super()._device_attr(vm, request, arg)
+            return super().kvm_s390_mem_control(vm, request, arg)
         finally:
             vm.created_vcpus = created
 
 
-class MemslotsUncheckedHost(_Wrapper):
+class MemslotsUncheckedHost(_SimBug):
     """Every memslot change is accepted: while protected, and unaligned to 1 MiB."""
 
     targets = frozenset({"memslot_change_while_protected", "memslot_alignment_1m"})
@@ -339,14 +297,11 @@ class MemslotsUncheckedHost(_Wrapper):
     )
     symptom = "expected 'EINVAL', got 'success'"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+    def kvm_arch_prepare_memory_region(self, vm: Any, arg: int) -> int:
         try:
-            ret: int = self._inner.ioctl(fd, request, arg)
+            return super().kvm_arch_prepare_memory_region(vm, arg)
         except OSError:
-            if request == uapi.KVM_SET_USER_MEMORY_REGION:
-                return 0
-            raise
-        return ret
+            return 0
 
 
 # ---------------------------------------------------------------------------
@@ -354,21 +309,21 @@ class MemslotsUncheckedHost(_Wrapper):
 # ---------------------------------------------------------------------------
 
 
-class PrepareRrc43Host(_Wrapper):
+class PrepareRrc43Host(_SimBug):
     """PREPARE reports its synthetic rrc as 43, not 42."""
 
     targets = frozenset({"prepare_success"})
     breaks = "kvm_s390_handle_pv(), KVM_PV_ASYNC_CLEANUP_PREPARE: rc 1 / rrc 42 on success"
     symptom = "got '0x2b'"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        ret: int = self._inner.ioctl(fd, request, arg)
-        if _pv_cmd(request, arg) == PREPARE and ret == 0:
-            arg.rrc = 43
+    def kvm_s390_handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+        ret = super().kvm_s390_handle_pv(vm, cmd, data, out)
+        if cmd == PREPARE and ret == 0:
+            out.rrc = 43
         return ret
 
 
-class EinvalBecomesEpermHost(_Wrapper):
+class EinvalBecomesEpermHost(_SimBug):
     """Every EINVAL of a PV command comes back as EPERM."""
 
     targets = frozenset({"prepare_not_protected_einval", "async_destroy_off"})
@@ -378,17 +333,12 @@ class EinvalBecomesEpermHost(_Wrapper):
     )
     symptom = "got 'EPERM'"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        try:
-            ret: int = self._inner.ioctl(fd, request, arg)
-        except OSError as err:
-            if request == uapi.KVM_S390_PV_COMMAND and err.errno == errno.EINVAL:
-                raise _oserror(errno.EPERM) from None
-            raise
-        return ret
+    def kvm_s390_handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+        ret = super().kvm_s390_handle_pv(vm, cmd, data, out)
+        return -errno.EPERM if ret == -errno.EINVAL else ret
 
 
-class PrepareIgnoresVcpuMutexHost(_Wrapper):
+class PrepareIgnoresVcpuMutexHost(_SimBug):
     """PREPARE "succeeds" at once while a vCPU is in KVM_RUN, without its mutex."""
 
     targets = frozenset({"prepare_blocks_while_vcpu_in_run"})
@@ -398,12 +348,11 @@ class PrepareIgnoresVcpuMutexHost(_Wrapper):
     )
     symptom = "PREPARE returned while a vCPU was in KVM_RUN"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        if _pv_cmd(request, arg) == PREPARE and self._inner.vm_info(fd).vcpus_in_run:
-            arg.rc, arg.rrc = uapi.KVM_PV_ASYNC_SYNTHETIC_RC, uapi.KVM_PV_ASYNC_SYNTHETIC_RRC
+    def kvm_s390_handle_pv(self, vm: Any, cmd: int, data: int, out: Any) -> int:
+        if cmd == PREPARE and any(v.in_run for v in vm.vcpus):
+            out.rc, out.rrc = uapi.KVM_PV_ASYNC_SYNTHETIC_RC, uapi.KVM_PV_ASYNC_SYNTHETIC_RRC
             return 0
-        ret: int = self._inner.ioctl(fd, request, arg)
-        return ret
+        return super().kvm_s390_handle_pv(vm, cmd, data, out)
 
 
 class PrepareTwiceHost(_SimBug):
@@ -419,11 +368,11 @@ class PrepareTwiceHost(_SimBug):
     )
     symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         if vm.config is not None and vm.set_aside is not None:
             vm.need_cleanup.append(vm.set_aside)
             vm.set_aside = None
-        return super()._pv_prepare(vm, data, out)
+        return super().kvm_s390_pv_set_aside(vm, data, out)
 
 
 class SegmentAscePrepareHost(_SimBug):
@@ -436,11 +385,11 @@ class SegmentAscePrepareHost(_SimBug):
     )
     symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         limit = vm.gmap_limit
         vm.gmap_limit = max(limit, (4 << 30) - 1)  # step 4 sees a region-third table
         try:
-            return super()._pv_prepare(vm, data, out)
+            return super().kvm_s390_pv_set_aside(vm, data, out)
         finally:
             vm.gmap_limit = limit
 
@@ -457,15 +406,15 @@ class DestroyCpuErrorIgnoredHost(_SimBug):
 
     _in_prepare = threading.local()
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         self._in_prepare.on = True
         try:
-            return super()._pv_prepare(vm, data, out)
+            return super().kvm_s390_pv_set_aside(vm, data, out)
         finally:
             self._in_prepare.on = False
 
-    def _cpus_from_pv(self, vm: Any, out: Any) -> int:
-        ret = super()._cpus_from_pv(vm, out)
+    def kvm_s390_cpus_from_pv(self, vm: Any, out: Any) -> int:
+        ret = super().kvm_s390_cpus_from_pv(vm, out)
         return 0 if getattr(self._in_prepare, "on", False) else ret
 
 
@@ -479,8 +428,8 @@ class FastDestroyErrorIgnoredHost(_SimBug):
     )
     symptom = "expected 'EIO', got 'success'"
 
-    def _uv(self, cmd: int, handle: int, **kw: Any) -> tuple[int, int, int]:
-        cc, rc, rrc = super()._uv(cmd, handle, **kw)
+    def uv_call(self, cmd: int, handle: int, **kw: Any) -> tuple[int, int, int]:
+        cc, rc, rrc = super().uv_call(cmd, handle, **kw)
         if cmd == uapi.UVC_CMD_DESTROY_SEC_CONF_FAST:
             cc = 0
         return cc, rc, rrc
@@ -496,10 +445,10 @@ class PrepareRefusedDuringPerformHost(_SimBug):
     )
     symptom = "expected 'success', got 'EINVAL'"
 
-    def _pv_prepare(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
         if vm.performing:
             return -errno.EINVAL
-        return super()._pv_prepare(vm, data, out)
+        return super().kvm_s390_pv_set_aside(vm, data, out)
 
 
 # ---------------------------------------------------------------------------
@@ -507,7 +456,7 @@ class PrepareRefusedDuringPerformHost(_SimBug):
 # ---------------------------------------------------------------------------
 
 
-class PerformRrc7Host(_Wrapper):
+class PerformRrc7Host(_SimBug):
     """A successful PERFORM reports rrc 7."""
 
     targets = frozenset({"perform_success_rc", "perform_fatal_signal"})
@@ -517,14 +466,14 @@ class PerformRrc7Host(_Wrapper):
     )
     symptom = "got '0x7'"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        ret: int = self._inner.ioctl(fd, request, arg)
-        if _pv_cmd(request, arg) == PERFORM:
-            arg.rrc = 7
+    def kvm_s390_pv_deinit_aside_vm(self, vm: Any, out: Any) -> int:
+        ret = super().kvm_s390_pv_deinit_aside_vm(vm, out)
+        if ret >= 0:
+            out.rrc = 7
         return ret
 
 
-class PerformNothingOkHost(_Wrapper):
+class PerformNothingOkHost(_SimBug):
     """PERFORM with nothing set aside succeeds instead of EINVAL."""
 
     targets = frozenset(
@@ -536,14 +485,9 @@ class PerformNothingOkHost(_Wrapper):
     )
     symptom = "PERFORM ioctl result: expected 'EINVAL', got 'success'"
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
-        try:
-            ret: int = self._inner.ioctl(fd, request, arg)
-        except OSError as err:
-            if _pv_cmd(request, arg) == PERFORM and err.errno == errno.EINVAL:
-                return 0
-            raise
-        return ret
+    def kvm_s390_pv_deinit_aside_vm(self, vm: Any, out: Any) -> int:
+        ret = super().kvm_s390_pv_deinit_aside_vm(vm, out)
+        return 0 if ret == -errno.EINVAL else ret
 
 
 class PerformFastWritesRcHost(_SimBug):
@@ -557,10 +501,10 @@ class PerformFastWritesRcHost(_SimBug):
     )
     symptom = "PERFORM rc: expected '0x0', got '0x1'"
 
-    def _dispose_one_leftover(self, record: Any, out: Any) -> int:
+    def kvm_s390_pv_dispose_one_leftover(self, record: Any, out: Any) -> int:
         if not record.handle:
             out.rc, out.rrc = uapi.UVC_RC_EXECUTED, 0
-        return super()._dispose_one_leftover(record, out)
+        return super().kvm_s390_pv_dispose_one_leftover(record, out)
 
 
 class PerformDestroyErrorIgnoredHost(_SimBug):
@@ -573,8 +517,8 @@ class PerformDestroyErrorIgnoredHost(_SimBug):
     )
     symptom = "expected 'EIO', got 'success'"
 
-    def _perform(self, vm: Any, out: Any) -> int:
-        ret = super()._perform(vm, out)
+    def kvm_s390_pv_deinit_aside_vm(self, vm: Any, out: Any) -> int:
+        ret = super().kvm_s390_pv_deinit_aside_vm(vm, out)
         return 0 if ret == -errno.EIO else ret
 
 
@@ -589,10 +533,10 @@ class EnableBusyDuringPerformHost(_SimBug):
     )
     symptom = "got 'EBUSY'"
 
-    def _pv_enable(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv_enable(self, vm: Any, data: int, out: Any) -> int:
         if vm.performing:
             return -errno.EBUSY
-        return super()._pv_enable(vm, data, out)
+        return super().kvm_s390_handle_pv_enable(vm, data, out)
 
 
 # ---------------------------------------------------------------------------
@@ -610,10 +554,10 @@ class DisableWithoutConfigHost(_SimBug):
     )
     symptom = "KVM_PV_DISABLE ioctl result: expected 'EINVAL', got 'success'"
 
-    def _pv_disable(self, vm: Any, data: int, out: Any) -> int:
+    def kvm_s390_handle_pv_disable(self, vm: Any, data: int, out: Any) -> int:
         if vm.config is None and vm.set_aside is not None:
-            return self._cleanup_all(vm, out)
-        return super()._pv_disable(vm, data, out)
+            return self.kvm_s390_pv_deinit_cleanup_all(vm, out)
+        return super().kvm_s390_handle_pv_disable(vm, data, out)
 
 
 class CloseLeavesSetAsideHost(_SimBug):
@@ -626,9 +570,9 @@ class CloseLeavesSetAsideHost(_SimBug):
     )
     symptom = "'set_aside')"
 
-    def _destroy_vm(self, vm: Any) -> None:
+    def kvm_arch_destroy_vm(self, vm: Any) -> None:
         vm.set_aside = None  # the record (and its configuration) is simply dropped
-        super()._destroy_vm(vm)
+        super().kvm_arch_destroy_vm(vm)
 
 
 def all_deviations() -> tuple[type[Any], ...]:
@@ -636,8 +580,6 @@ def all_deviations() -> tuple[type[Any], ...]:
     found = [
         obj
         for obj in globals().values()
-        if isinstance(obj, type)
-        and issubclass(obj, (_Wrapper, _SimBug))
-        and obj not in (_Wrapper, _SimBug)
+        if isinstance(obj, type) and issubclass(obj, _SimBug) and obj is not _SimBug
     ]
     return tuple(sorted(found, key=lambda c: c.__name__))

@@ -8,10 +8,12 @@ caller's thread and is charged to the caller's cgroup
 (kvm_s390_pv_deinit_aside_vm() runs in the ioctl).  A kernel that queued the
 work to a kworker instead would charge it to the root cgroup, and the calling
 thread would only wait: its own CPU clock, the work the reboot verdict used
-to measure, would shrink with the charge.  Here ``_perform`` runs on a thread
-the host starts when it is built -- before the reboot places any thread, so
-it stays where the process was (v1: the original cgroup; v2: the process's
-threaded domain, not its "vm" child) -- and the ioctl waits for it.
+to measure, would shrink with the charge.  Here the kernel function
+``kvm_s390_pv_deinit_aside_vm`` (``kvmpv.sim.KERNEL_FUNCTIONS``) is
+overridden to run on a thread the host starts when it is built -- before
+the reboot places any thread, so it stays where the process was (v1: the
+original cgroup; v2: the process's threaded domain, not its "vm" child) --
+and the ioctl waits for it.
 Not in ``_deviating.py``: it breaks no registered check's rule, it is a test
 of the reboot verdict.
 """
@@ -36,14 +38,14 @@ class KworkerPerformHost(SimulatedHost):
         while (job := self._work.get()) is not None:
             job()
 
-    def _perform(self, vm: Any, out: Any) -> int:
+    def kvm_s390_pv_deinit_aside_vm(self, vm: Any, out: Any) -> int:
         done = threading.Event()
         ret: list[int] = []
         errors: list[BaseException] = []
 
         def job() -> None:
             try:
-                ret.append(SimulatedHost._perform(self, vm, out))
+                ret.append(SimulatedHost.kvm_s390_pv_deinit_aside_vm(self, vm, out))
             except BaseException as exc:  # handed back to the ioctl's thread
                 errors.append(exc)
             finally:

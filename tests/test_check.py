@@ -489,12 +489,10 @@ def test_s390_vcpu_protocol_fails_on_a_wrong_simulator(host_class: str) -> None:
     """The protocol check fails against a simulator that answers HLT or runs a STOPPED vCPU."""
     import _deviating
 
-    from kvmpv.sim import SimulatedHost
-
     wrong = getattr(_deviating, host_class)
 
     def factory(config: chk.SimConfig) -> Syscalls:
-        host: Syscalls = wrong(SimulatedHost(**config.kwargs()))
+        host: Syscalls = wrong.build(config)
         return host
 
     select = ("s390_vcpu_protocol",)

@@ -86,6 +86,21 @@ def _imports_at(path: Path, pkg: Path) -> list[str]:
 
 MODULES = sorted(PKG.rglob("*.py"))
 
+#: Inside the simulator (kvmpv/sim/__init__.py, "The package"): one module per
+#: kernel file, stacked; a module imports only from its own level or below.
+SIM_LAYER = {
+    "uvc": 0, "ranges": 0, "records": 0, "locks": 0,
+    "kvm_host": 1,
+    "core": 2,
+    "uv": 3,
+    "gmap": 4,
+    "pv": 5,
+    "intercept": 6,
+    "kvm_s390": 7,
+    "__init__": 8,
+}  # fmt: skip
+SIM_MODULES = sorted((PKG / "sim").glob("*.py"))
+
 
 def test_every_module_has_a_layer() -> None:
     for path in MODULES:
@@ -98,6 +113,30 @@ def test_imports_go_downward(path: Path) -> None:
     me = _layer(".".join(path.relative_to(PKG.parent).with_suffix("").parts))
     upward = [t for t in _imports(path) if _layer(t) > me]
     assert not upward, f"imports from a higher layer: {upward}"
+
+
+def test_every_sim_module_has_a_level() -> None:
+    assert SIM_MODULES
+    for path in SIM_MODULES:
+        assert path.stem in SIM_LAYER, f"{path}: add it to SIM_LAYER and kvmpv/sim/__init__.py"
+
+
+@pytest.mark.parametrize("path", SIM_MODULES, ids=lambda p: p.name)
+def test_sim_modules_import_downward(path: Path) -> None:
+    me = SIM_LAYER[path.stem]
+    inside = [t for t in _imports(path) if t.startswith("kvmpv.sim.")]
+    upward = [t for t in inside if SIM_LAYER.get(t.split(".")[2], 99) > me]
+    assert not upward, f"imports from a higher simulator level: {upward}"
+
+
+def test_the_sim_check_can_fail(tmp_path: Path) -> None:
+    # The Ultravisor importing the ioctl layer above it is seen.
+    bad = tmp_path / "kvmpv" / "sim" / "uv.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("from .kvm_s390 import KvmS390\nfrom . import pv\n")
+    imports = _imports_at(bad, tmp_path / "kvmpv")
+    assert imports == ["kvmpv.sim.kvm_s390", "kvmpv.sim.pv"]
+    assert all(SIM_LAYER[t.split(".")[2]] > SIM_LAYER["uv"] for t in imports)
 
 
 @pytest.mark.parametrize(

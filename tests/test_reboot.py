@@ -408,7 +408,7 @@ def test_perform_in_a_kworker_reads_not_charged(hierarchy: str) -> None:
     # rest: at least 1 GiB keeps PREPARE's share under the not-charged band
     # (at 256 MiB it was a quarter, and the cycle was honestly partly charged).
     layout = sim_layout(max(GiB, sim_reboot_size()))
-    host = KworkerPerformHost()
+    host = KworkerPerformHost(guest_skips_holes=True)  # the layout's hole (see sim_host)
     try:
         res = run_reboot(
             sim_req(layout=layout, mode="both", hierarchy=hierarchy, warmup=1, host=host)
@@ -701,7 +701,7 @@ def test_reboot_fails_on_a_simulator_that_answers_hlt() -> None:
 
     from kvmpv.runner import GuestExitError
 
-    host = HaltingHost(sim_host())
+    host = HaltingHost(guest_skips_holes=True)  # SMALL's hole (see sim_host)
     req = RebootRequest(backend="sim", layout=SMALL, cycles=1, mode="async", host=host)  # type: ignore[arg-type]
     with pytest.raises(GuestExitError, match="KVM_EXIT_HLT"):
         run_reboot(req)

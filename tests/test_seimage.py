@@ -482,7 +482,7 @@ def test_boot_checks_pass_and_fail_on_a_permissive_uv() -> None:
     assert [c.status for c in right.results] == [Status.PASS] * len(BOOT_CHECKS)
 
     def factory(config: chk.SimConfig) -> Syscalls:
-        host: Syscalls = PermissiveUvHost(SimulatedHost(**config.kwargs()))  # type: ignore[assignment]
+        host: Syscalls = PermissiveUvHost.build(config)
         return host
 
     req = chk.CheckRequest(

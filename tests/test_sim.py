@@ -320,13 +320,6 @@ def test_mem_limit_attribute() -> None:
 # --------------------------------------------------------------------------
 
 
-def test_non_pv_host_refuses_every_command() -> None:
-    with pv_vm(prot_virt_host=False, enable=False) as env:
-        for c in [*list(P), ENOTTY_CMD]:
-            r = cmd(env.vm, c)
-            assert (r.errno, r.rc, r.rrc) == (errno.EINVAL, 0, 0), c
-
-
 def test_flags_unknown_command_and_copy_back() -> None:
     with pv_vm(enable=False) as env:
         assert cmd(env.vm, P.KVM_PV_INFO, flags=1).errno == errno.EINVAL
@@ -455,32 +448,13 @@ def test_prepare_success_order_and_lower_2g(fast: bool) -> None:
         assert host.protected_count == 0 and host.configs() == []
 
 
-def test_prepare_not_protected_and_async_destroy_off() -> None:
-    with pv_vm(enable=False) as env:
-        r = cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE)
-        assert (r.errno, r.rc, r.rrc) == (errno.EINVAL, 0, 0)
+def test_async_destroy_off_refuses_before_the_vcpus() -> None:
     with pv_vm(async_destroy=False) as env:
         for c in (P.KVM_PV_ASYNC_CLEANUP_PREPARE, P.KVM_PV_ASYNC_CLEANUP_PERFORM):
             r = cmd(env.vm, c)
             assert (r.errno, r.rc, r.rrc) == (errno.EINVAL, 0, 0)
         assert env.info().protected_vcpus == 1  # PREPARE stopped before the vCPUs
         assert cmd(env.vm, P.KVM_PV_DISABLE).ret == 0
-
-
-def test_prepare_refuses_second_set_aside() -> None:
-    with pv_vm() as env:
-        vm = env.vm
-        assert cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE).ret == 0
-        assert cmd(vm, P.KVM_PV_ENABLE).ret == 0
-        r = cmd(vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE)
-        assert (r.errno, r.rc, r.rrc) == (errno.EINVAL, 0, 0)
-        info = env.info()
-        # Step 2 ran before step 3: the vCPUs are gone, the configuration stays.
-        assert info.protected and info.protected_vcpus == 0 and info.set_aside
-        # The documented remedy: DISABLE tears down both.
-        r = cmd(vm, P.KVM_PV_DISABLE)
-        assert (r.ret, r.rc) == (0, 1)
-        assert env.host.protected_count == 0 and not env.info().set_aside
 
 
 @pytest.mark.parametrize(("limit", "ok"), [(2 * GiB, False), (2 * GiB + MiB, True), (None, True)])
@@ -509,14 +483,6 @@ def test_prepare_vcpu_destroy_failure_reports_first() -> None:
         assert cmd(env.vm, P.KVM_PV_DISABLE).ret == 0
 
 
-def test_prepare_fast_destroy_failure() -> None:
-    with pv_vm(destroy_fast=True) as env:
-        env.host.inject_uv_failure(uapi.UVC_CMD_DESTROY_SEC_CONF_FAST, 0x0104, 9)
-        r = cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE)
-        assert (r.errno, r.rc, r.rrc) == (errno.EIO, 0x0104, 9)
-        assert env.info().protected and not env.info().set_aside
-
-
 @pytest.mark.parametrize(("site", "fast"), [("prepare:record", True), ("prepare:asce", False)])
 def test_prepare_allocation_failure(site: str, fast: bool) -> None:
     with pv_vm(destroy_fast=fast) as env:
@@ -530,38 +496,9 @@ def test_prepare_allocation_failure(site: str, fast: bool) -> None:
         assert cmd(env.vm, P.KVM_PV_DISABLE).ret == 0
 
 
-def test_prepare_blocks_while_vcpu_in_kvm_run() -> None:
-    with pv_vm(boot=False, run_slice_bytes=MiB) as env:
-        vcpu = env.vcpus[0]
-        env.host.pause_at("run:slice")  # the booting guest, held inside KVM_RUN
-        runner = Bg(lambda: vcpu.run(retry_eintr=False))
-        assert env.host.wait_paused("run:slice")
-        assert env.host.vcpu_in_run(vcpu.fd)
-        prep = Bg(lambda: cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE))
-        # The simulator's own count of threads blocked on a vCPU mutex, not a
-        # sleep: PREPARE is seen waiting, and it cannot go on while the vCPU
-        # is held in KVM_RUN at the gate.
-        assert env.host.wait_blocked(env.vm.fd, vcpu_mutex=1), "PREPARE never waited"
-        assert not prep.done and not env.info().set_aside
-        assert env.info().vcpu_mutex_waiters == 1 and env.host.vcpu_in_run(vcpu.fd)
-        env.host.kick(vcpu.fd)
-        env.host.resume("run:slice")
-        with pytest.raises(KvmError) as ei:
-            runner.join()
-        assert ei.value.errno == errno.EINTR
-        assert vcpu.exit_reason == uapi.KVM_EXIT_INTR
-        assert prep.join().ret == 0
-
-
 # --------------------------------------------------------------------------
 # PERFORM (spec 3.4, table 3.9)
 # --------------------------------------------------------------------------
-
-
-def test_perform_nothing_set_aside() -> None:
-    with pv_vm() as env:
-        r = cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PERFORM)
-        assert (r.errno, r.rc, r.rrc) == (errno.EINVAL, 0, 0)
 
 
 def test_perform_destroy_uvc_failure_leaks() -> None:

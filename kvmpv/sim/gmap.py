@@ -1,0 +1,397 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Guest mappings and secure page state: destroy, import, export, unmap.
+
+Models the page walks of arch/s390/mm/gmap.c (``s390_uv_destroy_range()``,
+``s390_uv_destroy_range_interruptible()``; ``gmap_pv_destroy_range()`` from
+7.0 on), the secure-page conversions of arch/s390/kernel/uv.c
+(``make_hva_secure()``, ``gmap_make_secure()`` in older releases, the export of
+``uv_convert_from_secure()``) and the unmap path (``ptep_get_and_clear_full()``
+of arch/s390/include/asm/pgtable.h exporting a still-secure page, spec 3.7),
+Linux 6.4 ..
+7.0.  Page state is kept as ranges of host virtual addresses, never per page;
+this is also the cost model: every range destroyed, imported or exported is
+cleared with ``ctypes.memset`` in the calling thread, one batch at a time,
+under ``mm->mmap_lock`` held for reading.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from typing import Callable, Optional
+
+from .. import uapi
+from ..syscalls import libc, raise_errno
+from .kvm_host import (
+    _MS_ASYNC,
+    PAGE_SIZE,
+    SZ_2G,
+    _Config,
+    _err,
+    _Vm,
+)
+from .ranges import Ranges as _Ranges
+from .ranges import ranges_from as _Ranges_from
+from .uv import Ultravisor
+from .uvc import (
+    UVC_CMD_CONV_TO_SEC_STOR,
+)
+
+#: The kernel functions this module models (method name -> where the kernel
+#: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
+#: "Deviating simulators").
+KERNEL_FUNCTIONS = {
+    "s390_uv_destroy_range": "arch/s390/mm/gmap.c",
+    "make_hva_secure": "arch/s390/kernel/uv.c",
+}
+
+
+class Gmap(Ultravisor):
+    """Secure page state and the page work of arch/s390/mm/gmap.c and uv.c."""
+
+    def _unmap_memory(self, addr: int, length: int) -> None:
+        # The kernel's argument checks first: nothing may change on EINVAL.
+        if addr % PAGE_SIZE or length <= 0 or addr + length > 1 << 64:
+            raise_errno(errno.EINVAL)
+        end = addr + -(-length // PAGE_SIZE) * PAGE_SIZE
+        exported: list[tuple[_Config, int, int]] = []
+        with self._mmap_lock.write():
+            with self._mm:
+                # Every claim is made and released under mmap_lock for
+                # reading, so with the lock held for writing nothing is busy.
+                assert not self._busy.intersect(addr, end), "page claimed across mmap_lock"
+                for cfg in list(self._configs.values()):
+                    for s, e in cfg.secure.remove(addr, end):
+                        exported.append((cfg, s, e))
+                with self._lock:
+                    vms = [vm for vm in self._vms.values() if vm.alive]
+                for vm in vms:
+                    for ms in list(vm.memslots.values()):
+                        lo, hi = max(addr, ms.uaddr), min(end, ms.uaddr + ms.size)
+                        self._unmapped.add(lo, hi)
+                self._gc_configs_locked()
+            try:
+                # ptep_get_and_clear_full() outside a full teardown: export.
+                # Still mapped: nobody else can unmap while we write-hold.
+                for cfg, s, e in exported:
+                    self._clear(s, e - s)
+                    self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
+            finally:
+                with self._lock:
+                    self._exported += sum(e - s for _, s, e in exported)
+                if libc().munmap(addr, end - addr) != 0:
+                    raise_errno(ctypes.get_errno())
+
+    def _guest_import_slice(self, vm: _Vm, cfg: _Config) -> str:
+        """Touch up to one slice of the guest's memory; "more", "done" or "busy"."""
+        # One slice under mmap_lock for reading (a guest fault), from the
+        # claim to the release: munmap cannot pull the memory away meanwhile.
+        with self._mmap_lock.read():
+            return self._guest_import_slice_locked(vm, cfg)
+
+    def _guest_import_slice_locked(self, vm: _Vm, cfg: _Config) -> str:
+        budget = self.run_slice_bytes
+        claimed: list[tuple[int, int]] = []
+        violations: list[tuple[_Config, int, int]] = []
+        blocked = False
+        with self._mm:
+            reached = 0  # guest memory contiguous from 0 that the guest walked through
+            for ms in sorted(vm.memslots.values(), key=lambda m: m.gpa):
+                if budget <= 0:
+                    break
+                if ms.gpa > reached and not self.guest_skips_holes:
+                    # The guest stores upwards: once everything below is
+                    # secure, its next store lands in the hole [reached,
+                    # ms.gpa), inside the UV's guest length (the end of the
+                    # highest memslot, kvm_s390_pv_alloc_vm()).  The gmap
+                    # fault finds no memslot; the addressing exception KVM
+                    # would inject is refused for a protected guest
+                    # (__deliver_prog_pv(): only specification and operand
+                    # exceptions), so KVM_RUN fails with EINVAL.
+                    if claimed or blocked:
+                        break  # first the memory below the hole
+                    raise _err(errno.EINVAL)
+                reached = max(reached, ms.gpa + ms.size)
+                for gs, ge in cfg.secure.gaps(ms.uaddr, ms.uaddr + ms.size):
+                    if budget <= 0:
+                        break
+                    if self._unmapped.intersect(gs, ge):
+                        # The guest touches memslot memory that userspace
+                        # unmapped: the fault cannot be resolved.
+                        raise _err(errno.EFAULT)
+                    busy = self._busy.intersect(gs, ge)
+                    if busy:
+                        blocked = True
+                    for fs, fe in _Ranges_from(busy).gaps(gs, ge) if busy else [(gs, ge)]:
+                        take = min(fe - fs, budget)
+                        if take <= 0:
+                            break
+                        claimed.append((fs, fs + take))
+                        budget -= take
+            if not claimed:
+                return "busy" if blocked else "done"
+            for s, e in claimed:
+                for other in self._configs.values():
+                    if other is not cfg and other.secure.total:
+                        for ps, pe in other.secure.remove(s, e):
+                            violations.append((other, ps, pe))
+                self._busy.add(s, e)
+        try:
+            # Secure-storage violation (spec 3.8): destroy the old page first.
+            for other, s, e in violations:
+                self._clear(s, e - s)
+                self._log_pages(uapi.UVC_CMD_DESTR_SEC_STOR, other.handle, e - s)
+            for s, e in claimed:
+                self._clear(s, e - s)
+                self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
+        finally:
+            self._release_claims(claimed, lambda s, e: cfg.secure.add(s, e))
+            with self._lock:
+                self._destroyed += sum(e - s for _, s, e in violations)
+                self._imported += sum(e - s for s, e in claimed)
+        return "more"
+
+    def _guest_export_slice(self, vm: _Vm) -> bool:
+        """A non-protected guest touches secure pages: export one slice; False if none left."""
+        with self._mmap_lock.read():  # claim, clear, release: one slice
+            return self._guest_export_slice_locked(vm)
+
+    def _guest_export_slice_locked(self, vm: _Vm) -> bool:
+        budget = self.run_slice_bytes
+        claimed: list[tuple[_Config, int, int]] = []
+        with self._mm:
+            for ms in sorted(vm.memslots.values(), key=lambda m: m.gpa):
+                for cfg in list(self._configs.values()):
+                    if budget <= 0:
+                        break
+                    for s, e in cfg.secure.intersect(ms.uaddr, ms.uaddr + ms.size):
+                        take = min(e - s, budget)
+                        if take <= 0:
+                            break
+                        cfg.secure.remove(s, s + take)
+                        self._busy.add(s, s + take)
+                        claimed.append((cfg, s, s + take))
+                        budget -= take
+        if not claimed:
+            return False
+        try:
+            for cfg, s, e in claimed:
+                self._clear(s, e - s)
+                self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
+        finally:
+            self._release_claims([(s, e) for _, s, e in claimed])
+            with self._lock:
+                self._exported += sum(e - s for _, s, e in claimed)
+        return True
+
+    @staticmethod
+    def _lower_2g_ranges(vm: _Vm) -> list[tuple[int, int]]:
+        by_gpa = {ms.gpa: ms for ms in vm.memslots.values()}
+        ranges: list[tuple[int, int]] = []
+        gpa = 0
+        # gfn_to_memslot(kvm, 0), then the slot starting right after it, ...
+        while gpa < SZ_2G:
+            ms = by_gpa.get(gpa)
+            if ms is None:
+                ms = next((m for m in vm.memslots.values() if m.gpa <= gpa < m.gpa + m.size), None)
+                if ms is None:
+                    break
+            length = min(ms.gpa + ms.size, SZ_2G) - gpa
+            start = ms.uaddr + (gpa - ms.gpa)
+            ranges.append((start, start + length))
+            gpa = ms.gpa + ms.size
+        return ranges
+
+    def s390_uv_destroy_range(
+        self, ranges: list[tuple[int, int]], *, interruptible: bool, tid: int = 0
+    ) -> bool:
+        """s390_uv_destroy_range(): destroy the secure pages in ``ranges``, in batches.
+
+        ``__s390_uv_destroy_range()`` (arch/s390/mm/gmap.c): every secure page of a configuration
+        without CPUs is destroyed (0x0202: cleared); pages of configurations
+        with CPUs stay.  Between batches: the ``perform:batch`` gate and, if
+        ``interruptible``, the fatal-signal check.  Returns False if stopped
+        by a fatal signal.
+        """
+        for lo, hi in ranges:
+            cursor = lo
+            while cursor < hi:
+                cursor, progressed = self._destroy_batch(cursor, hi)
+                if not progressed:
+                    break
+                self._pause_point("perform:batch" if interruptible else "")
+                if interruptible:
+                    with self._lock:
+                        if tid in self._fatal:
+                            return False
+        return True
+
+    def _destroy_batch(self, cursor: int, hi: int) -> tuple[int, bool]:
+        """One batch of ``s390_uv_destroy_range`` from ``cursor``: (new cursor, anything done).
+
+        Under ``mmap_lock`` for reading from the claim to the release, so a
+        concurrent ``munmap`` waits for this batch and the next batch finds
+        the unmapped range gone from the page state.  The gate and the
+        fatal-signal check come after, outside the lock.
+        """
+        with self._mmap_lock.read():
+            pieces: list[tuple[_Config, int, int]] = []
+            budget = self.batch_bytes
+            with self._mm:
+                victims = [c for c in self._configs.values() if c.cpus == 0 and c.secure.total]
+                while budget > 0:
+                    best: Optional[tuple[int, int]] = None
+                    owner: Optional[_Config] = None
+                    for c in victims:
+                        piece = c.secure.first_from(cursor, hi)
+                        if piece is not None and (best is None or piece[0] < best[0]):
+                            best, owner = piece, c
+                    if best is None or owner is None:
+                        break
+                    s, e = best[0], min(best[1], best[0] + budget)
+                    owner.secure.remove(s, e)
+                    self._busy.add(s, e)
+                    pieces.append((owner, s, e))
+                    budget -= e - s
+                    cursor = e
+                if not pieces:
+                    return cursor, False
+                fail = self._take_injection(uapi.UVC_CMD_DESTR_SEC_STOR)
+            try:
+                for i, (owner, s, e) in enumerate(pieces):
+                    if i == 0 and fail is not None:
+                        # The first page stays secure; the kernel ignores the failure.
+                        self._log(uapi.UVC_CMD_DESTR_SEC_STOR, owner.handle, 1, fail[0], fail[1], 1)
+                        s += PAGE_SIZE
+                        if s >= e:
+                            continue
+                    self._clear(s, e - s)
+                    self._log_pages(uapi.UVC_CMD_DESTR_SEC_STOR, owner.handle, e - s)
+            finally:
+                kept = pieces[0] if fail is not None else None
+
+                def keep_first(s: int, e: int) -> None:
+                    if kept is not None and (s, e) == kept[1:]:
+                        kept[0].secure.add(s, s + PAGE_SIZE)
+
+                self._release_claims([(s, e) for _, s, e in pieces], keep_first)
+                done = sum(e - s for _, s, e in pieces) - (PAGE_SIZE if fail is not None else 0)
+                with self._lock:
+                    self._destroyed += done
+        return cursor, True
+
+    def make_hva_secure(
+        self,
+        cfg: _Config,
+        s: int,
+        e: int,
+        *,
+        clear: bool = True,
+        fill: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
+        """make_hva_secure() (arch/s390/kernel/uv.c; gmap_make_secure() in older releases).
+
+        Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
+
+        UNPACK passes ``clear=False`` and ``fill``: the Ultravisor decrypts the
+        image pages in place, ``fill(s, e)`` while the range is claimed.
+        EFAULT if userspace unmapped part of the range (a gmap fault that
+        cannot be resolved).  Under ``mmap_lock`` for reading throughout.
+        """
+        with self._mmap_lock.read():
+            self._import_range_locked(cfg, s, e, clear, fill)
+
+    def _import_range_locked(
+        self,
+        cfg: _Config,
+        s: int,
+        e: int,
+        clear: bool = True,
+        fill: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
+        with self._mm:
+            if self._unmapped.intersect(s, e):
+                raise _err(errno.EFAULT)
+            while self._busy.intersect(s, e):
+                self._mm.wait(0.01)
+            for other in self._configs.values():
+                if other is not cfg:
+                    other.secure.remove(s, e)
+            cfg.secure.remove(s, e)
+            self._busy.add(s, e)
+        try:
+            if clear:
+                self._clear(s, e - s)
+                self._log_pages(UVC_CMD_CONV_TO_SEC_STOR, cfg.handle, e - s)
+            if fill is not None:
+                fill(s, e)
+        finally:
+            self._release_claims([(s, e)], lambda s, e: cfg.secure.add(s, e))
+            with self._lock:
+                self._imported += e - s
+
+    def _release_claims(
+        self,
+        claimed: list[tuple[int, int]],
+        then: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
+        """The second half of every "claim, clear, release" of guest pages.
+
+        Each page walk claims its ranges under ``_mm`` (out of their owner,
+        into ``_busy``), clears them without ``_mm`` (the memset releases the
+        GIL), and comes here: back out of ``_busy``, ``then(s, e)`` for each
+        range still under ``_mm`` (where the range goes: secure for an
+        import, nowhere for an export or destroy), configurations without
+        pages collected, and waiters (a walk blocked on busy pages, munmap)
+        woken.  Always in a ``finally``: a failed clear must not leave pages
+        busy forever.
+        """
+        with self._mm:
+            for s, e in claimed:
+                self._busy.remove(s, e)
+                if then is not None:
+                    then(s, e)
+            self._gc_configs_locked()
+            self._mm.notify_all()
+
+    def _clear(self, addr: int, length: int) -> None:
+        """The real work: clear guest memory, GIL released, in the calling thread.
+
+        Called with ``_mmap_lock`` held (for reading, or for writing by
+        ``munmap``), on ranges claimed under it: a ``munmap`` through the
+        simulator cannot run meanwhile, and drops the page state of what it
+        unmaps, so the range is mapped.  The msync() probe (ENOMEM on an
+        unmapped range, free otherwise) only guards against memory unmapped
+        behind the simulator's back, which it cannot order against.
+        """
+        if not self.clear_memory or length <= 0:
+            return
+        if libc().msync(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MS_ASYNC) != 0:
+            return
+        ctypes.memset(addr, 0, length)
+
+    @staticmethod
+    def _gpa_to_host(vm: _Vm, gpa: int, size: int) -> Optional[list[tuple[int, int]]]:
+        out: list[tuple[int, int]] = []
+        end = gpa + size
+        while gpa < end:
+            ms = next((m for m in vm.memslots.values() if m.gpa <= gpa < m.gpa + m.size), None)
+            if ms is None:
+                return None
+            stop = min(end, ms.gpa + ms.size)
+            out.append((ms.uaddr + gpa - ms.gpa, ms.uaddr + stop - ms.gpa))
+            gpa = stop
+        return out
+
+    def _prune_unmapped_locked(self) -> None:
+        """Forget unmapped ranges no live VM's memslot covers any more (under ``_mm``)."""
+        if not len(self._unmapped):
+            return
+        with self._lock:
+            vms = [vm for vm in self._vms.values() if vm.alive]
+        keep = _Ranges()
+        for vm in vms:
+            for ms in list(vm.memslots.values()):
+                for a, b in self._unmapped.intersect(ms.uaddr, ms.uaddr + ms.size):
+                    keep.add(a, b)
+        self._unmapped = keep

@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""``KVM_RUN``: the simulated guest, its SIE intercepts and the SCLP call.
+
+Models ``kvm_arch_vcpu_ioctl_run()`` / ``__vcpu_run()`` of
+arch/s390/kvm/kvm-s390.c and the intercept handling of
+arch/s390/kvm/intercept.c (``kvm_handle_sie_intercept()``;
+``kvm_s390_handle_wait()`` leaving a disabled wait to userspace; the SCLP
+call of a protected guest through the SIDA), Linux 6.4 .. 7.0 (spec 10).
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+from .. import uapi
+from .kvm_host import (
+    LOADER_STOP_MASK,
+    PAYLOAD_DONE_PSW,
+    _disabled_wait,
+    _err,
+    _Vcpu,
+)
+from .pv import Pv
+
+#: The kernel functions this module models (method name -> where the kernel
+#: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
+#: "Deviating simulators").
+KERNEL_FUNCTIONS = {
+    "kvm_arch_vcpu_ioctl_run": "arch/s390/kvm/kvm-s390.c",
+}
+
+
+class Intercept(Pv):
+    """KVM_RUN and the SIE intercepts (arch/s390/kvm/intercept.c)."""
+
+    def _sclp_call(self, vcpu: _Vcpu) -> int:
+        """The loader's ``servc`` of a write-event-mask SCCB: an ICPT_PV_INSTR exit.
+
+        The UV puts the SCCB into the SIDA and the two registers ``servc``
+        names into ``kvm_run.s.regs`` (QEMU reads the code from the register
+        in the high nibble of ipb's first halfword); then the guest waits,
+        enabled, for the service signal.
+        """
+        run = vcpu.run
+        assert run is not None
+        mask_len = 4
+        sccb = bytearray(12 + 4 * mask_len)
+        sccb[0:2] = len(sccb).to_bytes(2, "big")
+        sccb[10:12] = mask_len.to_bytes(2, "big")
+        sccb[12 + 2 * mask_len :] = b"\xff" * (2 * mask_len)  # until the host answers
+        vcpu.sida[: len(sccb)] = sccb
+        run.s.regs.gprs[1] = 0x00780005  # SCLP_CMD_WRITE_EVENT_MASK
+        run.s.regs.gprs[2] = 0x10000  # the SCCB (a guest address the host never sees)
+        run.psw_mask, run.psw_addr = vcpu.psw
+        run.s390_sieic.icptcode = 0x68  # ICPT_PV_INSTR
+        run.s390_sieic.ipa = 0xB220  # servc
+        run.s390_sieic.ipb = 0x00120000  # r1: the command code, r2: the SCCB
+        run.exit_reason = uapi.KVM_EXIT_S390_SIEIC
+        vcpu.sclp = "waiting"
+        return 0
+
+    def kvm_arch_vcpu_ioctl_run(self, vcpu: _Vcpu) -> int:
+        """kvm_arch_vcpu_ioctl_run() with the simulated guest (module docstring)."""
+        run = vcpu.run
+        assert run is not None
+        if run.immediate_exit:
+            # s390 returns -EINTR before entering the guest, exit_reason untouched.
+            raise _err(errno.EINTR)
+        # Who starts the vCPU: the kernel, unless userspace took CPU state
+        # control (KVM_SET_MP_STATE, or any PV command: "protvirt means user
+        # cpu state"); then a STOPPED vCPU is refused ("can't run stopped vcpu").
+        if not vcpu.vm.user_cpu_state_ctrl:
+            vcpu.stopped = False
+        elif vcpu.stopped:
+            raise _err(errno.EINVAL)
+        # sync_regs(): the PSW comes from kvm_run, except for a protected CPU,
+        # whose PSW the Ultravisor owns (only the condition code is taken).
+        if vcpu.config is None:
+            vcpu.psw = (int(run.psw_mask), int(run.psw_addr))
+        tid = threading.get_native_id()
+        vcpu.in_run = True
+        try:
+            while True:
+                if self._should_exit(vcpu, tid):
+                    run.exit_reason = uapi.KVM_EXIT_INTR
+                    raise _err(errno.EINTR)
+                if _disabled_wait(vcpu.psw[0]):
+                    return self._exit_sieic(vcpu, uapi.ICPT_WAIT)
+                cfg = vcpu.config
+                if cfg is None:
+                    # Non-protected guest: it makes its memory accessible
+                    # (exports what is still secure), then ends as the payload does.
+                    if self._guest_export_slice(vcpu.vm):
+                        continue
+                    vcpu.psw = PAYLOAD_DONE_PSW
+                    continue
+                if vcpu.sclp == "call":
+                    return self._sclp_call(vcpu)
+                if vcpu.sclp == "waiting":
+                    if not vcpu.vm.service_signal:
+                        vcpu.kick.wait(0.01)  # an enabled wait: until the signal (or a kick)
+                        continue
+                    vcpu.vm.service_signal = False
+                    vcpu.sclp = "done"
+                    with self._lock:
+                        self.sclp_answers.append(int.from_bytes(vcpu.sida[6:8], "big"))
+                    if self.loader_panic is not None:
+                        # stage3b's panic(): zipl libc_stop(), error code as the address
+                        vcpu.psw = (LOADER_STOP_MASK, self.loader_panic)
+                        continue
+                progress = self._guest_import_slice(vcpu.vm, cfg)
+                if progress == "more":
+                    self._pause_point("run:slice")
+                    continue
+                if progress == "done":
+                    vcpu.psw = PAYLOAD_DONE_PSW  # every page secure: the payload's end
+                    continue
+                # Pages busy in another thread (a destroy or export holds
+                # them): the guest waits for them inside KVM_RUN; wake up often
+                # enough to notice immediate_exit, a plain store into kvm_run.
+                vcpu.kick.wait(0.01)
+        finally:
+            vcpu.in_run = False
+
+    def _exit_sieic(self, vcpu: _Vcpu, icptcode: int) -> int:
+        """An intercept left to userspace: KVM_EXIT_S390_SIEIC, PSW stored back (store_regs)."""
+        run = vcpu.run
+        assert run is not None
+        run.psw_mask, run.psw_addr = vcpu.psw
+        run.s390_sieic.icptcode = icptcode
+        run.s390_sieic.ipa = 0  # a wait is no instruction intercept
+        run.s390_sieic.ipb = 0
+        run.exit_reason = uapi.KVM_EXIT_S390_SIEIC
+        return 0
+
+    def _should_exit(self, vcpu: _Vcpu, tid: int) -> bool:
+        run = vcpu.run
+        assert run is not None
+        if vcpu.kick.is_set():
+            vcpu.kick.clear()
+            return True
+        if run.immediate_exit:
+            return True
+        with self._lock:
+            return tid in self._fatal
