@@ -896,7 +896,8 @@ def _judge(record: ShutdownRecord, sync_baseline: Optional[int], accounting_reas
             record.verdict = against
             record.work_source = "the sync baseline at this size (worker cgroup, median)"
             return
-        work, source = total, (
+        work = total
+        source = (
             f"the CPU measured in every cgroup of this run (the sync baseline at this size, "
             f"{sync_baseline / 1e6:.1f} ms, rules out the work having gone elsewhere)"
         )
