@@ -656,30 +656,44 @@ class _Processes:
     def __exit__(self, *exc: object) -> None:
         with signals_held():
             for c in self.children:
-                if c.role == "worker" and not select.select([c.pidfd], [], [], 0)[0]:
-                    # Interrupted before it told us its cleaner's pid: find it
-                    # by name, so that we wait for it too.
+                c.kill()
+            self._kill_and_wait_foreign()
+            deadline = time.monotonic() + self.KILL_WAIT_S
+            for c in self.children:
+                self._wait_gone(c.pidfd, deadline)
+            # A worker stopped before it told us its cleaner's pid (or while it
+            # was arming it) leaves a cleaner we do not know of.  Dead now, it
+            # cannot make another, and until it is reaped (below) its pid is
+            # not reused: the scan by name finds every cleaner it made.  The
+            # scan used to run before the kill, and a worker that armed its
+            # cleaner in between left it running (seen with a 1 ms timeout).
+            for c in self.children:
+                if c.role == "worker":
                     for pid in teardown.find_cleaners(c.pid):
                         if pid not in self.foreign:
                             with contextlib.suppress(OSError):
                                 self.watch(pid)
-            fds = [c.pidfd for c in self.children] + list(self.foreign.values())
-            for c in self.children:
-                c.kill()
-            for fd in self.foreign.values():
-                with contextlib.suppress(ProcessLookupError, OSError):
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-            deadline = time.monotonic() + self.KILL_WAIT_S
-            for fd in fds:
-                left = max(0.0, deadline - time.monotonic())
-                if not select.select([fd], [], [], left)[0]:
-                    print(f"kvmpv: a shutdown process (pidfd {fd}) did not die", file=sys.stderr)
+            self._kill_and_wait_foreign(deadline)
             for c in self.children:
                 c.reap()
                 c.close()
             for fd in self.foreign.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def _kill_and_wait_foreign(self, deadline: Optional[float] = None) -> None:
+        for fd in self.foreign.values():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if deadline is not None:
+            for fd in self.foreign.values():
+                self._wait_gone(fd, deadline)
+
+    @staticmethod
+    def _wait_gone(fd: int, deadline: float) -> None:
+        left = max(0.0, deadline - time.monotonic())
+        if not select.select([fd], [], [], left)[0]:
+            print(f"kvmpv: a shutdown process (pidfd {fd}) did not die", file=sys.stderr)
 
 
 def _wait_ready(fds: dict[str, int], timeout_s: float) -> dict[str, int]:
