@@ -632,7 +632,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--full",
         action="store_true",
         help="also the slower files and exercise/bench per cgroup hierarchy "
-        "(about 40 minutes per kernel under TCG here; see kernel_guest.py)",
+        "(more than 40 minutes per kernel under TCG here; see kernel_guest.py)",
     )
     p.add_argument(
         "--no-checks",
