@@ -433,14 +433,20 @@ def test_unprivileged_user_gets_skip_with_reasons(nobody: Nobody) -> None:
     assert r.returncode == 0, r.stderr  # never a crash
     out = json.loads(r.stdout)
     print("\n" + json.dumps({k: v for k, v in out.items() if k != "caps"}, indent=1))
+    caps = out["caps"]
     for h in ("auto", "v1", "v2"):
         assert out[h].startswith("skip: "), (h, out[h])  # never a pass
-        assert "EACCES" in out[h] or "EPERM" in out[h] or "EROFS" in out[h], out[h]
+        # A mounted hierarchy refuses uid 65534; one that is not mounted (v1
+        # on a cgroup2-only host, as in tox -e s390x-kernel) says so instead.
+        if h == "auto" or caps[h]["mounted"]:
+            assert "EACCES" in out[h] or "EPERM" in out[h] or "EROFS" in out[h], out[h]
+        else:
+            assert "mounted" in out[h], out[h]
     assert out["taskstats"].startswith("skip: ") and "EPERM" in out["taskstats"]
     assert out["exit_records"].startswith("skip: ") and "EPERM" in out["exit_records"]
-    caps = out["caps"]
     assert caps["hierarchy"] is None and not caps["v1"]["usable"] and not caps["v2"]["usable"]
-    assert caps["v1"]["mounted"] and caps["v1"]["reason"]
+    assert caps["v1"]["mounted"] or caps["v2"]["mounted"]
+    assert caps["v1"]["reason"] and caps["v2"]["reason"]
     assert caps["taskstats_usable"] is False and "EPERM" in caps["taskstats_reason"]
 
 

@@ -151,7 +151,11 @@ def test_shutdown_verdicts(hierarchy: str, tmp_path: Path) -> None:
         rep = rec["repeats"][0]
         trace = rep["memory_trace"]
         if not trace["available"]:
-            assert hierarchy == "v2" and "subtree_control" in trace["reason"], trace
+            # v2 without memory in the parent's subtree_control; v1 on a kernel
+            # without the v1 memory controller (CONFIG_MEMCG_V1, optional since
+            # Linux 6.11, is off in Debian's 6.12: tox -e s390x-kernel found it)
+            expected = "subtree_control" if hierarchy == "v2" else "no cgroup v1 memory hierarchy"
+            assert expected in trace["reason"], trace
             continue
         assert trace["bytes_at_start"] >= 0.9 * rec["size_bytes"], (rec["strategy"], trace)
         assert trace["bytes_at_end"] <= 0.1 * rec["size_bytes"], (rec["strategy"], trace)

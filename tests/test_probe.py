@@ -225,3 +225,30 @@ def test_missing_cleaner_and_accounting_are_reported(monkeypatch: pytest.MonkeyP
     p = probe_host(str(TREES / "s390x-pv-async-fast"))
     assert p.scenarios["shutdown"].mode == "no"
     assert "not built" in p.scenarios["shutdown"].reason
+
+
+#: /proc/cpuinfo of Debian's Linux 6.1 s390x kernel under qemu-system-s390x
+#: 7.2 (TCG), captured by tests/s390x/kernel_guest.py: a CPU without SIE.
+TCG_CPUINFO = Path(__file__).resolve().parent.parent / "fixtures" / "s390x-kernel" / "cpuinfo"
+
+
+def test_s390x_without_sie_says_why_kvm_is_missing(tmp_path: Path) -> None:
+    """An s390x kernel without /dev/kvm on a CPU without SIE: the reason names
+    the missing facility (kvm_s390_init refuses to load), not only ENOENT."""
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/arch").write_text("s390x\n")
+    cpuinfo = TCG_CPUINFO.read_text()
+    features = next(ln for ln in cpuinfo.splitlines() if ln.startswith("features"))
+    assert "sie" not in features.split(":", 1)[1].split()  # the capture is what it claims
+    (tmp_path / "proc/cpuinfo").write_text(cpuinfo)
+    absent = KvmFacts("ioctl", "/dev/kvm", False, "absent", "open(/dev/kvm) failed: errno 2")
+    p = probe_host(str(tmp_path), kvm=absent)
+    assert probe_mod.sie_facility(str(tmp_path)) is False
+    assert not p.kvm_usable and "errno 2" in p.kvm_reason and "no SIE facility" in p.kvm_reason
+    # The same CPU with SIE (an LPAR, a z/VM guest with it): KVM is just not loaded.
+    (tmp_path / "proc/cpuinfo").write_text(cpuinfo.replace(features, features + " sie"))
+    p = probe_host(str(tmp_path), kvm=absent)
+    assert probe_mod.sie_facility(str(tmp_path)) is True and "SIE" not in p.kvm_reason
+    # x86_64 cpuinfo has no "features" line: nothing is claimed.
+    (tmp_path / "proc/cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu vme vmx\n")
+    assert probe_mod.sie_facility(str(tmp_path)) is None

@@ -394,6 +394,27 @@ class HostProbe:
         return out
 
 
+#: Why an s390x kernel has no /dev/kvm when its CPU lacks SIE: kvm_s390_init()
+#: (arch/s390/kvm/kvm-s390.c) refuses to load with ENODEV ("SIE is not
+#: available") unless sclp.has_sief2, the same bit arch/s390/kernel/processor.c
+#: shows as "sie" in /proc/cpuinfo's features.  A z/VM guest without it, an
+#: LPAR without the facility, and QEMU's TCG all look like this.
+NO_SIE = (
+    "this CPU has no SIE facility ('sie' missing from the features in /proc/cpuinfo), "
+    "so the kvm module cannot load (z/VM guest or emulator without SIE)"
+)
+
+
+def sie_facility(root: str = "/") -> Optional[bool]:
+    """s390x: does /proc/cpuinfo list the "sie" feature?  None without a
+    ``features`` line (not s390x, or no cpuinfo in a synthetic tree)."""
+    for line in (_read(root, "/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "features":
+            return "sie" in value.split()
+    return None
+
+
 def _kvm_verdict(kvm: KvmFacts) -> tuple[bool, str]:
     if kvm.access == "not probed":
         return False, f"KVM device not probed ({kvm.error})"
@@ -555,6 +576,8 @@ def probe_host(
         pgste=pgste.status().to_dict() if host else {"how": "not probed"},
     )
     p.kvm_usable, p.kvm_reason = _kvm_verdict(kvm)
+    if kvm.access == "absent" and arch == "s390x" and sie_facility(root) is False:
+        p.kvm_reason += f"; {NO_SIE}"
     p.pv_async_usable, p.pv_reason = _pv_verdict(p)
     p.scenarios = _scenarios(p)
     p.verdict = _one_line(p)

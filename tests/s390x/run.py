@@ -8,8 +8,8 @@ Host side only; runs as root on an x86_64 (or any non-s390x) Linux host:
    qemu-user-static's ``/usr/lib/binfmt.d/qemu-s390x.conf``; flag F, so the
    interpreter is opened once and works inside a chroot).
 2. Builds, once, a Debian bookworm s390x root with ``debootstrap
-   --arch=s390x --variant=minbase --include=python3,python3-cryptography``
-   (``DEBIAN_PACKAGES``: what PyPI has no s390x wheel of) from the mirror the
+   --arch=s390x --variant=minbase --include=ROOT_PACKAGES`` (``DEBIAN_PACKAGES``:
+   what PyPI has no s390x wheel of; the rest for tests/s390x/kernel.py) from the mirror the
    host's apt sources name, in ``$KVMPV_CACHE/s390x/`` (default
    ``/var/cache/kvmpv``; outside the repository, so fresh clones and CI reuse
    it).  A stamp file says which recipe built it; a changed recipe rebuilds.
@@ -59,9 +59,19 @@ SUITE = "bookworm"
 #: Dependencies PyPI has no s390x wheel of, installed from Debian into the root
 #: instead (and left out of the pip install): cryptography (SE headers, kvmpv/sehdr.py).
 DEBIAN_PACKAGES = {"cryptography": "python3-cryptography"}
+# Packages in the root besides minbase: python3 for the suite and DEBIAN_PACKAGES;
+# pip, setuptools, gcc and libc6-dev for the native `pip install .` in a real s390x
+# kernel (tests/s390x/kernel.py: the cleaner and kvmpv-pgste built by the s390x gcc);
+# the third-party programs the launcher tests start (that guest has no network,
+# so tests/conftest.py's apt-get fallback cannot fetch them there).
+ROOT_PACKAGES = ",".join(
+    [
+        "python3", *DEBIAN_PACKAGES.values(), "python3-pip", "python3-setuptools", "gcc",
+        "libc6-dev", "sqlite3", "redis-server", "redis-tools", "strace", "procps", "util-linux",
+    ]
+)  # fmt: skip
 # Bump when the way the root is built changes: the cached root is rebuilt.
-ROOT_PACKAGES = ",".join(["python3", *DEBIAN_PACKAGES.values()])
-ROOT_RECIPE = f"debootstrap --arch=s390x --variant=minbase --include={ROOT_PACKAGES} {SUITE} v2"
+ROOT_RECIPE = f"debootstrap --arch=s390x --variant=minbase --include={ROOT_PACKAGES} {SUITE} v3"
 # No cache dir in the throw-away copy; the qemu-user limits plugin (qemu_user.py).
 PLUGINS = ["-p", "no:cacheprovider", "-p", "qemu_user"]
 DEFAULT_PYTEST_ARGS = ["-q", "-rs", "-m", "not slow"]
