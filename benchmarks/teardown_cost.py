@@ -105,12 +105,13 @@ def run(args: argparse.Namespace, sizes: list[int], path: str) -> dict[str, Any]
             for name in order:
                 need_memory(max(sizes))
                 out = f"{path}.{repeat}.{name}.json"
+                cmd = [
+                    "shutdown", "--sizes", ",".join(map(format_size, sizes)),
+                    "--strategy", "sync,cleaner,parallel", "--repeat", "1",
+                    "--json", out, "--quiet",
+                ]  # fmt: skip
                 doc = run_kvmpv(
-                    [
-                        "shutdown", "--sizes", ",".join(map(format_size, sizes)),
-                        "--strategy", "sync,cleaner,parallel", "--repeat", "1",
-                        "--json", out, "--quiet",
-                    ],  # fmt: skip
+                    cmd,
                     out,
                     env={"KVMPV_CLEANER_TEST_LEGACY": VARIANTS[name]},
                     quiet=True,
