@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -51,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Optional
 
-from _run import ROOT, need_memory
+from _run import LOCK, ROOT, need_memory
 
 from kvmpv import teardown
 from kvmpv.accounting import AccountingUnavailable, Cgroup, cgroup_scope
@@ -245,8 +246,11 @@ def main() -> int:
         reason = why if not ok else "needs root, tracefs at /sys/kernel/tracing and 2 CPUs"
         print(f"SKIP: {reason}")
         return 4
-    need_memory(size)
     results: dict[str, list[Exit]] = {v: [] for v in variants}
+    lock = open(LOCK, "w")  # the shared machine's big-memory lock, held to the end
+    print(f"waiting for {LOCK} ...", flush=True)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    need_memory(size)
     try:
         ctr = Counter()
     except OSError as err:

@@ -436,9 +436,9 @@ def test_failed_clone_is_reported(pids_cgroup_of_one: Path) -> None:
 @pytest.mark.parametrize("legacy", ["", "split"], ids=["chunks", "legacy-slices"])
 def test_parallel_release_uses_several_tasks(child_factory: Any, legacy: str) -> None:
     """The cleaner's own report (not a scan of pid numbers): the helper it started is a
-    task of its own (reaped by it), and both released memory.  Chunks (the default):
-    each task takes 32 MiB pieces while any are left, so a task on a slower CPU takes
-    fewer; legacy slices: about half each, whatever the CPUs do."""
+    task of its own (reaped by it) that reported its share, and the shares cover the
+    memory.  Chunks (the default): each task takes 32 MiB pieces while any are left;
+    legacy slices: about half each, whatever the CPUs do."""
     size = 512 * MiB
     c = child_factory(size=size, parallel=2, report=True, legacy=legacy)
     c.send("exit")
@@ -457,10 +457,8 @@ def test_parallel_release_uses_several_tasks(child_factory: Any, legacy: str) ->
     if legacy:
         # Slices of equal bytes (cut on 2 MiB boundaries): neither task did it all.
         assert min(released.values()) >= total // 4, rep
-    else:
-        # 16+ chunks of 32 MiB: the helper, started before the cleaner's first
-        # chunk, has the other 15 chunks' time (tens of ms) to take one.
-        assert min(released.values()) >= 32 * MiB, rep
+    # Chunks: who takes how many depends on the CPUs (by design: a task on a busy CPU
+    # takes fewer; under load a late helper may take none), so only the total is checked.
     assert set(rep.cpus) == {c.cleaner, helper}, rep  # every task said where it ran
 
 
