@@ -6,8 +6,8 @@
         [--variants sync,cleaner-before,cleaner-other,cleaner] [--parallel]
 
 The evidence behind docs/teardown-cost.md.  A worker (a fresh interpreter in
-a private cgroup) populates SIZE of 4 KiB pages, arms the cleaner (or not),
-then moves itself to CPU ``--cpu`` and exits.  Variants, interleaved:
+a private cgroup) arms the cleaner (or not), moves itself to CPU ``--cpu``,
+populates SIZE of 4 KiB pages there and exits there.  Variants, interleaved:
 
 * ``sync``: plain exit, on that CPU;
 * ``cleaner-before``: the cleaner as before issue 27 (it stays where its
@@ -82,9 +82,9 @@ from kvmpv import teardown
 from kvmpv.memory import GuestMemory
 os.setpriority(os.PRIO_PROCESS, 0, -10)
 st = teardown.arm(par) if par else None   # the cleaner keeps the full CPU mask
-mem = GuestMemory(size)
+os.sched_setaffinity(0, {cpu})            # then this process moves to CPU `cpu`,
+mem = GuestMemory(size)                   # populates there (the lists it empties)
 mem.populate()
-os.sched_setaffinity(0, {cpu})            # then this process moves to CPU `cpu`
 print(json.dumps({"cleaner": st.pid if st else 0}), flush=True)
 sys.stdin.readline()
 os._exit(0)
