@@ -64,14 +64,18 @@ DEBIAN_PACKAGES = {"cryptography": "python3-cryptography"}
 # kernel (tests/s390x/kernel.py: the cleaner and kvmpv-pgste built by the s390x gcc);
 # the third-party programs the launcher tests start (that guest has no network,
 # so tests/conftest.py's apt-get fallback cannot fetch them there).
+# python3-cffi-backend by name: python3-cryptography depends on the *virtual*
+# python3-cffi-backend-api-min/-max, which debootstrap's resolver does not
+# follow to their provider, and dpkg then leaves cryptography unconfigured
+# ("Failure while configuring base packages").
 ROOT_PACKAGES = ",".join(
     [
-        "python3", *DEBIAN_PACKAGES.values(), "python3-pip", "python3-setuptools", "gcc",
+        "python3", *DEBIAN_PACKAGES.values(), "python3-cffi-backend", "python3-pip", "python3-setuptools", "gcc",
         "libc6-dev", "sqlite3", "redis-server", "redis-tools", "strace", "procps", "util-linux",
     ]
 )  # fmt: skip
 # Bump when the way the root is built changes: the cached root is rebuilt.
-ROOT_RECIPE = f"debootstrap --arch=s390x --variant=minbase --include={ROOT_PACKAGES} {SUITE} v3"
+ROOT_RECIPE = f"debootstrap --arch=s390x --variant=minbase --include={ROOT_PACKAGES} {SUITE} v4"
 # No cache dir in the throw-away copy; the qemu-user limits plugin (qemu_user.py).
 PLUGINS = ["-p", "no:cacheprovider", "-p", "qemu_user"]
 DEFAULT_PYTEST_ARGS = ["-q", "-rs", "-m", "not slow"]
