@@ -70,8 +70,9 @@ DEBIAN_PACKAGES = {"cryptography": "python3-cryptography"}
 # ("Failure while configuring base packages").
 ROOT_PACKAGES = ",".join(
     [
-        "python3", *DEBIAN_PACKAGES.values(), "python3-cffi-backend", "python3-pip", "python3-setuptools", "gcc",
-        "libc6-dev", "sqlite3", "redis-server", "redis-tools", "strace", "procps", "util-linux",
+        "python3", *DEBIAN_PACKAGES.values(), "python3-cffi-backend", "python3-pip",
+        "python3-setuptools", "gcc", "libc6-dev", "sqlite3", "redis-server", "redis-tools",
+        "strace", "procps", "util-linux",
     ]
 )  # fmt: skip
 # Bump when the way the root is built changes: the cached root is rebuilt.
