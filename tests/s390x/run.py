@@ -277,7 +277,8 @@ def copy_tree(dest: Path) -> None:
         "__pycache__", "*.so", "*.o", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache"
     )
     dest.mkdir(parents=True)
-    for part in ("kvmpv", "tests", "fixtures", "benchmarks"):  # tests load benchmark helpers
+    # tests load benchmark helpers and read the docs (tests/test_docs.py, the check table)
+    for part in ("kvmpv", "tests", "fixtures", "benchmarks", "docs"):
         if (REPO / part).exists():
             shutil.copytree(REPO / part, dest / part, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):  # tests read the README too
