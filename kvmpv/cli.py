@@ -183,6 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("kvmpv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Interrupted as err:  # not a KvmpvError: see its docstring
+        print(f"kvmpv: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KvmpvError as err:
         print(f"kvmpv: error: {err}", file=sys.stderr)
         return err.exit_code

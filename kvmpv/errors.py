@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The kvmpv exception family and the documented exit codes.
 
-Every error kvmpv raises is a ``KvmpvError``.  Errors from the kernel name the
-call that failed, never its number, in the shape of the KVM selftests'
-``KVM_IOCTL_ERROR()``: "KVM_CREATE_VM failed: errno 13 (EACCES) Permission
-denied".  PV commands add the Ultravisor rc/rrc.  The CLI maps each class to
-one exit code and prints its message on one line; nothing else exits.
+Every error kvmpv raises is a ``KvmpvError``; a signal is not an error:
+``Interrupted`` (SIGTERM) is a ``BaseException`` like ``KeyboardInterrupt``.
+Errors from the kernel name the call that failed, never its number, in the
+shape of the KVM selftests' ``KVM_IOCTL_ERROR()``: "KVM_CREATE_VM failed:
+errno 13 (EACCES) Permission denied".  PV commands add the Ultravisor
+rc/rrc.  The CLI maps each class to one exit code and prints its message on
+one line; nothing else exits.
 """
 
 from __future__ import annotations
@@ -49,8 +51,21 @@ class HostError(KvmpvError):
     exit_code = EXIT_ENV
 
 
-class Interrupted(KvmpvError):
-    """A run stopped by SIGINT or SIGTERM, raised after cleanup."""
+class Interrupted(BaseException):
+    """A run stopped by SIGTERM (or SIGINT), raised after cleanup.
+
+    A ``BaseException``, like the ``KeyboardInterrupt`` it stands beside, and
+    deliberately outside the ``KvmpvError`` family: code that handles an error
+    (``except KvmpvError``: the probe turning a failed ioctl into "not
+    usable", a check turning one into FAIL) must never handle the signal.  As
+    a ``KvmpvError`` it did: a SIGTERM landing in ``probe_host()`` at the start
+    of ``kvmpv exercise``'s reboot step became "kvmpv probe failed", the
+    simulator was chosen, and the run went on to exit 0 (CI, twice; the
+    handler runs at whatever bytecode the main thread is at).  The CLI maps it
+    to ``exit_code`` (128 + signal) like any error.
+    """
+
+    exit_code: int
 
     def __init__(self, signo: int) -> None:
         self.signo = signo

@@ -186,6 +186,26 @@ def kvm() -> Iterator[Kvm]:
         yield handle
 
 
+@pytest.fixture(autouse=True)
+def signal_mask_unchanged() -> Iterator[None]:
+    """A test must leave the main thread's signal mask as it found it.
+
+    Every child a later test starts inherits that mask through fork and exec
+    (``subprocess`` resets some dispositions, never the mask): a SIGTERM left
+    blocked here would make every later "SIGTERM stops kvmpv" test hang or
+    pass for the wrong reason.  The mask is put back, and the test that
+    changed it fails, naming what it left.
+    """
+    import signal
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    after = signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    if after != before:
+        left = sorted(signal.Signals(s).name for s in after ^ before)
+        pytest.fail(f"the test left the main thread's signal mask changed: {', '.join(left)}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_kvmpv_cgroup_left() -> Iterator[None]:
     """After the whole suite: no cgroup named *kvmpv* created during it is left.

@@ -270,3 +270,54 @@ def test_check_worker_threads_block_sigint_and_sigterm() -> None:
     ctx.thread(lambda: seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, [])), "probe")
     assert ctx.flush_deferred() == []
     assert seen and {signal.SIGINT, signal.SIGTERM} <= seen[0]
+
+
+# --------------------------------------------------------------------------
+# SIGTERM is never an error that error handling may swallow
+# --------------------------------------------------------------------------
+
+
+def test_interrupted_is_outside_the_error_family() -> None:
+    # Like KeyboardInterrupt: no ``except KvmpvError`` / ``except Exception``
+    # on an error path can take the signal for an error and carry on.
+    assert not issubclass(closing.Interrupted, Exception)
+    assert closing.Interrupted(signal.SIGTERM).exit_code == 143
+
+
+@pytest.fixture
+def sigterm_raises() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, closing.raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.usefixtures("sigterm_raises")
+def test_sigterm_during_the_probe_stops_the_reboot(
+    kvm: Kvm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI failure: SIGTERM while ``kvmpv exercise``'s reboot step probes the host.
+
+    The probe creates a VM to see whether this process may (s390x without
+    PGSTE may not) and turns a failure into "failed: ..."; ``select_backend``
+    turns a failed probe into "use the simulator".  A SIGTERM whose handler
+    ran inside either was reported as a probe failure and the reboot went on
+    for minutes to exit 0.  Here the VM creation takes the signal, every time.
+    """
+
+    def vm_create_with_sigterm(self: Kvm, *args: Any, **kw: Any) -> Any:
+        vm = real_vm_create(self, *args, **kw)
+        signal.raise_signal(signal.SIGTERM)  # handled before the next statement
+        return vm
+
+    real_vm_create = Kvm.vm_create
+    monkeypatch.setattr(Kvm, "vm_create", vm_create_with_sigterm)
+    from kvmpv.scenarios.reboot import select_backend
+
+    with pytest.raises(closing.Interrupted):
+        probe_mod.probe_kvm()
+    with pytest.raises(closing.Interrupted):
+        select_backend(RebootRequest(memory=GiB, cycles=1, backend="auto"))
+    with pytest.raises(closing.Interrupted):
+        probe_mod.probe_host()

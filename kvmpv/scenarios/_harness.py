@@ -663,9 +663,7 @@ def run_one(chk: Check, backend: str, facts: HostFacts, req: CheckRequest) -> Ca
             # The host cannot run checks at all (s390x without PGSTE: no VM
             # can be created): stop the run with exit 3, no FAIL verdict.
             raise
-        except (KvmpvError, AssertionError) as err:
-            if isinstance(err, Interrupted):
-                raise
+        except (KvmpvError, AssertionError) as err:  # never Interrupted (a BaseException)
             ctx.diag(f"Exception| {type(err).__name__}: {err}")
             status, reason = Status.FAIL, str(err)
         except Exception as err:  # a bug in the check or the backend, not a verdict
