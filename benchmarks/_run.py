@@ -46,12 +46,25 @@ def need_memory(size: int) -> None:
         sys.exit(3)
 
 
-def run_kvmpv(args: list[str], path: str) -> dict[str, Any]:
-    """Run ``kvmpv ARGS`` from this tree in its own process; its JSON at ``path``."""
+def run_kvmpv(
+    args: list[str], path: str, env: Optional[dict[str, str]] = None, quiet: bool = False
+) -> dict[str, Any]:
+    """Run ``kvmpv ARGS`` from this tree in its own process; its JSON at ``path``.
+
+    ``env``: variables added to the environment (and printed with the command).
+    ``quiet``: drop its stdout (the caller prints its own table from the JSON).
+    """
     cmd = [sys.executable, "-m", "kvmpv", *args]
-    print("$ kvmpv " + " ".join(args), flush=True)
+    extra = env or {}
+    shown = "".join(f"{k}={v!r} " for k, v in extra.items())
+    print(f"$ {shown}kvmpv " + " ".join(args), flush=True)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **extra},
+        stdout=subprocess.DEVNULL if quiet else None,
+    )
     print(f"  (exit {proc.returncode}, {time.monotonic() - t0:.1f} s)", flush=True)
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         sys.exit(f"no results from {' '.join(cmd)}")

@@ -11,7 +11,11 @@ the kernel frees the memory in the cleaner's context -- an ordinary process in
 the same cgroups, so the CPU time and the memory stay charged where they
 belong.  With ``parallel=N`` the cleaner first releases the private anonymous
 memory with ``madvise(MADV_DONTNEED)`` from N tasks sharing the address space
-so the release time shrinks with the cores.
+so the release time shrinks with the cores: they take 32 MiB chunks while any
+are left, so a task on a busier CPU takes fewer.  The cleaner moves itself to
+the CPU this process last ran on before it frees anything, so the pages go
+where a plain exit would have put them (that CPU's per-cpu page lists: see
+docs/teardown-cost.md for why this decides the CPU cost).
 
 What this module touches: it loads ``kvmpv/native/libkvmpv-cleaner.so`` (built
 by ``pip install``; no compiler at run time) with ctypes and calls its entry
@@ -79,7 +83,7 @@ import ctypes
 import os
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -319,7 +323,8 @@ def status() -> CleanerStatus:
 
 @dataclass(frozen=True)
 class CleanerJob:
-    """One slice of a parallel release: ``index`` 0 is the cleaner's own."""
+    """One task of a parallel release (``index`` 0: the cleaner itself) and the bytes
+    it released, summed over the chunks it took."""
 
     index: int
     tid: int
@@ -329,14 +334,16 @@ class CleanerJob:
 @dataclass(frozen=True)
 class CleanerReport:
     """What the cleaner wrote on ``$KVMPV_CLEANER_REPORT_FD`` (``kvmpv/native/cleaner.c``,
-    ``report()``): the helper tasks it started (slice -> tid), each slice's task and
-    bytes, the helpers it reaped, and its own tid just before it exited (0 if it
-    never got there: killed)."""
+    ``report()``): the helper tasks it started (slice -> tid), each task's bytes
+    released, the helpers it reaped, the CPU each task released memory on (tid ->
+    CPU; the cleaner's entry is the CPU of its final exit), and its own tid just
+    before it exited (0 if it never got there: killed)."""
 
     started: dict[int, int]
     jobs: tuple[CleanerJob, ...]
     reaped: tuple[int, ...]
     exit_tid: int
+    cpus: dict[int, int] = field(default_factory=dict)
 
     @property
     def helper_tids(self) -> set[int]:
@@ -348,6 +355,7 @@ class CleanerReport:
         started: dict[int, int] = {}
         jobs: list[CleanerJob] = []
         reaped: list[int] = []
+        cpus: dict[int, int] = {}
         exit_tid = 0
         for line in text.splitlines():
             tag, *nums = line.split()
@@ -360,9 +368,11 @@ class CleanerReport:
                 reaped.append(values[0])
             elif tag == "exit" and len(values) == 1:
                 exit_tid = values[0]
+            elif tag == "cpu" and len(values) == 2:
+                cpus[values[0]] = values[1]  # the later line wins: the final exit
             else:
                 raise ValueError(f"unknown cleaner report line {line!r}")
-        return cls(started, tuple(jobs), tuple(reaped), exit_tid)
+        return cls(started, tuple(jobs), tuple(reaped), exit_tid, cpus)
 
 
 def cleaner_name(pid: int) -> str:

@@ -135,3 +135,78 @@ def test_report_marks_a_straddled_target(
     bench.report(doc)
     row = next(line for line in capsys.readouterr().out.splitlines() if "cleaner release" in line)
     assert row.rstrip().endswith(verdict), row
+
+
+# --- benchmarks/teardown_cost.py and teardown_trace.py (issue 27) -----------------
+
+
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _cost_run(repeat: int, variant: str, cleaner_cpu: float, par_release: float) -> dict[str, Any]:
+    """One made-up ``kvmpv shutdown --repeat 1`` result at 512M and 8G."""
+    noise = 1 + 0.1 * repeat  # drift shared by the strategies of one run
+    records = []
+    for size in (512 << 20, 8 << 30):
+        base = (size >> 20) / 40000 * noise  # ~25 ms per GiB
+        values = {
+            "sync": (base, base),
+            "cleaner": (base * cleaner_cpu, base * 1.02),
+            "parallel": (base * 1.15, base * 1.02 * par_release),
+        }
+        for strategy, (cpu, release) in values.items():
+            records.append({
+                "strategy": strategy, "size_bytes": size,
+                "repeats": [{"worker_cgroup_s": cpu, "release_s": release}],
+            })  # fmt: skip
+    doc = {"host": {"loadavg_start": [0.3, 0.2, 0.1]}, "hierarchy": "v1", "records": records}
+    return {"repeat": repeat, "variant": variant, "result": doc}
+
+
+def _cost_whole(after_cpu: float, after_par: float) -> dict[str, Any]:
+    runs = []
+    for r in range(5):
+        runs.append(_cost_run(r, "before", 1.30, 0.62))
+        runs.append(_cost_run(r, "after", after_cpu, after_par))
+    return {"sizes": [512 << 20, 8 << 30], "repeat": 5, "variants": {}, "runs": runs}
+
+
+def test_teardown_cost_ratios_pair_within_one_run(capsys: Any) -> None:
+    cost = _load("teardown_cost")
+    whole = _cost_whole(1.0, 0.5)
+    # The shared drift cancels: every per-run ratio is exactly the made-up one.
+    p = cost.pairs(
+        whole, "before", 512 << 20, ("cleaner", "worker_cgroup_s"), ("sync", "worker_cgroup_s")
+    )
+    assert len(p) == 5 and all(abs(a / b - 1.30) < 1e-9 for a, b in p)
+    assert cost.report(whole) == 0
+    out = capsys.readouterr().out
+    assert "1.300" in out and "all goals met" in out and "MISSED" not in out
+
+
+def test_teardown_cost_judges_the_after_variant(capsys: Any) -> None:
+    cost = _load("teardown_cost")
+    assert cost.report(_cost_whole(1.08, 0.5)) == 1  # cleaner CPU 1.08 > 1.05, twice (2 sizes)
+    out = capsys.readouterr().out
+    assert out.count("MISSED") == 2 and "2 goal(s) missed" in out
+    assert cost.report(_cost_whole(1.0, 0.58)) == 1  # parallel release 0.58 > 0.55
+    assert capsys.readouterr().out.count("MISSED") == 1
+
+
+def test_teardown_trace_linear_fit() -> None:
+    trace = _load("teardown_trace")
+    x = [0.0, 1000.0, 5000.0, 130000.0]
+    a, b, r = trace.linear_fit(x, [36.0 + 238e-6 * v for v in x])
+    assert abs(a - 36.0) < 1e-9 and abs(b - 238e-6) < 1e-12 and abs(r - 1) < 1e-9
+    assert trace.linear_fit(x, [5.0] * 4) is None  # no variation: no fit
+    assert trace.linear_fit(x[:2], x[:2]) is None  # too few points

@@ -73,10 +73,12 @@ class Child:
         size: int = 16 * MiB,
         fallback: str = "",
         report: bool = False,
+        legacy: str = "",
         **cfg: Any,
     ) -> None:
         cfg.update(scenario=scenario, size=size)
-        env = tree_env(KVMPV_CLEANER_TEST_FALLBACK=fallback)
+        # legacy: the native code's benchmark hook (behaviour before issue 27)
+        env = tree_env(KVMPV_CLEANER_TEST_FALLBACK=fallback, KVMPV_CLEANER_TEST_LEGACY=legacy)
         # report: a pipe whose write end the child's cleaner keeps and writes
         # its report on (teardown.REPORT_FD_ENV); EOF once it and its helpers exited.
         self.report_r = -1
@@ -431,16 +433,19 @@ def test_failed_clone_is_reported(pids_cgroup_of_one: Path) -> None:
 # --- parallel mode specifics --------------------------------------------------------
 
 
-def test_parallel_release_uses_several_tasks(child_factory: Any) -> None:
+@pytest.mark.parametrize("legacy", ["", "split"], ids=["chunks", "legacy-slices"])
+def test_parallel_release_uses_several_tasks(child_factory: Any, legacy: str) -> None:
     """The cleaner's own report (not a scan of pid numbers): the helper it started is a
-    task of its own (reaped by it), and the two released about half of the memory each."""
+    task of its own (reaped by it) that reported its share, and the shares cover the
+    memory.  Chunks (the default): each task takes 32 MiB pieces while any are left;
+    legacy slices: about half each, whatever the CPUs do."""
     size = 512 * MiB
-    c = child_factory(size=size, parallel=2, report=True)
+    c = child_factory(size=size, parallel=2, report=True, legacy=legacy)
     c.send("exit")
     assert wait_fd(c.pidfd, 10) is not None
     rep = c.cleaner_report()
     assert rep.exit_tid == c.cleaner, rep
-    assert list(rep.started) == [1], rep  # parallel=2: one helper, for slice 1
+    assert list(rep.started) == [1], rep  # parallel=2: one helper
     helper = rep.started[1]
     assert helper not in (c.cleaner, c.proc.pid), rep
     assert rep.reaped == (helper,), rep  # its CLONE_VM child, reaped with __WCLONE
@@ -449,20 +454,53 @@ def test_parallel_release_uses_several_tasks(child_factory: Any) -> None:
     released = {j.index: j.released for j in rep.jobs}
     total = sum(released.values())
     assert total >= size, rep  # the populated buffer (and the interpreter's heap)
-    # Slices of equal bytes (cut on 2 MiB boundaries): neither task did it all.
-    assert min(released.values()) >= total // 4, rep
+    if legacy:
+        # Slices of equal bytes (cut on 2 MiB boundaries): neither task did it all.
+        assert min(released.values()) >= total // 4, rep
+    # Chunks: who takes how many depends on the CPUs (by design: a task on a busy CPU
+    # takes fewer; under load a late helper may take none), so only the total is checked.
+    assert set(rep.cpus) == {c.cleaner, helper}, rep  # every task said where it ran
+
+
+def _allowed_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("parallel", [None, 2], ids=["plain", "parallel2"])
+def test_cleaner_releases_on_the_parents_cpu(child_factory: Any, parallel: Any) -> None:
+    """The teardown runs where the armed process last ran (where a plain exit frees the
+    memory: that CPU's per-cpu page lists, docs/teardown-cost.md), whichever CPU the
+    wakeup put the cleaner on: the process is moved to each CPU in turn after arming
+    (the cleaner keeps its own, wider mask) and the cleaner's report names the CPU of
+    its final exit."""
+    cpus = _allowed_cpus()
+    if len(cpus) < 2:
+        pytest.skip(f"needs 2 CPUs to tell the parent's CPU from another, has {cpus}")
+    for target in (cpus[0], cpus[-1]):
+        c = child_factory(size=128 * MiB, parallel=parallel, report=True)
+        assert len(os.sched_getaffinity(c.cleaner)) == len(cpus)
+        os.sched_setaffinity(c.proc.pid, {target})  # the child's only thread
+        c.send("exit")
+        assert wait_fd(c.pidfd, 10) is not None
+        rep = c.cleaner_report()
+        assert rep.exit_tid == c.cleaner, rep
+        assert rep.cpus.get(c.cleaner) == target, (target, rep)
 
 
 def test_cleaner_report_parse() -> None:
     """The report's line format, and an unknown line refused (not silently dropped)."""
     rep = teardown.CleanerReport.parse(
-        "started 1 42\njob 1 42 100\njob 0 41 90\nreaped 42\nexit 41\n"
+        "started 1 42\ncpu 41 1\ncpu 42 0\njob 1 42 100\njob 0 41 90\nreaped 42\n"
+        "cpu 41 0\nexit 41\n"
     )
     assert rep.started == {1: 42} and rep.helper_tids == {42}
     assert rep.jobs == (teardown.CleanerJob(1, 42, 100), teardown.CleanerJob(0, 41, 90))
     assert rep.reaped == (42,) and rep.exit_tid == 41
+    assert rep.cpus == {41: 0, 42: 0}  # the cleaner's later line: its final exit
     with pytest.raises(ValueError, match="unknown cleaner report line"):
         teardown.CleanerReport.parse("helper 42\n")
+    with pytest.raises(ValueError, match="unknown cleaner report line"):
+        teardown.CleanerReport.parse("cpu 41\n")
 
 
 def _ranges(maps: list[str], pred: Any) -> list[tuple[int, int]]:

@@ -67,6 +67,20 @@
  * The parallel mode only runs after a *confirmed* complete exit
  * (pidfd readable, or getppid changed): MADV_DONTNEED zeroes memory, so it
  * must never run while any thread of the armed process can still use it.
+ *
+ * Where the teardown runs (docs/teardown-cost.md has the traces): the
+ * cleaner moves itself (sched_setaffinity) to the CPU the armed process
+ * last ran on, read from /proc/<pid>/stat when the exit is noticed, so that
+ * its exit_mmap() runs where a plain exit's would have.  The wakeup would
+ * otherwise put it on another, idle CPU -- and the cost of freeing pages
+ * depends on the CPU: free_frozen_page_commit() (mm/page_alloc.c) keeps a
+ * freed page on that CPU's per-cpu list while the list is below its `high`,
+ * and only past it moves pages to the buddy allocator under zone->lock
+ * (free_pcppages_bulk()), about twice the cost per page here.  `high` is
+ * auto-tuned per CPU (nr_pcp_alloc() raises it when that CPU allocates a
+ * lot, nr_pcp_high() when it frees a lot, decay_pcp_high() lowers it every
+ * second): a process that allocated its memory itself leaves roomy lists on
+ * its own CPU, while the other CPU's lists are often full.
  */
 #define _GNU_SOURCE
 #include "cleaner.h"
@@ -102,8 +116,19 @@
 #define MAX_RANGES 16384
 /* Below this much private anonymous memory, helpers cost more than they save. */
 #define PARALLEL_MIN_BYTES (64UL << 20)
-/* Cut points between slices are aligned so no transparent huge page is split. */
+/* Cut points between pieces are aligned so no transparent huge page is split
+ * and no page table page is zapped by two tasks (each task's MADV_DONTNEED
+ * can then free the PTE tables it empties: CONFIG_PT_RECLAIM, Linux 6.14). */
 #define SLICE_ALIGN (2UL << 20)
+/* The parallel release hands out pieces of about this size, one at a time, to
+ * whichever task is free: a task on a busier CPU (another job, or full per-cpu
+ * page lists: see the top comment) then takes fewer.  32 MiB is 1-3 ms of
+ * MADV_DONTNEED here, against a few microseconds of per-call overhead. */
+#define CHUNK_BYTES (32UL << 20)
+/* At most this many chunks (larger chunks for terabytes), bounding the table. */
+#define MAX_CHUNKS (64 * KVMPV_MAX_PARALLEL)
+/* sched_setaffinity mask: CPUs 0..MASK_CPUS-1 (the kernel ignores the rest). */
+#define MASK_CPUS 4096
 /* Bound of the close-by-number fallback (a 2^30 RLIMIT_NOFILE would take minutes). */
 #define CLOSE_LOOP_MAX (1L << 20)
 
@@ -120,27 +145,37 @@ enum {
 #define FALLBACK_PROC 1		/* skip close_range, walk /proc/self/fd */
 #define FALLBACK_LIMIT 2	/* skip close_range and /proc, loop to RLIMIT_NOFILE */
 
+/* Benchmark hooks (KVMPV_CLEANER_TEST_LEGACY=placement,split): the behaviour
+ * before issue 27, so benchmarks/teardown_cost.py measures before and after
+ * in one run. */
+#define LEGACY_PLACEMENT 1	/* stay where the wakeup put us */
+#define LEGACY_SPLIT 2		/* one fixed slice of equal bytes per task */
+
 struct range {
 	unsigned long start, end;
 };
 
-struct cut {
-	long idx;
-	unsigned long addr;
+/* A piece of a range, released by one MADV_DONTNEED. */
+struct piece {
+	unsigned long start, end;
+	int owner;		/* LEGACY_SPLIT: the one task that releases it */
 };
 
+struct par;
+
 struct job {
-	const struct range *ranges;
-	long nranges;
-	struct cut lo, hi;
-	int index;		/* 0: the cleaner's own slice */
+	struct par *par;
+	int index;		/* 0: the cleaner itself */
 	int report_fd;		/* see struct arena */
+	int fixed;		/* LEGACY_SPLIT: only the pieces it owns */
 };
 
 /* Scratch of the parallel mode; lives in the arena. */
 struct par {
 	struct job jobs[KVMPV_MAX_PARALLEL];
-	struct cut cuts[KVMPV_MAX_PARALLEL + 1];
+	struct piece pieces[MAX_RANGES + MAX_CHUNKS + 1];
+	long npieces;
+	long next;		/* next piece to take (atomic) */
 	struct range ranges[MAX_RANGES];
 	char maps[MAPS_BUF];
 };
@@ -152,6 +187,7 @@ struct arena {
 	int notify_fd;		/* read end of the close-on-exec pipe */
 	int parallel;		/* tasks releasing memory (1: plain exit) */
 	int fallback;		/* FALLBACK_* test hooks */
+	int legacy;		/* LEGACY_* benchmark hooks */
 	int report_fd;		/* KVMPV_CLEANER_REPORT_FD, -1 if not asked for */
 	unsigned long base;	/* the whole arena mapping: never released by us */
 	unsigned long size;
@@ -179,6 +215,8 @@ static long raw_sleep_ns(long ns)
  *   "started K T"   the cleaner cloned helper task T for slice K
  *   "job K T B"     task T finished slice K, B bytes released by MADV_DONTNEED
  *   "reaped T"      the cleaner reaped helper T (its own CLONE_VM child)
+ *   "cpu T C"       task T is about to release memory (a job, or the final
+ *                   exit) on CPU C (getcpu)
  *   "exit T"        the cleaner T is about to exit (its exit_mmap follows)
  * So a test learns the helper tids from the tasks themselves instead of
  * guessing them from pid numbers.  Errors are ignored: the report never
@@ -346,6 +384,75 @@ static int parent_shares_mm(const struct arena *a)
 	return RAW5(SYS_kcmp, self, a->parent, KCMP_VM, 0, 0) == 0;
 }
 
+/*
+ * The CPU the armed process's thread-group leader last ran on: field 39
+ * ("processor") of /proc/<pid>/stat; -1 if it cannot be read (already
+ * reaped, no /proc).  Read when the exit is noticed: the leader is then
+ * running its exit (single-threaded programs: the CPU of the exit itself) or
+ * is a zombie that kept its last CPU.
+ */
+static long parent_cpu(const struct arena *a)
+{
+	char path[48], buf[1024], *p = path;
+	const char *s, *end, *close_paren = 0;
+	long fd, n, field = 2, cpu = 0;
+
+	for (s = "/proc/"; *s;)
+		*p++ = *s++;
+	p = put_num(p, (unsigned long)a->parent);
+	for (s = "/stat"; *s;)
+		*p++ = *s++;
+	*p = 0;
+	fd = RAW4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	do
+		n = RAW3(SYS_read, fd, buf, sizeof(buf));
+	while (n == -EINTR);
+	RAW1(SYS_close, fd);
+	if (n <= 0)
+		return -1;
+	end = buf + n;
+	/* comm (field 2) may hold spaces and parentheses: count from the last ')'. */
+	for (s = buf; s < end; s++)
+		if (*s == ')')
+			close_paren = s;
+	if (!close_paren)
+		return -1;
+	for (s = close_paren + 1; s < end && field < 39; s++)
+		if (*s == ' ')
+			field++;
+	if (field != 39 || s >= end || *s < '0' || *s > '9')
+		return -1;
+	while (s < end && *s >= '0' && *s <= '9')
+		cpu = cpu * 10 + (*s++ - '0');
+	return cpu;
+}
+
+/* Restrict this task to `cpu` (migrating now if need be).  Errors -- a CPU
+ * outside our cpuset (EINVAL), seccomp -- leave us where we are. */
+static void run_on_cpu(long cpu)
+{
+	unsigned long mask[MASK_CPUS / (8 * sizeof(unsigned long))];
+	unsigned long i;
+
+	if (cpu < 0 || cpu >= MASK_CPUS)
+		return;
+	for (i = 0; i < sizeof(mask) / sizeof(mask[0]); i++)	/* no memset: see top */
+		mask[i] = 0;
+	mask[cpu / (8 * sizeof(unsigned long))] = 1UL << (cpu % (8 * sizeof(unsigned long)));
+	RAW3(SYS_sched_setaffinity, 0, sizeof(mask), mask);
+}
+
+/* "cpu T C": where task T releases memory (tests check the placement). */
+static void report_cpu(int fd)
+{
+	unsigned int cpu = 0;
+
+	if (fd >= 0 && RAW3(SYS_getcpu, &cpu, 0, 0) == 0)
+		report(fd, "cpu", 2, (unsigned long)RAW0(SYS_gettid), cpu, 0);
+}
+
 /* Has the whole thread group of the armed process exited?  Wait up to ns. */
 static int parent_gone(const struct arena *a, long ns)
 {
@@ -375,7 +482,8 @@ static int settle(const struct arena *a)
 	return parent_gone(a, 20 * MS) ? PARENT_GONE : JUST_EXIT;
 }
 
-static int wait_for_parent(const struct arena *a)
+/* *cpu: the armed process's last CPU when its exit was noticed (-1 unknown). */
+static int wait_for_parent(const struct arena *a, long *cpu)
 {
 	struct pollfd p[2] = {
 		{ a->pidfd, POLLIN, 0 },	/* fd -1 is ignored by poll */
@@ -393,8 +501,10 @@ static int wait_for_parent(const struct arena *a)
 
 		if (n < 0 && n != -EINTR && n != -EAGAIN && n != -ENOMEM)
 			return JUST_EXIT;	/* cannot wait: never pin memory */
-		if (a->pidfd >= 0 ? (n > 0 && p[0].revents) : parent_gone(a, 0))
+		if (a->pidfd >= 0 ? (n > 0 && p[0].revents) : parent_gone(a, 0)) {
+			*cpu = parent_cpu(a);	/* a zombie, if not reaped yet */
 			return PARENT_GONE;
+		}
 		if (watch_pipe && n > 0 && p[1].revents) {
 			/*
 			 * The pipe closes in exit_files(), before exit_notify():
@@ -405,15 +515,20 @@ static int wait_for_parent(const struct arena *a)
 			 * never confirms and ends the wait after 20 ms, well within
 			 * the 100 ms in which an exec'd address space must go.
 			 */
-			if (!parent_shares_mm(a))
+			if (!parent_shares_mm(a)) {
+				/* Still in do_exit (or exec'd): its /proc entry is there. */
+				*cpu = parent_cpu(a);
 				return settle(a);
+			}
 			/* The program closed our fd but still runs on this mm. */
 			watch_pipe = 0;
 			p[1].fd = -1;
 			continue;
 		}
-		if (!watch_pipe && !parent_shares_mm(a))
+		if (!watch_pipe && !parent_shares_mm(a)) {
+			*cpu = parent_cpu(a);
 			return settle(a);
+		}
 	}
 }
 
@@ -537,18 +652,69 @@ static long read_ranges(const struct arena *a, struct par *p)
 	return n;
 }
 
+/*
+ * Cut the ranges into pieces at every multiple of `chunk` bytes (counted over
+ * the ranges laid end to end), each cut moved up to a 2 MiB boundary.  The
+ * owner of a piece is the index of the chunk it starts in (capped at
+ * tasks - 1): with chunk = total / tasks that is the fixed slice of
+ * LEGACY_SPLIT.  Pieces beyond the table (more than MAX_RANGES ranges) are
+ * left to the final exit.
+ */
+static long build_pieces(struct par *p, long n, unsigned long chunk, int tasks)
+{
+	const long cap = (long)(sizeof(p->pieces) / sizeof(p->pieces[0]));
+	unsigned long cum = 0;
+	long r, np = 0;
+
+	for (r = 0; r < n && np < cap; r++) {
+		unsigned long base = p->ranges[r].start, s = base, e = p->ranges[r].end;
+
+		while (s < e && np < cap) {
+			unsigned long k = (cum + (s - base)) / chunk;
+			/* The next multiple of chunk lies beyond s: the cut moves forward. */
+			unsigned long cut = base + ((k + 1) * chunk - cum);
+
+			cut = (cut + SLICE_ALIGN - 1) & ~(SLICE_ALIGN - 1);
+			if (cut > e || cut <= s)
+				cut = e;
+			p->pieces[np].start = s;
+			p->pieces[np].end = cut;
+			p->pieces[np].owner = k < (unsigned long)tasks ? (int)k : tasks - 1;
+			np++;
+			s = cut;
+		}
+		cum += e - base;
+	}
+	return np;
+}
+
 static void run_job(const struct job *j)
 {
+	struct par *p = j->par;
 	unsigned long released = 0;
-	long r;
+	long i = j->fixed ? 0 : -1;
 
-	for (r = j->lo.idx; r < j->nranges && r <= j->hi.idx; r++) {
-		unsigned long s = r == j->lo.idx ? j->lo.addr : j->ranges[r].start;
-		unsigned long e = r == j->hi.idx ? j->hi.addr : j->ranges[r].end;
+	report_cpu(j->report_fd);
+	for (;;) {
+		const struct piece *pc;
 
+		if (j->fixed) {
+			/* LEGACY_SPLIT: the pieces we own, in order. */
+			while (i < p->npieces && p->pieces[i].owner != j->index)
+				i++;
+			if (i >= p->npieces)
+				break;
+			pc = &p->pieces[i++];
+		} else {
+			/* The next piece nobody took yet. */
+			i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
+			if (i >= p->npieces)
+				break;
+			pc = &p->pieces[i];
+		}
 		/* Errors (mlocked or VM_PFNMAP areas: EINVAL) leave it to exit. */
-		if (s < e && RAW3(SYS_madvise, s, e - s, MADV_DONTNEED) == 0)
-			released += e - s;
+		if (RAW3(SYS_madvise, pc->start, pc->end - pc->start, MADV_DONTNEED) == 0)
+			released += pc->end - pc->start;
 	}
 	report(j->report_fd, "job", 3, (unsigned long)j->index, (unsigned long)RAW0(SYS_gettid),
 	       released);
@@ -560,64 +726,54 @@ static int helper_main(void *arg)
 	return 0;	/* the clone() trampoline calls SYS_exit with this */
 }
 
-static int cut_before(struct cut x, struct cut y)
-{
-	return x.idx < y.idx || (x.idx == y.idx && x.addr < y.addr);
-}
-
 /*
- * Split the private anonymous memory into `parallel` slices of equal bytes
- * and MADV_DONTNEED them from as many tasks sharing this mm (the idea of the
- * 2021 linux-mm thread: clone(CLONE_VM) plus DONTNEED from several threads).
- * The tasks are children of the cleaner, in its cgroups: the CPU time stays
- * charged there.  Page tables and everything skipped go at the final exit.
+ * Release the private anonymous memory from `parallel` tasks sharing this mm
+ * with MADV_DONTNEED (the idea of the 2021 linux-mm thread: clone(CLONE_VM)
+ * plus DONTNEED from several threads).  The tasks are children of the
+ * cleaner, in its cgroups: the CPU time stays charged there.  Page tables
+ * (those MADV_DONTNEED did not reclaim) and everything skipped go at the
+ * final exit.
+ *
+ * The work is handed out in chunks of CHUNK_BYTES, taken one at a time by
+ * whichever task is free, rather than one fixed slice per task (before issue
+ * 27, still there as LEGACY_SPLIT): the two CPUs of a 2-CPU host do not free
+ * pages at the same speed (other jobs, and the per-cpu page lists of the top
+ * comment: at 2 GiB one CPU freed 288k pages, 92% of them into its own lists,
+ * while the other pushed all its 238k to the buddy allocator and took 60%
+ * longer), and with fixed slices the release waits for the slower one.
+ *
+ * `cpu`: the armed process's last CPU; the cleaner moves there only after
+ * cloning the helpers, so that they do not inherit the one-CPU mask.
  */
-static void parallel_release(const struct arena *a)
+static void parallel_release(const struct arena *a, long cpu)
 {
 	struct par *p = a->par;
 	long n = read_ranges(a, p), r, k, started = 0;
-	unsigned long total = 0, cum, slice;
+	unsigned long total = 0, chunk;
 	int tasks = a->parallel, failed[KVMPV_MAX_PARALLEL];
+	int fixed = (a->legacy & LEGACY_SPLIT) != 0;
 
 	for (r = 0; r < n; r++)
 		total += p->ranges[r].end - p->ranges[r].start;
-	if (n == 0 || total < PARALLEL_MIN_BYTES)
+	if (n == 0 || total < PARALLEL_MIN_BYTES) {
+		if (!(a->legacy & LEGACY_PLACEMENT))
+			run_on_cpu(cpu);
 		return;
-	slice = total / (unsigned long)tasks;
-	p->cuts[0].idx = 0;
-	p->cuts[0].addr = p->ranges[0].start;
-	p->cuts[tasks].idx = n;
-	p->cuts[tasks].addr = 0;
-	r = 0;
-	cum = 0;
-	for (k = 1; k < tasks; k++) {
-		unsigned long target = slice * (unsigned long)k, addr;
-		struct cut c;
-
-		while (r < n && cum + (p->ranges[r].end - p->ranges[r].start) <= target) {
-			cum += p->ranges[r].end - p->ranges[r].start;
-			r++;
-		}
-		if (r >= n) {
-			c.idx = n;
-			c.addr = 0;
-		} else {
-			addr = p->ranges[r].start + (target - cum);
-			addr = (addr + SLICE_ALIGN - 1) & ~(SLICE_ALIGN - 1);
-			c.idx = r;
-			c.addr = addr < p->ranges[r].end ? addr : p->ranges[r].end;
-		}
-		if (cut_before(c, p->cuts[k - 1]))
-			c = p->cuts[k - 1];
-		p->cuts[k] = c;
 	}
+	if (fixed) {
+		chunk = total / (unsigned long)tasks;
+	} else {
+		chunk = total / MAX_CHUNKS + 1;
+		if (chunk < CHUNK_BYTES)
+			chunk = CHUNK_BYTES;
+	}
+	p->npieces = build_pieces(p, n, chunk, tasks);
+	p->next = 0;
 	for (k = 0; k < tasks; k++) {
-		p->jobs[k].ranges = p->ranges;
-		p->jobs[k].nranges = n;
-		p->jobs[k].lo = p->cuts[k];
-		p->jobs[k].hi = p->cuts[k + 1];
+		p->jobs[k].par = p;
 		p->jobs[k].index = (int)k;
 		p->jobs[k].report_fd = a->report_fd;
+		p->jobs[k].fixed = fixed;
 		failed[k] = 0;
 	}
 	for (k = 1; k < tasks; k++) {
@@ -632,9 +788,12 @@ static void parallel_release(const struct arena *a)
 			failed[k] = 1;
 		}
 	}
+	if (!(a->legacy & LEGACY_PLACEMENT))
+		run_on_cpu(cpu);
 	run_job(&p->jobs[0]);
+	/* Chunks: job 0 took whatever a failed helper left.  Fixed slices: do them. */
 	for (k = 1; k < tasks; k++)
-		if (failed[k])
+		if (failed[k] && fixed)
 			run_job(&p->jobs[k]);
 	while (started > 0) {
 		long w = RAW4(SYS_wait4, -1, 0, __WCLONE, 0);
@@ -651,6 +810,8 @@ static void parallel_release(const struct arena *a)
 static int cleaner_main(void *arg)
 {
 	const struct arena *a = arg;
+	long cpu = -1;
+	int gone;
 
 	RAW2(SYS_prctl, PR_SET_NAME, a->name);
 	close_inherited(a);
@@ -660,8 +821,12 @@ static int cleaner_main(void *arg)
 	 * key is (mm, address), and we share the mm). */
 	__atomic_store_n(&((struct arena *)arg)->ready, 1, __ATOMIC_RELEASE);
 	RAW3(SYS_futex, &a->ready, FUTEX_WAKE_PRIVATE, 1);
-	if (wait_for_parent(a) == PARENT_GONE && a->par)
-		parallel_release(a);
+	gone = wait_for_parent(a, &cpu);
+	if (gone == PARENT_GONE && a->par)
+		parallel_release(a, cpu);
+	else if (!(a->legacy & LEGACY_PLACEMENT))
+		run_on_cpu(cpu);	/* exit_mmap where a plain exit would run it */
+	report_cpu(a->report_fd);
 	report(a->report_fd, "exit", 1, (unsigned long)RAW0(SYS_gettid), 0, 0);
 	/* Our exit drops the last mm reference: exit_mmap() runs here. */
 	RAW1(SYS_exit, 0);
@@ -798,6 +963,21 @@ void kvmpv_cleaner_arm_children(int enable, int parallel)
 	children_parallel = parallel;
 }
 
+/* KVMPV_CLEANER_TEST_LEGACY=placement,split: see LEGACY_*. */
+static int test_legacy(void)
+{
+	const char *s = getenv("KVMPV_CLEANER_TEST_LEGACY");
+	int f = 0;
+
+	if (!s)
+		return 0;
+	if (strstr(s, "placement"))
+		f |= LEGACY_PLACEMENT;
+	if (strstr(s, "split"))
+		f |= LEGACY_SPLIT;
+	return f;
+}
+
 static int test_fallback(int *no_pidfd)
 {
 	const char *s = getenv("KVMPV_CLEANER_TEST_FALLBACK");
@@ -910,6 +1090,7 @@ int kvmpv_cleaner_arm(int parallel)
 	a->notify_fd = fds[0];
 	a->parallel = parallel;
 	a->fallback = fallback;
+	a->legacy = test_legacy();
 	a->report_fd = report_fd_from_env();
 	a->base = (unsigned long)mem;
 	a->size = size;
