@@ -126,8 +126,9 @@ def test_exercise_runs_and_leaves_the_files(tmp_path: Path, capsys: Any) -> None
          "--max-size", format_size(verdict_size(PRECISE_TOLERANCE_NS)),
          "--reboot-sizes", "4G,3G", "--kcidb", str(out / "kcidb.json")]
     )  # fmt: skip
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, printed + captured.err  # the one-line error of exit 2/3 is on stderr
     doc = results.read(str(out / "results.json"))
     # The reboot curve: every size asked for, smallest first, each a run of its own.
     assert [r["memory_bytes"] for r in doc["reboot"]] == [3 * GiB, 4 * GiB]
