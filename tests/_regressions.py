@@ -84,6 +84,30 @@ class Regress_6973091d1b50(_Regression):
             vm.config = config
 
 
+class Regress_185d903064f8(_Regression):
+    """Commit 185d903064f8 "KVM: s390: Fix incorrect usage of mmu_notifier_register()" (v6.17),
+    reverted: ENABLE ignores the failed registration of its mmu notifier and succeeds.
+
+    Before the fix kvm_s390_pv_init_vm() registered the notifier after Create
+    Secure Configuration, set its ops whether or not mmu_notifier_register()
+    succeeded and returned 0, so the EINTR of a pending signal never reached
+    userspace (and the VM's destruction later unregistered a notifier that was
+    never registered).
+    """
+
+    commit = "185d903064f8680c2de43514c94fddc0d75ed00a"
+    targets = frozenset({"enable_signal_pending_eintr"})
+    breaks = (
+        "kvm_s390_pv_init_vm(): 'ret = mmu_notifier_register(...); if (ret) return ret' "
+        "(commit 185d903064f8); here the result is ignored and the ops set anyway"
+    )
+    symptom = "ENABLE with a signal pending: expected 'EINTR', got 'success'"
+
+    def kvm_s390_pv_init_vm(self, vm: Any, out: Any) -> int:
+        vm.mmu_notifier = True  # 'registered' whatever mmu_notifier_register() said
+        return super().kvm_s390_pv_init_vm(vm, out)
+
+
 class Invented_NoFinalSweep(_Regression):
     """INVENTED (no upstream commit): kvm_s390_pv_deinit_cleanup_all() without its final
     s390_uv_destroy_range() sweep, so DISABLE and the VM's close leave the guest's memory
