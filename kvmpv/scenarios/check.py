@@ -746,8 +746,8 @@ def check_set_tod(ctx: CheckContext) -> None:
     writes into the state descriptions, so since commit 6973091d1b50 (v6.1)
     kvm_s390_set_tod() refuses while kvm_s390_pv_is_protected(); before it
     the set succeeded and KVM's idea of the guest clock went wrong (a guest
-    waiting for its clock comparator could sleep far longer).  QEMU skips the
-    set for a PV guest since then.  Runs on a real PV host as well.
+    waiting for its clock comparator could sleep far longer).  Runs on a real
+    PV host as well.
     """
     tod = 1 << 52  # any value: the clock never runs in the check
     guest = make_vm(ctx, enable=False)
