@@ -87,6 +87,8 @@ def test_observable_fix_is_caught(entry: dict[str, Any]) -> None:
     registered = {c.name: c for c in chk.registry()}
     assert name in registered, f"{short}: caught_by {name!r} is not a registered check"
     assert short in registered[name].guards, f"check {name} does not list {short} in guards"
+    # ... and its result says so (JUnit/JSON property), for a run on a real host
+    assert short in run_check(name).properties.get("guards", "").split(",")
     assert_caught(cls, name)
 
 
