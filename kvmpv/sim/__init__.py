@@ -46,7 +46,7 @@ helpers are no interface: they may change with any refactoring).  A bug at a
 call site may need the caller and the callee (tests/_deviating.py's
 ``DestroyCpuErrorIgnoredHost``: the PREPARE case ignoring
 ``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 27 such
-deviations, tests/_regressions.py 3 more (upstream fixes of the regression
+deviations, tests/_regressions.py 4 more (upstream fixes of the regression
 corpus reinstated, ``Regress_<commit>``, and invented ones), and
 tests/test_sim_kernel_functions.py the rules.
 
