@@ -290,6 +290,12 @@ KVM_S390_VM_MEM_CTRL = 0
 KVM_S390_VM_MEM_ENABLE_CMMA = 0
 KVM_S390_VM_MEM_CLR_CMMA = 1
 KVM_S390_VM_MEM_LIMIT_SIZE = 2
+KVM_S390_VM_TOD = 1
+# attributes of KVM_S390_VM_TOD; _EXT takes struct kvm_s390_vm_tod_clock
+# (__u8 epoch_idx; __u64 tod: 16 bytes, tod at offset 8)
+KVM_S390_VM_TOD_LOW = 0
+KVM_S390_VM_TOD_HIGH = 1
+KVM_S390_VM_TOD_EXT = 2
 
 # --------------------------------------------------------------------------
 # x86 (arch/x86/include/uapi/asm/kvm.h): what a tiny real guest needs

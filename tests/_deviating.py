@@ -375,25 +375,6 @@ class PrepareTwiceHost(_SimBug):
         return super().kvm_s390_pv_set_aside(vm, data, out)
 
 
-class SegmentAscePrepareHost(_SimBug):
-    """PREPARE sets aside a VM whose memory limit gives a segment-table ASCE (<= 2 GiB)."""
-
-    targets = frozenset({"prepare_mem_limit_2g_einval"})
-    breaks = (
-        "kvm_s390_pv_set_aside(): EINVAL for a segment-type ASCE (commit 292a7d6fca33, "
-        "s390_replace_asce() cannot copy a segment table); dropped"
-    )
-    symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
-
-    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
-        limit = vm.gmap_limit
-        vm.gmap_limit = max(limit, (4 << 30) - 1)  # step 4 sees a region-third table
-        try:
-            return super().kvm_s390_pv_set_aside(vm, data, out)
-        finally:
-            vm.gmap_limit = limit
-
-
 class DestroyCpuErrorIgnoredHost(_SimBug):
     """PREPARE goes on after Destroy Secure CPU failed, and succeeds."""
 
@@ -576,10 +557,14 @@ class CloseLeavesSetAsideHost(_SimBug):
 
 
 def all_deviations() -> tuple[type[Any], ...]:
-    """Every deviating host defined here (a new class is found without being listed)."""
+    """Every deviating host defined here and in tests/_regressions.py (the upstream regressions
+    and the invented ones; a new class is found without being listed)."""
+    import _regressions  # imports this module: not at the top
+
     found = [
         obj
-        for obj in globals().values()
-        if isinstance(obj, type) and issubclass(obj, _SimBug) and obj is not _SimBug
+        for mod in (globals(), vars(_regressions))
+        for obj in mod.values()
+        if isinstance(obj, type) and issubclass(obj, _SimBug) and not obj.__name__.startswith("_")
     ]
-    return tuple(sorted(found, key=lambda c: c.__name__))
+    return tuple(sorted(set(found), key=lambda c: c.__name__))

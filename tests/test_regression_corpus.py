@@ -103,6 +103,8 @@ def doc_errors(corpus: list[dict[str, Any]], text: str) -> list[str]:
                        e["effect"]),
             "check": (cells[4], check),
             "function": (cells[5], f"`{e['sim_function']}`"),
+            "deviation": (cells[7] if len(cells) > 7 else "", _cell(e, "deviation")),
+            "caught by": (cells[8] if len(cells) > 8 else "", _cell(e, "caught_by")),
         }
         if not cells[1].startswith(e["title"]):
             out.append(f"{short}: title {cells[1]!r} is not {e['title']!r}")
@@ -113,7 +115,18 @@ def doc_errors(corpus: list[dict[str, Any]], text: str) -> list[str]:
     counts = f"{len(corpus)} fixes; {len(observable)} observable"
     if counts not in " ".join(text.split()):
         out.append(f"docs/regressions.md does not state the counts {counts!r}")
+    caught = sum(1 for e in observable if e["caught_by"])
+    now = f"Caught now: {caught} of the {len(observable)}"
+    if now not in " ".join(text.split()):
+        out.append(f"docs/regressions.md does not state {now!r}")
     return out
+
+
+def _cell(e: dict[str, Any], key: str) -> str:
+    """The docs cell for a deviation or caught_by value: name, none (observable), n/a."""
+    if e[key]:
+        return f"`{e[key]}`"
+    return "none" if e["observable"] else "n/a"
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +240,17 @@ def test_schema_wants_a_reason_for_a_missing_fixes_tag(corpus: list[dict[str, An
     broken = _broken(corpus, i, fixes=None, unverified=[])
     assert schema_errors(broken) != []
     assert schema_errors(_broken(corpus, i, fixes=None, unverified=["fixes"])) == []
+
+
+def test_schema_wants_a_deviation_or_a_reason(corpus: list[dict[str, Any]]) -> None:
+    """An observable entry names its deviation and check, or says why it has none."""
+    i = next(i for i, e in enumerate(corpus) if e["observable"] and not e["deviation"])
+    assert schema_errors(_broken(corpus, i, no_deviation=KeyError)) != []
+    j = next(j for j, e in enumerate(corpus) if e["deviation"])
+    assert schema_errors(_broken(corpus, j, caught_by=None)) != []
+    assert schema_errors(_broken(corpus, j, deviation="SegmentAscePrepareHost")) != []
+    hidden = _first(corpus, False)
+    assert schema_errors(_broken(corpus, hidden, deviation="Regress_" + "0" * 12)) != []
 
 
 def test_schema_wants_model_first_when_the_simulator_lacks_it(

@@ -315,6 +315,54 @@ def test_mem_limit_attribute() -> None:
         assert vm.s390_set_mem_limit(4 * GiB, check=False) == -errno.EBUSY
 
 
+def test_set_tod_attribute() -> None:
+    """kvm_s390_set_tod(): EOPNOTSUPP while protected (6973091d1b50), HIGH only 0, else ENXIO."""
+    tod, low, high, ext = (
+        uapi.KVM_S390_VM_TOD,
+        uapi.KVM_S390_VM_TOD_LOW,
+        uapi.KVM_S390_VM_TOD_HIGH,
+        uapi.KVM_S390_VM_TOD_EXT,
+    )
+    val = ctypes.c_uint64(0)
+    addr = ctypes.addressof(val)
+    ext_buf = (ctypes.c_uint64 * 2)(0, 5)  # struct kvm_s390_vm_tod_clock: tod at offset 8
+    with pv_vm(boot=False, enable=False) as env:
+        vm = env.vm
+        assert vm.set_device_attr(tod, high, addr) == 0
+        val.value = 1
+        assert vm.set_device_attr(tod, high, addr, check=False) == -errno.EINVAL
+        assert vm.set_device_attr(tod, low, addr) == 0
+        assert vm.set_device_attr(tod, 7, addr, check=False) == -errno.ENXIO
+        assert vm.set_device_attr(tod, low, 0, check=False) == -errno.EFAULT
+        assert vm.set_device_attr(tod, ext, ctypes.addressof(ext_buf)) == 0
+        assert cmd(vm, P.KVM_PV_ENABLE).rc == 1
+        for attr in (low, high, ext):
+            assert vm.set_device_attr(tod, attr, addr, check=False) == -errno.EOPNOTSUPP
+        assert cmd(vm, P.KVM_PV_DISABLE).rc == 1
+        assert vm.set_device_attr(tod, low, addr) == 0
+
+
+def test_signal_pending_enable_eintr() -> None:
+    """A caught signal interrupts ENABLE's first notifier registration only, and is delivered
+    when the ioctl that saw it (or any other) returns."""
+    with pv_vm(boot=False, enable=False) as env:
+        tid = threading.get_native_id()
+        env.host.deliver_signal(tid)
+        assert env.host.signal_pending(tid)
+        env.vm.check_cap(uapi.KvmCap.KVM_CAP_S390_PROTECTED)  # returns: delivered
+        assert not env.host.signal_pending(tid)
+        env.host.deliver_signal(tid)
+        arg = uapi.kvm_pv_cmd(cmd=int(P.KVM_PV_ENABLE), rc=0xAAAA, rrc=0xBBBB)
+        assert env.vm.pv_ioctl(arg) == -errno.EINTR  # raw: no EINTR retry
+        assert (int(arg.rc), int(arg.rrc)) == (0xAAAA, 0xBBBB)  # before any UV call
+        assert env.host.configs() == [] and not env.host.signal_pending(tid)
+        assert cmd(env.vm, P.KVM_PV_ENABLE).rc == 1
+        assert cmd(env.vm, P.KVM_PV_DISABLE).rc == 1
+        env.host.deliver_signal(tid)
+        arg = uapi.kvm_pv_cmd(cmd=int(P.KVM_PV_ENABLE))
+        assert env.vm.pv_ioctl(arg) == 0  # registered once per VM: nothing to interrupt
+
+
 # --------------------------------------------------------------------------
 # KVM_S390_PV_COMMAND common path (spec 3.1) and INFO (spec 2.3)
 # --------------------------------------------------------------------------

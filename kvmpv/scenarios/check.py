@@ -180,12 +180,24 @@ def sim_live_configs(ctx: CheckContext) -> list[Any]:
 
 
 def check_nothing_left(ctx: CheckContext, when: str) -> None:
-    """Simulator: no live configuration, no secure page, protected_count 0."""
+    """Simulator: no live configuration, no secure page in ANY configuration, protected_count 0.
+
+    Secure pages are counted in every configuration that still owns some,
+    whatever its state: a configuration the UV has already destroyed
+    (``destroyed``) or leaked still holds its pages secure until something
+    destroys or exports them, and counting only the live ones let a teardown
+    that skips its final sweep pass every check (docs/regressions.md, "Blind
+    spots"; ``Invented_NoFinalSweep`` in tests/_regressions.py).  On a real
+    kernel nothing shows secure pages of a destroyed configuration to the VMM:
+    the kernel exports them when they are touched.
+    """
     live = sim_live_configs(ctx)
     ctx.check_eq(
         [(c.handle, c.state) for c in live], [], f"UV configurations still registered {when}"
     )
-    ctx.check_eq(sum(c.secure_bytes for c in live), 0, f"secure bytes {when}")
+    owning = {c.handle: (c.state, c.secure_bytes) for c in ctx.sim.configs() if c.secure_bytes}
+    ctx.check_eq(owning, {}, f"configurations still owning secure pages {when}")
+    ctx.check_eq(sum(ctx.sim.secure_bytes().values()), 0, f"secure bytes {when}")
     ctx.check_eq(ctx.sim.protected_count, 0, f"mm protected_count {when}")
 
 
@@ -672,7 +684,12 @@ def check_prepare_twice(ctx: CheckContext) -> None:
         check_nothing_left(ctx, "after DISABLE")
 
 
-@check("prepare_mem_limit_2g_einval", spec="3.3 step 4, 3.10, FIX2G", needs=(Need.PV_ASYNC,))
+@check(
+    "prepare_mem_limit_2g_einval",
+    spec="3.3 step 4, 3.10, FIX2G",
+    needs=(Need.PV_ASYNC,),
+    guards=("292a7d6fca33",),
+)
 def check_mem_limit(ctx: CheckContext) -> None:
     """A VM memory limit <= 2 GiB (segment-table ASCE) makes PREPARE EINVAL; 2 GiB + 1 MiB works.
 
@@ -703,6 +720,86 @@ def check_mem_limit_busy(ctx: CheckContext) -> None:
     vm.vcpu_add(0)
     ret = vm.s390_set_mem_limit(2 * GiB, check=False)
     ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EBUSY", "limit after the first vCPU")
+
+
+def _set_tod(vm: Vm, attr: int, value: int) -> str:
+    """KVM_SET_DEVICE_ATTR(KVM_S390_VM_TOD, attr) with ``value``: "success" or the errno name."""
+    # One buffer serves all three attributes: HIGH reads its first byte (0),
+    # LOW the first u64, EXT struct kvm_s390_vm_tod_clock (epoch_idx 0 at
+    # offset 0, tod at offset 8).
+    buf = (ctypes.c_uint64 * 2)(value if attr == uapi.KVM_S390_VM_TOD_LOW else 0, value)
+    ret = vm.set_device_attr(uapi.KVM_S390_VM_TOD, attr, ctypes.addressof(buf), check=False)
+    return errno_text(-ret if ret < 0 else 0)
+
+
+@check(
+    "set_tod_refused_while_protected",
+    spec="3.2, 4",
+    needs=(Need.PV_HOST,),
+    guards=("6973091d1b50",),
+)
+def check_set_tod(ctx: CheckContext) -> None:
+    """Setting the guest TOD (KVM_S390_VM_TOD LOW, HIGH, EXT) of a protected VM is EOPNOTSUPP;
+    before ENABLE and after DISABLE it works.
+
+    The Ultravisor owns a protected guest's clock and ignores the epoch KVM
+    writes into the state descriptions, so since commit 6973091d1b50 (v6.1)
+    kvm_s390_set_tod() refuses while kvm_s390_pv_is_protected(); before it
+    the set succeeded and KVM's idea of the guest clock went wrong (a guest
+    waiting for its clock comparator could sleep far longer).  Runs on a real
+    PV host as well.
+    """
+    tod = 1 << 52  # any value: the clock never runs in the check
+    guest = make_vm(ctx, enable=False)
+    ctx.check_eq(_set_tod(guest.vm, uapi.KVM_S390_VM_TOD_LOW, tod), "success", "TOD before ENABLE")
+    ctx.require_ok(ctx.pv(guest.vm, ENABLE))
+    for attr, name in (
+        (uapi.KVM_S390_VM_TOD_LOW, "LOW"),
+        (uapi.KVM_S390_VM_TOD_HIGH, "HIGH"),
+        (uapi.KVM_S390_VM_TOD_EXT, "EXT"),
+    ):
+        got = _set_tod(guest.vm, attr, tod)
+        # EOPNOTSUPP and ENOTSUP are the same number on Linux (95)
+        want = errno_text(errno.EOPNOTSUPP)
+        ctx.check_eq(got, want, f"TOD {name} of a protected VM (EOPNOTSUPP)")
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    ctx.check_eq(_set_tod(guest.vm, uapi.KVM_S390_VM_TOD_LOW, tod), "success", "TOD after DISABLE")
+
+
+@check(
+    "enable_signal_pending_eintr",
+    spec="3.1, 3.2",
+    sim_only="a signal pending at a chosen point of ENABLE (a real thread handles it on the way "
+    "back to user space, so only a racing sender could hit the window)",
+    guards=("185d903064f8",),
+)
+def check_enable_signal_pending(ctx: CheckContext) -> None:
+    """ENABLE with a signal pending fails with EINTR before any UV call (rc/rrc untouched,
+    nothing created); the retry works, and the notifier, once registered, never fails again.
+
+    kvm_s390_pv_init_vm() registers its mmu notifier on the VM's first ENABLE;
+    mmu_notifier_register() fails with EINTR while a signal is pending.  Since
+    commit 185d903064f8 (v6.17) that error is returned before the
+    configuration is created (api.rst lists EINTR for ENABLE; QEMU retries);
+    before it the error was ignored, ENABLE returned 0 with no notifier, and
+    destroying the VM later dropped the mm once too often.
+    """
+    tid = threading.get_native_id()
+    guest = make_vm(ctx, enable=False)
+    ctx.sim.deliver_signal(tid)
+    ret, rc, rrc = ctx.pv_raw(guest.vm, int(ENABLE))
+    ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EINTR", "ENABLE with a signal pending")
+    ctx.check_eq((hex(rc), hex(rrc)), (hex(RC_SENTINEL), hex(RRC_SENTINEL)), "rc/rrc untouched")
+    ctx.check_eq(ctx.sim.configs(), [], "secure configurations after the interrupted ENABLE")
+    ctx.check_eq(sim_vm(ctx, guest.vm).protected, False, "VM protected after EINTR")
+    ctx.expect(ctx.pv(guest.vm, ENABLE), rc=1)  # the retry
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    # Registered once per VM: a later ENABLE does not register again.
+    ctx.sim.deliver_signal(tid)
+    ctx.expect(ctx.pv(guest.vm, ENABLE), rc=1)
+    ctx.expect(ctx.pv(guest.vm, DISABLE), rc=1)
+    guest.vm.close()
+    check_nothing_left(ctx, "after close")
 
 
 @check(

@@ -45,8 +45,10 @@ raises ``TypeError`` if it overrides any other simulator method (private
 helpers are no interface: they may change with any refactoring).  A bug at a
 call site may need the caller and the callee (tests/_deviating.py's
 ``DestroyCpuErrorIgnoredHost``: the PREPARE case ignoring
-``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 28 such
-deviations, tests/test_sim_kernel_functions.py the rules.
+``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 27 such
+deviations, tests/_regressions.py 4 more (upstream fixes of the regression
+corpus reinstated, ``Regress_<commit>``, and invented ones), and
+tests/test_sim_kernel_functions.py the rules.
 
 ``SimulatedHost`` implements the ``kvmpv.syscalls.Syscalls`` protocol
 (``backend = "sim"``): ``Kvm(sys=SimulatedHost())`` opens a simulated
@@ -132,6 +134,9 @@ The outside world
   ``KVM_RUN`` if the vCPU is outside it, so it is never lost).
 * ``deliver_fatal_signal(tid)`` / ``clear_fatal_signal(tid)``: a fatal signal
   for native thread ``tid``; PERFORM notices it between batches (spec 3.4).
+* ``deliver_signal(tid)``: a caught signal pending during that thread's next
+  ioctl (delivered when it returns); only ENABLE's first mmu notifier
+  registration looks at it (EINTR, commit 185d903064f8).
 * ``inject_uv_failure(uvc_cmd, rc, rrc, count)``: the Ultravisor fails the
   next matching calls (the EIO/EINVAL rows of table 3.9);
   ``inject_alloc_failure(site)``: the simulator's failslab (the ENOMEM row).
@@ -169,7 +174,7 @@ Memory unmapped behind the simulator's back (plain ``libc`` munmap) is
 outside this contract; ``msync()`` probing before each memset is only a
 best-effort guard against that.
 
-Not modelled: ENABLE failing with EINTR on a pending signal, SIGP (the
+Not modelled: SIGP (the
 guest starting its other CPUs), interrupts, registers other than the PSW,
 ucontrol VMs beyond their creation, blocking of ``KVM_RUN`` while dumping,
 process exit (spec 3.7: ``close_all()`` behaves like the fds being closed
@@ -197,6 +202,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 
 from ..syscalls import IoctlArg, buffer_address, libc, raise_errno
 from . import gmap, intercept, kvm_s390, pv, uv
@@ -294,6 +300,7 @@ class SimulatedHost(KvmS390):
             return self.kvm_arch_vcpu_ioctl(f.obj, request, addr)
         finally:
             self._fput(f)
+            self._signal_delivered(threading.get_native_id())
 
     def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0) -> int:
         """mmap of a vCPU fd maps its ``kvm_run`` page (shared with the simulator).

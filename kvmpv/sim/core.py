@@ -148,6 +148,7 @@ class HostState:
         self._busy = _Ranges()
         self._protected_count = 0  # mm->context.protected_count (one mm: this process)
         self._fatal: set[int] = set()
+        self._signals: set[int] = set()
         self._inject: dict[int, list[list[int]]] = {}
         self._uv_log: collections.deque[UvCall] = collections.deque(maxlen=4096)
         self._pauses: dict[str, _Pause] = {}
@@ -189,6 +190,29 @@ class HostState:
     def fatal_signal_pending(self, tid: int) -> bool:
         with self._lock:
             return tid in self._fatal
+
+    def deliver_signal(self, tid: int) -> None:
+        """A caught (non-fatal) signal is pending for native thread ``tid`` during its next ioctl.
+
+        What tests ``signal_pending(current)`` in that ioctl sees it: ENABLE's
+        first mmu_notifier_register() (mm_take_all_locks()) fails with EINTR
+        (``kvm_s390_pv_init_vm``).  A real signal cannot be held pending at a
+        chosen point of an ioctl (it is handled on the way back to user
+        space), so the simulator takes it as arriving during the ioctl; the
+        ioctl's return to user space delivers it (``SimulatedHost.ioctl``).
+        """
+        with self._lock:
+            self._signals.add(tid)
+
+    def signal_pending(self, tid: int) -> bool:
+        """signal_pending() of native thread ``tid``: a caught or a fatal signal is pending."""
+        with self._lock:
+            return tid in self._signals or tid in self._fatal
+
+    def _signal_delivered(self, tid: int) -> None:
+        """The return to user space of ``tid``'s ioctl runs its caught signal's handler."""
+        with self._lock:
+            self._signals.discard(tid)
 
     def inject_uv_failure(self, uvc_cmd: int, rc: int, rrc: int, count: int = 1) -> None:
         """Make the next ``count`` Ultravisor calls ``uvc_cmd`` fail (cc 1) with rc/rrc.

@@ -192,6 +192,7 @@ class _Vm:
         # KVM_S390_PV_COMMAND; from then on KVM_RUN no longer starts a STOPPED vCPU.
         self.user_cpu_state_ctrl = False
         self.service_signal = False  # a KVM_S390_INT_SERVICE is pending
+        self.guest_tod = 0  # the last KVM_S390_VM_TOD value set (kvm_s390_set_tod)
 
 
 class _File:

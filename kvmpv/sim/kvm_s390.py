@@ -55,6 +55,7 @@ KERNEL_FUNCTIONS = {
     "kvm_arch_vm_ioctl": "arch/s390/kvm/kvm-s390.c",
     "kvm_arch_prepare_memory_region": "arch/s390/kvm/kvm-s390.c",
     "kvm_s390_mem_control": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_set_tod": "arch/s390/kvm/kvm-s390.c",
     "kvm_arch_vcpu_create": "arch/s390/kvm/kvm-s390.c",
     "kvm_arch_vcpu_ioctl": "arch/s390/kvm/kvm-s390.c",
     "kvm_s390_vcpu_sida_op": "arch/s390/kvm/kvm-s390.c",
@@ -161,6 +162,9 @@ class KvmS390(Intercept):
             uapi.KVM_GET_DEVICE_ATTR,
             uapi.KVM_HAS_DEVICE_ATTR,
         ):
+            a = self._copy_in(arg, uapi.kvm_device_attr)
+            if request == uapi.KVM_SET_DEVICE_ATTR and int(a.group) == uapi.KVM_S390_VM_TOD:
+                return self.kvm_s390_set_tod(vm, int(a.attr), int(a.addr))
             return self.kvm_s390_mem_control(vm, request, arg)
         if request == uapi.KVM_ENABLE_CAP:
             self._copy_in(arg, uapi.kvm_enable_cap)
@@ -240,8 +244,9 @@ class KvmS390(Intercept):
         """
         a = self._copy_in(arg, uapi.kvm_device_attr)
         group, attr, addr = int(a.group), int(a.attr), int(a.addr)
-        # Only the memory-control group is modelled; the other s390 groups
-        # (TOD, crypto, CPU model, migration, topology) answer ENXIO here.
+        # Only the memory-control group (and setting the TOD group,
+        # kvm_s390_set_tod()) is modelled; the other s390 groups (getting the
+        # TOD, crypto, CPU model, migration, topology) answer ENXIO here.
         if group != uapi.KVM_S390_VM_MEM_CTRL:
             raise _err(errno.ENXIO)
         if attr in (uapi.KVM_S390_VM_MEM_ENABLE_CMMA, uapi.KVM_S390_VM_MEM_CLR_CMMA):
@@ -270,6 +275,38 @@ class KvmS390(Intercept):
             # answering the host maximum, as the kernel does).
             vm.gmap_limit = new_limit
         return 0
+
+    def kvm_s390_set_tod(self, vm: _Vm, attr: int, addr: int) -> int:
+        """kvm_s390_set_tod() (kvm-s390.c): KVM_SET_DEVICE_ATTR, group KVM_S390_VM_TOD.
+
+        Commit 6973091d1b50 ("KVM: s390: pv: don't allow userspace to set the
+        clock under PV", v6.1): under kvm->lock, a protected VM
+        (kvm_s390_pv_is_protected(): a current configuration; one set aside by
+        PREPARE no longer counts) is refused with EOPNOTSUPP before the
+        attribute is even looked at, because the Ultravisor ignores the epoch
+        KVM would write into the state descriptions.  Otherwise
+        kvm_s390_set_tod_{ext,high,low}(): HIGH accepts only 0 (EINVAL), EXT an
+        epoch index only with facility 139 (every Secure Execution machine, z15+,
+        has it), LOW any value; another attribute is ENXIO.  The simulator keeps
+        the value as the VM's guest TOD; nothing runs on a clock here.
+        """
+        with vm.lock:
+            if vm.config is not None:
+                raise _err(errno.EOPNOTSUPP)
+            if attr == uapi.KVM_S390_VM_TOD_HIGH:
+                if addr == 0:
+                    raise _err(errno.EFAULT)  # copy_from_user()
+                if ctypes.c_uint8.from_address(addr).value != 0:
+                    raise _err(errno.EINVAL)
+                return 0
+            if attr == uapi.KVM_S390_VM_TOD_LOW:
+                vm.guest_tod = self._get_u64(addr)
+                return 0
+            if attr == uapi.KVM_S390_VM_TOD_EXT:
+                # struct kvm_s390_vm_tod_clock: epoch_idx (u8) at 0, tod (u64) at 8
+                vm.guest_tod = self._get_u64(addr + 8)
+                return 0
+            raise _err(errno.ENXIO)
 
     def kvm_arch_vcpu_create(self, vm: _Vm, vcpu_id: int) -> int:
         """kvm_arch_vcpu_create() (kvm-s390.c) behind KVM_CREATE_VCPU."""

@@ -58,6 +58,7 @@ KERNEL_FUNCTIONS = {
     "kvm_arch_vm_ioctl_pv_command": "arch/s390/kvm/kvm-s390.c",
     "kvm_s390_handle_pv": "arch/s390/kvm/kvm-s390.c",
     "kvm_s390_handle_pv_enable": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_pv_init_vm": "arch/s390/kvm/pv.c",
     "kvm_s390_pv_create_cpu": "arch/s390/kvm/pv.c",
     "kvm_s390_cpus_from_pv": "arch/s390/kvm/kvm-s390.c",
     "kvm_s390_pv_deinit_vm": "arch/s390/kvm/pv.c",
@@ -134,6 +135,44 @@ class Pv(Gmap):
         spec 3.2; kvm_s390_pv_init_vm() + kvm_s390_cpus_to_pv()."""
         if vm.config is not None:
             return -errno.EINVAL
+        r = self.kvm_s390_pv_init_vm(vm, out)
+        if r:
+            return r
+        cfg = vm.config
+        assert cfg is not None
+        handle = cfg.handle
+        # kvm_s390_cpus_to_pv(): each vCPU under its mutex; on failure undo.
+        r = 0
+        for vcpu in list(vm.vcpus):
+            with self._vcpu_locked(vcpu):
+                cc, out.rc, out.rrc = self.uv_call(UVC_CMD_CREATE_SEC_CPU, handle)
+                if cc:
+                    r = -errno.EIO
+                else:
+                    self.kvm_s390_pv_create_cpu(vcpu, cfg)
+            if r:
+                break
+        if r:
+            self.kvm_s390_cpus_from_pv(vm, _Out())
+            self.kvm_s390_pv_deinit_vm(vm, _Out())
+        return r
+
+    def kvm_s390_pv_init_vm(self, vm: _Vm, out: _Out) -> int:
+        """kvm_s390_pv_init_vm() (pv.c): register the mmu notifier, Create Secure Configuration.
+
+        The notifier (its release callback destroys the secure CPUs when the
+        mm goes) is registered once per VM, under kvm->lock.  Since commit
+        185d903064f8 ("KVM: s390: Fix incorrect usage of
+        mmu_notifier_register()", v6.17) that comes first and its error is
+        returned: mmu_notifier_register() fails with EINTR while a signal is
+        pending (mm_take_all_locks()), before any UV call, so rc/rrc stay
+        untouched and nothing is created; userspace retries.  It stays
+        registered if the Create Secure Configuration below fails.
+        """
+        if not vm.mmu_notifier:
+            if self.signal_pending(threading.get_native_id()):
+                return -errno.EINTR
+            vm.mmu_notifier = True  # unregistered when the VM is destroyed
         cc, out.rc, out.rrc = self.uv_call(UVC_CMD_CREATE_SEC_CONF, 0)
         with self._mm:
             handle = self._new_handle()
@@ -152,22 +191,7 @@ class Pv(Gmap):
                     del self._configs[handle]
             return -errno.EIO
         vm.config = cfg
-        vm.mmu_notifier = True  # registered once, on the first success
-        # kvm_s390_cpus_to_pv(): each vCPU under its mutex; on failure undo.
-        r = 0
-        for vcpu in list(vm.vcpus):
-            with self._vcpu_locked(vcpu):
-                cc, out.rc, out.rrc = self.uv_call(UVC_CMD_CREATE_SEC_CPU, handle)
-                if cc:
-                    r = -errno.EIO
-                else:
-                    self.kvm_s390_pv_create_cpu(vcpu, cfg)
-            if r:
-                break
-        if r:
-            self.kvm_s390_cpus_from_pv(vm, _Out())
-            self.kvm_s390_pv_deinit_vm(vm, _Out())
-        return r
+        return 0
 
     def kvm_s390_pv_create_cpu(self, vcpu: _Vcpu, cfg: _Config) -> None:
         """kvm_s390_pv_create_cpu() (arch/s390/kvm/pv.c): Create Secure CPU bookkeeping."""

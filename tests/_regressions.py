@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The kernel's own PV bugs, reinstated: one deviating simulator per observable corpus entry.
+
+fixtures/regressions/corpus.json lists the upstream fixes since v6.1 in the
+PV and async-teardown paths.  For each one a VMM could observe, and the
+simulator can model, a class here named after the fixing commit
+(``Regress_<12 hex digits>``) puts back exactly the behaviour the fix
+removed, by overriding the simulator method of the kernel function the corpus
+entry names (``sim_function``, a key of ``kvmpv.sim.KERNEL_FUNCTIONS``).  The
+corpus entry names the class (``deviation``) and the check that fails on it
+(``caught_by``); tests/test_regressions.py runs each one against that check.
+
+``Invented_*`` classes are NOT upstream bugs: each reinstates a plausible bug
+that a blind spot of a check let through (issue 25 item 4), marked
+``invented = True`` and listed in no corpus entry.
+
+The mechanics are those of tests/_deviating.py (``targets``, ``breaks``,
+``symptom``), and ``_deviating.all_deviations()`` includes these classes, so
+tests/test_registry_coverage.py runs them against the whole registry too.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from _deviating import _SimBug
+
+
+class _Regression(_SimBug):
+    """A deviation that reinstates an upstream bug: ``commit`` is the fixing commit."""
+
+    commit: ClassVar[str] = ""
+    invented: ClassVar[bool] = False
+
+
+class Regress_292a7d6fca33(_Regression):
+    """Commit 292a7d6fca33 "KVM: s390: pv: fix asynchronous teardown for small VMs" (v6.4),
+    reverted: PREPARE sets aside a VM whose memory limit gives a segment-table ASCE (<= 2 GiB).
+
+    Before the fix kvm_s390_pv_set_aside() did not look at the ASCE type, and
+    s390_replace_asce() replaced a segment table it could not copy (stale
+    host_to_guest pointers); the fix made PREPARE EINVAL there.
+    """
+
+    commit = "292a7d6fca33df70ca4b8e9b0d0e74adf87582dc"
+    targets = frozenset({"prepare_mem_limit_2g_einval"})
+    breaks = (
+        "kvm_s390_pv_set_aside(): EINVAL for a segment-type ASCE (commit 292a7d6fca33, "
+        "s390_replace_asce() cannot copy a segment table); dropped"
+    )
+    symptom = "PREPARE ioctl result: expected 'EINVAL', got 'success'"
+
+    def kvm_s390_pv_set_aside(self, vm: Any, data: int, out: Any) -> int:
+        limit = vm.gmap_limit
+        vm.gmap_limit = max(limit, (4 << 30) - 1)  # step 4 sees a region-third table
+        try:
+            return super().kvm_s390_pv_set_aside(vm, data, out)
+        finally:
+            vm.gmap_limit = limit
+
+
+class Regress_6973091d1b50(_Regression):
+    """Commit 6973091d1b50 "KVM: s390: pv: don't allow userspace to set the clock under PV"
+    (v6.1), reverted: KVM_SET_DEVICE_ATTR KVM_S390_VM_TOD succeeds on a protected VM.
+
+    Before the fix kvm_s390_set_tod() had no kvm_s390_pv_is_protected() test:
+    the new epoch was accepted (and ignored by the Ultravisor).
+    """
+
+    commit = "6973091d1b50ab4042f6a2d495f59e9db3662ab8"
+    targets = frozenset({"set_tod_refused_while_protected"})
+    breaks = (
+        "kvm_s390_set_tod(): 'if (kvm_s390_pv_is_protected(kvm)) ret = -EOPNOTSUPP' "
+        "(commit 6973091d1b50); dropped, the TOD of a protected VM is set"
+    )
+    symptom = "of a protected VM (EOPNOTSUPP): expected 'ENOTSUP', got 'success'"
+
+    def kvm_s390_set_tod(self, vm: Any, attr: int, addr: int) -> int:
+        config, vm.config = vm.config, None  # the protected test sees no configuration
+        try:
+            return super().kvm_s390_set_tod(vm, attr, addr)
+        finally:
+            vm.config = config
+
+
+class Regress_185d903064f8(_Regression):
+    """Commit 185d903064f8 "KVM: s390: Fix incorrect usage of mmu_notifier_register()" (v6.17),
+    reverted: ENABLE ignores the failed registration of its mmu notifier and succeeds.
+
+    Before the fix kvm_s390_pv_init_vm() registered the notifier after Create
+    Secure Configuration, set its ops whether or not mmu_notifier_register()
+    succeeded and returned 0, so the EINTR of a pending signal never reached
+    userspace (and the VM's destruction later unregistered a notifier that was
+    never registered).
+    """
+
+    commit = "185d903064f8680c2de43514c94fddc0d75ed00a"
+    targets = frozenset({"enable_signal_pending_eintr"})
+    breaks = (
+        "kvm_s390_pv_init_vm(): 'ret = mmu_notifier_register(...); if (ret) return ret' "
+        "(commit 185d903064f8); here the result is ignored and the ops set anyway"
+    )
+    symptom = "ENABLE with a signal pending: expected 'EINTR', got 'success'"
+
+    def kvm_s390_pv_init_vm(self, vm: Any, out: Any) -> int:
+        vm.mmu_notifier = True  # 'registered' whatever mmu_notifier_register() said
+        return super().kvm_s390_pv_init_vm(vm, out)
+
+
+class Invented_NoFinalSweep(_Regression):
+    """INVENTED (no upstream commit): kvm_s390_pv_deinit_cleanup_all() without its final
+    s390_uv_destroy_range() sweep, so DISABLE and the VM's close leave the guest's memory
+    secure in configurations the Ultravisor has already destroyed.
+
+    ``check_nothing_left`` used to count secure bytes only of *live*
+    configurations, so the whole registry passed on this host (docs/regressions.md,
+    "Blind spots of the checks themselves"); it now counts every configuration
+    that still owns pages, whatever its state.
+    """
+
+    invented = True
+    targets = frozenset({"disable_with_leftover", "close_vm_with_leftover"})
+    breaks = (
+        "kvm_s390_pv_deinit_cleanup_all(): after the Destroy Secure Configuration calls the "
+        "mm is swept with s390_uv_destroy_range() (need_zap); here the sweep is skipped"
+    )
+    symptom = "configurations still owning secure pages"
+
+    _in_cleanup = threading.local()
+
+    def kvm_s390_pv_deinit_cleanup_all(self, vm: Any, out: Any) -> int:
+        self._in_cleanup.on = True
+        try:
+            return super().kvm_s390_pv_deinit_cleanup_all(vm, out)
+        finally:
+            self._in_cleanup.on = False
+
+    def s390_uv_destroy_range(
+        self, ranges: list[tuple[int, int]], *, interruptible: bool, tid: int = 0
+    ) -> bool:
+        if getattr(self._in_cleanup, "on", False):
+            return True  # "swept": nothing was destroyed
+        return super().s390_uv_destroy_range(ranges, interruptible=interruptible, tid=tid)
+
+
+def regressions() -> dict[str, type[_Regression]]:
+    """Every deviation of this module by class name (the corpus's ``deviation`` values)."""
+    return {
+        name: obj
+        for name, obj in globals().items()
+        if isinstance(obj, type) and issubclass(obj, _Regression) and obj is not _Regression
+    }
