@@ -21,6 +21,7 @@ tests/test_registry_coverage.py runs them against the whole registry too.
 
 from __future__ import annotations
 
+import errno
 import threading
 from typing import Any, ClassVar
 
@@ -106,6 +107,32 @@ class Regress_185d903064f8(_Regression):
     def kvm_s390_pv_init_vm(self, vm: Any, out: Any) -> int:
         vm.mmu_notifier = True  # 'registered' whatever mmu_notifier_register() said
         return super().kvm_s390_pv_init_vm(vm, out)
+
+
+class Regress_3ec8a8330a1a(_Regression):
+    """Commit 3ec8a8330a1a "s390/uv: Don't return 0 from make_hva_secure() if the operation
+    was not successful" (v6.16), reverted: a page of a large folio is split, not imported,
+    and make_hva_secure() returns 0.
+
+    Before the fix make_hva_secure() returned what s390_wiggle_split_folio()
+    returned, 0 after a successful split; unpack_one() and kvm_s390_pv_unpack()
+    took the page as unpacked and went on to the next one, and the image
+    failed VERIFY (Fixes: d8dfda5af0be, in v6.14).
+    """
+
+    commit = "3ec8a8330a1aa846dffbf1d64479213366c55b54"
+    targets = frozenset({"unpack_large_folio_retried"})
+    breaks = (
+        "make_hva_secure(): 'if (!rc) rc = -EAGAIN;' after s390_wiggle_split_folio() "
+        "(commit 3ec8a8330a1a); dropped, the split page is reported secure"
+    )
+    symptom = "VERIFY failed: errno 22 (EINVAL) Invalid argument; UV rc 0x0102 rrc 0x001d"
+
+    def make_hva_secure(
+        self, cfg: Any, s: int, e: int, *, clear: bool = True, fill: Any = None
+    ) -> int:
+        ret = super().make_hva_secure(cfg, s, e, clear=clear, fill=fill)
+        return 0 if ret == -errno.EAGAIN else ret
 
 
 class Invented_NoFinalSweep(_Regression):

@@ -49,7 +49,14 @@ from typing import Any, Optional
 from .. import s390guest, uapi
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
-from ..pv import ProtectedBoot, PvResult, load_image, pv_cmd, s390_machine_protect
+from ..pv import (
+    BootError,
+    ProtectedBoot,
+    PvResult,
+    load_image,
+    pv_cmd,
+    s390_machine_protect,
+)
 from ..runner import (
     exit_name,
     guest_finished,
@@ -505,6 +512,52 @@ def check_unpack_outside(ctx: CheckContext) -> None:
     hole = LOW_GPA + LOW_SIZE  # above the one memslot
     ret, _, _ = _unpack(ctx, guest.vm, hole, 4096, 1 << 48)
     ctx.check_eq(errno_text(-ret), "EFAULT", f"UNPACK at {hole:#x}, outside the memslots")
+
+
+#: The folio size of ``unpack_large_folio_retried``: 16 KiB (4 pages), so that each
+#: component of the synthetic image meets more than one large folio.
+LARGE_FOLIO = 16 * 1024
+
+
+@check(
+    "unpack_large_folio_retried",
+    spec="10.3",
+    needs_image=True,
+    sim_only="which guest pages are large folios is the host mm's choice (mTHP, the page "
+    "cache); a VMM cannot make UNPACK meet one on purpose",
+    guards=("3ec8a8330a1a",),
+)
+def check_unpack_large_folio(ctx: CheckContext) -> None:
+    """UNPACK of image pages in large folios imports every page: the folios are split and
+    each page retried, VERIFY succeeds, the guest runs to its end and its memory is secure.
+
+    A large folio cannot be secure: make_hva_secure() splits it
+    (s390_wiggle_split_folio()) and returns -EAGAIN, and kvm_s390_pv_unpack()
+    retries the page.  Before commit 3ec8a8330a1a (v6.16) the 0 of the
+    successful split was returned instead, UNPACK skipped the page and
+    reported success, and the image failed VERIFY (page count).
+    """
+    assert ctx.image is not None
+    guest = image_vm(ctx)
+    comps = ctx.image.components
+    lo = min(c.addr for c in comps) // LARGE_FOLIO * LARGE_FOLIO
+    hi = -(-max(c.addr + c.size for c in comps) // LARGE_FOLIO) * LARGE_FOLIO
+    base = guest.low.addr - LOW_GPA
+    ctx.sim.back_with_large_folios(base + lo, hi - lo, LARGE_FOLIO)
+    folios = (hi - lo) // LARGE_FOLIO
+    ctx.diag(f"image [{lo:#x}, {hi:#x}): {folios} large folios of {LARGE_FOLIO >> 10} KiB")
+    ctx.check_eq(ctx.sim.large_folio_bytes(base + lo, hi - lo), hi - lo, "large folios set up")
+    try:
+        booted = protected_boot(ctx, guest)
+    except BootError as exc:
+        ctx.check_true(False, f"the image with large folios booted: {exc}")
+        return
+    ctx.check_true(booted.verified, "the image verified")
+    assert booted.end is not None
+    ctx.check_eq(booted.end.kind, "payload", f"how the guest ended: {booted.end.describe()}")
+    ctx.check_eq(ctx.sim.large_folio_bytes(base + lo, hi - lo), 0, "large folios left unsplit")
+    info = sim_vm(ctx, guest.vm)
+    ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")
 
 
 @check(

@@ -46,7 +46,7 @@ helpers are no interface: they may change with any refactoring).  A bug at a
 call site may need the caller and the callee (tests/_deviating.py's
 ``DestroyCpuErrorIgnoredHost``: the PREPARE case ignoring
 ``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 27 such
-deviations, tests/_regressions.py 4 more (upstream fixes of the regression
+deviations, tests/_regressions.py 5 more (upstream fixes of the regression
 corpus reinstated, ``Regress_<commit>``, and invented ones), and
 tests/test_sim_kernel_functions.py the rules.
 
@@ -137,6 +137,10 @@ The outside world
 * ``deliver_signal(tid)``: a caught signal pending during that thread's next
   ioctl (delivered when it returns); only ENABLE's first mmu notifier
   registration looks at it (EINTR, commit 185d903064f8).
+* ``back_with_large_folios(addr, length, folio_size)``: the host mm keeps that
+  memory in large folios; ``make_hva_secure()`` splits one and returns
+  -EAGAIN, and UNPACK retries the page (commit 3ec8a8330a1a);
+  ``large_folio_bytes(addr, length)`` tells what is left unsplit.
 * ``inject_uv_failure(uvc_cmd, rc, rrc, count)``: the Ultravisor fails the
   next matching calls (the EIO/EINVAL rows of table 3.9);
   ``inject_alloc_failure(site)``: the simulator's failslab (the ENOMEM row).
