@@ -135,6 +135,42 @@ class Regress_3ec8a8330a1a(_Regression):
         return 0 if ret == -errno.EAGAIN else ret
 
 
+class Regress_7b53b4801884(_Regression):
+    """Commit 7b53b4801884 "KVM: s390: Prevent memslots outside the ASCE range" (v7.1),
+    reverted: a memory limit below an existing memslot's end, and a memslot beyond the
+    ASCE range, are both accepted.
+
+    Before the fix kvm_s390_set_mem_control() did not look at the memslots
+    (only at the vCPUs) and kvm_arch_prepare_memory_region() compared a new
+    slot only with kvm->arch.mem_limit, not with the gmap's ASCE
+    (asce_contains_gfn()); Fixes: e38c884df921, the 7.0 gmap, where a slot
+    outside the ASCE became a source of bugs.
+    """
+
+    commit = "7b53b4801884d48551f26a17f00cdc0ae4640d64"
+    targets = frozenset({"memslots_inside_asce_range"})
+    breaks = (
+        "kvm_s390_set_mem_control(): EBUSY for a limit below a memslot's end, and "
+        "kvm_arch_prepare_memory_region(): EINVAL beyond asce_contains_gfn() (commit "
+        "7b53b4801884); both dropped"
+    )
+    symptom = "lacks fix 7b53b4801884"
+
+    def kvm_s390_set_mem_control(self, vm: Any, addr: int) -> int:
+        slots, vm.memslots = vm.memslots, {}  # the memslot test sees none
+        try:
+            return super().kvm_s390_set_mem_control(vm, addr)
+        finally:
+            vm.memslots = slots
+
+    def kvm_arch_prepare_memory_region(self, vm: Any, arg: int) -> int:
+        limit, vm.gmap_limit = vm.gmap_limit, (1 << 64) - 1  # asce_contains_gfn(): always
+        try:
+            return super().kvm_arch_prepare_memory_region(vm, arg)
+        finally:
+            vm.gmap_limit = limit
+
+
 class Invented_NoFinalSweep(_Regression):
     """INVENTED (no upstream commit): kvm_s390_pv_deinit_cleanup_all() without its final
     s390_uv_destroy_range() sweep, so DISABLE and the VM's close leave the guest's memory

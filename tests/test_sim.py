@@ -1249,3 +1249,33 @@ def test_unpack_splits_large_folios_and_retries() -> None:
         run_until_finished(env.vcpus[0])
         assert host.large_folio_bytes(base, SLOT) == 0  # the guest's faults split the rest
         assert host.vm_info(env.vm.fd).secure_bytes == SLOT
+
+
+def test_mem_limit_and_memslots_stay_inside_the_asce() -> None:
+    """kvm_s390_set_mem_control(): EBUSY below an existing memslot's end; and
+    kvm_arch_prepare_memory_region(): EINVAL for a slot beyond asce_contains_gfn() (both commit
+    7b53b4801884, v7.1); a move counts as a new slot, a delete or a flags change does not."""
+    host = sim(host_mem_limit=1 << 42)
+    with Kvm(sys=host) as kvm, GuestMemory(SLOT, sys=host) as mem:
+        with kvm.vm_create() as vm:
+            vm.set_user_memory_region(0, 4 * GiB - SLOT, SLOT, mem.addr)
+            assert vm.s390_set_mem_limit(2 * GiB, check=False) == -errno.EBUSY
+            assert vm.s390_set_mem_limit(4 * GiB - MiB, check=False) == -errno.EBUSY
+            assert host.vm_info(vm.fd).asce_type == "region-3"  # the gmap was left alone
+            assert vm.s390_set_mem_limit(4 * GiB) == 0
+            assert vm.mem_remove(0) == 0
+            assert vm.s390_set_mem_limit(2 * GiB) == 0  # no memslot any more
+        with kvm.vm_create() as vm:
+            assert vm.s390_set_mem_limit(2 * GiB) == 0
+            assert host.vm_info(vm.fd).asce_type == "segment"
+            ret = vm.set_user_memory_region(0, 2 * GiB, SLOT, mem.addr, check=False)
+            assert ret == -errno.EINVAL
+            vm.set_user_memory_region(0, 2 * GiB - SLOT, SLOT, mem.addr)
+            ret = vm.set_user_memory_region(0, 2 * GiB, SLOT, mem.addr, check=False)  # a move
+            assert ret == -errno.EINVAL
+            flags = uapi.KVM_MEM_LOG_DIRTY_PAGES
+            assert vm.set_user_memory_region(0, 2 * GiB - SLOT, SLOT, mem.addr, flags) == 0
+        with kvm.vm_create() as vm:  # no limit set: the host's 4 TiB, a region-third table
+            vm.set_user_memory_region(0, (1 << 42) - SLOT, SLOT, mem.addr)
+            ret = vm.set_user_memory_region(1, 1 << 42, SLOT, mem.addr, check=False)
+            assert ret == -errno.EINVAL  # kvm->arch.mem_limit already refuses it

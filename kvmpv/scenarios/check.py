@@ -775,6 +775,68 @@ def check_mem_limit_busy(ctx: CheckContext) -> None:
     ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EBUSY", "limit after the first vCPU")
 
 
+#: What a kernel without commit 7b53b4801884 (v7.1) is told when a check sees the old rule.
+LACKS_7B53 = (
+    "the kernel lacks fix 7b53b4801884 (v7.1, 'KVM: s390: Prevent memslots outside the ASCE range')"
+)
+
+
+@check(
+    "memslots_inside_asce_range",
+    spec="1.2, 3.10",
+    needs=(Need.S390,),
+    guards=("7b53b4801884",),
+)
+def check_memslots_asce_range(ctx: CheckContext) -> None:
+    """Memslots stay inside the VM's ASCE range: KVM_S390_VM_MEM_LIMIT_SIZE below the end of
+    an existing memslot is EBUSY, and a memslot beyond what a 2 GiB limit's segment table maps
+    is EINVAL (both before the first vCPU; commit 7b53b4801884, v7.1).
+
+    Before the fix kvm_s390_set_mem_control() made the smaller gmap and left
+    the memslot outside it, and kvm_arch_prepare_memory_region() compared a
+    new slot only with kvm->arch.mem_limit (the host's maximum, which the
+    attribute does not change); the ASCE type that limit selects is what
+    PREPARE looks at (commit 292a7d6fca33).  On an older kernel this check
+    fails with "lacks fix 7b53b4801884": a kernel developer's answer, not
+    kvmpv's.
+    """
+    mem = ctx.memory(8 * MiB)
+    # 1. a memslot ending at 4 GiB, then limits below and at its end
+    vm = ctx.vm()
+    vm.set_user_memory_region(0, 4 * GiB - mem.size, mem.size, mem.addr)
+    got = vm.s390_set_mem_limit(2 * GiB, check=False)
+    ctx.check_true(
+        got != 0,
+        f"{LACKS_7B53}: a 2 GiB limit under a memslot ending at 4 GiB "
+        "was accepted (EBUSY expected)",
+    )
+    if got:
+        ctx.check_eq(errno_text(-got), "EBUSY", "a 2 GiB limit under a memslot ending at 4 GiB")
+    got = vm.s390_set_mem_limit(4 * GiB - MiB, check=False)
+    ctx.check_eq(errno_text(-got if got < 0 else 0), "EBUSY", "a limit 1 MiB below the slot's end")
+    got = vm.s390_set_mem_limit(4 * GiB, check=False)
+    ctx.check_eq(errno_text(-got if got < 0 else 0), "success", "a limit at the slot's end")
+    vm.close()
+    # 2. a 2 GiB limit (segment table: 2 GiB mapped), then memslots up to and beyond it
+    vm = ctx.vm()
+    ctx.check_eq(vm.s390_set_mem_limit(2 * GiB, check=False), 0, "a 2 GiB limit, no memslot")
+    got = vm.set_user_memory_region(0, 2 * GiB, mem.size, mem.addr, check=False)
+    ctx.check_true(
+        got != 0,
+        f"{LACKS_7B53}: a memslot at 2 GiB, beyond the segment table of "
+        "a 2 GiB limit, was accepted (EINVAL expected)",
+    )
+    if got:
+        ctx.check_eq(errno_text(-got), "EINVAL", "a memslot beyond a 2 GiB limit's ASCE")
+    else:
+        vm.mem_remove(0, check=False)
+    got = vm.set_user_memory_region(0, 2 * GiB - mem.size, mem.size, mem.addr, check=False)
+    ctx.check_eq(errno_text(-got if got < 0 else 0), "success", "a memslot ending at 2 GiB")
+    if ctx.is_sim:
+        ctx.check_eq(sim_vm(ctx, vm).asce_type, "segment", "ASCE type with a 2 GiB limit")
+    vm.close()
+
+
 def _set_tod(vm: Vm, attr: int, value: int) -> str:
     """KVM_SET_DEVICE_ATTR(KVM_S390_VM_TOD, attr) with ``value``: "success" or the errno name."""
     # One buffer serves all three attributes: HIGH reads its first byte (0),
