@@ -59,7 +59,10 @@ caller's buffer as the kernel does, and fails with ``OSError(errno)`` where
 the kernel fails.  Reference: ``shared/spec/kvm-pv-async.md`` sections 1-3
 and 7 (cited as "spec 3.4" and so on); the kernel functions named in the
 comments are those of arch/s390/kvm/{kvm-s390,pv}.c (Linux 6.4 .. 7.0, all of
-which behave the same at this interface).
+which behave the same at this interface), plus the fixes of later releases
+that change what the interface answers, each citing its commit: UNPACK
+retrying a page whose large folio was split (3ec8a8330a1a, v6.16) and
+memslots kept inside the ASCE range (7b53b4801884, v7.1).
 
 What it may touch: the guest memory registered in memslots (cleared with
 ``ctypes.memset``, which releases the GIL, so the work is real and is charged

@@ -6,7 +6,8 @@ Models ``kvm_arch_dev_ioctl()``/``kvm_vm_ioctl_check_extension()``,
 ``KVM_S390_PV_COMMAND`` entry), ``kvm_arch_vcpu_create()``,
 ``kvm_arch_vcpu_ioctl()`` (MP_STATE, the three resets, MEM_OP, the vCPU PV
 commands) and ``kvm_arch_destroy_vm()``, with the reference counting of
-virt/kvm/kvm_main.c (``kvm_put_kvm()``), Linux 6.4 .. 7.0.
+virt/kvm/kvm_main.c (``kvm_put_kvm()``), Linux 6.4 .. 7.0; the memslot and
+memory-limit rules as of 7.1 (commit 7b53b4801884, ``kvm_s390_set_mem_control()``).
 """
 
 from __future__ import annotations
