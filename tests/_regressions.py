@@ -135,6 +135,32 @@ class Regress_3ec8a8330a1a(_Regression):
         return 0 if ret == -errno.EAGAIN else ret
 
 
+class Regress_eef88fe45ac9(_Regression):
+    """Commit eef88fe45ac9 "s390/uv: Split large folios in gmap_make_secure()" (v6.11),
+    reverted: a page of a large folio is refused with EINVAL instead of split and retried.
+
+    Before the fix gmap_make_secure() (make_hva_secure() since 6.14) answered
+    'rc = -EINVAL; if (folio_test_large(folio)) goto unlock;', so UNPACK of
+    guest memory that the mm kept in PTE-mapped large folios (allocated before
+    KVM_CREATE_VM, shmem or page cache) failed with EINVAL.
+    """
+
+    commit = "eef88fe45ac9783e0dd108b033c1e933c38cab34"
+    targets = frozenset({"unpack_large_folio_retried"})
+    breaks = (
+        "gmap_make_secure(): a large folio is split (split_folio()) and the page retried "
+        "(commit eef88fe45ac9); here it is refused with EINVAL, as before"
+    )
+    symptom = "UNPACK 0 failed: errno 22 (EINVAL)"
+
+    def make_hva_secure(
+        self, cfg: Any, s: int, e: int, *, clear: bool = True, fill: Any = None
+    ) -> int:
+        if self.large_folio_bytes(s, 4096):  # folio_test_large() of the page at s
+            return -errno.EINVAL
+        return super().make_hva_secure(cfg, s, e, clear=clear, fill=fill)
+
+
 class Regress_7b53b4801884(_Regression):
     """Commit 7b53b4801884 "KVM: s390: Prevent memslots outside the ASCE range" (v7.1),
     reverted: a memory limit below an existing memslot's end, and a memslot beyond the

@@ -525,7 +525,7 @@ LARGE_FOLIO = 16 * 1024
     needs_image=True,
     sim_only="which guest pages are large folios is the host mm's choice (mTHP, the page "
     "cache); a VMM cannot make UNPACK meet one on purpose",
-    guards=("3ec8a8330a1a",),
+    guards=("eef88fe45ac9", "3ec8a8330a1a"),
 )
 def check_unpack_large_folio(ctx: CheckContext) -> None:
     """UNPACK of image pages in large folios imports every page: the folios are split and
@@ -533,9 +533,11 @@ def check_unpack_large_folio(ctx: CheckContext) -> None:
 
     A large folio cannot be secure: make_hva_secure() splits it
     (s390_wiggle_split_folio()) and returns -EAGAIN, and kvm_s390_pv_unpack()
-    retries the page.  Before commit 3ec8a8330a1a (v6.16) the 0 of the
-    successful split was returned instead, UNPACK skipped the page and
-    reported success, and the image failed VERIFY (page count).
+    retries the page.  Before commit eef88fe45ac9 (v6.11) gmap_make_secure()
+    refused the page with EINVAL, so UNPACK failed; before commit
+    3ec8a8330a1a (v6.16) the 0 of the successful split was returned instead,
+    UNPACK skipped the page and reported success, and the image failed
+    VERIFY (page count).
     """
     assert ctx.image is not None
     guest = image_vm(ctx)

@@ -46,7 +46,7 @@ helpers are no interface: they may change with any refactoring).  A bug at a
 call site may need the caller and the callee (tests/_deviating.py's
 ``DestroyCpuErrorIgnoredHost``: the PREPARE case ignoring
 ``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 27 such
-deviations, tests/_regressions.py 5 more (upstream fixes of the regression
+deviations, tests/_regressions.py 7 more (upstream fixes of the regression
 corpus reinstated, ``Regress_<commit>``, and invented ones), and
 tests/test_sim_kernel_functions.py the rules.
 
@@ -61,7 +61,8 @@ and 7 (cited as "spec 3.4" and so on); the kernel functions named in the
 comments are those of arch/s390/kvm/{kvm-s390,pv}.c (Linux 6.4 .. 7.0, all of
 which behave the same at this interface), plus the fixes of later releases
 that change what the interface answers, each citing its commit: UNPACK
-retrying a page whose large folio was split (3ec8a8330a1a, v6.16) and
+splitting a large folio and retrying the page (eef88fe45ac9, v6.11;
+3ec8a8330a1a, v6.16) and
 memslots kept inside the ASCE range (7b53b4801884, v7.1).
 
 What it may touch: the guest memory registered in memslots (cleared with
