@@ -21,6 +21,7 @@ tests/test_registry_coverage.py runs them against the whole registry too.
 
 from __future__ import annotations
 
+import errno
 import threading
 from typing import Any, ClassVar
 
@@ -106,6 +107,94 @@ class Regress_185d903064f8(_Regression):
     def kvm_s390_pv_init_vm(self, vm: Any, out: Any) -> int:
         vm.mmu_notifier = True  # 'registered' whatever mmu_notifier_register() said
         return super().kvm_s390_pv_init_vm(vm, out)
+
+
+class Regress_3ec8a8330a1a(_Regression):
+    """Commit 3ec8a8330a1a "s390/uv: Don't return 0 from make_hva_secure() if the operation
+    was not successful" (v6.16), reverted: a page of a large folio is split, not imported,
+    and make_hva_secure() returns 0.
+
+    Before the fix make_hva_secure() returned what s390_wiggle_split_folio()
+    returned, 0 after a successful split; unpack_one() and kvm_s390_pv_unpack()
+    took the page as unpacked and went on to the next one, and the image
+    failed VERIFY (Fixes: d8dfda5af0be, in v6.14).
+    """
+
+    commit = "3ec8a8330a1aa846dffbf1d64479213366c55b54"
+    targets = frozenset({"unpack_large_folio_retried"})
+    breaks = (
+        "make_hva_secure(): 'if (!rc) rc = -EAGAIN;' after s390_wiggle_split_folio() "
+        "(commit 3ec8a8330a1a); dropped, the split page is reported secure"
+    )
+    symptom = "VERIFY failed: errno 22 (EINVAL) Invalid argument; UV rc 0x0102 rrc 0x001d"
+
+    def make_hva_secure(
+        self, cfg: Any, s: int, e: int, *, clear: bool = True, fill: Any = None
+    ) -> int:
+        ret = super().make_hva_secure(cfg, s, e, clear=clear, fill=fill)
+        return 0 if ret == -errno.EAGAIN else ret
+
+
+class Regress_eef88fe45ac9(_Regression):
+    """Commit eef88fe45ac9 "s390/uv: Split large folios in gmap_make_secure()" (v6.11),
+    reverted: a page of a large folio is refused with EINVAL instead of split and retried.
+
+    Before the fix gmap_make_secure() (make_hva_secure() since 6.14) answered
+    'rc = -EINVAL; if (folio_test_large(folio)) goto unlock;', so UNPACK of
+    guest memory that the mm kept in PTE-mapped large folios (allocated before
+    KVM_CREATE_VM, shmem or page cache) failed with EINVAL.
+    """
+
+    commit = "eef88fe45ac9783e0dd108b033c1e933c38cab34"
+    targets = frozenset({"unpack_large_folio_retried"})
+    breaks = (
+        "gmap_make_secure(): a large folio is split (split_folio()) and the page retried "
+        "(commit eef88fe45ac9); here it is refused with EINVAL, as before"
+    )
+    symptom = "UNPACK 0 failed: errno 22 (EINVAL)"
+
+    def make_hva_secure(
+        self, cfg: Any, s: int, e: int, *, clear: bool = True, fill: Any = None
+    ) -> int:
+        if self.large_folio_bytes(s, 4096):  # folio_test_large() of the page at s
+            return -errno.EINVAL
+        return super().make_hva_secure(cfg, s, e, clear=clear, fill=fill)
+
+
+class Regress_7b53b4801884(_Regression):
+    """Commit 7b53b4801884 "KVM: s390: Prevent memslots outside the ASCE range" (v7.1),
+    reverted: a memory limit below an existing memslot's end, and a memslot beyond the
+    ASCE range, are both accepted.
+
+    Before the fix kvm_s390_set_mem_control() did not look at the memslots
+    (only at the vCPUs) and kvm_arch_prepare_memory_region() compared a new
+    slot only with kvm->arch.mem_limit, not with the gmap's ASCE
+    (asce_contains_gfn()); Fixes: e38c884df921, the 7.0 gmap, where a slot
+    outside the ASCE became a source of bugs.
+    """
+
+    commit = "7b53b4801884d48551f26a17f00cdc0ae4640d64"
+    targets = frozenset({"memslots_inside_asce_range"})
+    breaks = (
+        "kvm_s390_set_mem_control(): EBUSY for a limit below a memslot's end, and "
+        "kvm_arch_prepare_memory_region(): EINVAL beyond asce_contains_gfn() (commit "
+        "7b53b4801884); both dropped"
+    )
+    symptom = "lacks fix 7b53b4801884"
+
+    def kvm_s390_set_mem_control(self, vm: Any, addr: int) -> int:
+        slots, vm.memslots = vm.memslots, {}  # the memslot test sees none
+        try:
+            return super().kvm_s390_set_mem_control(vm, addr)
+        finally:
+            vm.memslots = slots
+
+    def kvm_arch_prepare_memory_region(self, vm: Any, arg: int) -> int:
+        limit, vm.gmap_limit = vm.gmap_limit, (1 << 64) - 1  # asce_contains_gfn(): always
+        try:
+            return super().kvm_arch_prepare_memory_region(vm, arg)
+        finally:
+            vm.gmap_limit = limit
 
 
 class Invented_NoFinalSweep(_Regression):

@@ -46,6 +46,7 @@ from kvmpv.sim import (
     UVC_CMD_VERIFY_IMG,
     SimulatedHost,
 )
+from kvmpv.sim.uvc import UVC_CMD_UNPACK_IMG
 from kvmpv.uapi import pv_cmd_id as P
 
 MiB = 1 << 20
@@ -1211,3 +1212,70 @@ def test_protected_guest_over_a_memslot_hole_fails_kvm_run() -> None:
             vm.close()
             low.close()
             high.close()
+
+
+def test_unpack_splits_large_folios_and_retries() -> None:
+    """make_hva_secure(): a page in a large folio is -EAGAIN after the folio is split, and
+    kvm_s390_pv_unpack() retries it (commit 3ec8a8330a1a): every page is imported, the image
+    verifies, the guest's own faults split the folios it meets; one UNPACK_IMG UV call per
+    UNPACK whatever the folios."""
+    host = SimulatedHost()
+    with pytest.raises(ValueError):
+        host.back_with_large_folios(0x10000, 0x1000, 0x4000)  # not whole folios
+    with pytest.raises(ValueError):
+        host.back_with_large_folios(0x10000, 0x6000, 0x6000)  # not a power of two
+    with pv_vm(host, high=False, enable=False) as env:
+        base = env.low.addr
+        host.back_with_large_folios(base, SLOT, 16 << 10)  # image and the rest of the slot
+        assert host.large_folio_bytes(base, SLOT) == SLOT
+        cfg_ret: list[Any] = []
+        real = host.make_hva_secure
+
+        def spy(cfg: Any, s: int, e: int, **kw: Any) -> int:
+            ret = real(cfg, s, e, **kw)
+            cfg_ret.append(ret)
+            return ret
+
+        host.make_hva_secure = spy  # type: ignore[method-assign]
+        load_image(env.vm, SYNTHETIC)
+        reset_vcpus(env.vcpus)
+        booted = s390_machine_protect(env.vm, SYNTHETIC, env.vcpus)
+        assert booted.verified
+        pages = sum(c.size for c in SYNTHETIC.components) // 4096
+        assert cfg_ret.count(-errno.EAGAIN) >= 2  # at least one folio per component
+        unpacks = [c for c in host.uv_calls() if c.cmd == UVC_CMD_UNPACK_IMG]
+        assert len(unpacks) == len(SYNTHETIC.components)
+        assert sum(c.pages for c in unpacks) == pages
+        run_until_finished(env.vcpus[0])
+        assert host.large_folio_bytes(base, SLOT) == 0  # the guest's faults split the rest
+        assert host.vm_info(env.vm.fd).secure_bytes == SLOT
+
+
+def test_mem_limit_and_memslots_stay_inside_the_asce() -> None:
+    """kvm_s390_set_mem_control(): EBUSY below an existing memslot's end; and
+    kvm_arch_prepare_memory_region(): EINVAL for a slot beyond asce_contains_gfn() (both commit
+    7b53b4801884, v7.1); a move counts as a new slot, a delete or a flags change does not."""
+    host = sim(host_mem_limit=1 << 42)
+    with Kvm(sys=host) as kvm, GuestMemory(SLOT, sys=host) as mem:
+        with kvm.vm_create() as vm:
+            vm.set_user_memory_region(0, 4 * GiB - SLOT, SLOT, mem.addr)
+            assert vm.s390_set_mem_limit(2 * GiB, check=False) == -errno.EBUSY
+            assert vm.s390_set_mem_limit(4 * GiB - MiB, check=False) == -errno.EBUSY
+            assert host.vm_info(vm.fd).asce_type == "region-3"  # the gmap was left alone
+            assert vm.s390_set_mem_limit(4 * GiB) == 0
+            assert vm.mem_remove(0) == 0
+            assert vm.s390_set_mem_limit(2 * GiB) == 0  # no memslot any more
+        with kvm.vm_create() as vm:
+            assert vm.s390_set_mem_limit(2 * GiB) == 0
+            assert host.vm_info(vm.fd).asce_type == "segment"
+            ret = vm.set_user_memory_region(0, 2 * GiB, SLOT, mem.addr, check=False)
+            assert ret == -errno.EINVAL
+            vm.set_user_memory_region(0, 2 * GiB - SLOT, SLOT, mem.addr)
+            ret = vm.set_user_memory_region(0, 2 * GiB, SLOT, mem.addr, check=False)  # a move
+            assert ret == -errno.EINVAL
+            flags = uapi.KVM_MEM_LOG_DIRTY_PAGES
+            assert vm.set_user_memory_region(0, 2 * GiB - SLOT, SLOT, mem.addr, flags) == 0
+        with kvm.vm_create() as vm:  # no limit set: the host's 4 TiB, a region-third table
+            vm.set_user_memory_region(0, (1 << 42) - SLOT, SLOT, mem.addr)
+            ret = vm.set_user_memory_region(1, 1 << 42, SLOT, mem.addr, check=False)
+            assert ret == -errno.EINVAL  # kvm->arch.mem_limit already refuses it

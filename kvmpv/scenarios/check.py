@@ -49,7 +49,14 @@ from typing import Any, Optional
 from .. import s390guest, uapi
 from ..kvm import Kvm, Vcpu, Vm
 from ..memory import GuestMemory
-from ..pv import ProtectedBoot, PvResult, load_image, pv_cmd, s390_machine_protect
+from ..pv import (
+    BootError,
+    ProtectedBoot,
+    PvResult,
+    load_image,
+    pv_cmd,
+    s390_machine_protect,
+)
 from ..runner import (
     exit_name,
     guest_finished,
@@ -507,6 +514,54 @@ def check_unpack_outside(ctx: CheckContext) -> None:
     ctx.check_eq(errno_text(-ret), "EFAULT", f"UNPACK at {hole:#x}, outside the memslots")
 
 
+#: The folio size of ``unpack_large_folio_retried``: 16 KiB (4 pages), so that each
+#: component of the synthetic image meets more than one large folio.
+LARGE_FOLIO = 16 * 1024
+
+
+@check(
+    "unpack_large_folio_retried",
+    spec="10.3",
+    needs_image=True,
+    sim_only="which guest pages are large folios is the host mm's choice (mTHP, the page "
+    "cache); a VMM cannot make UNPACK meet one on purpose",
+    guards=("eef88fe45ac9", "3ec8a8330a1a"),
+)
+def check_unpack_large_folio(ctx: CheckContext) -> None:
+    """UNPACK of image pages in large folios imports every page: the folios are split and
+    each page retried, VERIFY succeeds, the guest runs to its end and its memory is secure.
+
+    A large folio cannot be secure: make_hva_secure() splits it
+    (s390_wiggle_split_folio()) and returns -EAGAIN, and kvm_s390_pv_unpack()
+    retries the page.  Before commit eef88fe45ac9 (v6.11) gmap_make_secure()
+    refused the page with EINVAL, so UNPACK failed; before commit
+    3ec8a8330a1a (v6.16) the 0 of the successful split was returned instead,
+    UNPACK skipped the page and reported success, and the image failed
+    VERIFY (page count).
+    """
+    assert ctx.image is not None
+    guest = image_vm(ctx)
+    comps = ctx.image.components
+    lo = min(c.addr for c in comps) // LARGE_FOLIO * LARGE_FOLIO
+    hi = -(-max(c.addr + c.size for c in comps) // LARGE_FOLIO) * LARGE_FOLIO
+    base = guest.low.addr - LOW_GPA
+    ctx.sim.back_with_large_folios(base + lo, hi - lo, LARGE_FOLIO)
+    folios = (hi - lo) // LARGE_FOLIO
+    ctx.diag(f"image [{lo:#x}, {hi:#x}): {folios} large folios of {LARGE_FOLIO >> 10} KiB")
+    ctx.check_eq(ctx.sim.large_folio_bytes(base + lo, hi - lo), hi - lo, "large folios set up")
+    try:
+        booted = protected_boot(ctx, guest)
+    except BootError as exc:
+        ctx.check_true(False, f"the image with large folios booted: {exc}")
+        return
+    ctx.check_true(booted.verified, "the image verified")
+    assert booted.end is not None
+    ctx.check_eq(booted.end.kind, "payload", f"how the guest ended: {booted.end.describe()}")
+    ctx.check_eq(ctx.sim.large_folio_bytes(base + lo, hi - lo), 0, "large folios left unsplit")
+    info = sim_vm(ctx, guest.vm)
+    ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")
+
+
 @check(
     "boot_again_while_perform_runs",
     spec="3.8, 10.3",
@@ -720,6 +775,68 @@ def check_mem_limit_busy(ctx: CheckContext) -> None:
     vm.vcpu_add(0)
     ret = vm.s390_set_mem_limit(2 * GiB, check=False)
     ctx.check_eq(errno_text(-ret if ret < 0 else 0), "EBUSY", "limit after the first vCPU")
+
+
+#: What a kernel without commit 7b53b4801884 (v7.1) is told when a check sees the old rule.
+LACKS_7B53 = (
+    "the kernel lacks fix 7b53b4801884 (v7.1, 'KVM: s390: Prevent memslots outside the ASCE range')"
+)
+
+
+@check(
+    "memslots_inside_asce_range",
+    spec="1.2, 3.10",
+    needs=(Need.S390,),
+    guards=("7b53b4801884",),
+)
+def check_memslots_asce_range(ctx: CheckContext) -> None:
+    """Memslots stay inside the VM's ASCE range: KVM_S390_VM_MEM_LIMIT_SIZE below the end of
+    an existing memslot is EBUSY, and a memslot beyond what a 2 GiB limit's segment table maps
+    is EINVAL (both before the first vCPU; commit 7b53b4801884, v7.1).
+
+    Before the fix kvm_s390_set_mem_control() made the smaller gmap and left
+    the memslot outside it, and kvm_arch_prepare_memory_region() compared a
+    new slot only with kvm->arch.mem_limit (the host's maximum, which the
+    attribute does not change); the ASCE type that limit selects is what
+    PREPARE looks at (commit 292a7d6fca33).  On an older kernel this check
+    fails with "lacks fix 7b53b4801884": a kernel developer's answer, not
+    kvmpv's.
+    """
+    mem = ctx.memory(8 * MiB)
+    # 1. a memslot ending at 4 GiB, then limits below and at its end
+    vm = ctx.vm()
+    vm.set_user_memory_region(0, 4 * GiB - mem.size, mem.size, mem.addr)
+    got = vm.s390_set_mem_limit(2 * GiB, check=False)
+    ctx.check_true(
+        got != 0,
+        f"{LACKS_7B53}: a 2 GiB limit under a memslot ending at 4 GiB "
+        "was accepted (EBUSY expected)",
+    )
+    if got:
+        ctx.check_eq(errno_text(-got), "EBUSY", "a 2 GiB limit under a memslot ending at 4 GiB")
+    got = vm.s390_set_mem_limit(4 * GiB - MiB, check=False)
+    ctx.check_eq(errno_text(-got if got < 0 else 0), "EBUSY", "a limit 1 MiB below the slot's end")
+    got = vm.s390_set_mem_limit(4 * GiB, check=False)
+    ctx.check_eq(errno_text(-got if got < 0 else 0), "success", "a limit at the slot's end")
+    vm.close()
+    # 2. a 2 GiB limit (segment table: 2 GiB mapped), then memslots up to and beyond it
+    vm = ctx.vm()
+    ctx.check_eq(vm.s390_set_mem_limit(2 * GiB, check=False), 0, "a 2 GiB limit, no memslot")
+    got = vm.set_user_memory_region(0, 2 * GiB, mem.size, mem.addr, check=False)
+    ctx.check_true(
+        got != 0,
+        f"{LACKS_7B53}: a memslot at 2 GiB, beyond the segment table of "
+        "a 2 GiB limit, was accepted (EINVAL expected)",
+    )
+    if got:
+        ctx.check_eq(errno_text(-got), "EINVAL", "a memslot beyond a 2 GiB limit's ASCE")
+    else:
+        vm.mem_remove(0, check=False)
+    got = vm.set_user_memory_region(0, 2 * GiB - mem.size, mem.size, mem.addr, check=False)
+    ctx.check_eq(errno_text(-got if got < 0 else 0), "success", "a memslot ending at 2 GiB")
+    if ctx.is_sim:
+        ctx.check_eq(sim_vm(ctx, vm).asce_type, "segment", "ASCE type with a 2 GiB limit")
+    vm.close()
 
 
 def _set_tod(vm: Vm, attr: int, value: int) -> str:

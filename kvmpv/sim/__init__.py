@@ -46,7 +46,7 @@ helpers are no interface: they may change with any refactoring).  A bug at a
 call site may need the caller and the callee (tests/_deviating.py's
 ``DestroyCpuErrorIgnoredHost``: the PREPARE case ignoring
 ``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 27 such
-deviations, tests/_regressions.py 4 more (upstream fixes of the regression
+deviations, tests/_regressions.py 7 more (upstream fixes of the regression
 corpus reinstated, ``Regress_<commit>``, and invented ones), and
 tests/test_sim_kernel_functions.py the rules.
 
@@ -59,7 +59,11 @@ caller's buffer as the kernel does, and fails with ``OSError(errno)`` where
 the kernel fails.  Reference: ``shared/spec/kvm-pv-async.md`` sections 1-3
 and 7 (cited as "spec 3.4" and so on); the kernel functions named in the
 comments are those of arch/s390/kvm/{kvm-s390,pv}.c (Linux 6.4 .. 7.0, all of
-which behave the same at this interface).
+which behave the same at this interface), plus the fixes of later releases
+that change what the interface answers, each citing its commit: UNPACK
+splitting a large folio and retrying the page (eef88fe45ac9, v6.11;
+3ec8a8330a1a, v6.16) and
+memslots kept inside the ASCE range (7b53b4801884, v7.1).
 
 What it may touch: the guest memory registered in memslots (cleared with
 ``ctypes.memset``, which releases the GIL, so the work is real and is charged
@@ -137,6 +141,10 @@ The outside world
 * ``deliver_signal(tid)``: a caught signal pending during that thread's next
   ioctl (delivered when it returns); only ENABLE's first mmu notifier
   registration looks at it (EINTR, commit 185d903064f8).
+* ``back_with_large_folios(addr, length, folio_size)``: the host mm keeps that
+  memory in large folios; ``make_hva_secure()`` splits one and returns
+  -EAGAIN, and UNPACK retries the page (commit 3ec8a8330a1a);
+  ``large_folio_bytes(addr, length)`` tells what is left unsplit.
 * ``inject_uv_failure(uvc_cmd, rc, rrc, count)``: the Ultravisor fails the
   next matching calls (the EIO/EINVAL rows of table 3.9);
   ``inject_alloc_failure(site)``: the simulator's failslab (the ENOMEM row).

@@ -139,6 +139,11 @@ class HostState:
         # a guest touching it faults (EFAULT).  Forgotten when a memslot is
         # registered there again, or when no live VM's memslot covers it.
         self._unmapped = _Ranges()
+        # Host memory the mm keeps in large folios (mTHP, a large page-cache
+        # folio), all of one size: folio_test_large() is true there until a
+        # make_hva_secure() of one of its pages splits the folio.
+        self._large_folios = _Ranges()
+        self._large_folio_size = 0
         self._files: dict[int, _File] = {}
         self._maps: dict[int, tuple[_File, int]] = {}
         self._vms: dict[int, _Vm] = {}
@@ -203,6 +208,31 @@ class HostState:
         """
         with self._lock:
             self._signals.add(tid)
+
+    def back_with_large_folios(self, addr: int, length: int, folio_size: int = 64 << 10) -> None:
+        """The host mm keeps [addr, addr + length) in large folios of ``folio_size`` bytes.
+
+        On a real host the mm decides which pages are large folios (anonymous
+        mTHP, a large page-cache folio of a file or shmem mapping); a VMM
+        cannot make UNPACK meet one on purpose.  Here a test or check chooses:
+        make_hva_secure() then refuses a page of such a folio (-E2BIG), splits
+        the folio (s390_wiggle_split_folio()) and asks to be retried
+        (-EAGAIN, commit 3ec8a8330a1a).  Folio-aligned, one size per host.
+        """
+        if folio_size < 2 * PAGE_SIZE or folio_size & (folio_size - 1):
+            raise ValueError(f"folio size {folio_size:#x}: a power of two of 2 pages or more")
+        if addr % folio_size or length <= 0 or length % folio_size:
+            raise ValueError("large folios are folio-aligned and cover whole folios")
+        with self._mm:
+            if len(self._large_folios) and folio_size != self._large_folio_size:
+                raise ValueError("one large folio size per simulated host")
+            self._large_folio_size = folio_size
+            self._large_folios.add(addr, addr + length)
+
+    def large_folio_bytes(self, addr: int, length: int) -> int:
+        """How many bytes of [addr, addr + length) are still in large folios (introspection)."""
+        with self._mm:
+            return sum(e - s for s, e in self._large_folios.intersect(addr, addr + length))
 
     def signal_pending(self, tid: int) -> bool:
         """signal_pending() of native thread ``tid``: a caught or a fatal signal is pending."""

@@ -135,6 +135,12 @@ class Gmap(Ultravisor):
                     if other is not cfg and other.secure.total:
                         for ps, pe in other.secure.remove(s, e):
                             violations.append((other, ps, pe))
+                if len(self._large_folios):
+                    # The fault path's make_hva_secure() splits a large folio
+                    # and the guest retries its access (-EAGAIN re-enters SIE):
+                    # invisible to the VMM, so the split is done at once.
+                    size = self._large_folio_size
+                    self._large_folios.remove(s - s % size, -(-e // size) * size)
                 self._busy.add(s, e)
         try:
             # Secure-storage violation (spec 3.8): destroy the old page first.
@@ -288,18 +294,58 @@ class Gmap(Ultravisor):
         *,
         clear: bool = True,
         fill: Optional[Callable[[int, int], None]] = None,
-    ) -> None:
+    ) -> int:
         """make_hva_secure() (arch/s390/kernel/uv.c; gmap_make_secure() in older releases).
 
-        Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark.
+        Make [s, e) secure for ``cfg``: destroy other owners' pages, clear, mark; 0.
 
         UNPACK passes ``clear=False`` and ``fill``: the Ultravisor decrypts the
         image pages in place, ``fill(s, e)`` while the range is claimed.
         EFAULT if userspace unmapped part of the range (a gmap fault that
         cannot be resolved).  Under ``mmap_lock`` for reading throughout.
+
+        -EAGAIN, nothing imported, when the page at ``s`` is in a large folio:
+        a large folio cannot be secure (folio_test_large() gives -E2BIG), so
+        the folio is split (s390_wiggle_split_folio(), after mmap_lock is
+        dropped) and the caller must retry; unpack_one() passes -EAGAIN up and
+        kvm_s390_pv_unpack() loops on it.  Since commit 3ec8a8330a1a (v6.16):
+        before it the 0 of a successful split was returned as if the page were
+        secure, and UNPACK went on to the next page (the image then fails
+        VERIFY).  The caller passes a range whose pages after the first are
+        not in large folios (``_secure_piece``), as the kernel works per page.
         """
         with self._mmap_lock.read():
-            self._import_range_locked(cfg, s, e, clear, fill)
+            with self._mm:
+                large = self._large_folios.intersect(s, s + PAGE_SIZE)
+            if not large:
+                self._import_range_locked(cfg, s, e, clear, fill)
+                return 0
+        self._split_large_folio(s)
+        return -errno.EAGAIN
+
+    def _split_large_folio(self, addr: int) -> None:
+        """s390_wiggle_split_folio() (uv.c) for the folio holding ``addr``: split, all small."""
+        with self._mm:
+            size = self._large_folio_size
+            start = addr - addr % size
+            self._large_folios.remove(start, start + size)
+
+    def _secure_piece(self, pos: int, e: int) -> tuple[int, int]:
+        """The next range from ``pos`` for one make_hva_secure(): a large folio's page alone,
+        else the pages up to the next large folio (or ``e``).
+
+        The kernel calls make_hva_secure() once per page; the simulator once
+        per run of pages that are not in large folios, and once for a page
+        that is (which the call splits): as many calls as there are large
+        folios, never one per page.
+        """
+        with self._mm:
+            nxt = self._large_folios.first_from(pos, e)
+        if nxt is None:
+            return pos, e
+        if nxt[0] == pos:
+            return pos, pos + PAGE_SIZE
+        return pos, nxt[0]
 
     def _import_range_locked(
         self,

@@ -228,6 +228,19 @@ def _asce_type(gmap_limit: int) -> str:
     return "region-1"
 
 
+def _asce_end(gmap_limit: int) -> int:
+    """The first guest address the top-level table of ``_asce_type(gmap_limit)`` cannot map.
+
+    What asce_contains_gfn() tests in Linux 7.1's kvm_arch_prepare_memory_region()
+    (commit 7b53b4801884): a segment table maps 2 GiB,
+    a region-third table 4 TiB, a region-second table 8 PiB, a region-first
+    table all 16 EiB.
+    """
+    return {"segment": 1 << 31, "region-3": 1 << 42, "region-2": 1 << 53}.get(
+        _asce_type(gmap_limit), 1 << 64
+    )
+
+
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 

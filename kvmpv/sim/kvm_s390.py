@@ -6,7 +6,8 @@ Models ``kvm_arch_dev_ioctl()``/``kvm_vm_ioctl_check_extension()``,
 ``KVM_S390_PV_COMMAND`` entry), ``kvm_arch_vcpu_create()``,
 ``kvm_arch_vcpu_ioctl()`` (MP_STATE, the three resets, MEM_OP, the vCPU PV
 commands) and ``kvm_arch_destroy_vm()``, with the reference counting of
-virt/kvm/kvm_main.c (``kvm_put_kvm()``), Linux 6.4 .. 7.0.
+virt/kvm/kvm_main.c (``kvm_put_kvm()``), Linux 6.4 .. 7.0; the memslot and
+memory-limit rules as of 7.1 (commit 7b53b4801884, ``kvm_s390_set_mem_control()``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .kvm_host import (
     SEGMENT_ALIGN,
     UV_GUEST_CPU_STOR_LEN,
     VCPU_MMAP_SIZE,
+    _asce_end,
     _err,
     _File,
     _memfd,
@@ -55,6 +57,7 @@ KERNEL_FUNCTIONS = {
     "kvm_arch_vm_ioctl": "arch/s390/kvm/kvm-s390.c",
     "kvm_arch_prepare_memory_region": "arch/s390/kvm/kvm-s390.c",
     "kvm_s390_mem_control": "arch/s390/kvm/kvm-s390.c",
+    "kvm_s390_set_mem_control": "arch/s390/kvm/kvm-s390.c",
     "kvm_s390_set_tod": "arch/s390/kvm/kvm-s390.c",
     "kvm_arch_vcpu_create": "arch/s390/kvm/kvm-s390.c",
     "kvm_arch_vcpu_ioctl": "arch/s390/kvm/kvm-s390.c",
@@ -226,6 +229,14 @@ class KvmS390(Intercept):
                     raise _err(errno.EINVAL)
                 if gpa + size > vm.mem_limit:
                     raise _err(errno.EINVAL)
+                # Commit 7b53b4801884 ("KVM: s390: Prevent memslots outside the
+                # ASCE range", v7.1): the slot's last page must lie inside what
+                # the gmap's top-level table can map (asce_contains_gfn()); a
+                # limit set with KVM_S390_VM_MEM_LIMIT_SIZE sizes that table.
+                # Older kernels accepted the slot, which the gmap then could
+                # not map.
+                if gpa + size > _asce_end(vm.gmap_limit):
+                    raise _err(errno.EINVAL)
             if change == "delete":
                 del vm.memslots[slot]
             else:
@@ -258,7 +269,17 @@ class KvmS390(Intercept):
         if request == uapi.KVM_GET_DEVICE_ATTR:
             self._put_u64(addr, vm.mem_limit)
             return 0
-        # kvm_s390_set_mem_control(), KVM_S390_VM_MEM_LIMIT_SIZE (spec 3.10)
+        return self.kvm_s390_set_mem_control(vm, addr)
+
+    def kvm_s390_set_mem_control(self, vm: _Vm, addr: int) -> int:
+        """kvm_s390_set_mem_control() (kvm-s390.c), KVM_S390_VM_MEM_LIMIT_SIZE (spec 3.10).
+
+        E2BIG above the host's limit, EINVAL for 0, EBUSY once a vCPU exists,
+        and (commit 7b53b4801884, "KVM: s390: Prevent memslots outside the
+        ASCE range", v7.1) EBUSY for a limit below the end of an existing
+        memslot, checked under kvm->slots_lock; older kernels made the
+        smaller gmap and left the slot outside it.
+        """
         if vm.ucontrol:
             raise _err(errno.EINVAL)
         new_limit = self._get_u64(addr)
@@ -266,13 +287,19 @@ class KvmS390(Intercept):
             raise _err(errno.E2BIG)
         if new_limit == 0:
             raise _err(errno.EINVAL)
-        if new_limit != KVM_S390_NO_MEM_LIMIT:
-            new_limit -= 1  # gmap_create() takes the last usable address
-        with vm.lock:
+        with vm.lock:  # kvm->lock, then kvm->slots_lock (the simulator: one lock)
             if vm.created_vcpus:
+                raise _err(errno.EBUSY)
+            # 'if (gpa_to_gfn(new_limit) < ms->base_gfn + ms->npages) ret = -EBUSY'
+            if any(
+                new_limit // PAGE_SIZE < (ms.gpa + ms.size) // PAGE_SIZE
+                for ms in vm.memslots.values()
+            ):
                 raise _err(errno.EBUSY)
             # A new gmap; kvm->arch.mem_limit itself is left alone (GET keeps
             # answering the host maximum, as the kernel does).
+            if new_limit != KVM_S390_NO_MEM_LIMIT:
+                new_limit -= 1  # gmap_create() takes the last usable address
             vm.gmap_limit = new_limit
         return 0
 

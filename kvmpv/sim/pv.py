@@ -428,10 +428,25 @@ class Pv(Gmap):
         hdr = cfg.header
         off = 0
         for s, e in ranges:
-            fill = None
-            if hdr is not None:
-                fill = functools.partial(self.uvc_unpack_img, cfg, hdr, addr + off, tweak, off)
-            self.make_hva_secure(cfg, s, e, clear=False, fill=fill)
+            pos = s
+            while pos < e:
+                # unpack_one() per page; here per run of pages (_secure_piece)
+                ps, pe = self._secure_piece(pos, e)
+                at = off + ps - s
+                fill = None
+                if hdr is not None:
+                    fill = functools.partial(self.uvc_unpack_img, cfg, hdr, addr + at, tweak, at)
+                ret = self.make_hva_secure(cfg, ps, pe, clear=False, fill=fill)
+                if ret == -errno.EAGAIN:
+                    # kvm_s390_pv_unpack(): 'if (ret == -EAGAIN) { cond_resched();
+                    # if (fatal_signal_pending(current)) break; continue; }' -- the
+                    # same page again (a large folio was split, commit 3ec8a8330a1a).
+                    if self.fatal_signal_pending(threading.get_native_id()):
+                        return ret
+                    continue
+                if ret:
+                    return ret
+                pos = pe
             off += e - s
         cfg.unpacked.append((addr, size, tweak))
         return 0
