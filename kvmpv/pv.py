@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .closing import CompletionThread
-from .errors import KvmError, KvmpvError, PvCmdError, SyscallError, errno_name
+from .closing import CompletionThread, signals_held
+from .errors import Interrupted, KvmError, KvmpvError, PvCmdError, SyscallError, errno_name
 from .kvm import Vcpu, Vm
 from .runner import start_vcpu
 from .s390guest import GuestEnd, guest_end
@@ -410,19 +410,27 @@ class AsyncCleanup:
         VM and the set-aside configuration is left to DISABLE or to closing
         the VM (spec 3.5, 3.6).  Never a PERFORM that nobody tracks.
         """
-        with _live_lock:
-            _live.add(self)
-        self._launched = True
-        try:
-            self._thread.start()  # with SIGINT/SIGTERM blocked in it
-        except RuntimeError:  # "can't start new thread": it never ran
-            self._launched = False
+        # The registry entry, the flag and the thread's start are one step for
+        # SIGINT/SIGTERM.  A KeyboardInterrupt between ``_live.add`` and
+        # ``_launched = True`` left an entry that was never started, and
+        # ``join_all_cleanups()`` then spun on "cannot join" in the cleanup
+        # path (seen once in tests, load 4: the main thread busy, the run hung).
+        with signals_held():
             with _live_lock:
-                _live.discard(self)
-            raise
-        except BaseException:
-            self._abandon_if_not_taken()
-            raise
+                _live.add(self)
+            self._launched = True
+            try:
+                self._thread.start()  # with SIGINT/SIGTERM blocked in it
+            except RuntimeError:  # "can't start new thread": it never ran
+                self._launched = False
+                with _live_lock:
+                    _live.discard(self)
+                raise
+            except BaseException:  # not from a signal (held here); kept for any other raiser
+                self._abandon_if_not_taken()
+                raise
+        # A signal held above lands here, after the start: the thread takes
+        # the job and stays in live_cleanups() for join_all_cleanups().
         try:
             self._started.wait()
         except BaseException:
@@ -527,8 +535,10 @@ class AsyncCleanup:
             try:
                 if self.join(0.5):
                     break
-            except BaseException as exc:  # re-raised below, after the join
+            except (KeyboardInterrupt, Interrupted) as exc:  # re-raised below, after the join
                 pending = pending or exc
+            # Anything else (a bookkeeping error such as "not started") is
+            # raised at once: retrying it would spin forever.
         if pending is not None:
             raise pending
 

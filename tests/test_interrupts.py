@@ -21,9 +21,10 @@ import os
 import signal
 import subprocess
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import pytest
 from conftest import needs_root
@@ -321,3 +322,53 @@ def test_sigterm_during_the_probe_stops_the_reboot(
         select_backend(RebootRequest(memory=GiB, cycles=1, backend="auto"))
     with pytest.raises(closing.Interrupted):
         probe_mod.probe_host()
+
+
+# --------------------------------------------------------------------------
+# The async-cleanup registry: a signal at its start never leaves an entry
+# that can never be joined (the cleanup path spun on it)
+# --------------------------------------------------------------------------
+
+
+def _joined_within(seconds: float) -> closing.CompletionThread:
+    """``pv.join_all_cleanups()`` on a thread, so that a spin fails the test instead of hanging."""
+    from kvmpv import pv
+
+    t = closing.CompletionThread(pv.join_all_cleanups, "join-all")
+    t.start()
+    t.done.wait(seconds)
+    return t
+
+
+def test_a_cleanup_never_started_is_an_error_not_a_spin() -> None:
+    from kvmpv import pv
+
+    never = pv.AsyncCleanup(cast(Any, None))
+    with pv._live_lock:
+        pv._live.add(never)  # what a signal in the old start() window left behind
+    try:
+        t = _joined_within(5)
+        assert t.done.is_set(), "join_all_cleanups() spins on a cleanup that was never started"
+        assert isinstance(t.error, RuntimeError) and "not started" in str(t.error)
+    finally:
+        with pv._live_lock:
+            pv._live.discard(never)
+
+
+def test_sigint_as_a_cleanup_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT right after the registry took the entry: raised after the thread's start."""
+    from kvmpv import pv
+
+    class SignallingSet(weakref.WeakSet):  # type: ignore[type-arg]
+        def add(self, item: Any) -> None:
+            super().add(item)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(pv, "_live", SignallingSet())
+    cleanup = pv.AsyncCleanup(cast(Any, None))  # PERFORM on no VM: an error, recorded
+    with pytest.raises(KeyboardInterrupt):
+        cleanup.start()
+    assert cleanup.running or cleanup.done  # started, not a registered ghost
+    t = _joined_within(10)
+    assert t.done.is_set() and t.error is None, t.error
+    assert cleanup.done and cleanup.outcome.error is not None

@@ -329,9 +329,14 @@ def test_set_tod_attribute() -> None:
     ext_buf = (ctypes.c_uint64 * 2)(0, 5)  # struct kvm_s390_vm_tod_clock: tod at offset 8
     with pv_vm(boot=False, enable=False) as env:
         vm = env.vm
-        assert vm.set_device_attr(tod, high, addr) == 0
-        val.value = 1
-        assert vm.set_device_attr(tod, high, addr, check=False) == -errno.EINVAL
+        # HIGH is a u8 (copy_from_user of sizeof(u8)): its own byte, whatever the byte order
+        # (a u64 1 read one byte wide is 0 on big-endian s390x: tox -e s390x caught that).
+        gtod_high = ctypes.c_uint8(0)
+        assert vm.set_device_attr(tod, high, ctypes.addressof(gtod_high)) == 0
+        gtod_high.value = 1
+        assert vm.set_device_attr(tod, high, ctypes.addressof(gtod_high), check=False) == (
+            -errno.EINVAL
+        )
         assert vm.set_device_attr(tod, low, addr) == 0
         assert vm.set_device_attr(tod, 7, addr, check=False) == -errno.ENXIO
         assert vm.set_device_attr(tod, low, 0, check=False) == -errno.EFAULT

@@ -56,7 +56,7 @@ from ..pv import (
     ProtectedBoot,
     PvResult,
     Unprotect,
-    join_all_cleanups,
+    live_cleanups,
     load_image,
     payload_end,
     pv_enable,
@@ -624,11 +624,15 @@ def _teardown(
     # join has completed.
     while True:
         try:
-            for cleanup in cleanups:
-                cleanup.join_uninterrupted()
-            join_all_cleanups()
+            for cleanup in [*cleanups, *live_cleanups()]:
+                try:
+                    cleanup.join_uninterrupted()
+                except (KeyboardInterrupt, Interrupted):
+                    raise
+                except BaseException as exc:  # not a signal: retrying would repeat it forever
+                    first = first or exc
             break
-        except BaseException as exc:
+        except (KeyboardInterrupt, Interrupted) as exc:
             first = first or exc
     if vm is not None:
         try:
