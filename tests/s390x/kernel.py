@@ -442,6 +442,8 @@ class Outcome:
     finished: bool = False
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
+    #: kernel-independent tests deselected here: they ran in the first kernel
+    first_kernel_only: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -508,7 +510,15 @@ def boot(
     t0 = time.monotonic()
     outdir = merged / "kvmpv" / f"out-{index}"
     outdir.mkdir()
-    args = {"pytest": pytest_args, "out": f"/kvmpv/out-{index}", "checks": checks, "full": full}
+    args = {
+        "pytest": pytest_args,
+        "out": f"/kvmpv/out-{index}",
+        "checks": checks,
+        "full": full,
+        # the kernel-independent tests run in the first kernel only
+        # (kernel_guest.FIRST_KERNEL_ONLY)
+        "first": index == 0,
+    }
     (merged / "kvmpv" / "args.json").write_text(json.dumps(args))
     cmd = [
         "qemu-system-s390x", "-nographic", "-nic", "none", "-m", GUEST_MEMORY, "-smp", "2",
@@ -565,6 +575,7 @@ def read_outcome(outdir: Path, out: Outcome) -> None:
     out.release = data.get("release", "?")
     out.finished = bool(data.get("finished"))
     out.steps = data.get("steps", {})
+    out.first_kernel_only = data.get("first_kernel_only", [])
     for check in data.get("checks", []):
         if check["ok"]:
             out.checks_passed += 1
@@ -597,6 +608,9 @@ def report(kernel: Kernel, out: Outcome) -> None:
     )
     if out.steps:
         log("  steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in out.steps.items()))
+    if out.first_kernel_only:
+        names = ", ".join(out.first_kernel_only)
+        log(f"  run in the first kernel only (kernel-independent): {names}")
     for name, reason in out.skipped:
         log(f"  SKIP {name}: {reason}")
     for failure in out.checks_failed:
