@@ -442,6 +442,8 @@ class Outcome:
     finished: bool = False
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
+    #: "test [phase]" of each failure or error
+    failures: list[str] = field(default_factory=list)
     #: kernel-independent tests deselected here: they ran in the first kernel
     first_kernel_only: list[str] = field(default_factory=list)
 
@@ -591,8 +593,10 @@ def read_outcome(outdir: Path, out: Outcome) -> None:
                 out.skipped.append((name, reason))
             elif "failure" in kinds:
                 out.failed += 1
+                out.failures.append(name)
             elif "error" in kinds:
                 out.errors += 1
+                out.failures.append(name)
             else:
                 out.passed += 1
 
@@ -613,6 +617,8 @@ def report(kernel: Kernel, out: Outcome) -> None:
         log(f"  run in the first kernel only (kernel-independent): {names}")
     for name, reason in out.skipped:
         log(f"  SKIP {name}: {reason}")
+    for name in out.failures:
+        log(f"  FAIL {name}")
     for failure in out.checks_failed:
         log(f"  FAIL check {failure}")
     if not out.finished:
