@@ -76,7 +76,7 @@ KERNEL_RECIPE = "v2"
 #: folded fscache into netfs).
 NINEP_MODULES = ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-#: Per kernel: the default selection took 25-30 minutes under TCG on this
+#: Per kernel: the default selection took 15-20 minutes under TCG on this
 #: shared 2-core machine (docs/s390x-kernel.md).
 TIMEOUT_S = int(os.environ.get("KVMPV_S390X_KERNEL_TIMEOUT", "2700"))
 NS_ENV = "KVMPV_S390X_KERNEL_NS"
