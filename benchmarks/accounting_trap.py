@@ -66,7 +66,9 @@ def one(hierarchy: str, size: int, exit_in_vm: bool) -> dict[str, float]:
                 p.wait()
             p.stdin.close()
             p.stdout.close()
-    teardown = ru.cpu_ns - before
+    # runtime minus runtime (schedstat before, the zombie's process clock
+    # after); wait4's utime+stime is CPU-timer time on s390
+    teardown = (ru.runtime_ns if ru.runtime_ns is not None else ru.cpu_ns) - before
     v = judge_charged(teardown, (vm1 - vm0).total_ns)
     return {
         "ts_stime": rec.stime_ns / 1e6,

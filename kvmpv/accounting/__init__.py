@@ -48,6 +48,7 @@ from .observe import (
     thread_cpu_ns,
     thread_times,
     wait_pidfd,
+    zombie_runtime_ns,
 )
 from .placement import TOTALS_TOLERANCE_NS, TeardownAccounting
 from .sizing import Sizing, size_by_time, target_work_ns
@@ -109,4 +110,5 @@ __all__ = [
     "thread_times",
     "tick_ns",
     "wait_pidfd",
+    "zombie_runtime_ns",
 ]

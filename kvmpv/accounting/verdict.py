@@ -28,11 +28,13 @@ The tolerance is what the counters compared cannot tell apart, so it depends
 on which counters a caller compares:
 
 * **Precise totals** (``PRECISE_TOLERANCE_NS``, 1 ms): ``cpuacct.usage``,
-  cgroup2 ``cpu.stat`` ``usage_usec``, ``CLOCK_THREAD_CPUTIME_ID``, and the
-  *sum* ``ru_utime + ru_stime`` of ``wait4`` all count the scheduler's
-  ``sum_exec_runtime`` (``update_curr()`` in kernel/sched/fair.c charges the
-  cgroup and the task from the same delta; ``cputime_adjust()`` rescales the
-  user/system split so that its sum stays the runtime).  They are not
+  cgroup2 ``cpu.stat`` ``usage_usec``, the thread and process CPU clocks,
+  and (except on s390) the *sum* ``ru_utime + ru_stime`` of ``wait4`` all
+  count the scheduler's ``sum_exec_runtime`` (``update_curr()`` in
+  kernel/sched/fair.c charges the cgroup and the task from the same delta;
+  ``cputime_adjust()`` rescales the user/system split so that its sum stays
+  the runtime; s390's CONFIG_VIRT_CPU_ACCOUNTING_NATIVE does not rescale:
+  see ``observe.zombie_runtime_ns``).  They are not
   sampled at ticks.  What is left is what the two sides count differently:
   a task's last steps before and after the measured window (the cgroupfs
   writes of a placement, a worker's final Python lines, a wake-up), and

@@ -38,7 +38,6 @@ import ctypes
 import errno
 import json
 import os
-import resource
 import signal
 import sys
 import time
@@ -64,15 +63,16 @@ def wait_command() -> str:
     return line.decode().strip()
 
 
-def rusage_cpu_ns() -> int:
-    """CPU time of this process so far (all threads), from getrusage.
+def process_cpu_ns() -> int:
+    """CPU time of this process so far (all threads): its scheduler runtime
+    (CLOCK_PROCESS_CPUTIME_ID, thread_group_cputime()).
 
-    Since Linux 2.6.x utime+stime of RUSAGE_SELF add up to the precise
-    scheduler runtime (only the user/system split is tick-sampled), so the
-    sum can be subtracted from the wait4 rusage the parent gets at exit.
+    The parent subtracts it from the same clock read on the exited worker
+    (accounting.zombie_runtime_ns): the counter the cgroups charge.  Not
+    getrusage: on s390 (CONFIG_VIRT_CPU_ACCOUNTING_NATIVE) its utime+stime come
+    from the CPU timer and differ from the runtime the cgroups count.
     """
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return round((ru.ru_utime + ru.ru_stime) * 1e9)
+    return time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
 
 
 def die_with_parent(ppid: int) -> None:
@@ -129,12 +129,12 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
         parallel=parallel,
         populate_s=time.monotonic() - t0,
         anon_huge_bytes=anon_huge_bytes(),
-        ru_cpu_ns=rusage_cpu_ns(),
+        cpu_ns=process_cpu_ns(),
     )
     wait_command()  # "exit", or EOF: exit either way
-    cpu_ns = rusage_cpu_ns()
+    cpu_ns = process_cpu_ns()
     t_exit = time.monotonic_ns()
-    emit("exit", t_ns=t_exit, ru_cpu_ns=cpu_ns)
+    emit("exit", t_ns=t_exit, cpu_ns=cpu_ns)
     # _exit: no interpreter finalization, no atexit (which would disarm the
     # cleaner or free objects one by one).  The memory (and the VM fds) are
     # released by the kernel here, or by the cleaner.
@@ -172,7 +172,7 @@ def run_reaper(args: argparse.Namespace) -> NoReturn:
     emit("ready", pid=os.getpid(), nice=os.getpriority(os.PRIO_PROCESS, 0))
     if wait_command() != "go":
         os._exit(1)
-    ru0 = rusage_cpu_ns()
+    ru0 = process_cpu_ns()
     t_kill = time.monotonic_ns()
     # What lmkd's reaper threads do: kill through the pidfd (no pid reuse
     # race), then reap the address space in our own context while the victim
@@ -184,7 +184,7 @@ def run_reaper(args: argparse.Namespace) -> NoReturn:
     ret = int(syscall(SYS_PROCESS_MRELEASE, pidfd, 0))
     err = ctypes.get_errno() if ret < 0 else 0
     t_done = time.monotonic_ns()
-    cpu_ns = rusage_cpu_ns() - ru0
+    cpu_ns = process_cpu_ns() - ru0
     emit(
         "reaped",
         t_kill_ns=t_kill,
@@ -193,7 +193,7 @@ def run_reaper(args: argparse.Namespace) -> NoReturn:
         ret=ret,
         errno=err,
         errno_name=errno_name(err) if err else "",
-        ru_cpu_ns=cpu_ns,
+        cpu_ns=cpu_ns,
     )
     wait_command()
     os._exit(0)

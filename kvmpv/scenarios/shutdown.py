@@ -99,6 +99,7 @@ from ..accounting import (
     cgroup_scope,
     judge_charged,
     judge_split,
+    zombie_runtime_ns,
 )
 from ..closing import signals_held
 from ..errors import HostError, Interrupted, KvmpvError, UsageError
@@ -218,9 +219,12 @@ class Sample:
     #: CPU counter deltas across the exit (None without accounting)
     worker_cgroup_ns: Optional[int] = None
     other_cgroup_ns: Optional[int] = None
-    #: the worker's wait4 rusage at exit minus its own rusage just before
+    #: the worker's scheduler runtime read once it had exited (its process
+    #: CPU clock, as a zombie) minus the same clock just before the exit
+    #: request; wait4's rusage where that clock could not be read.  (The
+    #: JSON keeps the name worker_rusage_teardown_s.)
     worker_rusage_ns: Optional[int] = None
-    #: the reaper's own CPU across kill + process_mrelease (getrusage)
+    #: the reaper's own CPU across kill + process_mrelease (its process clock)
     reaper_rusage_ns: Optional[int] = None
     cleaner_pid: Optional[int] = None
     parallel: Optional[int] = None
@@ -534,6 +538,7 @@ class _Child:
         except OSError as err:
             raise HostError(f"cannot start the {role} ({sys.executable}): {err.strerror}") from None
         self.pid = self.proc.pid
+        self.runtime_ns: Optional[int] = None  # set by reap()
         try:
             self.pidfd = os.pidfd_open(self.pid)
         except OSError as err:
@@ -600,9 +605,12 @@ class _Child:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def reap(self) -> Optional[resource.struct_rusage]:
-        """wait4 the child (blocking); its rusage, or None if already reaped."""
+        """wait4 the child (blocking); its rusage, or None if already reaped.
+        Its scheduler runtime, read just before the wait4 while it is a
+        zombie, is left in ``runtime_ns`` (None if unreadable)."""
         if self.proc.returncode is not None:
             return None
+        self.runtime_ns = zombie_runtime_ns(self.pid)
         try:
             _, status, ru = os.wait4(self.pid, 0)
         except ChildProcessError:
@@ -838,17 +846,23 @@ def _run_once(
                 "errno_name": str(reaped["errno_name"]),
                 "duration_s": (int(reaped["t_done_ns"]) - t0) / 1e9,
             }
-            reaper_ru = int(reaped["ru_cpu_ns"])
-            worker_cpu_before = int(populated["ru_cpu_ns"])
+            reaper_ru = int(reaped["cpu_ns"])
+            worker_cpu_before = int(populated["cpu_ns"])
         else:
             exited = worker.expect("exit", 10.0)
             t0 = int(exited["t_ns"])
             t_release = ready.get("cleaner", ready["worker"])
-            worker_cpu_before = int(exited["ru_cpu_ns"])
+            worker_cpu_before = int(exited["cpu_ns"])
         w1, o1 = _cpu(wcg), _cpu(ocg)
         ru = worker.reap()
         worker_ru = None
-        if ru is not None:
+        # Like with like: the runtime on both sides (the cgroups count it).
+        # wait4's utime+stime only where the zombie's clock was unreadable:
+        # on s390 that sum is CPU-timer time, 1-25% off the runtime
+        # (accounting.zombie_runtime_ns).
+        if worker.runtime_ns is not None:
+            worker_ru = worker.runtime_ns - worker_cpu_before
+        elif ru is not None:
             worker_ru = round((ru.ru_utime + ru.ru_stime) * 1e9) - worker_cpu_before
         mem_after = None
         if wcg is not None:

@@ -76,7 +76,7 @@ KERNEL_RECIPE = "v2"
 #: folded fscache into netfs).
 NINEP_MODULES = ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-#: Per kernel: the default selection took 25-30 minutes under TCG on this
+#: Per kernel: the default selection took 15-20 minutes under TCG on this
 #: shared 2-core machine (docs/s390x-kernel.md).
 TIMEOUT_S = int(os.environ.get("KVMPV_S390X_KERNEL_TIMEOUT", "2700"))
 NS_ENV = "KVMPV_S390X_KERNEL_NS"
@@ -442,6 +442,10 @@ class Outcome:
     finished: bool = False
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
+    #: "test [phase]" of each failure or error
+    failures: list[str] = field(default_factory=list)
+    #: kernel-independent tests deselected here: they ran in the first kernel
+    first_kernel_only: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -508,7 +512,15 @@ def boot(
     t0 = time.monotonic()
     outdir = merged / "kvmpv" / f"out-{index}"
     outdir.mkdir()
-    args = {"pytest": pytest_args, "out": f"/kvmpv/out-{index}", "checks": checks, "full": full}
+    args = {
+        "pytest": pytest_args,
+        "out": f"/kvmpv/out-{index}",
+        "checks": checks,
+        "full": full,
+        # the kernel-independent tests run in the first kernel only
+        # (kernel_guest.FIRST_KERNEL_ONLY)
+        "first": index == 0,
+    }
     (merged / "kvmpv" / "args.json").write_text(json.dumps(args))
     cmd = [
         "qemu-system-s390x", "-nographic", "-nic", "none", "-m", GUEST_MEMORY, "-smp", "2",
@@ -565,6 +577,7 @@ def read_outcome(outdir: Path, out: Outcome) -> None:
     out.release = data.get("release", "?")
     out.finished = bool(data.get("finished"))
     out.steps = data.get("steps", {})
+    out.first_kernel_only = data.get("first_kernel_only", [])
     for check in data.get("checks", []):
         if check["ok"]:
             out.checks_passed += 1
@@ -580,8 +593,10 @@ def read_outcome(outdir: Path, out: Outcome) -> None:
                 out.skipped.append((name, reason))
             elif "failure" in kinds:
                 out.failed += 1
+                out.failures.append(name)
             elif "error" in kinds:
                 out.errors += 1
+                out.failures.append(name)
             else:
                 out.passed += 1
 
@@ -597,8 +612,13 @@ def report(kernel: Kernel, out: Outcome) -> None:
     )
     if out.steps:
         log("  steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in out.steps.items()))
+    if out.first_kernel_only:
+        names = ", ".join(out.first_kernel_only)
+        log(f"  run in the first kernel only (kernel-independent): {names}")
     for name, reason in out.skipped:
         log(f"  SKIP {name}: {reason}")
+    for name in out.failures:
+        log(f"  FAIL {name}")
     for failure in out.checks_failed:
         log(f"  FAIL check {failure}")
     if not out.finished:
