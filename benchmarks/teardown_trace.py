@@ -72,8 +72,9 @@ VARIANTS = {
     "cleaner-before": (1, "placement", False),
     "cleaner-other": (1, "placement", True),
     "cleaner": (1, "", False),
-    "parallel-before": (2, "placement,split", False),
+    "parallel-before": (2, "placement", False),
     "parallel": (2, "", False),
+    "parallel-chunks": (2, "chunks", False),
 }
 WORKER = r"""
 import json, os, sys

@@ -11,8 +11,9 @@ the kernel frees the memory in the cleaner's context -- an ordinary process in
 the same cgroups, so the CPU time and the memory stay charged where they
 belong.  With ``parallel=N`` the cleaner first releases the private anonymous
 memory with ``madvise(MADV_DONTNEED)`` from N tasks sharing the address space
-so the release time shrinks with the cores: they take 32 MiB chunks while any
-are left, so a task on a busier CPU takes fewer.  The cleaner moves itself to
+so the release time shrinks with the cores: each task takes one slice of equal
+bytes (32 MiB chunks taken from a shared counter were measured slower:
+docs/teardown-cost.md).  The cleaner moves itself to
 the CPU this process last ran on before it frees anything, so the pages go
 where a plain exit would have put them (that CPU's per-cpu page lists: see
 docs/teardown-cost.md for why this decides the CPU cost).
@@ -324,7 +325,7 @@ def status() -> CleanerStatus:
 @dataclass(frozen=True)
 class CleanerJob:
     """One task of a parallel release (``index`` 0: the cleaner itself) and the bytes
-    it released, summed over the chunks it took."""
+    it released, summed over the pieces it took."""
 
     index: int
     tid: int

@@ -145,11 +145,12 @@ enum {
 #define FALLBACK_PROC 1		/* skip close_range, walk /proc/self/fd */
 #define FALLBACK_LIMIT 2	/* skip close_range and /proc, loop to RLIMIT_NOFILE */
 
-/* Benchmark hooks (KVMPV_CLEANER_TEST_LEGACY=placement,split): the behaviour
- * before issue 27, so benchmarks/teardown_cost.py measures before and after
- * in one run. */
+/* Benchmark hooks (KVMPV_CLEANER_TEST_LEGACY=placement,chunks), so that
+ * benchmarks/teardown_cost.py and teardown_trace.py measure the variants in
+ * one run: the placement before issue 27, and the chunked release issue 27
+ * tried and measured slower (see parallel_release()). */
 #define LEGACY_PLACEMENT 1	/* stay where the wakeup put us */
-#define LEGACY_SPLIT 2		/* one fixed slice of equal bytes per task */
+#define TEST_CHUNKS 2		/* CHUNK_BYTES pieces from a shared counter */
 
 struct range {
 	unsigned long start, end;
@@ -158,7 +159,7 @@ struct range {
 /* A piece of a range, released by one MADV_DONTNEED. */
 struct piece {
 	unsigned long start, end;
-	int owner;		/* LEGACY_SPLIT: the one task that releases it */
+	int owner;		/* fixed slices: the one task that releases it */
 };
 
 struct par;
@@ -167,7 +168,7 @@ struct job {
 	struct par *par;
 	int index;		/* 0: the cleaner itself */
 	int report_fd;		/* see struct arena */
-	int fixed;		/* LEGACY_SPLIT: only the pieces it owns */
+	int fixed;		/* fixed slices (the default): only the pieces it owns */
 };
 
 /* Scratch of the parallel mode; lives in the arena. */
@@ -657,7 +658,7 @@ static long read_ranges(const struct arena *a, struct par *p)
  * the ranges laid end to end), each cut moved up to a 2 MiB boundary.  The
  * owner of a piece is the index of the chunk it starts in (capped at
  * tasks - 1): with chunk = total / tasks that is the fixed slice of
- * LEGACY_SPLIT.  Pieces beyond the table (more than MAX_RANGES ranges) are
+ * the default release.  Pieces beyond the table (more than MAX_RANGES ranges) are
  * left to the final exit.
  */
 static long build_pieces(struct par *p, long n, unsigned long chunk, int tasks)
@@ -699,7 +700,7 @@ static void run_job(const struct job *j)
 		const struct piece *pc;
 
 		if (j->fixed) {
-			/* LEGACY_SPLIT: the pieces we own, in order. */
+			/* Fixed slices: the pieces we own, in order. */
 			while (i < p->npieces && p->pieces[i].owner != j->index)
 				i++;
 			if (i >= p->npieces)
@@ -734,13 +735,15 @@ static int helper_main(void *arg)
  * (those MADV_DONTNEED did not reclaim) and everything skipped go at the
  * final exit.
  *
- * The work is handed out in chunks of CHUNK_BYTES, taken one at a time by
- * whichever task is free, rather than one fixed slice per task (before issue
- * 27, still there as LEGACY_SPLIT): the two CPUs of a 2-CPU host do not free
- * pages at the same speed (other jobs, and the per-cpu page lists of the top
- * comment: at 2 GiB one CPU freed 288k pages, 92% of them into its own lists,
- * while the other pushed all its 238k to the buddy allocator and took 60%
- * longer), and with fixed slices the release waits for the slower one.
+ * Each task releases one fixed slice of equal bytes.  Issue 27 tried
+ * CHUNK_BYTES pieces taken from a shared counter by whichever task is free
+ * (TEST_CHUNKS), because the two CPUs of a 2-CPU host do not free at the same
+ * speed (at 2 GiB one CPU freed 288k pages, 92% into its own per-cpu lists,
+ * the other pushed all its 238k to the buddy allocator and took 60% longer).
+ * On a quiet machine the chunks were slower at 8 GiB (release 251 ms against
+ * 222 ms, CPU 0.47-0.49 s against 0.41-0.43 s: 256 MADV_DONTNEED calls, each
+ * with its TLB flush, and both tasks in the same zone lock more often), so the
+ * slices stay and the chunks are a benchmark variant (docs/teardown-cost.md).
  *
  * `cpu`: the armed process's last CPU; the cleaner moves there only after
  * cloning the helpers, so that they do not inherit the one-CPU mask.
@@ -751,7 +754,7 @@ static void parallel_release(const struct arena *a, long cpu)
 	long n = read_ranges(a, p), r, k, started = 0;
 	unsigned long total = 0, chunk;
 	int tasks = a->parallel, failed[KVMPV_MAX_PARALLEL];
-	int fixed = (a->legacy & LEGACY_SPLIT) != 0;
+	int fixed = (a->legacy & TEST_CHUNKS) == 0;
 
 	for (r = 0; r < n; r++)
 		total += p->ranges[r].end - p->ranges[r].start;
@@ -963,7 +966,7 @@ void kvmpv_cleaner_arm_children(int enable, int parallel)
 	children_parallel = parallel;
 }
 
-/* KVMPV_CLEANER_TEST_LEGACY=placement,split: see LEGACY_*. */
+/* KVMPV_CLEANER_TEST_LEGACY=placement,chunks: see LEGACY_PLACEMENT, TEST_CHUNKS. */
 static int test_legacy(void)
 {
 	const char *s = getenv("KVMPV_CLEANER_TEST_LEGACY");
@@ -973,8 +976,8 @@ static int test_legacy(void)
 		return 0;
 	if (strstr(s, "placement"))
 		f |= LEGACY_PLACEMENT;
-	if (strstr(s, "split"))
-		f |= LEGACY_SPLIT;
+	if (strstr(s, "chunks"))
+		f |= TEST_CHUNKS;
 	return f;
 }
 
