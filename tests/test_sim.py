@@ -1256,6 +1256,37 @@ def test_unpack_splits_large_folios_and_retries() -> None:
         assert host.vm_info(env.vm.fd).secure_bytes == SLOT
 
 
+def test_dirty_file_folios_are_written_back_then_split() -> None:
+    """s390_wiggle_split_folio() (commit ab73b29efd36): split_folio() refuses a dirty large folio
+    of an iomap file (-EBUSY), so it is written back and split at once; make_hva_secure()'s
+    lookup through a writable PTE dirties it again.  UNPACK then completes with one retry per
+    folio, every folio written back exactly once, and the image verifies."""
+    host = SimulatedHost()
+    folio = 16 << 10
+    with pv_vm(host, high=False, enable=False) as env:
+        base = env.low.addr
+        host.back_with_large_folios(base, folio, folio, iomap_file=True)
+        assert host.unsplittable_folio_bytes(base, SLOT) == folio
+        assert host.s390_wiggle_split_folio(base + 4096) == 0  # written back, then split
+        assert (host.large_folio_bytes(base, SLOT), host.written_back_bytes()) == (0, folio)
+        assert host.s390_wiggle_split_folio(base) == 0  # small now: nothing to do
+        assert host.written_back_bytes() == folio
+        # the image's pages, as the check sets them up: dirty file folios
+        lo = min(c.addr for c in SYNTHETIC.components) // folio * folio
+        hi = -(-max(c.addr + c.size for c in SYNTHETIC.components) // folio) * folio
+        host.back_with_large_folios(base + lo, hi - lo, folio, iomap_file=True)
+        assert host.unsplittable_folio_bytes(base + lo, hi - lo) == hi - lo
+        load_image(env.vm, SYNTHETIC)
+        reset_vcpus(env.vcpus)
+        booted = s390_machine_protect(env.vm, SYNTHETIC, env.vcpus)
+        assert booted.verified
+        assert host.large_folio_bytes(base, SLOT) == 0
+        assert host.written_back_bytes() == folio + hi - lo  # once per folio
+        assert host.unpack_retries() == (hi - lo) // folio  # one retry per folio, no spin
+        run_until_finished(env.vcpus[0])
+        assert host.vm_info(env.vm.fd).secure_bytes == SLOT
+
+
 def test_mem_limit_and_memslots_stay_inside_the_asce() -> None:
     """kvm_s390_set_mem_control(): EBUSY below an existing memslot's end; and
     kvm_arch_prepare_memory_region(): EINVAL for a slot beyond asce_contains_gfn() (both commit

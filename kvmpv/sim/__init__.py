@@ -46,7 +46,7 @@ helpers are no interface: they may change with any refactoring).  A bug at a
 call site may need the caller and the callee (tests/_deviating.py's
 ``DestroyCpuErrorIgnoredHost``: the PREPARE case ignoring
 ``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 27 such
-deviations, tests/_regressions.py 7 more (upstream fixes of the regression
+deviations, tests/_regressions.py 8 more (upstream fixes of the regression
 corpus reinstated, ``Regress_<commit>``, and invented ones), and
 tests/test_sim_kernel_functions.py the rules.
 
@@ -62,7 +62,8 @@ comments are those of arch/s390/kvm/{kvm-s390,pv}.c (Linux 6.4 .. 7.0, all of
 which behave the same at this interface), plus the fixes of later releases
 that change what the interface answers, each citing its commit: UNPACK
 splitting a large folio and retrying the page (eef88fe45ac9, v6.11;
-3ec8a8330a1a, v6.16) and
+3ec8a8330a1a, v6.16), writing a dirty file folio back to split it
+(ab73b29efd36, v6.16) and
 memslots kept inside the ASCE range (7b53b4801884, v7.1).
 
 What it may touch: the guest memory registered in memslots (cleared with
@@ -143,8 +144,12 @@ The outside world
   registration looks at it (EINTR, commit 185d903064f8).
 * ``back_with_large_folios(addr, length, folio_size)``: the host mm keeps that
   memory in large folios; ``make_hva_secure()`` splits one and returns
-  -EAGAIN, and UNPACK retries the page (commit 3ec8a8330a1a);
-  ``large_folio_bytes(addr, length)`` tells what is left unsplit.
+  -EAGAIN, and UNPACK retries the page (commit 3ec8a8330a1a); with
+  ``iomap_file=True`` the folios are a file's dirty page cache on XFS, which
+  split_folio() refuses until ``s390_wiggle_split_folio()`` writes them back
+  (commit ab73b29efd36); ``large_folio_bytes(addr, length)`` tells what is
+  left unsplit, ``unsplittable_folio_bytes``, ``written_back_bytes()`` and
+  ``unpack_retries()`` the rest.
 * ``inject_uv_failure(uvc_cmd, rc, rrc, count)``: the Ultravisor fails the
   next matching calls (the EIO/EINVAL rows of table 3.9);
   ``inject_alloc_failure(site)``: the simulator's failslab (the ENOMEM row).

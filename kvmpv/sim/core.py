@@ -144,6 +144,13 @@ class HostState:
         # make_hva_secure() of one of its pages splits the folio.
         self._large_folios = _Ranges()
         self._large_folio_size = 0
+        # The part of them that is a file's page cache on an iomap file system
+        # with large folios (XFS, zonefs, erofs), and which of those are dirty:
+        # split_folio() cannot split a dirty one (commit ab73b29efd36).
+        self._file_folios = _Ranges()
+        self._dirty_folios = _Ranges()
+        self._written_back = 0  # bytes s390_wiggle_split_folio() wrote back
+        self._unpack_retries = 0  # -EAGAIN retries of kvm_s390_pv_unpack()
         self._files: dict[int, _File] = {}
         self._maps: dict[int, tuple[_File, int]] = {}
         self._vms: dict[int, _Vm] = {}
@@ -209,7 +216,9 @@ class HostState:
         with self._lock:
             self._signals.add(tid)
 
-    def back_with_large_folios(self, addr: int, length: int, folio_size: int = 64 << 10) -> None:
+    def back_with_large_folios(
+        self, addr: int, length: int, folio_size: int = 64 << 10, *, iomap_file: bool = False
+    ) -> None:
         """The host mm keeps [addr, addr + length) in large folios of ``folio_size`` bytes.
 
         On a real host the mm decides which pages are large folios (anonymous
@@ -218,6 +227,14 @@ class HostState:
         make_hva_secure() then refuses a page of such a folio (-E2BIG), splits
         the folio (s390_wiggle_split_folio()) and asks to be retried
         (-EAGAIN, commit 3ec8a8330a1a).  Folio-aligned, one size per host.
+
+        ``iomap_file``: the memory is a shared mapping of a file on an iomap
+        file system with large folios (XFS, zonefs, erofs), its folios dirty
+        (the VMM wrote the image into them).  split_folio() fails with -EBUSY
+        on a dirty folio there (iomap_release_folio() refuses), and a writable
+        PTE implies a dirty folio, so every make_hva_secure() lookup finds it
+        dirty again: only writeback right before the split gets it split
+        (s390_wiggle_split_folio(), commit ab73b29efd36).
         """
         if folio_size < 2 * PAGE_SIZE or folio_size & (folio_size - 1):
             raise ValueError(f"folio size {folio_size:#x}: a power of two of 2 pages or more")
@@ -228,11 +245,34 @@ class HostState:
                 raise ValueError("one large folio size per simulated host")
             self._large_folio_size = folio_size
             self._large_folios.add(addr, addr + length)
+            if iomap_file:
+                self._file_folios.add(addr, addr + length)
+                self._dirty_folios.add(addr, addr + length)
 
     def large_folio_bytes(self, addr: int, length: int) -> int:
         """How many bytes of [addr, addr + length) are still in large folios (introspection)."""
         with self._mm:
             return sum(e - s for s, e in self._large_folios.intersect(addr, addr + length))
+
+    def unsplittable_folio_bytes(self, addr: int, length: int) -> int:
+        """Bytes of [addr, addr + length) in large folios split_folio() refuses now:
+        dirty folios of an iomap file (``back_with_large_folios(iomap_file=True)``)."""
+        with self._mm:
+            return sum(
+                fe - fs
+                for s, e in self._dirty_folios.intersect(addr, addr + length)
+                for fs, fe in self._file_folios.intersect(s, e)
+            )
+
+    def written_back_bytes(self) -> int:
+        """Bytes of large file folios s390_wiggle_split_folio() wrote back (introspection)."""
+        with self._lock:
+            return self._written_back
+
+    def unpack_retries(self) -> int:
+        """How often kvm_s390_pv_unpack() retried a page after -EAGAIN (introspection)."""
+        with self._lock:
+            return self._unpack_retries
 
     def signal_pending(self, tid: int) -> bool:
         """signal_pending() of native thread ``tid``: a caught or a fatal signal is pending."""

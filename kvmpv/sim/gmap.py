@@ -43,6 +43,7 @@ from .uvc import (
 KERNEL_FUNCTIONS = {
     "s390_uv_destroy_range": "arch/s390/mm/gmap.c",
     "make_hva_secure": "arch/s390/kernel/uv.c",
+    "s390_wiggle_split_folio": "arch/s390/kernel/uv.c",
 }
 
 
@@ -137,10 +138,11 @@ class Gmap(Ultravisor):
                             violations.append((other, ps, pe))
                 if len(self._large_folios):
                     # The fault path's make_hva_secure() splits a large folio
-                    # and the guest retries its access (-EAGAIN re-enters SIE):
+                    # (a dirty file folio after writeback, ab73b29efd36) and the
+                    # guest retries its access (-EAGAIN re-enters SIE):
                     # invisible to the VMM, so the split is done at once.
                     size = self._large_folio_size
-                    self._large_folios.remove(s - s % size, -(-e // size) * size)
+                    self._drop_large_folios(s - s % size, -(-e // size) * size)
                 self._busy.add(s, e)
         try:
             # Secure-storage violation (spec 3.8): destroy the old page first.
@@ -313,22 +315,77 @@ class Gmap(Ultravisor):
         secure, and UNPACK went on to the next page (the image then fails
         VERIFY).  The caller passes a range whose pages after the first are
         not in large folios (``_secure_piece``), as the kernel works per page.
+        The folio is found through a writable PTE (folio_walk_start() and
+        pte_write()): for a file on an iomap file system that makes the folio
+        dirty (commit ab73b29efd36's message).
         """
         with self._mmap_lock.read():
             with self._mm:
                 large = self._large_folios.intersect(s, s + PAGE_SIZE)
+                if large and self._file_folios.intersect(s, s + PAGE_SIZE):
+                    size = self._large_folio_size
+                    self._dirty_folios.add(s - s % size, s - s % size + size)
             if not large:
                 self._import_range_locked(cfg, s, e, clear, fill)
                 return 0
-        self._split_large_folio(s)
+        rc = self.s390_wiggle_split_folio(s)
+        return -errno.EAGAIN if rc == 0 else rc  # 'if (!rc) rc = -EAGAIN;'
+
+    def s390_wiggle_split_folio(self, addr: int) -> int:
+        """s390_wiggle_split_folio() (arch/s390/kernel/uv.c): split the large folio of ``addr``.
+
+        0 if the page is in no large folio (any more) or the split worked,
+        -EAGAIN if the folio could not be split now.  make_hva_secure() calls
+        it after mmap_read_unlock().  Since commit ab73b29efd36 (v6.16):
+        split_folio() fails with -EBUSY on a dirty folio of a mapping that
+        cannot split dirty folios (iomap_release_folio(): XFS, zonefs, erofs),
+        and the writable PTE make_hva_secure() found the folio through makes
+        it dirty there.  So a dirty folio of a file whose mapping can write
+        back (not anon, not shmem) is written back
+        (filemap_write_and_wait_range() over the folio's range) and split
+        again at once, two tries in all, before any new lookup can dirty it
+        again.  Before, -EBUSY was -EAGAIN at once and kvm_s390_pv_unpack()
+        met the same dirty folio on every retry, until a fatal signal.
+        """
+        with self._mm:
+            if not self._large_folios.intersect(addr, addr + PAGE_SIZE):
+                return 0  # 'if (!folio_test_large(folio)) return 0;'
+        for _tried_splits in range(2):
+            rc = self._split_folio(addr)
+            if rc != -errno.EBUSY:
+                return rc
+            if not self.unsplittable_folio_bytes(addr, PAGE_SIZE):
+                break  # -EBUSY for another reason: the caller looks the folio up again
+            self._write_back_folio(addr)
         return -errno.EAGAIN
 
-    def _split_large_folio(self, addr: int) -> None:
-        """s390_wiggle_split_folio() (uv.c) for the folio holding ``addr``: split, all small."""
+    def _split_folio(self, addr: int) -> int:
+        """split_folio() of the large folio holding ``addr``: 0 (all small now), or -EBUSY
+        for a dirty folio of an iomap file (iomap_release_folio() refuses)."""
         with self._mm:
             size = self._large_folio_size
             start = addr - addr % size
-            self._large_folios.remove(start, start + size)
+            if self._dirty_folios.intersect(start, start + size) and self._file_folios.intersect(
+                start, start + size
+            ):
+                return -errno.EBUSY
+            self._drop_large_folios(start, start + size)
+        return 0
+
+    def _drop_large_folios(self, s: int, e: int) -> None:
+        """[s, e) is in small folios now (split); caller holds ``_mm``."""
+        self._large_folios.remove(s, e)
+        self._file_folios.remove(s, e)
+        self._dirty_folios.remove(s, e)
+
+    def _write_back_folio(self, addr: int) -> None:
+        """filemap_write_and_wait_range() over the folio holding ``addr``: clean again."""
+        with self._mm:
+            size = self._large_folio_size
+            start = addr - addr % size
+            self._dirty_folios.remove(start, start + size)
+        with self._lock:
+            self._written_back += size
 
     def _secure_piece(self, pos: int, e: int) -> tuple[int, int]:
         """The next range from ``pos`` for one make_hva_secure(): a large folio's page alone,

@@ -441,6 +441,10 @@ class Pv(Gmap):
                     # kvm_s390_pv_unpack(): 'if (ret == -EAGAIN) { cond_resched();
                     # if (fatal_signal_pending(current)) break; continue; }' -- the
                     # same page again (a large folio was split, commit 3ec8a8330a1a).
+                    # Nothing else ends the loop: a folio that never splits
+                    # (before commit ab73b29efd36) kept UNPACK here forever.
+                    with self._lock:
+                        self._unpack_retries += 1
                     if self.fatal_signal_pending(threading.get_native_id()):
                         return ret
                     continue
