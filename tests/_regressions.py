@@ -161,6 +161,37 @@ class Regress_eef88fe45ac9(_Regression):
         return super().make_hva_secure(cfg, s, e, clear=clear, fill=fill)
 
 
+class Regress_ab73b29efd36(_Regression):
+    """Commit ab73b29efd36 "s390/uv: Improve splitting of large folios that cannot be split
+    while dirty" (v6.16), reverted: a dirty large folio of an iomap file (XFS) is never
+    split, and UNPACK retries its page forever.
+
+    Before the fix s390_wiggle_split_folio() tried split_folio() once and
+    turned its -EBUSY into -EAGAIN; a dirty folio of an iomap file system
+    cannot be split (iomap_release_folio() refuses) and make_hva_secure()'s
+    lookup through a writable PTE dirties it again, so kvm_s390_pv_unpack()
+    met the same folio on every retry and KVM_PV_UNPACK returned only on a
+    fatal signal (Fixes: eef88fe45ac9; reported as RHEL-58218).  Here the
+    retry is just as endless; the check's watchdog ends it with a fatal
+    signal for the UNPACK thread, which the simulated loop honours as the
+    kernel's does, so the test cannot hang.
+    """
+
+    commit = "ab73b29efd36f8916c6cc9954e912c4723c9a1b0"
+    targets = frozenset({"unpack_dirty_file_folios_complete"})
+    breaks = (
+        "s390_wiggle_split_folio(): a dirty file folio is written back "
+        "(filemap_write_and_wait_range()) and split again at once (commit ab73b29efd36); "
+        "here -EBUSY is -EAGAIN at once, as before"
+    )
+    symptom = "the protected boot hung in UNPACK"
+
+    def s390_wiggle_split_folio(self, addr: int) -> int:
+        if self.unsplittable_folio_bytes(addr, 4096):  # split_folio() would be -EBUSY
+            return -errno.EAGAIN  # no writeback: the next lookup finds it dirty again
+        return super().s390_wiggle_split_folio(addr)
+
+
 class Regress_7b53b4801884(_Regression):
     """Commit 7b53b4801884 "KVM: s390: Prevent memslots outside the ASCE range" (v7.1),
     reverted: a memory limit below an existing memslot's end, and a memslot beyond the

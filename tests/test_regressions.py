@@ -17,6 +17,7 @@ deviations (blind spots of the checks, issue 25 item 4) are run the same way.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,43 @@ def test_guards_match_the_corpus() -> None:
             by_check.setdefault(e["caught_by"], set()).add(_short(e))
     guards = {c.name: set(c.guards) for c in chk.registry() if c.guards}
     assert guards == by_check
+
+
+def test_a_hung_unpack_is_bounded_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """unpack_dirty_file_folios_complete on Regress_ab73b29efd36 (UNPACK retries forever):
+    FAIL by the retry limit, and with the retry limit out of reach by the time bound; either
+    way the UNPACK thread is stopped (a fatal signal for it) and no simulator fd is left."""
+    hosts: list[Any] = []
+    signalled: list[int] = []
+
+    def build(config: Any) -> Any:
+        host = _regressions.Regress_ab73b29efd36.build(config)
+        real = host.deliver_fatal_signal
+
+        def spy(tid: int) -> None:
+            signalled.append(tid)
+            real(tid)
+
+        host.deliver_fatal_signal = spy
+        hosts.append(host)
+        return host
+
+    name = "unpack_dirty_file_folios_complete"
+    case = run_check(name, build)
+    assert case.status is Status.FAIL
+    assert "retries of a page, no large folio split" in case.reason
+    assert "stopped by a fatal signal" in _report(case) and "(EAGAIN)" in _report(case)
+    monkeypatch.setattr(chk, "UNPACK_SPIN_LIMIT", 1 << 60)
+    monkeypatch.setattr(chk, "UNPACK_BOUND_S", 0.3)
+    case = run_check(name, build)
+    assert case.status is Status.FAIL
+    assert "no return within 0.3 s" in case.reason
+    assert hosts[-1].unpack_retries() > 0  # it did spin until the bound
+    assert len(signalled) == 2  # one fatal signal per hung UNPACK ...
+    for host in hosts:
+        assert host.open_fds() == 0
+        assert not any(host.fatal_signal_pending(tid) for tid in signalled)  # ... cleared after
+    assert "qemu-main" not in {t.name for t in threading.enumerate()}
 
 
 def test_a_missed_bug_is_reported() -> None:

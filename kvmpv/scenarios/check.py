@@ -562,6 +562,122 @@ def check_unpack_large_folio(ctx: CheckContext) -> None:
     ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")
 
 
+#: How long the UNPACKs of ``unpack_dirty_file_folios_complete`` may take before the
+#: check calls them hung: sized for a loaded machine (they take milliseconds on an
+#: idle one; CI runs next to qemu-system-s390x and other test runs).
+UNPACK_BOUND_S = 120.0
+#: kvm_s390_pv_unpack() retries (-EAGAIN) in a row without a large folio split that
+#: make the simulated UNPACK a livelock, well before the time bound: with the fix
+#: every retry follows a split (one per folio), so this is no slow machine.
+UNPACK_SPIN_LIMIT = 1000
+
+
+@check(
+    "unpack_dirty_file_folios_complete",
+    spec="10.3",
+    needs_image=True,
+    sim_only="kvmpv's guest memory is anonymous; a real-host variant needs a file on an "
+    "iomap file system with large folios (XFS, zonefs, erofs) as guest memory, and whether "
+    "its page cache holds large folios there is the host mm's choice",
+    guards=("ab73b29efd36",),
+)
+def check_unpack_dirty_file_folios(ctx: CheckContext) -> None:
+    """UNPACK of image pages in dirty large folios of a file on an iomap file system
+    completes: each folio is written back and split, VERIFY succeeds, the guest runs to
+    its end.  The boot runs on its own thread under a watchdog: a hung UNPACK is a FAIL.
+
+    split_folio() refuses a dirty folio of such a file (iomap_release_folio()),
+    and make_hva_secure() finds the folio through a writable PTE, which makes it
+    dirty.  Since commit ab73b29efd36 (v6.16) s390_wiggle_split_folio() writes
+    the folio back (filemap_write_and_wait_range()) and splits it at once;
+    before, it answered -EAGAIN and kvm_s390_pv_unpack() retried the same page
+    until a fatal signal: starting a protected guest from a file on XFS hung.
+    """
+    assert ctx.image is not None
+    guest = image_vm(ctx)
+    comps = ctx.image.components
+    lo = min(c.addr for c in comps) // LARGE_FOLIO * LARGE_FOLIO
+    hi = -(-max(c.addr + c.size for c in comps) // LARGE_FOLIO) * LARGE_FOLIO
+    base = guest.low.addr - LOW_GPA
+    ctx.sim.back_with_large_folios(base + lo, hi - lo, LARGE_FOLIO, iomap_file=True)
+    folios = (hi - lo) // LARGE_FOLIO
+    ctx.diag(f"image [{lo:#x}, {hi:#x}): {folios} dirty file folios of {LARGE_FOLIO >> 10} KiB")
+    unsplittable = ctx.sim.unsplittable_folio_bytes(base + lo, hi - lo)
+    ctx.check_eq(unsplittable, hi - lo, "dirty file folios set up")
+    booted = _protect_bounded(ctx, guest, base + lo, hi - lo)
+    if booted is None:
+        return
+    ctx.check_true(booted.verified, "the image verified")
+    run_until_finished(guest.vcpus[0])
+    booted.end = guest_end(guest.vcpus[0])
+    ctx.diag(f"end: {booted.end.describe()}")
+    ctx.check_eq(booted.end.kind, "payload", f"how the guest ended: {booted.end.describe()}")
+    ctx.check_eq(ctx.sim.large_folio_bytes(base + lo, hi - lo), 0, "large folios left unsplit")
+    ctx.diag(f"written back before a split: {ctx.sim.written_back_bytes()} bytes")
+    info = sim_vm(ctx, guest.vm)
+    ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")
+
+
+def _protect_bounded(
+    ctx: CheckContext, guest: PvVm, addr: int, length: int
+) -> Optional[ProtectedBoot]:
+    """QEMU's s390_machine_protect() on its own thread, bounded; None if it failed (FAIL
+    recorded), CheckFailed if it hung (FAIL recorded, the thread stopped).
+
+    kvm_s390_pv_unpack() retries -EAGAIN until a *fatal* signal
+    ('if (fatal_signal_pending(current)) break;'), so an UNPACK that never
+    progresses cannot be interrupted, only killed: issued on the check's own
+    thread it would hang the check.  The watchdog calls it hung after
+    ``UNPACK_BOUND_S``, or (simulator) after ``UNPACK_SPIN_LIMIT`` retries
+    without a split of the large folios in [addr, addr + length), and stops the
+    thread the one way the kernel allows, a fatal signal for that thread
+    (``deliver_fatal_signal``: the real thread would die with its process;
+    this one's signal is cleared once it has ended).  Nothing is left
+    behind: the thread has ended before the check returns, and the VM is
+    closed by the cleanup.
+    """
+    assert ctx.image is not None
+    image = ctx.image
+    reset_vcpus(guest.vcpus)
+    signalled: list[int] = []
+    # deferred before the thread's join, so it runs after it (LIFO)
+    ctx.defer(lambda: [ctx.sim.clear_fatal_signal(tid) for tid in signalled])
+    worker = ctx.thread(lambda: s390_machine_protect(guest.vm, image, guest.vcpus), "qemu-main")
+
+    def stop() -> None:  # also the cleanup's way (a SIGINT while the watchdog waits)
+        tid = worker.native_id
+        assert tid is not None  # started by ctx.thread()
+        signalled.append(tid)
+        ctx.sim.deliver_fatal_signal(tid)
+
+    worker.kick = stop
+    deadline = time.monotonic() + UNPACK_BOUND_S
+    spins, left = ctx.sim.unpack_retries(), ctx.sim.large_folio_bytes(addr, length)
+    hung = ""
+    while not hung and not worker.done.wait(0.01):
+        retries, now_left = ctx.sim.unpack_retries(), ctx.sim.large_folio_bytes(addr, length)
+        if now_left != left:
+            spins, left = retries, now_left
+        elif retries - spins >= UNPACK_SPIN_LIMIT:
+            hung = f"{retries - spins} retries of a page, no large folio split"
+        if time.monotonic() > deadline:
+            hung = f"no return within {UNPACK_BOUND_S:g} s"
+    if hung:
+        worker.kick()
+        stopped = worker.done.wait(30.0)
+        how = f"stopped by a fatal signal: {worker.error}" if stopped else "not even stopped"
+        ctx.fail_soft(f"the protected boot hung in UNPACK ({hung}); {how}")
+        raise CheckFailed(f"the protected boot hung in UNPACK ({hung})")
+    try:
+        booted: ProtectedBoot = worker.wait(0)
+    except BootError as exc:
+        ctx.check_true(False, f"the image with dirty file folios booted: {exc}")
+        return None
+    for step in booted.steps:
+        ctx.diag(f"boot {step.step}: {step.to_dict()}")
+    return booted
+
+
 @check(
     "boot_again_while_perform_runs",
     spec="3.8, 10.3",
