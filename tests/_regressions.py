@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 from _deviating import _SimBug
 
+from kvmpv.sim.kvm_host import IRQ_PEND_EXT_SERVICE_EV, SCCB_EVENT_PENDING
+
 
 class _Regression(_SimBug):
     """A deviation that reinstates an upstream bug: ``commit`` is the fixing commit."""
@@ -107,6 +109,32 @@ class Regress_185d903064f8(_Regression):
     def kvm_s390_pv_init_vm(self, vm: Any, out: Any) -> int:
         vm.mmu_notifier = True  # 'registered' whatever mmu_notifier_register() said
         return super().kvm_s390_pv_init_vm(vm, out)
+
+
+class Regress_85a19b305427(_Regression):
+    """Commit 85a19b305427 "KVM: s390: only deliver the set service event bits" (v6.9),
+    reverted: a service event reaches the guest with both event-pending bits set.
+
+    Before the fix __deliver_service_ev() called write_sclp(vcpu,
+    SCCB_EVENT_PENDING): whichever of the two bits userspace had injected
+    (QEMU sets 0x1), the protected guest's ext-interrupt parameter in the
+    state description (eiparams) said 0x3 (Fixes: 0890ddea1a90).
+    """
+
+    commit = "85a19b3054274e09bcd9043d7d3203c3836688d0"
+    targets = frozenset({"service_event_bits_as_injected"})
+    breaks = (
+        "__deliver_service_ev(): write_sclp(vcpu, ext.ext_params & SCCB_EVENT_PENDING) "
+        "(commit 85a19b305427); here write_sclp(vcpu, SCCB_EVENT_PENDING), both bits"
+    )
+    symptom = "expected ['0x1'], got ['0x3']"
+
+    def deliver_service_ev(self, vcpu: Any) -> int:
+        event_pending = vcpu.vm.float_pending_irqs & (1 << IRQ_PEND_EXT_SERVICE_EV)
+        ret = super().deliver_service_ev(vcpu)
+        if event_pending and ret == 0:
+            return self.write_sclp(vcpu, SCCB_EVENT_PENDING)  # both bits, as before the fix
+        return ret
 
 
 class Regress_3ec8a8330a1a(_Regression):

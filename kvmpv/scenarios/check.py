@@ -58,6 +58,7 @@ from ..pv import (
     s390_machine_protect,
 )
 from ..runner import (
+    SCLP_EVENT_PENDING_BITS,
     exit_name,
     guest_finished,
     reset_vcpus,
@@ -560,6 +561,54 @@ def check_unpack_large_folio(ctx: CheckContext) -> None:
     ctx.check_eq(ctx.sim.large_folio_bytes(base + lo, hi - lo), 0, "large folios left unsplit")
     info = sim_vm(ctx, guest.vm)
     ctx.check_eq(info.secure_bytes, info.memslot_bytes, "secure bytes after the boot")
+
+
+#: The service signal's external interruption code (KVM_S390_INT_SERVICE's low half).
+EXT_IRQ_SERVICE_SIG = uapi.KVM_S390_INT_SERVICE & 0xFFFF
+
+
+@check(
+    "service_event_bits_as_injected",
+    spec="10.2, 10.3",
+    needs_image=True,
+    sim_only="what a protected guest receives is in its encrypted lowcore: only the simulated "
+    "guest reports the parameter (kvmpv's payload takes no interrupts, a pvimg loader "
+    "reports none)",
+    guards=("85a19b305427",),
+)
+def check_service_event_bits(ctx: CheckContext) -> None:
+    """A service signal injected for a protected guest with one event-pending bit reaches the
+    guest with exactly that bit, before its SCCB answer; with none, the guest sees none.
+
+    The loader's SCLP call is answered as QEMU answers it, the service signal
+    (KVM_S390_INTERRUPT, KVM_S390_INT_SERVICE) carrying SCLP_PV_DUMMY_ADDR
+    and the event bit under test (QEMU's sclp_service_interrupt() sets 0x1
+    when an event is pending).  __inject_service() keeps the bits apart from
+    the SCCB address and __deliver_service_ev() passes them on; before
+    commit 85a19b305427 (v6.9) it wrote both bits (SCCB_EVENT_PENDING, 0x3)
+    whichever was set, and the guest's SCLP driver was told of events nobody
+    signalled.  The guest's report: ``guest_ext_interrupts()``.
+    """
+    assert ctx.image is not None
+    sccb_mask = ~SCLP_EVENT_PENDING_BITS & 0xFFFFFFFF
+    for events in (0x1, 0x2, 0x0):
+        guest = image_vm(ctx)
+        vcpu = guest.vcpus[0]
+        reset_vcpus(guest.vcpus)
+        s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
+        reason = vcpu.run()
+        served = serve_pv_sclp(vcpu, reason, events=events)
+        ctx.require(served, f"the loader's SCLP call, not {exit_name(reason)}")
+        run_until_finished(vcpu)
+        end = guest_end(vcpu)
+        ctx.check_eq(end.kind, "payload", f"how the guest ended: {end.describe()}")
+        got = [p for c, p in ctx.sim.guest_ext_interrupts(vcpu.fd) if c == EXT_IRQ_SERVICE_SIG]
+        ctx.diag(f"injected {events:#x}: the guest took {[hex(p) for p in got]}")
+        bits = [hex(p & SCLP_EVENT_PENDING_BITS) for p in got if p & SCLP_EVENT_PENDING_BITS]
+        want = [hex(events)] if events else []
+        ctx.check_eq(bits, want, f"event bits the guest received (injected {events:#x})")
+        answers = sum(1 for p in got if p & sccb_mask)
+        ctx.check_eq(answers, 1, f"SCCB answers the guest received (injected {events:#x})")
 
 
 @check(

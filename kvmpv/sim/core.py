@@ -400,6 +400,13 @@ class HostState:
     def vcpu_in_run(self, vcpu_fd: int) -> bool:
         return self._vcpu_of(vcpu_fd).in_run
 
+    def guest_ext_interrupts(self, vcpu_fd: int) -> list[tuple[int, int]]:
+        """The simulated guest's report: each external interruption it took on that
+        vCPU, in order, as (interruption code, parameter it read from its lowcore)."""
+        vcpu = self._vcpu_of(vcpu_fd)
+        with self._lock:
+            return list(vcpu.ext_interrupts)
+
     def open_fds(self) -> int:
         """Simulator fds currently open."""
         with self._lock:

@@ -14,14 +14,16 @@ import errno
 import threading
 
 from .. import uapi
+from .interrupt import Interrupt
 from .kvm_host import (
     LOADER_STOP_MASK,
     PAYLOAD_DONE_PSW,
+    SCCB_MASK,
+    SCLP_GUEST_SCCB,
     _disabled_wait,
     _err,
     _Vcpu,
 )
-from .pv import Pv
 
 #: The kernel functions this module models (method name -> where the kernel
 #: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
@@ -31,7 +33,7 @@ KERNEL_FUNCTIONS = {
 }
 
 
-class Intercept(Pv):
+class Intercept(Interrupt):
     """KVM_RUN and the SIE intercepts (arch/s390/kvm/intercept.c)."""
 
     def _sclp_call(self, vcpu: _Vcpu) -> int:
@@ -51,7 +53,7 @@ class Intercept(Pv):
         sccb[12 + 2 * mask_len :] = b"\xff" * (2 * mask_len)  # until the host answers
         vcpu.sida[: len(sccb)] = sccb
         run.s.regs.gprs[1] = 0x00780005  # SCLP_CMD_WRITE_EVENT_MASK
-        run.s.regs.gprs[2] = 0x10000  # the SCCB (a guest address the host never sees)
+        run.s.regs.gprs[2] = SCLP_GUEST_SCCB  # a guest address the host never sees
         run.psw_mask, run.psw_addr = vcpu.psw
         run.s390_sieic.icptcode = 0x68  # ICPT_PV_INSTR
         run.s390_sieic.ipa = 0xB220  # servc
@@ -98,10 +100,15 @@ class Intercept(Pv):
                 if vcpu.sclp == "call":
                     return self._sclp_call(vcpu)
                 if vcpu.sclp == "waiting":
-                    if not vcpu.vm.service_signal:
+                    # vcpu_pre_run(): pending interrupts into the state
+                    # description; the UV presents one on entry.
+                    self.kvm_s390_deliver_pending_interrupts(vcpu)
+                    parm = self._ultravisor_injects(vcpu)
+                    if parm is None:
                         vcpu.kick.wait(0.01)  # an enabled wait: until the signal (or a kick)
                         continue
-                    vcpu.vm.service_signal = False
+                    if not parm & SCCB_MASK:
+                        continue  # an event only: the loader waits on for its SCCB
                     vcpu.sclp = "done"
                     with self._lock:
                         self.sclp_answers.append(int.from_bytes(vcpu.sida[6:8], "big"))

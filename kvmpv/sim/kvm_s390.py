@@ -176,8 +176,7 @@ class KvmS390(Intercept):
             irq = self._copy_in(arg, uapi.kvm_s390_interrupt)
             if int(irq.type) != uapi.KVM_S390_INT_SERVICE or not irq.parm:
                 raise _err(errno.EINVAL)  # only the SCLP service signal is modelled
-            vm.service_signal = True
-            return 0
+            return self.inject_service(vm, int(irq.parm))
         raise _err(errno.ENOTTY)
 
     def kvm_arch_prepare_memory_region(self, vm: _Vm, arg: int) -> int:
