@@ -37,6 +37,34 @@ class _Regression(_SimBug):
     invented: ClassVar[bool] = False
 
 
+class Regress_21f27df85400(_Regression):
+    """Commit 21f27df85400 "KVM: s390: pv: fix external interruption loop not always detected"
+    (v6.3), reverted: handle_external_interrupt() reads a protected CPU's ext new PSW from the
+    guest's lowcore.
+
+    Before the fix the new PSW came from read_guest_lc(), which for a
+    protected guest is encrypted storage: the external mask looked off, the
+    loop went undetected, the clock-comparator interruption was injected
+    again and KVM_RUN re-entered SIE until a signal kicked it (Fixes:
+    201ae986ead7).
+    """
+
+    commit = "21f27df854008b86349a203bf97fef79bb11f53e"
+    targets = frozenset({"extint_loop_exits_to_userspace"})
+    breaks = (
+        "handle_external_interrupt(): 'if (kvm_s390_pv_cpu_is_protected(vcpu)) newpsw = "
+        "vcpu->arch.sie_block->gpsw' (commit 21f27df85400); here always read_guest_lc()"
+    )
+    symptom = "expected 'KVM_EXIT_S390_SIEIC', got \"EINTR (the watchdog's kick)\""
+
+    def handle_external_interrupt(self, vcpu: Any) -> int:
+        handle, vcpu.cpu_handle = vcpu.cpu_handle, 0  # the PV test sees a non-protected CPU
+        try:
+            return super().handle_external_interrupt(vcpu)
+        finally:
+            vcpu.cpu_handle = handle
+
+
 class Regress_292a7d6fca33(_Regression):
     """Commit 292a7d6fca33 "KVM: s390: pv: fix asynchronous teardown for small VMs" (v6.4),
     reverted: PREPARE sets aside a VM whose memory limit gives a segment-table ASCE (<= 2 GiB).

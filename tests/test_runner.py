@@ -301,3 +301,20 @@ def test_serve_pv_sclp_refuses_what_is_no_event_bit() -> None:
     for vcpu in _booted_synthetic(host):
         with pytest.raises(ValueError, match="only the bits 0x3"):
             serve_pv_sclp(vcpu, vcpu.run(), events=0x4)
+
+
+def test_an_external_interruption_loop_comes_back_as_icptcode_20() -> None:
+    """handle_external_interrupt(): a protected guest looping on its clock comparator with an
+    enabled ext new PSW makes KVM_RUN return SIEIC 0x14, and again on the next entry."""
+    host = SimulatedHost()
+    for vcpu in _booted_synthetic(host):
+        host.guest_extint_loop(vcpu.fd)
+        reason = vcpu.run()
+        while serve_pv_sclp(vcpu, reason):
+            reason = vcpu.run()
+        run = vcpu.s390_run()
+        assert (reason, int(run.s390_sieic.icptcode)) == (uapi.KVM_EXIT_S390_SIEIC, 0x14)
+        assert int(run.psw_mask) & (1 << 56)  # the ext new PSW: external interrupts on
+        assert vcpu.run() == uapi.KVM_EXIT_S390_SIEIC  # still looping: the same exit again
+        assert int(run.s390_sieic.icptcode) == 0x14
+        assert host.guest_ext_interrupts(vcpu.fd) == [(0x2401, 0x10000)]  # the SCLP answer

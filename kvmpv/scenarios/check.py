@@ -611,6 +611,76 @@ def check_service_event_bits(ctx: CheckContext) -> None:
         ctx.check_eq(answers, 1, f"SCCB answers the guest received (injected {events:#x})")
 
 
+#: How long ``extint_loop_exits_to_userspace`` lets KVM_RUN run before a watchdog
+#: kicks it: the fixed kernel returns as soon as the guest loops (the simulated boot of
+#: its 8 MiB takes milliseconds); the bug never returns by itself.
+EXTINT_BOUND_S = 2.0
+#: Intercept code 20 (arch/s390/kvm/kvm-s390.h ICPT_EXTINT): an external interruption.
+ICPT_EXTINT = 0x14
+#: The PSW's external-interrupt mask bit (bit 7).
+PSW_MASK_EXT = 1 << (63 - 7)
+
+
+def _run_bounded(vcpu: Vcpu, bound: float) -> tuple[str, int]:
+    """KVM_RUN until an exit other than the loader's SCLP call, a watchdog kicking the vCPU
+    after ``bound`` seconds; returns ("exit", exit reason) or ("EINTR", KVM_EXIT_INTR)."""
+    watchdog = threading.Timer(bound, vcpu.kick)
+    watchdog.start()
+    try:
+        while True:
+            try:
+                vcpu.sys.ioctl(vcpu.fd, uapi.KVM_RUN, 0)
+            except OSError as err:
+                if err.errno != errno.EINTR:
+                    raise
+                return "EINTR", uapi.KVM_EXIT_INTR
+            reason = vcpu.exit_reason
+            if not serve_pv_sclp(vcpu, reason):
+                return "exit", reason
+    finally:
+        watchdog.cancel()
+        watchdog.join()
+
+
+@check(
+    "extint_loop_exits_to_userspace",
+    spec="10.2",
+    needs_image=True,
+    sim_only="needs a protected guest that loops on its clock comparator (kvm-unit-tests' "
+    "s390x extint-loop test as an SE image); kvmpv's payload and a pvimg loader arm none",
+    guards=("21f27df85400",),
+)
+def check_extint_loop(ctx: CheckContext) -> None:
+    """A protected guest whose external new PSW enables external interrupts, with its clock
+    comparator armed, loops: KVM_RUN returns KVM_EXIT_S390_SIEIC, icptcode 20, within a bound.
+
+    handle_external_interrupt() drops to userspace when the new PSW of a
+    clock-comparator or CPU-timer interruption enables external interrupts
+    again.  Since commit 21f27df85400 (v6.3) it takes a protected CPU's new
+    PSW from the state description (the UV swapped the PSWs before it
+    intercepted); before it, it read the encrypted lowcore, missed the loop,
+    injected the interruption again and re-entered SIE: KVM_RUN returned
+    only when a signal kicked it (here a watchdog after EXTINT_BOUND_S,
+    EINTR, the failure).
+    """
+    assert ctx.image is not None
+    guest = image_vm(ctx)
+    vcpu = guest.vcpus[0]
+    ctx.sim.guest_extint_loop(vcpu.fd)
+    reset_vcpus(guest.vcpus)
+    s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
+    how, reason = _run_bounded(vcpu, EXTINT_BOUND_S)
+    got = exit_name(reason) if how == "exit" else "EINTR (the watchdog's kick)"
+    ctx.check_eq(got, "KVM_EXIT_S390_SIEIC", f"KVM_RUN within {EXTINT_BOUND_S:g} s of the loop")
+    if how != "exit" or reason != uapi.KVM_EXIT_S390_SIEIC:
+        return
+    run = vcpu.s390_run()
+    ctx.check_eq(hex(int(run.s390_sieic.icptcode)), hex(ICPT_EXTINT), "icptcode (ICPT_EXTINT)")
+    mask = int(run.psw_mask)
+    ctx.diag(f"PSW in kvm_run: {mask:#018x} {int(run.psw_addr):#x}")
+    ctx.check_true(bool(mask & PSW_MASK_EXT), "the PSW (the ext new PSW) enables ext. interrupts")
+
+
 @check(
     "boot_again_while_perform_runs",
     spec="3.8, 10.3",

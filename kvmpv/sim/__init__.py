@@ -146,6 +146,11 @@ The outside world
 * ``deliver_signal(tid)``: a caught signal pending during that thread's next
   ioctl (delivered when it returns); only ENABLE's first mmu notifier
   registration looks at it (EINTR, commit 185d903064f8).
+* ``guest_extint_loop(vcpu_fd)``: the protected guest, once its payload's
+  stores are done, loops on its clock comparator with an ext new PSW that
+  enables external interrupts; ``handle_external_interrupt()`` sees it and
+  ``KVM_RUN`` returns ``KVM_EXIT_S390_SIEIC``, icptcode 20 (commit
+  21f27df85400).
 * ``back_with_large_folios(addr, length, folio_size)``: the host mm keeps that
   memory in large folios; ``make_hva_secure()`` splits one and returns
   -EAGAIN, and UNPACK retries the page (commit 3ec8a8330a1a);
@@ -192,7 +197,8 @@ best-effort guard against that.
 
 Not modelled: SIGP (the
 guest starting its other CPUs), interrupts other than the SCLP service
-signal (``interrupt.py``), registers other than the PSW,
+signal (``interrupt.py``) and the clock comparator of ``guest_extint_loop``,
+timers, registers other than the PSW,
 ucontrol VMs beyond their creation, blocking of ``KVM_RUN`` while dumping,
 process exit (spec 3.7: ``close_all()`` behaves like the fds being closed
 with the mm still alive).  The FIXRACE early return of

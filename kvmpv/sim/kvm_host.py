@@ -70,6 +70,17 @@ EXT_IRQ_SERVICE_SIG = 0x2401
 #: struct kvm_s390_sie_block's iictl: nothing to inject, an external interruption.
 IICTL_CODE_NONE = 0x00
 IICTL_CODE_EXT = 0x02
+#: External interruption codes of the clock comparator and the CPU timer
+#: (arch/s390/include/asm/irq.h: EXT_IRQ_CLK_COMP, EXT_IRQ_CPU_TIMER).
+EXT_IRQ_CLK_COMP = 0x1004
+EXT_IRQ_CPU_TIMER = 0x1005
+#: Intercept code 20 (arch/s390/kvm/kvm-s390.h ICPT_EXTINT): an external interruption.
+ICPT_EXTINT = 0x14
+#: Lowcore offset of the external new PSW (struct lowcore ext_new_psw, __LC_EXT_NEW_PSW).
+LC_EXT_NEW_PSW = 0x1B0
+#: The external new PSW of the simulated extint-loop guest: 64-bit, external
+#: interrupts enabled (PSW_MASK_EXT), its handler right behind the payload's entry.
+EXTINT_LOOP_PSW = (0x0100000180000000, 0x10800)
 #: Where the simulated loader's SCCB is (the guest address its ``servc`` names).
 SCLP_GUEST_SCCB = 0x10000
 
@@ -180,6 +191,12 @@ class _Vcpu:
         # own report (a protected guest's lowcore is encrypted: nothing but the
         # guest can tell what it received); read with guest_ext_interrupts().
         self.ext_interrupts: list[tuple[int, int]] = []
+        # The guest's program after the payload's stores: "" the payload's
+        # disabled wait; "extint_loop" an external interruption loop
+        # (HostState.guest_extint_loop()).  ckc_pending: its clock comparator
+        # condition (IRQ_PEND_EXT_CLOCK_COMP), never reset by the guest.
+        self.guest_program = ""
+        self.ckc_pending = False
         self.run_addr = 0
         self.run: Optional[uapi.kvm_run_s390] = None
         self.memfd = -1

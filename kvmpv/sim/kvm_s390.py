@@ -462,6 +462,7 @@ class KvmS390(Intercept):
             # initial (and clear, its superset): PSW, prefix and control
             # registers to their reset values, in the SIE block and kvm_run.
             vcpu.psw = (0, 0)
+            vcpu.ckc_pending = False  # CR0 and the clock comparator reset as well
             assert vcpu.run is not None
             vcpu.run.psw_mask = vcpu.run.psw_addr = 0
         if vcpu.config is not None:
