@@ -101,9 +101,13 @@ SCLP_RC_INVALID_SCLP_COMMAND = 0x01F0
 #: no real SCCB address (the UV delivers the guest's own)
 SCLP_PV_DUMMY_ADDR = 0x4000
 _SCCB_HEADER = 8
+#: The low two bits of the service signal's parameter: events pending in the
+#: event facility (the kernel's SCCB_EVENT_PENDING; Linux's guest driver,
+#: sclp_interrupt_handler(), reads them to decide whether to read events)
+SCLP_EVENT_PENDING_BITS = 0x3
 
 
-def serve_pv_sclp(vcpu: Vcpu, reason: int) -> bool:
+def serve_pv_sclp(vcpu: Vcpu, reason: int, *, events: int = 0) -> bool:
     """Answer a protected guest's SCLP service call (``servc``), as QEMU does; False if
     the exit is something else.
 
@@ -117,7 +121,14 @@ def serve_pv_sclp(vcpu: Vcpu, reason: int) -> bool:
     condition code).  kvmpv's event facility offers no events: a write-event-
     mask completes normally with empty host masks (the loader then prints
     nothing), anything else is "invalid SCLP command".
+
+    ``events``: the event-pending bits (``SCLP_EVENT_PENDING_BITS``) to set in
+    the service signal's parameter, as QEMU's ``sclp_service_interrupt()``
+    sets 0x1 when its event facility has an event for the guest; kvmpv's
+    has none (0), a check sets them to see which ones reach the guest.
     """
+    if events & ~SCLP_EVENT_PENDING_BITS:
+        raise ValueError(f"events {events:#x}: only the bits {SCLP_EVENT_PENDING_BITS:#x}")
     if vcpu.arch != "s390x" or reason != uapi.KVM_EXIT_S390_SIEIC:
         return False
     run = vcpu.s390_run()
@@ -138,7 +149,7 @@ def serve_pv_sclp(vcpu: Vcpu, reason: int) -> bool:
     else:
         sccb[6:8] = SCLP_RC_INVALID_SCLP_COMMAND.to_bytes(2, "big")
     vcpu.s390_sida_write(0, bytes(sccb))
-    vcpu.vm.s390_interrupt(uapi.KVM_S390_INT_SERVICE, SCLP_PV_DUMMY_ADDR)
+    vcpu.vm.s390_interrupt(uapi.KVM_S390_INT_SERVICE, SCLP_PV_DUMMY_ADDR | events)
     return True
 
 

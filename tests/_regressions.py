@@ -27,12 +27,42 @@ from typing import Any, ClassVar
 
 from _deviating import _SimBug
 
+from kvmpv.sim.kvm_host import IRQ_PEND_EXT_SERVICE_EV, SCCB_EVENT_PENDING
+
 
 class _Regression(_SimBug):
     """A deviation that reinstates an upstream bug: ``commit`` is the fixing commit."""
 
     commit: ClassVar[str] = ""
     invented: ClassVar[bool] = False
+
+
+class Regress_21f27df85400(_Regression):
+    """Commit 21f27df85400 "KVM: s390: pv: fix external interruption loop not always detected"
+    (v6.3), reverted: handle_external_interrupt() reads a protected CPU's ext new PSW from the
+    guest's lowcore.
+
+    Before the fix the new PSW came from read_guest_lc(), which for a
+    protected guest is encrypted storage: the external mask looked off, the
+    loop went undetected, the clock-comparator interruption was injected
+    again and KVM_RUN re-entered SIE until a signal kicked it (Fixes:
+    201ae986ead7).
+    """
+
+    commit = "21f27df854008b86349a203bf97fef79bb11f53e"
+    targets = frozenset({"extint_loop_exits_to_userspace"})
+    breaks = (
+        "handle_external_interrupt(): 'if (kvm_s390_pv_cpu_is_protected(vcpu)) newpsw = "
+        "vcpu->arch.sie_block->gpsw' (commit 21f27df85400); here always read_guest_lc()"
+    )
+    symptom = "expected 'KVM_EXIT_S390_SIEIC', got \"EINTR (the watchdog's kick)\""
+
+    def handle_external_interrupt(self, vcpu: Any) -> int:
+        handle, vcpu.cpu_handle = vcpu.cpu_handle, 0  # the PV test sees a non-protected CPU
+        try:
+            return super().handle_external_interrupt(vcpu)
+        finally:
+            vcpu.cpu_handle = handle
 
 
 class Regress_292a7d6fca33(_Regression):
@@ -107,6 +137,32 @@ class Regress_185d903064f8(_Regression):
     def kvm_s390_pv_init_vm(self, vm: Any, out: Any) -> int:
         vm.mmu_notifier = True  # 'registered' whatever mmu_notifier_register() said
         return super().kvm_s390_pv_init_vm(vm, out)
+
+
+class Regress_85a19b305427(_Regression):
+    """Commit 85a19b305427 "KVM: s390: only deliver the set service event bits" (v6.9),
+    reverted: a service event reaches the guest with both event-pending bits set.
+
+    Before the fix __deliver_service_ev() called write_sclp(vcpu,
+    SCCB_EVENT_PENDING): whichever of the two bits userspace had injected
+    (QEMU sets 0x1), the protected guest's ext-interrupt parameter in the
+    state description (eiparams) said 0x3 (Fixes: 0890ddea1a90).
+    """
+
+    commit = "85a19b3054274e09bcd9043d7d3203c3836688d0"
+    targets = frozenset({"service_event_bits_as_injected"})
+    breaks = (
+        "__deliver_service_ev(): write_sclp(vcpu, ext.ext_params & SCCB_EVENT_PENDING) "
+        "(commit 85a19b305427); here write_sclp(vcpu, SCCB_EVENT_PENDING), both bits"
+    )
+    symptom = "expected ['0x1'], got ['0x3']"
+
+    def deliver_service_ev(self, vcpu: Any) -> int:
+        event_pending = vcpu.vm.float_pending_irqs & (1 << IRQ_PEND_EXT_SERVICE_EV)
+        ret = super().deliver_service_ev(vcpu)
+        if event_pending and ret == 0:
+            return self.write_sclp(vcpu, SCCB_EVENT_PENDING)  # both bits, as before the fix
+        return ret
 
 
 class Regress_3ec8a8330a1a(_Regression):

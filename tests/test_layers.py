@@ -95,9 +95,10 @@ SIM_LAYER = {
     "uv": 3,
     "gmap": 4,
     "pv": 5,
-    "intercept": 6,
-    "kvm_s390": 7,
-    "__init__": 8,
+    "interrupt": 6,
+    "intercept": 7,
+    "kvm_s390": 8,
+    "__init__": 9,
 }  # fmt: skip
 SIM_MODULES = sorted((PKG / "sim").glob("*.py"))
 

@@ -81,8 +81,9 @@ def test_observable_fix_is_caught(entry: dict[str, Any]) -> None:
     doc = " ".join((cls.__doc__ or "").split())
     for cited in (short, entry["title"], entry["release"]):
         assert cited in doc, f"{cls.__name__}'s docstring does not cite {cited!r}"
-    # the bug sits in the kernel function the corpus names
-    assert entry["sim_function"] in overridden_kernel_functions(cls)
+    # the bug sits in the kernel function the corpus names (a kernel name with
+    # leading underscores is the method without them: Python mangles those)
+    assert entry["sim_function"].lstrip("_") in overridden_kernel_functions(cls)
     name = entry["caught_by"]
     assert name in cls.targets, f"{cls.__name__} is not written for {name}"
     registered = {c.name: c for c in chk.registry()}

@@ -33,6 +33,7 @@ from kvmpv.runner import (
     VcpuRunner,
     guest_finished,
     run_until_finished,
+    serve_pv_sclp,
     start_vcpu,
 )
 from kvmpv.sim import SimulatedHost
@@ -263,3 +264,57 @@ def test_without_the_service_signal_the_loader_waits(monkeypatch: pytest.MonkeyP
             assert host.sclp_answers == [] and host.vcpu_in_run(vcpu.fd)
         finally:
             group.close()
+
+
+def test_service_event_bits_reach_the_guest_as_injected() -> None:
+    """__inject_service() keeps event bits apart from the SCCB answer; each reaches the guest.
+
+    The event is delivered first (IRQ_PEND_EXT_SERVICE_EV is the higher
+    priority), one interruption per entry for a protected CPU, then the SCCB
+    answer with the guest's own SCCB address (the UV's saved copy).
+    """
+    from kvmpv.sim.kvm_host import EXT_IRQ_SERVICE_SIG, SCLP_GUEST_SCCB
+
+    for events in (0x1, 0x2, 0x3, 0x0):
+        host = SimulatedHost()
+        for vcpu in _booted_synthetic(host):
+            assert serve_pv_sclp(vcpu, vcpu.run(), events=events)
+            assert run_until_finished(vcpu) == uapi.KVM_EXIT_S390_SIEIC
+            want = [(EXT_IRQ_SERVICE_SIG, events)] if events else []
+            want.append((EXT_IRQ_SERVICE_SIG, SCLP_GUEST_SCCB))
+            assert host.guest_ext_interrupts(vcpu.fd) == want, hex(events)
+
+
+def test_inject_service_ors_events_and_keeps_the_first_sccb() -> None:
+    """Two service signals before delivery: events ORed, the second SCCB address ignored."""
+    host = SimulatedHost()
+    for vcpu in _booted_synthetic(host):
+        assert vcpu.run() == uapi.KVM_EXIT_S390_SIEIC  # the loader's servc
+        vcpu.vm.s390_interrupt(uapi.KVM_S390_INT_SERVICE, 0x4001)
+        vcpu.vm.s390_interrupt(uapi.KVM_S390_INT_SERVICE, 0x8002)
+        run_until_finished(vcpu)
+        assert host.guest_ext_interrupts(vcpu.fd) == [(0x2401, 0x3), (0x2401, 0x10000)]
+
+
+def test_serve_pv_sclp_refuses_what_is_no_event_bit() -> None:
+    host = SimulatedHost()
+    for vcpu in _booted_synthetic(host):
+        with pytest.raises(ValueError, match="only the bits 0x3"):
+            serve_pv_sclp(vcpu, vcpu.run(), events=0x4)
+
+
+def test_an_external_interruption_loop_comes_back_as_icptcode_20() -> None:
+    """handle_external_interrupt(): a protected guest looping on its clock comparator with an
+    enabled ext new PSW makes KVM_RUN return SIEIC 0x14, and again on the next entry."""
+    host = SimulatedHost()
+    for vcpu in _booted_synthetic(host):
+        host.guest_extint_loop(vcpu.fd)
+        reason = vcpu.run()
+        while serve_pv_sclp(vcpu, reason):
+            reason = vcpu.run()
+        run = vcpu.s390_run()
+        assert (reason, int(run.s390_sieic.icptcode)) == (uapi.KVM_EXIT_S390_SIEIC, 0x14)
+        assert int(run.psw_mask) & (1 << 56)  # the ext new PSW: external interrupts on
+        assert vcpu.run() == uapi.KVM_EXIT_S390_SIEIC  # still looping: the same exit again
+        assert int(run.s390_sieic.icptcode) == 0x14
+        assert host.guest_ext_interrupts(vcpu.fd) == [(0x2401, 0x10000)]  # the SCLP answer

@@ -58,6 +58,7 @@ from ..pv import (
     s390_machine_protect,
 )
 from ..runner import (
+    SCLP_EVENT_PENDING_BITS,
     exit_name,
     guest_finished,
     reset_vcpus,
@@ -676,6 +677,124 @@ def _protect_bounded(
     for step in booted.steps:
         ctx.diag(f"boot {step.step}: {step.to_dict()}")
     return booted
+
+
+#: The service signal's external interruption code (KVM_S390_INT_SERVICE's low half).
+EXT_IRQ_SERVICE_SIG = uapi.KVM_S390_INT_SERVICE & 0xFFFF
+
+
+@check(
+    "service_event_bits_as_injected",
+    spec="10.2, 10.3",
+    needs_image=True,
+    sim_only="what a protected guest receives is in its encrypted lowcore: only the simulated "
+    "guest reports the parameter (kvmpv's payload takes no interrupts, a pvimg loader "
+    "reports none)",
+    guards=("85a19b305427",),
+)
+def check_service_event_bits(ctx: CheckContext) -> None:
+    """A service signal injected for a protected guest with one event-pending bit reaches the
+    guest with exactly that bit, before its SCCB answer; with none, the guest sees none.
+
+    The loader's SCLP call is answered as QEMU answers it, the service signal
+    (KVM_S390_INTERRUPT, KVM_S390_INT_SERVICE) carrying SCLP_PV_DUMMY_ADDR
+    and the event bit under test (QEMU's sclp_service_interrupt() sets 0x1
+    when an event is pending).  __inject_service() keeps the bits apart from
+    the SCCB address and __deliver_service_ev() passes them on; before
+    commit 85a19b305427 (v6.9) it wrote both bits (SCCB_EVENT_PENDING, 0x3)
+    whichever was set, and the guest's SCLP driver was told of events nobody
+    signalled.  The guest's report: ``guest_ext_interrupts()``.
+    """
+    assert ctx.image is not None
+    sccb_mask = ~SCLP_EVENT_PENDING_BITS & 0xFFFFFFFF
+    for events in (0x1, 0x2, 0x0):
+        guest = image_vm(ctx)
+        vcpu = guest.vcpus[0]
+        reset_vcpus(guest.vcpus)
+        s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
+        reason = vcpu.run()
+        served = serve_pv_sclp(vcpu, reason, events=events)
+        ctx.require(served, f"the loader's SCLP call, not {exit_name(reason)}")
+        run_until_finished(vcpu)
+        end = guest_end(vcpu)
+        ctx.check_eq(end.kind, "payload", f"how the guest ended: {end.describe()}")
+        got = [p for c, p in ctx.sim.guest_ext_interrupts(vcpu.fd) if c == EXT_IRQ_SERVICE_SIG]
+        ctx.diag(f"injected {events:#x}: the guest took {[hex(p) for p in got]}")
+        bits = [hex(p & SCLP_EVENT_PENDING_BITS) for p in got if p & SCLP_EVENT_PENDING_BITS]
+        want = [hex(events)] if events else []
+        ctx.check_eq(bits, want, f"event bits the guest received (injected {events:#x})")
+        answers = sum(1 for p in got if p & sccb_mask)
+        ctx.check_eq(answers, 1, f"SCCB answers the guest received (injected {events:#x})")
+
+
+#: How long ``extint_loop_exits_to_userspace`` lets KVM_RUN run before a watchdog
+#: kicks it: the fixed kernel returns as soon as the guest loops (the simulated boot of
+#: its 8 MiB takes milliseconds); the bug never returns by itself.
+EXTINT_BOUND_S = 2.0
+#: Intercept code 20 (arch/s390/kvm/kvm-s390.h ICPT_EXTINT): an external interruption.
+ICPT_EXTINT = 0x14
+#: The PSW's external-interrupt mask bit (bit 7).
+PSW_MASK_EXT = 1 << (63 - 7)
+
+
+def _run_bounded(vcpu: Vcpu, bound: float) -> tuple[str, int]:
+    """KVM_RUN until an exit other than the loader's SCLP call, a watchdog kicking the vCPU
+    after ``bound`` seconds; returns ("exit", exit reason) or ("EINTR", KVM_EXIT_INTR)."""
+    watchdog = threading.Timer(bound, vcpu.kick)
+    watchdog.start()
+    try:
+        while True:
+            try:
+                vcpu.sys.ioctl(vcpu.fd, uapi.KVM_RUN, 0)
+            except OSError as err:
+                if err.errno != errno.EINTR:
+                    raise
+                return "EINTR", uapi.KVM_EXIT_INTR
+            reason = vcpu.exit_reason
+            if not serve_pv_sclp(vcpu, reason):
+                return "exit", reason
+    finally:
+        watchdog.cancel()
+        watchdog.join()
+
+
+@check(
+    "extint_loop_exits_to_userspace",
+    spec="10.2",
+    needs_image=True,
+    sim_only="needs a protected guest that loops on its clock comparator (kvm-unit-tests' "
+    "s390x extint-loop test as an SE image); kvmpv's payload and a pvimg loader arm none",
+    guards=("21f27df85400",),
+)
+def check_extint_loop(ctx: CheckContext) -> None:
+    """A protected guest whose external new PSW enables external interrupts, with its clock
+    comparator armed, loops: KVM_RUN returns KVM_EXIT_S390_SIEIC, icptcode 20, within a bound.
+
+    handle_external_interrupt() drops to userspace when the new PSW of a
+    clock-comparator or CPU-timer interruption enables external interrupts
+    again.  Since commit 21f27df85400 (v6.3) it takes a protected CPU's new
+    PSW from the state description (the UV swapped the PSWs before it
+    intercepted); before it, it read the encrypted lowcore, missed the loop,
+    injected the interruption again and re-entered SIE: KVM_RUN returned
+    only when a signal kicked it (here a watchdog after EXTINT_BOUND_S,
+    EINTR, the failure).
+    """
+    assert ctx.image is not None
+    guest = image_vm(ctx)
+    vcpu = guest.vcpus[0]
+    ctx.sim.guest_extint_loop(vcpu.fd)
+    reset_vcpus(guest.vcpus)
+    s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
+    how, reason = _run_bounded(vcpu, EXTINT_BOUND_S)
+    got = exit_name(reason) if how == "exit" else "EINTR (the watchdog's kick)"
+    ctx.check_eq(got, "KVM_EXIT_S390_SIEIC", f"KVM_RUN within {EXTINT_BOUND_S:g} s of the loop")
+    if how != "exit" or reason != uapi.KVM_EXIT_S390_SIEIC:
+        return
+    run = vcpu.s390_run()
+    ctx.check_eq(hex(int(run.s390_sieic.icptcode)), hex(ICPT_EXTINT), "icptcode (ICPT_EXTINT)")
+    mask = int(run.psw_mask)
+    ctx.diag(f"PSW in kvm_run: {mask:#018x} {int(run.psw_addr):#x}")
+    ctx.check_true(bool(mask & PSW_MASK_EXT), "the PSW (the ext new PSW) enables ext. interrupts")
 
 
 @check(

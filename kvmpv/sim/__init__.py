@@ -15,6 +15,9 @@ other (each imports only those below it):
                    ``make_hva_secure()``, export, ``munmap`` (mm/gmap.c, uv.c)
 ``pv.py``          ``KVM_S390_PV_COMMAND``: ``kvm_s390_handle_pv()`` and
                    arch/s390/kvm/pv.c (set aside, deinit, cleanup, unpack, dump)
+``interrupt.py``   the SCLP service signal: ``__inject_service()``,
+                   ``__deliver_service[_ev]()``, ``write_sclp()``
+                   (arch/s390/kvm/interrupt.c)
 ``intercept.py``   ``kvm_arch_vcpu_ioctl_run()``: the guest, SIE intercepts,
                    SCLP (arch/s390/kvm/intercept.c)
 ``kvm_s390.py``    device, VM and vCPU ioctls of arch/s390/kvm/kvm-s390.c,
@@ -26,7 +29,9 @@ plus ``records.py`` (the read-only records tests inspect), ``ranges.py``
 (page state as interval sets), ``locks.py`` (``mm->mmap_lock``), ``uvc.py``
 (Ultravisor call numbers and names).  Each method that models a kernel
 function carries its name (``kvm_s390_pv_set_aside``, ``uv_call``, ...) and
-is listed in ``KERNEL_FUNCTIONS`` with the file the kernel has it in.
+is listed in ``KERNEL_FUNCTIONS`` with the file the kernel has it in (a
+kernel name with leading underscores, which Python would mangle, without
+them: ``__deliver_service_ev()`` is ``deliver_service_ev``).
 
 Deviating simulators
 ====================
@@ -142,6 +147,11 @@ The outside world
 * ``deliver_signal(tid)``: a caught signal pending during that thread's next
   ioctl (delivered when it returns); only ENABLE's first mmu notifier
   registration looks at it (EINTR, commit 185d903064f8).
+* ``guest_extint_loop(vcpu_fd)``: the protected guest, once its payload's
+  stores are done, loops on its clock comparator with an ext new PSW that
+  enables external interrupts; ``handle_external_interrupt()`` sees it and
+  ``KVM_RUN`` returns ``KVM_EXIT_S390_SIEIC``, icptcode 20 (commit
+  21f27df85400).
 * ``back_with_large_folios(addr, length, folio_size)``: the host mm keeps that
   memory in large folios; ``make_hva_secure()`` splits one and returns
   -EAGAIN, and UNPACK retries the page (commit 3ec8a8330a1a); with
@@ -160,7 +170,10 @@ The outside world
 * Introspection, read-only and never blocking on the VM or vCPU locks:
   ``protected_count``, ``vm_info(fd)``, ``vms()``, ``configs()``,
   ``secure_bytes()``, ``uv_calls()``, ``stats()``, ``vcpu_in_run(fd)``,
-  ``open_fds()``.
+  ``open_fds()``; and the simulated guest's own report,
+  ``guest_ext_interrupts(fd)``: each external interruption it took, with
+  the parameter it read (a protected guest's lowcore is encrypted: only the
+  guest can tell).
 
 Who pays: PREPARE's synchronous destroy below 2 GiB is charged to the thread
 issuing PREPARE, the walk to the thread issuing PERFORM, DISABLE's and the
@@ -188,7 +201,9 @@ outside this contract; ``msync()`` probing before each memset is only a
 best-effort guard against that.
 
 Not modelled: SIGP (the
-guest starting its other CPUs), interrupts, registers other than the PSW,
+guest starting its other CPUs), interrupts other than the SCLP service
+signal (``interrupt.py``) and the clock comparator of ``guest_extint_loop``,
+timers, registers other than the PSW,
 ucontrol VMs beyond their creation, blocking of ``KVM_RUN`` while dumping,
 process exit (spec 3.7: ``close_all()`` behaves like the fds being closed
 with the mm still alive).  The FIXRACE early return of
@@ -218,7 +233,7 @@ import os
 import threading
 
 from ..syscalls import IoctlArg, buffer_address, libc, raise_errno
-from . import gmap, intercept, kvm_s390, pv, uv
+from . import gmap, intercept, interrupt, kvm_s390, pv, uv
 from .kvm_host import (
     _DEV_KVM,
     ALLOC_SITES,
@@ -393,6 +408,7 @@ KERNEL_FUNCTIONS: dict[str, str] = {
     **uv.KERNEL_FUNCTIONS,
     **gmap.KERNEL_FUNCTIONS,
     **pv.KERNEL_FUNCTIONS,
+    **interrupt.KERNEL_FUNCTIONS,
     **intercept.KERNEL_FUNCTIONS,
     **kvm_s390.KERNEL_FUNCTIONS,
 }

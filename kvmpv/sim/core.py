@@ -216,6 +216,20 @@ class HostState:
         with self._lock:
             self._signals.add(tid)
 
+    def guest_extint_loop(self, vcpu_fd: int) -> None:
+        """The protected guest on that vCPU, once its payload's stores are done, causes an
+        external interruption loop instead of its disabled wait.
+
+        It loads an external new PSW that enables external interrupts
+        (``EXTINT_LOOP_PSW``) and arms its clock comparator in the past, as
+        kvm-unit-tests' s390x extint-loop test does (lore
+        <20220812062151.1980937-4-nrb@linux.ibm.com>): every entry takes the
+        clock-comparator interruption again.  A protected guest's program is
+        the image's; here a check chooses it.
+        """
+        vcpu = self._vcpu_of(vcpu_fd)
+        vcpu.guest_program = "extint_loop"
+
     def back_with_large_folios(
         self, addr: int, length: int, folio_size: int = 64 << 10, *, iomap_file: bool = False
     ) -> None:
@@ -439,6 +453,13 @@ class HostState:
 
     def vcpu_in_run(self, vcpu_fd: int) -> bool:
         return self._vcpu_of(vcpu_fd).in_run
+
+    def guest_ext_interrupts(self, vcpu_fd: int) -> list[tuple[int, int]]:
+        """The simulated guest's report: each external interruption it took on that
+        vCPU, in order, as (interruption code, parameter it read from its lowcore)."""
+        vcpu = self._vcpu_of(vcpu_fd)
+        with self._lock:
+            return list(vcpu.ext_interrupts)
 
     def open_fds(self) -> int:
         """Simulator fds currently open."""

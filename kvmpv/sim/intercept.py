@@ -5,33 +5,46 @@ Models ``kvm_arch_vcpu_ioctl_run()`` / ``__vcpu_run()`` of
 arch/s390/kvm/kvm-s390.c and the intercept handling of
 arch/s390/kvm/intercept.c (``kvm_handle_sie_intercept()``;
 ``kvm_s390_handle_wait()`` leaving a disabled wait to userspace; the SCLP
-call of a protected guest through the SIDA), Linux 6.4 .. 7.0 (spec 10).
+call of a protected guest through the SIDA; ``handle_external_interrupt()``
+dropping an external interruption loop to userspace), Linux 6.4 .. 7.0
+(spec 10).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import threading
+from typing import Optional
 
 from .. import uapi
+from .interrupt import Interrupt
 from .kvm_host import (
+    EXT_IRQ_CLK_COMP,
+    EXT_IRQ_CPU_TIMER,
+    EXTINT_LOOP_PSW,
+    ICPT_EXTINT,
+    LC_EXT_NEW_PSW,
     LOADER_STOP_MASK,
     PAYLOAD_DONE_PSW,
+    PSW_MASK_EXT,
+    SCCB_MASK,
+    SCLP_GUEST_SCCB,
     _disabled_wait,
     _err,
     _Vcpu,
 )
-from .pv import Pv
 
 #: The kernel functions this module models (method name -> where the kernel
 #: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
 #: "Deviating simulators").
 KERNEL_FUNCTIONS = {
     "kvm_arch_vcpu_ioctl_run": "arch/s390/kvm/kvm-s390.c",
+    "handle_external_interrupt": "arch/s390/kvm/intercept.c",
 }
 
 
-class Intercept(Pv):
+class Intercept(Interrupt):
     """KVM_RUN and the SIE intercepts (arch/s390/kvm/intercept.c)."""
 
     def _sclp_call(self, vcpu: _Vcpu) -> int:
@@ -51,7 +64,7 @@ class Intercept(Pv):
         sccb[12 + 2 * mask_len :] = b"\xff" * (2 * mask_len)  # until the host answers
         vcpu.sida[: len(sccb)] = sccb
         run.s.regs.gprs[1] = 0x00780005  # SCLP_CMD_WRITE_EVENT_MASK
-        run.s.regs.gprs[2] = 0x10000  # the SCCB (a guest address the host never sees)
+        run.s.regs.gprs[2] = SCLP_GUEST_SCCB  # a guest address the host never sees
         run.psw_mask, run.psw_addr = vcpu.psw
         run.s390_sieic.icptcode = 0x68  # ICPT_PV_INSTR
         run.s390_sieic.ipa = 0xB220  # servc
@@ -95,13 +108,31 @@ class Intercept(Pv):
                         continue
                     vcpu.psw = PAYLOAD_DONE_PSW
                     continue
+                if vcpu.ckc_pending:
+                    # The clock comparator's interruption: the UV swaps the
+                    # PSWs (gpsw is now the ext new PSW) and, for a protected
+                    # guest whose ext new PSW enables external interrupts,
+                    # intercepts with code 20 (commit 21f27df85400).
+                    vcpu.psw = EXTINT_LOOP_PSW
+                    vcpu.eic = EXT_IRQ_CLK_COMP
+                    if self.handle_external_interrupt(vcpu) == -errno.EOPNOTSUPP:
+                        return self._exit_sieic(vcpu, ICPT_EXTINT)
+                    # Re-injected: SIE is entered again and the guest loops
+                    # inside KVM_RUN until a signal; yield the CPU meanwhile.
+                    vcpu.kick.wait(0.001)
+                    continue
                 if vcpu.sclp == "call":
                     return self._sclp_call(vcpu)
                 if vcpu.sclp == "waiting":
-                    if not vcpu.vm.service_signal:
+                    # vcpu_pre_run(): pending interrupts into the state
+                    # description; the UV presents one on entry.
+                    self.kvm_s390_deliver_pending_interrupts(vcpu)
+                    parm = self._ultravisor_injects(vcpu)
+                    if parm is None:
                         vcpu.kick.wait(0.01)  # an enabled wait: until the signal (or a kick)
                         continue
-                    vcpu.vm.service_signal = False
+                    if not parm & SCCB_MASK:
+                        continue  # an event only: the loader waits on for its SCCB
                     vcpu.sclp = "done"
                     with self._lock:
                         self.sclp_answers.append(int.from_bytes(vcpu.sida[6:8], "big"))
@@ -114,6 +145,10 @@ class Intercept(Pv):
                     self._pause_point("run:slice")
                     continue
                 if progress == "done":
+                    if vcpu.guest_program == "extint_loop":
+                        # ext new PSW enabled, clock comparator in the past
+                        vcpu.ckc_pending = True
+                        continue
                     vcpu.psw = PAYLOAD_DONE_PSW  # every page secure: the payload's end
                     continue
                 # Pages busy in another thread (a destroy or export holds
@@ -122,6 +157,48 @@ class Intercept(Pv):
                 vcpu.kick.wait(0.01)
         finally:
             vcpu.in_run = False
+
+    def handle_external_interrupt(self, vcpu: _Vcpu) -> int:
+        """handle_external_interrupt() (intercept.c), for the clock comparator and CPU timer.
+
+        An interruption whose new PSW enables external interrupts again is a
+        loop: -EOPNOTSUPP, and KVM_RUN returns KVM_EXIT_S390_SIEIC with
+        icptcode 20 for userspace to act.  Otherwise the interruption is
+        injected again (kvm_s390_inject_vcpu()) and 0 returned.  For a
+        protected CPU the new PSW is the state description's gpsw: the UV
+        swapped the PSWs before it intercepted (commit 21f27df85400, v6.3);
+        before that fix it was read from the guest's lowcore (read_guest_lc()),
+        which KVM sees only encrypted, so the loop went undetected.  A
+        non-protected CPU's is its lowcore's ext new PSW.
+        """
+        eic = vcpu.eic
+        if vcpu.cpu_handle:  # kvm_s390_pv_cpu_is_protected()
+            newpsw_mask = vcpu.psw[0]
+        else:
+            lowcore = self._read_guest_lc(vcpu, LC_EXT_NEW_PSW, 16)
+            if lowcore is None:
+                return -errno.EFAULT
+            newpsw_mask = int.from_bytes(lowcore[:8], "big")
+        if eic not in (EXT_IRQ_CLK_COMP, EXT_IRQ_CPU_TIMER):
+            return -errno.EOPNOTSUPP  # the external call's re-injection is not modelled
+        if newpsw_mask & PSW_MASK_EXT:
+            return -errno.EOPNOTSUPP  # "will cause interrupt loop. Drop to userspace."
+        if eic == EXT_IRQ_CLK_COMP:
+            vcpu.ckc_pending = True  # kvm_s390_inject_vcpu(KVM_S390_INT_CLOCK_COMP)
+        return 0
+
+    def _read_guest_lc(self, vcpu: _Vcpu, offset: int, size: int) -> Optional[bytes]:
+        """read_guest_lc(): bytes of the guest's lowcore (prefix 0), as the host sees them.
+
+        For a protected guest that memory is secure: the real kernel would
+        see ciphertext (after exporting the page); the simulator, which
+        encrypts nothing, returns what the host memory holds.
+        """
+        with self._mmap_lock.read():
+            spans = self._gpa_to_host(vcpu.vm, offset, size)
+            if spans is None:
+                return None
+            return b"".join(ctypes.string_at(a, b - a) for a, b in spans)
 
     def _exit_sieic(self, vcpu: _Vcpu, icptcode: int) -> int:
         """An intercept left to userspace: KVM_EXIT_S390_SIEIC, PSW stored back (store_regs)."""

@@ -57,6 +57,33 @@ UV_RRC_NO_KEY_SLOT = 0x05
 UV_RC_VERIFY_MISMATCH = 0x0102
 UV_RRC_ALD, UV_RRC_PLD, UV_RRC_TLD, UV_RRC_PAGE_COUNT = 0x1A, 0x1B, 0x1C, 0x1D
 
+# The service signal (arch/s390/kvm/interrupt.c, arch/s390/include/asm/kvm_host.h):
+#: irq_types bits of the two service interrupts ("irq types in ascend order of
+#: priorities": kvm_s390_deliver_pending_interrupts() takes the highest bit first).
+IRQ_PEND_EXT_SERVICE = 15
+IRQ_PEND_EXT_SERVICE_EV = 16
+#: srv_signal.ext_params: the SCCB address part and the two event-pending bits.
+SCCB_MASK = 0xFFFFFFF8
+SCCB_EVENT_PENDING = 0x3
+#: External interruption code of the service signal (KVM_S390_INT_SERVICE's low half).
+EXT_IRQ_SERVICE_SIG = 0x2401
+#: struct kvm_s390_sie_block's iictl: nothing to inject, an external interruption.
+IICTL_CODE_NONE = 0x00
+IICTL_CODE_EXT = 0x02
+#: External interruption codes of the clock comparator and the CPU timer
+#: (arch/s390/include/asm/irq.h: EXT_IRQ_CLK_COMP, EXT_IRQ_CPU_TIMER).
+EXT_IRQ_CLK_COMP = 0x1004
+EXT_IRQ_CPU_TIMER = 0x1005
+#: Intercept code 20 (arch/s390/kvm/kvm-s390.h ICPT_EXTINT): an external interruption.
+ICPT_EXTINT = 0x14
+#: Lowcore offset of the external new PSW (struct lowcore ext_new_psw, __LC_EXT_NEW_PSW).
+LC_EXT_NEW_PSW = 0x1B0
+#: The external new PSW of the simulated extint-loop guest: 64-bit, external
+#: interrupts enabled (PSW_MASK_EXT), its handler right behind the payload's entry.
+EXTINT_LOOP_PSW = (0x0100000180000000, 0x10800)
+#: Where the simulated loader's SCCB is (the guest address its ``servc`` names).
+SCLP_GUEST_SCCB = 0x10000
+
 #: Names of the debugging gates (``pause_at``).
 PAUSE_POINTS = frozenset(
     {
@@ -153,6 +180,23 @@ class _Vcpu:
         # for the service signal, "done"
         self.sclp = ""
         self.sida = bytearray(PAGE_SIZE)  # secure instruction data area
+        # The SIE block's interruption-injection fields of a protected CPU
+        # (iictl, eic, eiparams: struct kvm_s390_sie_block), which write_sclp()
+        # fills and the Ultravisor presents to the guest on the next entry.
+        self.iictl = IICTL_CODE_NONE
+        self.eic = 0
+        self.eiparams = 0
+        # What the simulated guest took, in order: (external interruption
+        # code, parameter as the guest reads it from its lowcore).  The guest's
+        # own report (a protected guest's lowcore is encrypted: nothing but the
+        # guest can tell what it received); read with guest_ext_interrupts().
+        self.ext_interrupts: list[tuple[int, int]] = []
+        # The guest's program after the payload's stores: "" the payload's
+        # disabled wait; "extint_loop" an external interruption loop
+        # (HostState.guest_extint_loop()).  ckc_pending: its clock comparator
+        # condition (IRQ_PEND_EXT_CLOCK_COMP), never reset by the guest.
+        self.guest_program = ""
+        self.ckc_pending = False
         self.run_addr = 0
         self.run: Optional[uapi.kvm_run_s390] = None
         self.memfd = -1
@@ -191,7 +235,11 @@ class _Vm:
         # kvm->arch.user_cpu_state_ctrl: set by KVM_SET_MP_STATE and by every
         # KVM_S390_PV_COMMAND; from then on KVM_RUN no longer starts a STOPPED vCPU.
         self.user_cpu_state_ctrl = False
-        self.service_signal = False  # a KVM_S390_INT_SERVICE is pending
+        # struct kvm_s390_float_interrupt, as far as the service signal goes:
+        # pending_irqs (IRQ_PEND_EXT_SERVICE / _SERVICE_EV bits) and
+        # srv_signal.ext_params (SCCB address | event-pending bits).
+        self.float_pending_irqs = 0
+        self.srv_ext_params = 0
         self.guest_tod = 0  # the last KVM_S390_VM_TOD value set (kvm_s390_set_tod)
 
 

@@ -176,8 +176,7 @@ class KvmS390(Intercept):
             irq = self._copy_in(arg, uapi.kvm_s390_interrupt)
             if int(irq.type) != uapi.KVM_S390_INT_SERVICE or not irq.parm:
                 raise _err(errno.EINVAL)  # only the SCLP service signal is modelled
-            vm.service_signal = True
-            return 0
+            return self.inject_service(vm, int(irq.parm))
         raise _err(errno.ENOTTY)
 
     def kvm_arch_prepare_memory_region(self, vm: _Vm, arg: int) -> int:
@@ -463,6 +462,7 @@ class KvmS390(Intercept):
             # initial (and clear, its superset): PSW, prefix and control
             # registers to their reset values, in the SIE block and kvm_run.
             vcpu.psw = (0, 0)
+            vcpu.ckc_pending = False  # CR0 and the clock comparator reset as well
             assert vcpu.run is not None
             vcpu.run.psw_mask = vcpu.run.psw_addr = 0
         if vcpu.config is not None:
