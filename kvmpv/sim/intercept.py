@@ -16,6 +16,7 @@ import threading
 from .. import uapi
 from .kvm_host import (
     LOADER_STOP_MASK,
+    PAGE_SIZE,
     PAYLOAD_DONE_PSW,
     _disabled_wait,
     _err,
@@ -95,6 +96,9 @@ class Intercept(Pv):
                         continue
                     vcpu.psw = PAYLOAD_DONE_PSW
                     continue
+                if not self._enter_prefix_ok(vcpu):
+                    # handle_validity(): 'return -EINVAL' (arch/s390/kvm/intercept.c)
+                    raise _err(errno.EINVAL)
                 if vcpu.sclp == "call":
                     return self._sclp_call(vcpu)
                 if vcpu.sclp == "waiting":
@@ -122,6 +126,30 @@ class Intercept(Pv):
                 vcpu.kick.wait(0.01)
         finally:
             vcpu.in_run = False
+
+    def _enter_prefix_ok(self, vcpu: _Vcpu) -> bool:
+        """Before SIE entry: kvm_s390_handle_requests() maps the prefix pages again if
+        KVM_REQ_REFRESH_GUEST_PREFIX is pending (gmap_mprotect_notify(): present, with
+        the notification bit); False if they are not mapped and nothing asked for it:
+        the SIE then ends at once with a validity intercept (prefix pages invalid).
+
+        Protected vCPUs only (the simulated non-protected guest ends at once).  A
+        prefix outside the memslots (or unmapped by userspace) is not modelled:
+        the guest's first touch of that memory fails with EFAULT anyway.
+        """
+        vm = vcpu.vm
+        with self._mm:
+            if vcpu.prefix_request:
+                vcpu.prefix_request = False
+                host = self._prefix_host(vm, vcpu)
+                if host is not None and not self._unmapped.intersect(host, host + 2 * PAGE_SIZE):
+                    vm.notify.add(host, host + 2 * PAGE_SIZE)
+                vcpu.prefix_mapped = True
+            if not vcpu.prefix_mapped:
+                with self._lock:
+                    self._validity += 1
+                return False
+            return True
 
     def _exit_sieic(self, vcpu: _Vcpu, icptcode: int) -> int:
         """An intercept left to userspace: KVM_EXIT_S390_SIEIC, PSW stored back (store_regs)."""

@@ -463,6 +463,9 @@ class KvmS390(Intercept):
             # initial (and clear, its superset): PSW, prefix and control
             # registers to their reset values, in the SIE block and kvm_run.
             vcpu.psw = (0, 0)
+            # kvm_s390_set_prefix(vcpu, 0): KVM_REQ_REFRESH_GUEST_PREFIX
+            vcpu.prefix = 0
+            vcpu.prefix_request = True
             assert vcpu.run is not None
             vcpu.run.psw_mask = vcpu.run.psw_addr = 0
         if vcpu.config is not None:
