@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from _deviating import _SimBug
 
+from kvmpv.sim.gmap import STALE_TABLE_INDEX
 from kvmpv.sim.kvm_host import IRQ_PEND_EXT_SERVICE_EV, SCCB_EVENT_PENDING
 
 
@@ -89,6 +90,41 @@ class Regress_292a7d6fca33(_Regression):
             return super().kvm_s390_pv_set_aside(vm, data, out)
         finally:
             vm.gmap_limit = limit
+
+
+class Regress_c2fceb59bbda(Regress_292a7d6fca33):
+    """Commit c2fceb59bbda "KVM: s390: pv: fix index value of replaced ASCE" (v6.5), reverted:
+    the top-level table s390_replace_asce() gives the gmap keeps the page->index its page
+    was allocated with, here that of a page last used as the segment table for [2 GiB, 4 GiB).
+
+    ptep_notify() reads that index only when the top-level table holds the
+    segment entries (a segment-type ASCE, memory limit below 2 GiB), and
+    s390_replace_asce() refuses such a table since commit 292a7d6fca33 (v6.4);
+    on a region table the wrong index is never read (__gmap_segment_gaddr()
+    reads the segment table's, set by gmap_alloc_table()).  So the bug is
+    reinstated on the kernel where it was observable, v6.2/v6.3 (async destroy
+    from fb491d5500a7, the copy from faa2f72cb356): without 292a7d6fca33 either
+    (inherited: PREPARE sets aside a segment-type VM, and s390_replace_asce()
+    copies a segment table).  tests/test_regressions.py shows the index alone
+    (on 6.4+) passes the check, and 292a7d6fca33 alone (index 0) too.
+    """
+
+    commit = "c2fceb59bbda16468bda82b002383bff59de89ab"
+    targets = frozenset({"reboot_prefix_discard_guest_runs"})
+    breaks = (
+        "s390_replace_asce(): 'page->index = 0;' for the new top-level table (commit "
+        "c2fceb59bbda) dropped, and segment tables copied as before 292a7d6fca33"
+    )
+    symptom = "the guest after the reboot, its prefix pages discarded: KVM_RUN failed"
+
+    def s390_replace_asce(self, vm: Any) -> int:
+        # Neither 'if (... == _ASCE_TYPE_SEGMENT) return -EINVAL;' (292a7d6fca33)
+        # nor 'page->index = 0;' (c2fceb59bbda).
+        if self._take_alloc_failure("prepare:asce"):
+            return -errno.ENOMEM
+        vm.gmap_table_index = STALE_TABLE_INDEX
+        vm.asce_replaced += 1
+        return 0
 
 
 class Regress_6973091d1b50(_Regression):

@@ -174,3 +174,28 @@ def test_a_missed_bug_is_reported() -> None:
 
     with pytest.raises(AssertionError, match="did not fail"):
         assert_caught(Faithful, "set_tod_refused_while_protected")
+
+
+def test_replaced_asce_index_is_read_only_for_a_segment_table() -> None:
+    """Regress_c2fceb59bbda is the v6.2/v6.3 kernel (no 292a7d6fca33 either): each half
+    alone passes reboot_prefix_discard_guest_runs.  The wrong index alone (v6.4+, where
+    s390_replace_asce() refuses segment tables) is never read by ptep_notify(); 292a7d6fca33
+    alone replaces the segment table with index 0, so the notifier finds the prefix."""
+    from kvmpv.sim import SimulatedHost
+
+    class IndexOnly(_regressions._Regression):
+        def s390_replace_asce(self, vm: Any) -> int:
+            ret = SimulatedHost.s390_replace_asce(self, vm)
+            if not ret:
+                vm.gmap_table_index = _regressions.STALE_TABLE_INDEX
+            return ret
+
+    name = "reboot_prefix_discard_guest_runs"
+    for cls in (IndexOnly, _regressions.Regress_292a7d6fca33):
+        case = run_check(name, cls.build)
+        assert case.status is Status.PASS, f"{cls.__name__}:\n{_report(case)}"
+    # ... and the combined kernel fails in the 1 GiB round, not in the other one
+    case = run_check(name, _regressions.Regress_c2fceb59bbda.build)
+    assert case.status is Status.FAIL
+    assert "memory limit 1 GiB: the guest after the reboot" in _report(case)
+    assert "no memory limit: the guest after the reboot" not in _report(case)

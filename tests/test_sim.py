@@ -36,7 +36,7 @@ import pytest
 from kvmpv import s390guest, seimage, uapi
 from kvmpv.errors import KvmError
 from kvmpv.kvm import Kvm, Vcpu, Vm
-from kvmpv.memory import GuestMemory
+from kvmpv.memory import MADV_DONTNEED, GuestMemory
 from kvmpv.pv import PvResult, load_image, pv_cmd, s390_machine_protect
 from kvmpv.runner import reset_vcpus, run_until_finished
 from kvmpv.sim import (
@@ -548,6 +548,46 @@ def test_prepare_allocation_failure(site: str, fast: bool) -> None:
         assert info.protected and info.protected_vcpus == 0 and not info.set_aside
         assert uapi.UVC_CMD_DESTROY_SEC_CONF_FAST not in uv_cmds(env.host)
         assert cmd(env.vm, P.KVM_PV_DISABLE).ret == 0
+
+
+@pytest.mark.parametrize("limit", [1 << 30, None], ids=["segment", "region3"])
+def test_discarded_prefix_pages_ask_for_a_refresh(limit: Optional[int]) -> None:
+    """madvise(MADV_DONTNEED) of a protected vCPU's prefix pages (guest 0, 8 KiB): the
+    secure pages are exported, and ptep_notify() -> kvm_gmap_notifier() sets
+    KVM_REQ_REFRESH_GUEST_PREFIX; a discard next to them (or above 2 GiB) asks nothing."""
+    with pv_vm(high=limit is None, limit=limit) as env:
+        host, vcpu = env.host, env.vcpus[0]
+        assert not host.prefix_refreshes_pending(vcpu.fd)  # the first entry mapped it
+        secure = env.info().secure_bytes
+        host.madvise(env.low.addr + 2 * 4096, 4096, MADV_DONTNEED)
+        discarded = 4096
+        if env.high is not None:
+            host.madvise(env.high.addr, 4096, MADV_DONTNEED)
+            discarded += 4096
+        assert not host.prefix_refreshes_pending(vcpu.fd)
+        host.madvise(env.low.addr, 2 * 4096, MADV_DONTNEED)
+        assert host.prefix_refreshes_pending(vcpu.fd)
+        # exported, not destroyed
+        assert env.info().secure_bytes == secure - discarded - 2 * 4096
+        assert host.validity_intercepts() == 0
+
+
+def test_s390_replace_asce() -> None:
+    """s390_replace_asce(): EINVAL for a segment table (292a7d6fca33), ENOMEM when the copy
+    cannot be allocated, else a copy with page->index 0 (c2fceb59bbda)."""
+    with pv_vm(high=False, limit=1 << 30) as env:
+        vm = env.host._vm_of(env.vm.fd)
+        assert env.host.s390_replace_asce(vm) == -errno.EINVAL
+        assert env.host.asce_replacements(env.vm.fd) == 0
+    with pv_vm() as env:
+        vm = env.host._vm_of(env.vm.fd)
+        env.host.inject_alloc_failure("prepare:asce")
+        assert env.host.s390_replace_asce(vm) == -errno.ENOMEM
+        vm.gmap_table_index = 1 << 31
+        assert env.host.s390_replace_asce(vm) == 0
+        assert vm.gmap_table_index == 0 and env.host.asce_replacements(env.vm.fd) == 1
+        assert cmd(env.vm, P.KVM_PV_ASYNC_CLEANUP_PREPARE).ret == 0  # the second copy
+        assert env.host.asce_replacements(env.vm.fd) == 2
 
 
 # --------------------------------------------------------------------------

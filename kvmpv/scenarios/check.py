@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import s390guest, uapi
+from ..errors import KvmError
 from ..kvm import Kvm, Vcpu, Vm
-from ..memory import GuestMemory
+from ..memory import MADV_DONTNEED, GuestMemory
 from ..pv import (
     BootError,
     ProtectedBoot,
@@ -869,6 +870,97 @@ def check_reboot_race_with_image(ctx: CheckContext) -> None:
         check_nothing_left(ctx, "after the fallback DISABLE")
     load_image(guest.vm, ctx.image)
     ctx.check_true(protected_boot(ctx, guest).verified, "the third boot verified")
+
+
+#: The prefix area of the simulated guests after a reboot: two pages from guest absolute
+#: 0 (an initial reset sets the prefix to 0, kvm_s390_set_prefix(); the loader keeps it).
+PREFIX_AREA = 2 * 4096
+
+
+@check(
+    "reboot_prefix_discard_guest_runs",
+    spec="3.3 step 6, 5, 10.3",
+    needs_image=True,
+    sim=SimConfig(destroy_fast=False),
+    sim_only="MADV_DONTNEED of a running protected guest's prefix pages discards their "
+    "contents on a real host (the page is exported and freed; the guest gets a fresh page "
+    "back), so a real guest cannot run on after it whatever the kernel; and whether PREPARE "
+    "replaces the ASCE is the Ultravisor's choice (no Destroy-Fast)",
+    guards=("c2fceb59bbda",),
+)
+def check_reboot_prefix_discard(ctx: CheckContext) -> None:
+    """A reboot as QEMU does it on a UV without Destroy-Fast (PREPARE, or DISABLE where
+    PREPARE is refused), then the new guest's prefix pages discarded (MADV_DONTNEED) while
+    it runs: KVM is told, maps them again, and the guest runs to its end with no validity
+    intercept.  Once with a memory limit of 1 GiB (segment-table ASCE), once without.
+
+    PREPARE without Destroy-Fast gives the gmap a copy of its top-level table
+    (s390_replace_asce()).  A discarded prefix page invalidates a PTE with the
+    notification bit; ptep_notify() turns the host address back into a guest
+    address through the index of the table holding its segment entry, and
+    kvm_gmap_notifier() asks the vCPU owning that prefix to map it again
+    (KVM_REQ_REFRESH_GUEST_PREFIX).  Before commit c2fceb59bbda (v6.5) the
+    copy's page->index was left as allocated: a wrong guest address, the
+    request lost, SIE entered with no prefix page, a validity intercept
+    (KVM_RUN fails with EINVAL): the guest after the reboot dies.  The copy's
+    index is read only when it holds the segment entries, a segment-type ASCE,
+    which s390_replace_asce() refuses since commit 292a7d6fca33 (v6.4):
+    hence the 1 GiB round (docs/regressions.md).
+    """
+    for limit in (GiB, None):
+        _reboot_discard_prefix(ctx, limit)
+
+
+def _reboot_discard_prefix(ctx: CheckContext, limit: Optional[int]) -> None:
+    assert ctx.image is not None
+    what = "memory limit 1 GiB" if limit else "no memory limit"
+    guest = make_vm(ctx, high_size=0, mem_limit=limit, enable=False)
+    load_image(guest.vm, ctx.image)
+    protected_boot(ctx, guest)
+    # QEMU's s390_machine_unprotect(): the asynchronous teardown if PREPARE works,
+    # else the synchronous DISABLE.
+    prepared = ctx.pv(guest.vm, PREPARE).ok
+    if not prepared:
+        ctx.require_ok(ctx.pv(guest.vm, DISABLE))
+    replaced = ctx.sim.asce_replacements(guest.vm.fd)
+    ctx.diag(f"{what}: top-level tables s390_replace_asce() made so far: {replaced}")
+    load_image(guest.vm, ctx.image)
+    reset_vcpus(guest.vcpus)
+    s390_machine_protect(guest.vm, ctx.image, guest.vcpus)
+    vcpu = guest.vcpus[0]
+    validity = ctx.sim.validity_intercepts()  # the host's count: this round's are the rest
+    discarded = False
+    while True:
+        try:
+            reason = vcpu.run()
+        except KvmError as exc:
+            ctx.fail_soft(
+                f"{what}: the guest after the reboot, its prefix pages discarded: {exc} "
+                f"(validity intercepts: {ctx.sim.validity_intercepts() - validity})"
+            )
+            return
+        if guest_finished(vcpu, reason):
+            break
+        if not discarded:
+            # While the guest waits for its SCLP answer: it has run, its prefix is mapped.
+            ctx.sim.madvise(guest.low.addr + LOW_GPA, PREFIX_AREA, MADV_DONTNEED)
+            discarded = True
+            ctx.check_true(
+                ctx.sim.prefix_refreshes_pending(vcpu.fd),
+                f"{what}: KVM asked the vCPU to map its discarded prefix pages again",
+            )
+        if serve_pv_sclp(vcpu, reason):
+            continue
+        ctx.check_true(False, f"{what}: unexpected exit {exit_name(reason)}")
+        return
+    ctx.check_true(discarded, f"{what}: the prefix pages were discarded while the guest ran")
+    end = guest_end(vcpu)
+    ctx.check_eq(end.kind, "payload", f"{what}: how the guest ended: {end.describe()}")
+    ctx.check_eq(ctx.sim.validity_intercepts() - validity, 0, f"{what}: validity intercepts")
+    info = sim_vm(ctx, guest.vm)
+    ctx.check_eq(info.secure_bytes, info.memslot_bytes, f"{what}: secure bytes after the boot")
+    if prepared:
+        ctx.require_ok(ctx.pv(guest.vm, PERFORM))
 
 
 # ---------------------------------------------------------------------------

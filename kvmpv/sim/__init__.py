@@ -51,7 +51,7 @@ helpers are no interface: they may change with any refactoring).  A bug at a
 call site may need the caller and the callee (tests/_deviating.py's
 ``DestroyCpuErrorIgnoredHost``: the PREPARE case ignoring
 ``kvm_s390_cpus_from_pv()``'s error).  tests/_deviating.py holds 27 such
-deviations, tests/_regressions.py 8 more (upstream fixes of the regression
+deviations, tests/_regressions.py 11 more (upstream fixes of the regression
 corpus reinstated, ``Regress_<commit>``, and invented ones), and
 tests/test_sim_kernel_functions.py the rules.
 
@@ -68,8 +68,12 @@ which behave the same at this interface), plus the fixes of later releases
 that change what the interface answers, each citing its commit: UNPACK
 splitting a large folio and retrying the page (eef88fe45ac9, v6.11;
 3ec8a8330a1a, v6.16), writing a dirty file folio back to split it
-(ab73b29efd36, v6.16) and
-memslots kept inside the ASCE range (7b53b4801884, v7.1).
+(ab73b29efd36, v6.16),
+memslots kept inside the ASCE range (7b53b4801884, v7.1) and the index of the
+top-level table s390_replace_asce() makes (c2fceb59bbda, v6.5), which
+ptep_notify() uses to tell KVM that a vCPU's prefix pages were discarded
+(``madvise(MADV_DONTNEED)``; kvm_gmap_notifier(), a validity intercept if the
+prefix is lost).
 
 What it may touch: the guest memory registered in memslots (cleared with
 ``ctypes.memset``, which releases the GIL, so the work is real and is charged

@@ -151,6 +151,7 @@ class HostState:
         self._dirty_folios = _Ranges()
         self._written_back = 0  # bytes s390_wiggle_split_folio() wrote back
         self._unpack_retries = 0  # -EAGAIN retries of kvm_s390_pv_unpack()
+        self._validity = 0  # validity intercepts (KVM_RUN failed with EINVAL)
         self._files: dict[int, _File] = {}
         self._maps: dict[int, tuple[_File, int]] = {}
         self._vms: dict[int, _Vm] = {}
@@ -287,6 +288,21 @@ class HostState:
         """How often kvm_s390_pv_unpack() retried a page after -EAGAIN (introspection)."""
         with self._lock:
             return self._unpack_retries
+
+    def validity_intercepts(self) -> int:
+        """Validity intercepts so far: SIE entered with the prefix pages invalid
+        (handle_validity(): KVM_RUN fails with EINVAL)."""
+        with self._lock:
+            return self._validity
+
+    def asce_replacements(self, vm_fd: int) -> int:
+        """Top-level tables s390_replace_asce() gave ``vm_fd``'s gmap (PREPARE without
+        Destroy-Fast, a failed Destroy Secure Configuration)."""
+        return int(self._vm_of(vm_fd).asce_replaced)
+
+    def prefix_refreshes_pending(self, vcpu_fd: int) -> bool:
+        """Whether ``vcpu_fd`` has KVM_REQ_REFRESH_GUEST_PREFIX pending (kvm_gmap_notifier())."""
+        return bool(self._vcpu_of(vcpu_fd).prefix_request)
 
     def signal_pending(self, tid: int) -> bool:
         """signal_pending() of native thread ``tid``: a caught or a fatal signal is pending."""

@@ -26,8 +26,10 @@ from .kvm_host import (
     _MS_ASYNC,
     PAGE_SIZE,
     SZ_2G,
+    _asce_type,
     _Config,
     _err,
+    _Vcpu,
     _Vm,
 )
 from .ranges import Ranges as _Ranges
@@ -37,6 +39,8 @@ from .uvc import (
     UVC_CMD_CONV_TO_SEC_STOR,
 )
 
+_MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
+
 #: The kernel functions this module models (method name -> where the kernel
 #: has it): a deviating simulator overrides one of these (``kvmpv.sim``,
 #: "Deviating simulators").
@@ -44,7 +48,17 @@ KERNEL_FUNCTIONS = {
     "s390_uv_destroy_range": "arch/s390/mm/gmap.c",
     "make_hva_secure": "arch/s390/kernel/uv.c",
     "s390_wiggle_split_folio": "arch/s390/kernel/uv.c",
+    "s390_replace_asce": "arch/s390/mm/gmap.c",
+    "ptep_notify": "arch/s390/mm/gmap.c",
+    "kvm_gmap_notifier": "arch/s390/kvm/kvm-s390.c",
 }
+
+#: The page->index a freshly allocated top-level table page can carry from its
+#: previous use when nothing sets it (alloc_pages() does not clear it): here
+#: the index of a page last used as the segment table for guest addresses
+#: [2 GiB, 4 GiB) (gmap_alloc_table(): 'page->index = gaddr').  Only a deviating
+#: simulator uses it (Regress_c2fceb59bbda).
+STALE_TABLE_INDEX = SZ_2G
 
 
 class Gmap(Ultravisor):
@@ -82,6 +96,120 @@ class Gmap(Ultravisor):
                     self._exported += sum(e - s for _, s, e in exported)
                 if libc().munmap(addr, end - addr) != 0:
                     raise_errno(ctypes.get_errno())
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        """madvise(): ``MADV_DONTNEED`` of guest memory goes the kernel's zap path.
+
+        zap_pte_range() clears each PTE with ptep_get_and_clear_full(), not a
+        full teardown: a page still secure is exported first (as for munmap,
+        spec 3.7), and a PTE with the notification bit calls ptep_notify()
+        (ptep_xchg_commit(): 'if (pgste_val(pgste) & PGSTE_IN_BIT)'), so KVM
+        learns that a vCPU's prefix pages are gone.  The pages read as zero
+        afterwards and are faulted in again on the next touch.  Other advice
+        is passed to the host unchanged.
+        """
+        if advice != _MADV_DONTNEED:
+            if libc().madvise(addr, length, advice) != 0:
+                raise_errno(ctypes.get_errno())
+            return
+        if addr % PAGE_SIZE or length <= 0:
+            raise_errno(errno.EINVAL)
+        end = addr + -(-length // PAGE_SIZE) * PAGE_SIZE
+        exported: list[tuple[_Config, int, int]] = []
+        with self._mmap_lock.read():
+            with self._mm:
+                while self._busy.intersect(addr, end):
+                    self._mm.wait(0.01)
+                for cfg in list(self._configs.values()):
+                    for s, e in cfg.secure.remove(addr, end):
+                        exported.append((cfg, s, e))
+                with self._lock:
+                    vms = [vm for vm in self._vms.values() if vm.alive]
+                for vm in vms:
+                    for vcpu in vm.vcpus:
+                        lo = self._prefix_host(vm, vcpu)
+                        if lo is not None and lo < end and addr < lo + 2 * PAGE_SIZE:
+                            vcpu.prefix_mapped = False  # the SIE finds no prefix page
+                    # In the same step as the PTEs are cleared (under the page
+                    # table lock in the kernel): no SIE entry in between.
+                    for s, e in vm.notify.remove(addr, end):
+                        self.ptep_notify(vm, s, e)
+                self._gc_configs_locked()
+            try:
+                for cfg, s, e in exported:
+                    self._clear(s, e - s)
+                    self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
+            finally:
+                with self._lock:
+                    self._exported += sum(e - s for _, s, e in exported)
+            if libc().madvise(addr, end - addr, _MADV_DONTNEED) != 0:
+                raise_errno(ctypes.get_errno())
+
+    @staticmethod
+    def _prefix_host(vm: _Vm, vcpu: _Vcpu) -> Optional[int]:
+        """The host address of ``vcpu``'s prefix area (None outside the memslots)."""
+        for ms in vm.memslots.values():
+            if ms.gpa <= vcpu.prefix < ms.gpa + ms.size:
+                return ms.uaddr + vcpu.prefix - ms.gpa
+        return None
+
+    def ptep_notify(self, vm: _Vm, s: int, e: int) -> None:
+        """ptep_notify() (arch/s390/mm/gmap.c): invalidated host range [s, e) back to a
+        guest address, then the gmap's notifiers.
+
+        The host address leads (host_to_guest, 1 MiB granularity) to the
+        segment-table entry that maps it, and __gmap_segment_gaddr() makes the
+        guest address from *the index of the table holding that entry* plus
+        the entry's offset in it.  With a segment-type ASCE (memory limit
+        below 2 GiB) that table is the top-level table, whose index
+        s390_replace_asce() sets; with a region ASCE it is a segment table
+        gmap_alloc_table() made with 'page->index = gaddr', never replaced
+        (s390_replace_asce() copies the top level only).  The range is one
+        interval, never walked per page.
+        """
+        for ms in vm.memslots.values():
+            lo, hi = max(s, ms.uaddr), min(e, ms.uaddr + ms.size)
+            if lo >= hi:
+                continue
+            gaddr = ms.gpa + lo - ms.uaddr
+            if _asce_type(vm.gmap_limit) == "segment":
+                index = vm.gmap_table_index
+            else:
+                index = gaddr - gaddr % SZ_2G
+            start = index + gaddr % SZ_2G
+            self.kvm_gmap_notifier(vm, start, start + hi - lo - 1)
+
+    def kvm_gmap_notifier(self, vm: _Vm, start: int, end: int) -> None:
+        """kvm_gmap_notifier() (arch/s390/kvm/kvm-s390.c): a vCPU whose prefix pages
+        intersect [start, end] gets KVM_REQ_REFRESH_GUEST_PREFIX and is kicked out of SIE
+        (kvm_s390_sync_request()); addresses from 2 GiB on are ignored ("We are only
+        interested in prefix pages")."""
+        if start >= 1 << 31:
+            return
+        for vcpu in vm.vcpus:
+            if vcpu.prefix <= end and start <= vcpu.prefix + 2 * PAGE_SIZE - 1:
+                # kvm_s390_sync_request(): the request, and the vCPU out of
+                # SIE; the simulated vCPU looks at its requests before every
+                # entry (no EINTR for userspace: the kick is KVM-internal).
+                vcpu.prefix_request = True
+
+    def s390_replace_asce(self, vm: _Vm) -> int:
+        """s390_replace_asce() (arch/s390/mm/gmap.c): the gmap gets a copy of its top-level
+        table; 0, -EINVAL for a segment-type ASCE, -ENOMEM if the copy cannot be allocated.
+
+        A segment table is refused since commit 292a7d6fca33 (v6.4): host_to_guest
+        points into it.  The copy's page->index is set to 0 since commit
+        c2fceb59bbda (v6.5): the index is the guest address the table maps
+        from, which ptep_notify() adds to every address it reports for a
+        segment-type ASCE.
+        """
+        if _asce_type(vm.gmap_limit) == "segment":
+            return -errno.EINVAL
+        if self._take_alloc_failure("prepare:asce"):
+            return -errno.ENOMEM
+        vm.gmap_table_index = 0  # 'page->index = 0;' (c2fceb59bbda)
+        vm.asce_replaced += 1
+        return 0
 
     def _guest_import_slice(self, vm: _Vm, cfg: _Config) -> str:
         """Touch up to one slice of the guest's memory; "more", "done" or "busy"."""

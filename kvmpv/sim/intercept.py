@@ -26,6 +26,7 @@ from .kvm_host import (
     ICPT_EXTINT,
     LC_EXT_NEW_PSW,
     LOADER_STOP_MASK,
+    PAGE_SIZE,
     PAYLOAD_DONE_PSW,
     PSW_MASK_EXT,
     SCCB_MASK,
@@ -108,6 +109,9 @@ class Intercept(Interrupt):
                         continue
                     vcpu.psw = PAYLOAD_DONE_PSW
                     continue
+                if not self._enter_prefix_ok(vcpu):
+                    # handle_validity(): 'return -EINVAL' (arch/s390/kvm/intercept.c)
+                    raise _err(errno.EINVAL)
                 if vcpu.ckc_pending:
                     # The clock comparator's interruption: the UV swaps the
                     # PSWs (gpsw is now the ext new PSW) and, for a protected
@@ -199,6 +203,30 @@ class Intercept(Interrupt):
             if spans is None:
                 return None
             return b"".join(ctypes.string_at(a, b - a) for a, b in spans)
+
+    def _enter_prefix_ok(self, vcpu: _Vcpu) -> bool:
+        """Before SIE entry: kvm_s390_handle_requests() maps the prefix pages again if
+        KVM_REQ_REFRESH_GUEST_PREFIX is pending (gmap_mprotect_notify(): present, with
+        the notification bit); False if they are not mapped and nothing asked for it:
+        the SIE then ends at once with a validity intercept (prefix pages invalid).
+
+        Protected vCPUs only (the simulated non-protected guest ends at once).  A
+        prefix outside the memslots (or unmapped by userspace) is not modelled:
+        the guest's first touch of that memory fails with EFAULT anyway.
+        """
+        vm = vcpu.vm
+        with self._mm:
+            if vcpu.prefix_request:
+                vcpu.prefix_request = False
+                host = self._prefix_host(vm, vcpu)
+                if host is not None and not self._unmapped.intersect(host, host + 2 * PAGE_SIZE):
+                    vm.notify.add(host, host + 2 * PAGE_SIZE)
+                vcpu.prefix_mapped = True
+            if not vcpu.prefix_mapped:
+                with self._lock:
+                    self._validity += 1
+                return False
+            return True
 
     def _exit_sieic(self, vcpu: _Vcpu, icptcode: int) -> int:
         """An intercept left to userspace: KVM_EXIT_S390_SIEIC, PSW stored back (store_regs)."""

@@ -197,6 +197,15 @@ class _Vcpu:
         # condition (IRQ_PEND_EXT_CLOCK_COMP), never reset by the guest.
         self.guest_program = ""
         self.ckc_pending = False
+        # The prefix area (two pages from kvm_s390_get_prefix(); the simulated
+        # guests keep their lowcore at 0) and KVM's hold on it: the request
+        # KVM_REQ_REFRESH_GUEST_PREFIX (set by kvm_s390_set_prefix() at every
+        # initial reset, and by kvm_gmap_notifier()), and whether the prefix
+        # pages are mapped in the gmap, with the notification bit, right now
+        # (kvm_s390_handle_requests(): gmap_mprotect_notify()).
+        self.prefix = 0
+        self.prefix_request = True
+        self.prefix_mapped = False
         self.run_addr = 0
         self.run: Optional[uapi.kvm_run_s390] = None
         self.memfd = -1
@@ -241,6 +250,15 @@ class _Vm:
         self.float_pending_irqs = 0
         self.srv_ext_params = 0
         self.guest_tod = 0  # the last KVM_S390_VM_TOD value set (kvm_s390_set_tod)
+        # page->index of the gmap's top-level table: the guest address the
+        # table maps from, 0 for the table gmap_alloc() made (and, since commit
+        # c2fceb59bbda, for the copy s390_replace_asce() makes).
+        self.gmap_table_index = 0
+        self.asce_replaced = 0  # top-level tables s390_replace_asce() made
+        # Host addresses whose PTEs carry the notification bit (PGSTE_IN_BIT,
+        # set by gmap_mprotect_notify() for the vCPUs' prefix pages): their
+        # invalidation calls ptep_notify().
+        self.notify = _Ranges()
 
 
 class _File:

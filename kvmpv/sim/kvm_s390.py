@@ -463,6 +463,9 @@ class KvmS390(Intercept):
             # registers to their reset values, in the SIE block and kvm_run.
             vcpu.psw = (0, 0)
             vcpu.ckc_pending = False  # CR0 and the clock comparator reset as well
+            # kvm_s390_set_prefix(vcpu, 0): KVM_REQ_REFRESH_GUEST_PREFIX
+            vcpu.prefix = 0
+            vcpu.prefix_request = True
             assert vcpu.run is not None
             vcpu.run.psw_mask = vcpu.run.psw_addr = 0
         if vcpu.config is not None:

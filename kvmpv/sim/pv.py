@@ -227,7 +227,11 @@ class Pv(Gmap):
         cc, out.rc, out.rrc = self.uv_call(uapi.UVC_CMD_DESTROY_SEC_CONF, cfg.handle)
         if cc:
             # Intended leak on an "impossible" error: the handle stays, the
-            # VM stays protected, protected_count stays up.
+            # VM stays protected, protected_count stays up; the top-level
+            # table goes with the leaked configuration and the gmap gets a
+            # copy (s390_replace_asce(), commit faa2f72cb356; its result is
+            # not looked at).
+            self.s390_replace_asce(vm)
             return -errno.EIO
         with self._lock:
             self._protected_count -= 1
@@ -268,8 +272,9 @@ class Pv(Gmap):
                 cfg.fast_destroyed = True
             record = _Record(cfg, 0)
         else:
-            # s390_replace_asce(): the gmap gets a copy of its top-level table.
-            if self._take_alloc_failure("prepare:asce"):
+            # The gmap gets a copy of its top-level table; the old one stays
+            # with the record ('if (s390_replace_asce(kvm->arch.gmap)) res = -ENOMEM;').
+            if self.s390_replace_asce(vm):
                 return -errno.ENOMEM
             record = _Record(cfg, cfg.handle)
         # 7. destroy the pages below 2 GiB synchronously, memslot after memslot
