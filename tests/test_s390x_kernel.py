@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -155,3 +156,56 @@ def test_first_kernel_only_names_tests_and_spares_the_kernel_dependent_ones() ->
         assert not any(name in test for name in names), test
     files = c["FIRST_KERNEL_ONLY_FILES"]
     assert isinstance(files, list) and set(files) <= set(core)
+
+
+def test_root_image_reads_back_with_debugfs(tmp_path: Path) -> None:
+    """The root image is ext4 made from a directory (mkfs.ext4 -d): e2fsprogs'
+    debugfs, not our code, reads the checkout and the results mount point back."""
+    debugfs = shutil.which("debugfs") or "/usr/sbin/debugfs"
+    if shutil.which("mkfs.ext4") is None and not Path("/usr/sbin/mkfs.ext4").exists():
+        pytest.skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+    tree = tmp_path / "merged"
+    (tree / "kvmpv" / "src" / "tests").mkdir(parents=True)
+    (tree / "kvmpv" / "src" / "tests" / "x.py").write_text("print('s390x')\n")
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "usr" / "bin" / "python3").write_bytes(b"\x7fELF" + b"\0" * 60)
+    os.chmod(tree / "usr" / "bin" / "python3", 0o755)
+    image = tmp_path / "root.img"
+    kernel.build_image(tree, image)
+    assert image.stat().st_blocks * 512 < 256 << 20  # sparse: not 3 GiB of zeros
+
+    def cat(path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [debugfs, "-R", f"cat {path}", str(image)], capture_output=True, text=True
+        )
+
+    assert cat("/kvmpv/src/tests/x.py").stdout == "print('s390x')\n"
+    out = subprocess.run(
+        [debugfs, "-R", "stat /kvmpv/out", str(image)], capture_output=True, text=True
+    )
+    assert "Type: directory" in out.stdout, out.stdout + out.stderr
+    mode = subprocess.run(
+        [debugfs, "-R", "stat /usr/bin/python3", str(image)], capture_output=True, text=True
+    )
+    assert "Mode:  0755" in mode.stdout or "Mode: 0755" in mode.stdout, mode.stdout
+
+
+def test_init_mounts_the_image_and_the_results_share() -> None:
+    init = kernel.INIT
+    assert "mount -t ext4 /dev/vda /root" in init
+    assert "trans=virtio" in init and " out /root/kvmpv/out" in init
+    # the driver runs only when both mounted; poweroff in every case
+    assert init.index("chroot /root") > init.index("/root/kvmpv/out")
+    assert init.rstrip().endswith("poweroff -f")
+    for module in ("virtio_blk", "ext4", "9p"):
+        assert module in kernel.BOOT_MODULES
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_roles_split_the_one_kernel_work(count: int) -> None:
+    """The kernel-independent tests run in exactly one kernel (the first),
+    kvmpv exercise in exactly one (the last); one kernel runs both."""
+    roles = kernel.roles(count)
+    assert len(roles) == count
+    assert [r["first"] for r in roles].count(True) == 1 and roles[0]["first"]
+    assert [r["exercise"] for r in roles].count(True) == 1 and roles[-1]["exercise"]

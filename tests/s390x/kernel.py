@@ -12,22 +12,26 @@ runs the tests there as root, natively (docs/s390x-kernel.md):
    with ``apt-get download`` through a private apt configuration (s390x
    only, the Debian archive keyring; the host's dpkg is not touched) and
    cached in ``$KVMPV_CACHE/s390x/kernels/`` with an initramfs built here:
-   ``busybox`` from ``busybox-static:s390x``, the 9p modules in dependency
-   order (read from each module's ``.modinfo``), and an ``/init`` that
-   mounts the root over virtio-9p.  ``--kernel IMAGE [--modules DIR]`` runs a
-   developer's kernel instead (a ``make ARCH=s390`` bzImage or a
-   ``linux-image-*.deb``).
+   ``busybox`` from ``busybox-static:s390x``, the virtio_blk, ext4 and 9p
+   modules in dependency order (read from each module's ``.modinfo``), and an
+   ``/init`` that mounts the root image and the results share.  ``--kernel
+   IMAGE [--modules DIR]`` runs a developer's kernel instead (a ``make
+   ARCH=s390`` bzImage or a ``linux-image-*.deb``).
 2. The root: the cached debootstrap s390x root of ``tests/s390x/run.py``
    (imported: one recipe, one cache, one lock), which carries gcc, pip and
-   the programs the launcher tests start.  Each boot gets a writable overlay
-   of it (overlayfs on the host, in a private mount namespace: nothing stays
-   mounted after the run, also on SIGINT/SIGTERM) with this checkout copied
-   in, shared with ``-device virtio-9p-ccw``.
+   the programs the launcher tests start.  A writable overlay of it
+   (overlayfs on the host, in a private mount namespace: nothing stays
+   mounted after the run, also on SIGINT/SIGTERM) gets this checkout, and
+   ``mkfs.ext4 -d`` makes an ext4 image of it.  Each kernel boots that image
+   as a virtio-blk disk with ``snapshot=on`` (its writes stay in its QEMU),
+   so the kernels run side by side; results leave through a virtio-9p share
+   of a host directory per kernel.
 3. In the kernel, ``tests/s390x/kernel_guest.py`` installs kvmpv with ``pip
    install .`` (the s390x gcc builds the cleaner and ``kvmpv-pgste``), runs
    pytest on cgroup v2 with the memory controller, the accounting tests again
    on cgroup v1, and the command-line checks (PGSTE chain, probe without KVM,
-   ``kvmpv exercise --max-size 256M``); it writes JUnit XML and a summary.
+   ``kvmpv exercise --max-size 256M`` in one kernel); it writes JUnit XML and
+   a summary.
 
 Prints per kernel ``s390x-kernel: Linux <release>: N passed, M skipped`` and
 each skip with its reason; exits 1 if any test or check failed or a kernel
@@ -70,11 +74,18 @@ NAME = "s390x-kernel"
 #: Debian suites whose linux-image-s390x runs, in order: 6.1 then 6.12.
 SUITES = ("bookworm", "trixie")
 #: Bump when the initramfs or the way a kernel is unpacked changes.
-KERNEL_RECIPE = "v2"
-#: What the initramfs loads to reach the root, leaves first as far as known;
-#: the dependency order is read from each module's .modinfo anyway (6.12
-#: folded fscache into netfs).
+KERNEL_RECIPE = "v3"
+#: What the initramfs loads: the root is an ext4 image on virtio-blk, the
+#: results leave through a small virtio-9p share.  Leaves first as far as
+#: known; the dependency order is read from each module's .modinfo anyway
+#: (6.12 folded fscache into netfs).  ext4 asks the crypto API for crc32c at
+#: mount time (no symbol dependency), hence crc32c_generic by name.  A name
+#: with no module file is taken to be built in.
 NINEP_MODULES = ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
+BOOT_MODULES = ("virtio_blk", "crc32c_generic", "ext4", *NINEP_MODULES)
+#: The root image: the cached root (about 0.5 GiB), the checkout, and room
+#: for what pip installs; sparse, so only what is written takes space.
+IMAGE_SIZE = "3G"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 #: Per kernel: the default selection took 15-20 minutes under TCG on this
 #: shared 2-core machine (docs/s390x-kernel.md).
@@ -288,8 +299,9 @@ def modules_in_order(tree: Path, wanted: tuple[str, ...]) -> list[tuple[str, byt
 
 
 INIT = r"""#!/bin/busybox sh
-# kvmpv's s390x-kernel initramfs (tests/s390x/kernel.py): mount the shared
-# root over virtio-9p, run the guest driver in it, power off.
+# kvmpv's s390x-kernel initramfs (tests/s390x/kernel.py): mount the root
+# image (ext4 on virtio-blk) and the results share (virtio-9p), run the guest
+# driver in the root, power off.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -300,15 +312,20 @@ ip link set lo up
 for m in $(cat /modules.order); do
 	insmod /modules/$m.ko || echo "kvmpv-init: insmod $m failed"
 done
-# virtio-ccw binds the 9p device (virtio id 9) asynchronously after boot
+# virtio-ccw binds the disk and the 9p device (virtio id 9) asynchronously
+# after boot
 n=0
-until grep -qs 0x0009 /sys/bus/virtio/devices/*/device; do
+until [ -b /dev/vda ] && grep -qs 0x0009 /sys/bus/virtio/devices/*/device; do
 	n=$((n + 1)); [ $n -gt 100 ] && break; sleep 0.1
 done
 if ! grep -qw 9p /proc/filesystems; then
 	echo "kvmpv-init: FAIL: this kernel has no 9p file system (CONFIG_9P_FS, CONFIG_NET_9P_VIRTIO)"
-elif ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose root /root; then
-	echo "kvmpv-init: FAIL: cannot mount the shared root over virtio-9p"
+elif ! grep -qw ext4 /proc/filesystems || [ ! -b /dev/vda ]; then
+	echo "kvmpv-init: FAIL: no ext4 or no virtio-blk disk (CONFIG_EXT4_FS, CONFIG_VIRTIO_BLK)"
+elif ! mount -t ext4 /dev/vda /root; then
+	echo "kvmpv-init: FAIL: cannot mount the root image /dev/vda"
+elif ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /root/kvmpv/out; then
+	echo "kvmpv-init: FAIL: cannot mount the results share over virtio-9p"
 else
 	mount -t proc proc /root/proc
 	mount -t sysfs sysfs /root/sys
@@ -316,6 +333,7 @@ else
 	chroot /root /usr/bin/python3 /kvmpv/src/tests/s390x/kernel_guest.py
 	echo "kvmpv-init: guest driver exit $?"
 	sync
+	umount /root/kvmpv/out
 fi
 poweroff -f
 """
@@ -397,7 +415,7 @@ def ensure_debian_kernel(cache: Path, suite: str) -> Kernel:
         if not images:
             unavailable(f"{deb.name} has no boot/vmlinuz-*")
         shutil.copy(images[0], kdir / "vmlinuz")
-        build_initrd(busybox, modules_in_order(tree, NINEP_MODULES), kdir / "initrd.gz")
+        build_initrd(busybox, modules_in_order(tree, BOOT_MODULES), kdir / "initrd.gz")
     stamp.write_text(json.dumps({"recipe": KERNEL_RECIPE, "version": version}))
     log(f"{suite}: {version} unpacked, initramfs built in {time.monotonic() - t0:.0f} s")
     return Kernel(suite, kdir / "vmlinuz", kdir / "initrd.gz", version)
@@ -419,9 +437,12 @@ def custom_kernel(cache: Path, image: Path, modules: Optional[Path], work: Path)
         image = images[0]
         if modules is None:
             modules = tree
-    mods = modules_in_order(modules, NINEP_MODULES) if modules else []
+    mods = modules_in_order(modules, BOOT_MODULES) if modules else []
     if modules is not None and not mods:
-        log(f"no 9p modules below {modules}: assuming CONFIG_9P_FS=y and CONFIG_NET_9P_VIRTIO=y")
+        log(
+            f"no 9p, ext4 or virtio_blk modules below {modules}: assuming them built in "
+            "(CONFIG_9P_FS=y, CONFIG_NET_9P_VIRTIO=y, CONFIG_EXT4_FS=y, CONFIG_VIRTIO_BLK=y)"
+        )
     initrd = work / "initrd-custom.gz"
     build_initrd(busybox, mods, initrd)
     return Kernel("custom", image, initrd, version)
@@ -499,50 +520,77 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
+def build_image(merged: Path, dest: Path) -> None:
+    """The root image: an ext4 file system made from the overlay's files
+    (``mkfs.ext4 -d``, no mount).  The root was first shared over virtio-9p:
+    every file look-up of every Python start-up was a round trip through
+    QEMU's main thread, which used more host CPU than both vCPUs together;
+    on a block device the guest's own page cache answers them."""
+    (merged / "kvmpv" / "out").mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "kvmpv-root", "-d", str(merged), str(dest), IMAGE_SIZE],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        unavailable(f"mkfs.ext4 -d of the s390x root failed: {last_line(res.stderr)}")
+
+
+#: QEMU processes running now, killed on the way out (SIGINT, SIGTERM).
+_running: list[subprocess.Popen[bytes]] = []
+_running_lock = threading.Lock()
+
+
+def kill_running() -> None:
+    with _running_lock:
+        for proc in _running:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def boot(
     kernel: Kernel,
-    merged: Path,
-    index: int,
+    image: Path,
+    outdir: Path,
+    role: dict[str, bool],
     pytest_args: list[str],
     checks: bool = True,
     full: bool = False,
 ) -> Outcome:
-    """One kernel on the shared overlay; its results in /kvmpv/out-<index>."""
+    """One kernel on a private snapshot of the root image; its results in
+    ``outdir``, which the guest mounts at /kvmpv/out."""
     out = Outcome()
     t0 = time.monotonic()
-    outdir = merged / "kvmpv" / f"out-{index}"
-    outdir.mkdir()
-    args = {
-        "pytest": pytest_args,
-        "out": f"/kvmpv/out-{index}",
-        "checks": checks,
-        "full": full,
-        # the kernel-independent tests run in the first kernel only
-        # (kernel_guest.FIRST_KERNEL_ONLY)
-        "first": index == 0,
-    }
-    (merged / "kvmpv" / "args.json").write_text(json.dumps(args))
+    outdir.mkdir(parents=True)
+    args = {"pytest": pytest_args, "checks": checks, "full": full, **role}
+    (outdir / "args.json").write_text(json.dumps(args))
     cmd = [
         "qemu-system-s390x", "-nographic", "-nic", "none", "-m", GUEST_MEMORY, "-smp", "2",
         "-kernel", str(kernel.image), "-initrd", str(kernel.initrd),
         "-append", "console=ttysclp0 panic=-1 quiet", "-no-reboot",
-        "-fsdev", f"local,id=r,path={merged},security_model=passthrough,multidevs=remap",
-        "-device", "virtio-9p-ccw,fsdev=r,mount_tag=root",
+        # snapshot=on: the guest's writes go to a temporary file of QEMU's,
+        # so kernels booted side by side share one read-only image
+        "-drive", f"file={image},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
+        "-device", "virtio-blk-ccw,drive=root",
+        "-fsdev", f"local,id=out,path={outdir},security_model=passthrough",
+        "-device", "virtio-9p-ccw,fsdev=out,mount_tag=out",
     ]  # fmt: skip
     log(f"booting {kernel.label} ({kernel.version}) under qemu-system-s390x (TCG, -smp 2)")
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
-    )
+    with _running_lock:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        _running.append(proc)
 
     def copy_console() -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip()
-            sys.stdout.write(f"  {time.monotonic() - t0:4.0f}s | {line}\n")
+            sys.stdout.write(f"  {kernel.label:8} {time.monotonic() - t0:4.0f}s | {line}\n")
             sys.stdout.flush()
 
     # The console is copied by a thread, so a guest that prints nothing
@@ -560,12 +608,16 @@ def boot(
         reader.join(timeout=5)
     out.seconds = time.monotonic() - t0
     read_outcome(outdir, out)
-    # The run's files outlive the overlay (CI artifacts): JUnit XML per
-    # phase, summary.json, the guest's /proc/cpuinfo, exercise's results.
+    # The run's files outlive the work directory (CI artifacts): JUnit XML
+    # per phase, summary.json, the guest's /proc/cpuinfo, exercise's results.
     keep = user_run.cache_dir() / "last-run" / kernel.label
     shutil.rmtree(keep, ignore_errors=True)
-    shutil.copytree(outdir, keep)
-    log(f"{kernel.label}: results kept in {keep}")
+    try:
+        shutil.copytree(outdir, keep)
+    except OSError as err:  # interrupted: the work directory is already gone
+        log(f"{kernel.label}: results not kept: {err.strerror}")
+    else:
+        log(f"{kernel.label}: results kept in {keep}")
     return out
 
 
@@ -660,6 +712,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="skip the command-line checks (kvmpv probe, exercise): for iterating on tests",
     )
     p.add_argument(
+        "--serial",
+        action="store_true",
+        help="boot the kernels one after the other (default: side by side, each its own "
+        "snapshot of the root image)",
+    )
+    p.add_argument(
         "--suite",
         choices=SUITES,
         action="append",
@@ -697,11 +755,20 @@ def host_checks() -> None:
         ("dpkg-deb", "dpkg"),
         ("apt-get", "apt"),
         ("unshare", "util-linux"),
+        ("mkfs.ext4", "e2fsprogs"),
     ):
         if shutil.which(tool) is None:
             unavailable(f"{tool} not found (apt-get install {package})")
     if not Path(KEYRING).exists():
         unavailable(f"{KEYRING} missing (apt-get install debian-archive-keyring)")
+
+
+def roles(count: int) -> list[dict[str, bool]]:
+    """What each of ``count`` kernels runs besides the kernel-dependent set:
+    the first the kernel-independent tests (kernel_guest.FIRST_KERNEL_ONLY),
+    the last ``kvmpv exercise``; the two kernels side by side so take about
+    the same time."""
+    return [{"first": i == 0, "exercise": i == count - 1} for i in range(count)]
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -722,18 +789,42 @@ def run_all(args: argparse.Namespace) -> int:
                 kernels = [custom_kernel(cache, args.kernel.resolve(), args.modules, work)]
             else:
                 kernels = [ensure_debian_kernel(cache, s) for s in (args.suite or SUITES)]
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            log(f"root and kernels ready in {time.monotonic() - t0:.0f} s")
-            results = []
-            # One writable overlay for all kernels: the checkout is installed
-            # (natively built) once, in the first kernel; the next kernels run
-            # the same userland, as one host booting another kernel would.
+            image = work / "root.img"
             with overlay(root, work) as merged:
                 copy_checkout(merged / "kvmpv" / "src")
                 precompile(merged / "kvmpv" / "src", pyver)
-                for i, kernel in enumerate(kernels):
-                    out = boot(kernel, merged, i, args.pytest, not args.no_checks, args.full)
-                    results.append((kernel, out))
+                build_image(merged, image)
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            log(f"root image and kernels ready in {time.monotonic() - t0:.0f} s")
+            # Every kernel boots its own snapshot of the image and installs
+            # kvmpv there (pip install ., the native build); side by side
+            # unless --serial: a TCG guest that runs one Python process at
+            # a time keeps about one host CPU busy.
+            results: list[tuple[Kernel, Outcome]] = []
+            jobs = [
+                (kernel, work / f"out-{i}-{kernel.label}", role)
+                for i, (kernel, role) in enumerate(zip(kernels, roles(len(kernels))))
+            ]
+            opts = (args.pytest, not args.no_checks, args.full)
+            try:
+                if args.serial or len(jobs) == 1:
+                    results = [(k, boot(k, image, o, r, *opts)) for k, o, r in jobs]
+                else:
+                    done: dict[int, Outcome] = {}
+
+                    def one(i: int) -> None:
+                        kernel, outdir, role = jobs[i]
+                        done[i] = boot(kernel, image, outdir, role, *opts)
+
+                    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    results = [(jobs[i][0], done.get(i, Outcome())) for i in range(len(jobs))]
+            finally:
+                # SIGINT/SIGTERM in the main thread: no guest is left running
+                kill_running()
     for kernel, out in results:
         report(kernel, out)
     log(f"total {time.monotonic() - t0:.0f} s")
