@@ -57,8 +57,15 @@ def test_host_facts_are_real() -> None:
     assert p.cgroups.v2_mount == mount_of("cgroup2")
     if mount_of("cgroup") is not None:
         assert p.cgroups.v1_controllers
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-        assert f"[{p.thp_mode}]" in f.read()
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists():
+        assert f"[{p.thp_mode}]" in thp.read_text()
+    else:
+        # No THP in this kernel: s390 offers it only with EDAT-1
+        # (has_transparent_hugepage(): MACHINE_HAS_EDAT1); Debian's s390x
+        # kernels under qemu-system-s390x 7.2 (TCG) have none, also with
+        # -cpu max: tox -e s390x-kernel found it (FileNotFoundError before).
+        assert p.thp_mode is None
     assert p.verdict and "\n" not in p.verdict
 
 

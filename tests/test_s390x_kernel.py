@@ -8,6 +8,7 @@ bad arguments exit 2 with one line.  The boot itself is the env's business.
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import importlib.util
 import os
@@ -126,7 +127,10 @@ def _guest_constants() -> dict[str, object]:
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
             name = node.targets[0].id
-            if name in ("CORE_V2", "FIRST_KERNEL_ONLY", "FIRST_KERNEL_ONLY_FILES"):
+            if name in (
+                "CORE_V2", "FIRST_KERNEL_ONLY", "FIRST_KERNEL_ONLY_FILES",
+                "QEMU_USER_SKIPPED", "QEMU_USER_SKIPPED_V1",
+            ):  # fmt: skip
                 out[name] = ast.literal_eval(node.value)
     return out
 
@@ -209,3 +213,26 @@ def test_roles_split_the_one_kernel_work(count: int) -> None:
     assert len(roles) == count
     assert [r["first"] for r in roles].count(True) == 1 and roles[0]["first"]
     assert [r["exercise"] for r in roles].count(True) == 1 and roles[-1]["exercise"]
+
+
+def test_every_qemu_user_limit_runs_in_the_kernels() -> None:
+    """What tox -e s390x skips for qemu-user's limits (tests/s390x/qemu_user.py)
+    runs in the kernels: its file is in the selection, or its test by node id;
+    every node id names a test that exists."""
+    sys.path.insert(0, str(HERE / "s390x"))
+    try:
+        import qemu_user
+    finally:
+        sys.path.remove(str(HERE / "s390x"))
+    c = _guest_constants()
+    core, extra, v1 = c["CORE_V2"], c["QEMU_USER_SKIPPED"], c["QEMU_USER_SKIPPED_V1"]
+    assert isinstance(core, list) and isinstance(extra, list) and isinstance(v1, list)
+    assert set(v1) <= set(extra)
+    for node in extra:
+        path, name = node.split("::")
+        assert f"def {name}(" in (HERE.parent / path).read_text(), f"{node}: no such test"
+    for pattern, _reason in qemu_user.QEMU_USER_LIMITS:
+        path, name = pattern.split("::")
+        if path in core:
+            continue
+        assert any(fnmatch.fnmatchcase(node, pattern) for node in extra), pattern
