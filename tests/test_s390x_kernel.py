@@ -129,7 +129,7 @@ def _guest_constants() -> dict[str, object]:
             name = node.targets[0].id
             if name in (
                 "CORE_V2", "FIRST_KERNEL_ONLY", "FIRST_KERNEL_ONLY_FILES",
-                "QEMU_USER_SKIPPED", "QEMU_USER_SKIPPED_V1",
+                "QEMU_USER_SKIPPED", "QEMU_USER_SKIPPED_V1", "NOT_RUN",
             ):  # fmt: skip
                 out[name] = ast.literal_eval(node.value)
     return out
@@ -231,6 +231,12 @@ def test_every_qemu_user_limit_runs_in_the_kernels() -> None:
     for node in extra:
         path, name = node.split("::")
         assert f"def {name}(" in (HERE.parent / path).read_text(), f"{node}: no such test"
+    not_run = c["NOT_RUN"]
+    assert isinstance(not_run, dict)
+    for node, reason in not_run.items():
+        path, name = node.split("::")
+        assert f"def {name}(" in (HERE.parent / path).read_text() and reason, node
+        assert node not in extra
     for pattern, _reason in qemu_user.QEMU_USER_LIMITS:
         path, name = pattern.split("::")
         if path in core:

@@ -467,6 +467,8 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     #: kernel-independent tests deselected here: they ran in the first kernel
     first_kernel_only: list[str] = field(default_factory=list)
+    #: tests left out of the selection, with the reason (kernel_guest.NOT_RUN)
+    not_run: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -630,6 +632,7 @@ def read_outcome(outdir: Path, out: Outcome) -> None:
     out.finished = bool(data.get("finished"))
     out.steps = data.get("steps", {})
     out.first_kernel_only = data.get("first_kernel_only", [])
+    out.not_run = data.get("not_run", {})
     for check in data.get("checks", []):
         if check["ok"]:
             out.checks_passed += 1
@@ -669,6 +672,8 @@ def report(kernel: Kernel, out: Outcome) -> None:
         log(f"  run in the first kernel only (kernel-independent): {names}")
     for name, reason in out.skipped:
         log(f"  SKIP {name}: {reason}")
+    for name, reason in out.not_run.items():
+        log(f"  NOT RUN {name}: {reason}")
     for name in out.failures:
         log(f"  FAIL {name}")
     for failure in out.checks_failed:
