@@ -86,16 +86,23 @@ class Gmap(Ultravisor):
                         self._unmapped.add(lo, hi)
                 self._gc_configs_locked()
             try:
-                # ptep_get_and_clear_full() outside a full teardown: export.
                 # Still mapped: nobody else can unmap while we write-hold.
-                for cfg, s, e in exported:
-                    self._clear(s, e - s)
-                    self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
+                self._export_taken(exported)
             finally:
-                with self._lock:
-                    self._exported += sum(e - s for _, s, e in exported)
                 if libc().munmap(addr, end - addr) != 0:
                     raise_errno(ctypes.get_errno())
+
+    def _export_taken(self, exported: list[tuple[_Config, int, int]]) -> None:
+        """ptep_get_and_clear_full() outside a full teardown (munmap, MADV_DONTNEED): the
+        ranges taken from their configurations' secure state are exported (cleared, the UV
+        call logged), and counted even when an export fails part-way."""
+        try:
+            for cfg, s, e in exported:
+                self._clear(s, e - s)
+                self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
+        finally:
+            with self._lock:
+                self._exported += sum(e - s for _, s, e in exported)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise(): ``MADV_DONTNEED`` of guest memory goes the kernel's zap path.
@@ -135,13 +142,7 @@ class Gmap(Ultravisor):
                     for s, e in vm.notify.remove(addr, end):
                         self.ptep_notify(vm, s, e)
                 self._gc_configs_locked()
-            try:
-                for cfg, s, e in exported:
-                    self._clear(s, e - s)
-                    self._log_pages(uapi.UVC_CMD_CONV_FROM_SEC_STOR, cfg.handle, e - s)
-            finally:
-                with self._lock:
-                    self._exported += sum(e - s for _, s, e in exported)
+            self._export_taken(exported)
             if libc().madvise(addr, end - addr, _MADV_DONTNEED) != 0:
                 raise_errno(ctypes.get_errno())
 
